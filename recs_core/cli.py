@@ -1,0 +1,150 @@
+"""The ``recs`` command: a thin layer over the library (see ``recs --help``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from recs_core.errors import RecsError
+
+
+def _add_gen(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("gen", help="write a synthetic Criteo-format file",
+                       description="Write deterministic synthetic Criteo-format TSV data "
+                       "(see WORKLOAD.md): Zipf categoricals, missing values, heavy-tailed "
+                       "ints, labels from a hidden logistic model.")
+    p.add_argument("--rows", type=int, required=True, help="number of rows")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", required=True, help="output file (.gz for gzip)")
+    p.add_argument("--heavy", action="store_true",
+                   help="add the H1 (item history) and H2 (tags) multi-valued columns")
+    p.add_argument("--probs-out", help="also write the true click probability of each row")
+    p.add_argument("--window", type=int, default=0,
+                   help="time window index, for drift across consecutive windows (default 0)")
+    p.add_argument("--drift", type=float, default=0.0,
+                   help="how much later windows shift the hidden model and popular ids (0..1)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_cmd_gen)
+
+
+def _cmd_gen(a: argparse.Namespace) -> int:
+    from recs_core.data.synth import generate
+    from recs_core.progress import Progress
+
+    prog = Progress("gen", a.rows, quiet=a.quiet)
+    stats = generate(a.out, a.rows, a.seed, heavy=a.heavy, probs_out=a.probs_out,
+                     window=a.window, drift=a.drift, progress=prog.update)
+    prog.close()
+    print(json.dumps({"rows": stats.rows, "bytes": stats.bytes_written,
+                      "seconds": round(stats.seconds, 4),
+                      "rows_per_sec": round(stats.rows / max(stats.seconds, 1e-9), 1),
+                      "positives": stats.positives, "out": os.fspath(a.out)}))
+    return 0
+
+
+def _add_policy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--on-error", choices=("skip", "fail"),
+                   help="bad input lines: skip and count them, or stop at the first "
+                   "(default: the config's input.on_error)")
+    p.add_argument("--max-bad-fraction", type=float,
+                   help="with skip: stop if more than this share of lines is bad "
+                   "(default: the config's input.max_bad_fraction, 0.05)")
+
+
+def _policy(a: argparse.Namespace, spec):  # noqa: ANN001, ANN202
+    from recs_core.data.bad_rows import BadRowPolicy
+
+    try:
+        return BadRowPolicy(a.on_error or spec.policy.on_error,
+                            spec.policy.max_bad_fraction if a.max_bad_fraction is None
+                            else a.max_bad_fraction)
+    except ValueError as e:
+        raise RecsError(str(e)) from None
+
+
+def _add_features(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("features", help="read, parse and process features (no training)",
+                       description="Run reading, parsing and every feature operator of the "
+                       "config over the data, without training. Under mpiexec each rank "
+                       "processes its shard; rank 0 prints the global figures as one JSON line.")
+    p.add_argument("--config", required=True,
+                   help="feature spec TOML (e.g. configs/criteo_dlrm.toml)")
+    p.add_argument("--data", required=True, nargs="+", help="input files (plain or .gz)")
+    p.add_argument("--batch-size", type=int, help="rows per batch (default: the config's)")
+    _add_policy_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_cmd_features)
+
+
+def _cmd_features(a: argparse.Namespace) -> int:
+    from recs_core.comm.world import mpi_world
+    from recs_core.features.job import run_features
+    from recs_core.features.spec import load_spec
+
+    spec = load_spec(a.config)
+    world = mpi_world()
+    stats = run_features(spec, a.data, world, policy=_policy(a, spec), batch_rows=a.batch_size,
+                         quiet=a.quiet)
+    if world.rank == 0:
+        if stats.bad_rows:
+            print(f"recs: skipped {sum(stats.bad_rows.values())} bad line(s): "
+                  + ", ".join(f"{k}={v}" for k, v in sorted(stats.bad_rows.items())),
+                  file=sys.stderr)
+        print(json.dumps(stats.as_json()), flush=True)
+    return 0
+
+
+def _add_spec(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("spec", help="validate a feature spec and print its operator graph",
+                       description="Load and validate a feature spec TOML file and print its "
+                       "pipelines, operator chains and embedding tables.")
+    p.add_argument("config", help="feature spec TOML")
+    p.add_argument("--nodes", action="store_true", help="also list the operator-graph nodes")
+    p.set_defaults(func=_cmd_spec)
+
+
+def _cmd_spec(a: argparse.Namespace) -> int:
+    from recs_core.features.graph import FeatureGraph
+    from recs_core.features.spec import load_spec
+
+    spec = load_spec(a.config)
+    print(spec.describe())
+    if a.nodes:
+        for node in FeatureGraph(spec).nodes():
+            print(f"  node {node.name}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``recs`` command."""
+    parser = argparse.ArgumentParser(
+        prog="recs", description="RECS: incremental training of recommendation models on CPU "
+        "clusters. Launch multi-rank jobs with mpi_launch.sh -n N recs ...")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_gen(sub)
+    _add_features(sub)
+    _add_spec(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run one subcommand; user errors print one line, no traceback."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RecsError as e:
+        msg = f"recs: error: {e}"
+        if "mpi4py.MPI" in sys.modules:
+            from recs_core.comm.world import mpi_world
+
+            world = mpi_world()
+            if world.size > 1:
+                world.abort(2, f"{msg} (rank {world.rank})")
+        print(msg, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("recs: interrupted", file=sys.stderr)
+        return 130

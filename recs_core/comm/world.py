@@ -1,0 +1,56 @@
+"""The MPI world of a job, imported lazily so that single-process commands need no MPI."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class World:
+    """Rank, size and the communicator (None when running without MPI)."""
+
+    rank: int = 0
+    size: int = 1
+    comm: Any = None
+
+    def allreduce_sum(self, value: Any) -> Any:
+        return value if self.comm is None else self.comm.allreduce(value)
+
+    def allreduce_max(self, value: float) -> float:
+        if self.comm is None:
+            return value
+        from mpi4py import MPI
+
+        return self.comm.allreduce(value, op=MPI.MAX)
+
+    def gather_dicts_sum(self, d: dict[str, int]) -> dict[str, int]:
+        """Sum of per-rank counters (every rank gets the result)."""
+        if self.comm is None:
+            return dict(d)
+        out: dict[str, int] = {}
+        for part in self.comm.allgather(d):
+            for k, v in part.items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+    def barrier(self) -> None:
+        if self.comm is not None:
+            self.comm.Barrier()
+
+    def abort(self, code: int, message: str) -> None:
+        """Print ``message`` and end every rank (no rank is left waiting)."""
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+        if self.comm is not None and self.size > 1:
+            self.comm.Abort(code)
+        raise SystemExit(code)
+
+
+def mpi_world() -> World:
+    """The MPI world (a 1-rank world if launched without mpiexec)."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    return World(comm.Get_rank(), comm.Get_size(), comm)

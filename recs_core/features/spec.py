@@ -1,0 +1,349 @@
+"""The feature spec: a TOML file loaded into validated, printable dataclasses.
+
+Layout (see ``configs/criteo_dlrm.toml``)::
+
+    [input]                      # raw columns in file order, and the bad-input policy
+    columns = [{ name = "label", type = "label" },
+               { names = "I1..I13", type = "int" },
+               { names = "C1..C26", type = "str", max_bytes = 64 }]
+    on_error = "skip"            # or "fail"
+    max_bad_fraction = 0.05
+    batch_size = 2048
+
+    [[pipeline]]                 # a feature group with its own embedding exchange
+    name = "categorical"
+      [[pipeline.feature]]       # one operator chain over one or more columns
+      name = "cat"
+      inputs = ["C1..C26"]       # "X1..X9" expands to X1, X2, ..., X9
+      ops = [{ op = "hash_bucket", buckets = 262144 }]
+      embedding = { dim = 16 }   # rows default to the chain's id cardinality
+
+A feature's output is ``"dense"`` (float columns for the MLP) or sparse (its
+``embedding`` table: one field per column for single-valued ids, one pooled
+field for a list). Crosses take ``inputs`` as groups: ``[["C1", "C2"], ...]`` or
+``{ all_pairs = "C1..C8" }``. Every error names the key and what is wrong.
+Other top-level tables (``model``, ``train``, ...) are kept for the trainer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from recs_core.data.bad_rows import BadRowPolicy
+from recs_core.data.parse import COL_INT, COL_LABEL, COL_STR, ColumnSchema
+from recs_core.errors import ConfigError
+from recs_core.features.ops import Operator, VType, make_operator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+_KINDS = {"label": COL_LABEL, "int": COL_INT, "str": COL_STR}
+_DEFAULT_MAX_BYTES = {"label": 8, "int": 24, "str": 256}
+_RANGE = re.compile(r"^([A-Za-z_][A-Za-z_]*?)(\d+)\.\.([A-Za-z_][A-Za-z_]*?)(\d+)$")
+TOP_LEVEL_FOR_TRAINER = ("model", "train", "optimizer")
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    name: str
+    type: str  # label | int | str
+    max_bytes: int
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """An embedding table: rows, dimension, and pooling for multi-valued fields."""
+
+    rows: int
+    dim: int
+    pooling: str | None = None  # "sum" | "mean" for list fields
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One operator chain over ``inputs`` and what it outputs."""
+
+    name: str
+    pipeline: str
+    inputs: tuple[str, ...]  # flattened; crosses list each group's columns in order
+    arity: int  # columns per output field (2+ for crosses, else 1)
+    ops: tuple[Operator, ...] = field(compare=False)
+    out_type: VType
+    output: str  # "dense" | "sparse"
+    table: TableSpec | None
+    field_names: tuple[str, ...]  # one per output field
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    name: str
+    features: tuple[FeatureSpec, ...]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated feature spec."""
+
+    columns: tuple[ColumnSpec, ...]
+    pipelines: tuple[PipelineSpec, ...]
+    policy: BadRowPolicy
+    batch_size: int
+    path: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def schema(self) -> ColumnSchema:
+        """The raw-column schema for the parser."""
+        return ColumnSchema(tuple(c.name for c in self.columns),
+                            tuple(_KINDS[c.type] for c in self.columns),
+                            tuple(c.max_bytes for c in self.columns))
+
+    @property
+    def features(self) -> tuple[FeatureSpec, ...]:
+        return tuple(f for p in self.pipelines for f in p.features)
+
+    @property
+    def dense_width(self) -> int:
+        return sum(f.out_type.width for f in self.features if f.output == "dense")
+
+    @property
+    def sparse_fields(self) -> tuple[tuple[str, TableSpec], ...]:
+        """(field name, table) of every sparse field, in spec order."""
+        return tuple((n, f.table) for f in self.features if f.output == "sparse"
+                     for n in f.field_names)
+
+    def describe(self) -> str:
+        """A readable summary: pipelines, features, chains and tables."""
+        lines = [f"spec {self.path or '<memory>'}: {len(self.columns)} columns, "
+                 f"{len(self.sparse_fields)} sparse fields, {self.dense_width} dense values"]
+        for p in self.pipelines:
+            lines.append(f"pipeline {p.name}:")
+            for f in p.features:
+                chain = " -> ".join(repr(o) for o in f.ops)
+                out = "dense" if f.output == "dense" else (
+                    f"{len(f.field_names)} x table(rows={f.table.rows}, dim={f.table.dim}"
+                    + (f", pooling={f.table.pooling}" if f.table.pooling else "") + ")")
+                lines.append(f"  {f.name}: {len(f.inputs)} input(s) : {chain} => {out}")
+        return "\n".join(lines)
+
+
+def expand_names(item: str, where: str) -> list[str]:
+    """"C1..C26" → ["C1", ..., "C26"]; a plain name → [name]."""
+    m = _RANGE.match(item)
+    if not m:
+        return [item]
+    p1, a, p2, b = m.group(1), int(m.group(2)), m.group(3), int(m.group(4))
+    if p1 != p2 or b < a:
+        raise ConfigError(f"{where}: bad range {item!r} (expected like \"C1..C26\")")
+    return [f"{p1}{i}" for i in range(a, b + 1)]
+
+
+def _check_keys(table: dict, allowed: set[str], where: str) -> None:
+    extra = sorted(set(table) - allowed)
+    if extra:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(extra)}; "
+                          f"allowed: {', '.join(sorted(allowed))}")
+
+
+def _typed(table: dict, key: str, kind: type | tuple, where: str, default: Any = ...) -> Any:
+    if key not in table:
+        if default is ...:
+            raise ConfigError(f"{where}.{key}: is required")
+        return default
+    v = table[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(v, kinds) or (isinstance(v, bool) and bool not in kinds):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise ConfigError(f"{where}.{key}: expected {names}, got {v!r}")
+    return v
+
+
+def _load_columns(inp: dict) -> tuple[ColumnSpec, ...]:
+    cols_raw = _typed(inp, "columns", list, "input")
+    cols: list[ColumnSpec] = []
+    for i, c in enumerate(cols_raw):
+        where = f"input.columns[{i}]"
+        if not isinstance(c, dict):
+            raise ConfigError(f"{where}: expected a table like {{ name = \"x\", type = \"int\" }}")
+        _check_keys(c, {"name", "names", "type", "max_bytes"}, where)
+        ctype = _typed(c, "type", str, where)
+        if ctype not in _KINDS:
+            raise ConfigError(f"{where}.type: must be one of label, int, str; got {ctype!r}")
+        if ("name" in c) == ("names" in c):
+            raise ConfigError(f"{where}: give exactly one of name or names")
+        names = ([_typed(c, "name", str, where)] if "name" in c
+                 else expand_names(_typed(c, "names", str, where), f"{where}.names"))
+        mb = _typed(c, "max_bytes", int, where, _DEFAULT_MAX_BYTES[ctype])
+        if mb < 1:
+            raise ConfigError(f"{where}.max_bytes: must be >= 1")
+        cols.extend(ColumnSpec(n, ctype, mb) for n in names)
+    seen: set[str] = set()
+    for c in cols:
+        if c.name in seen:
+            raise ConfigError(f"input.columns: duplicate column {c.name!r}")
+        seen.add(c.name)
+    if sum(c.type == "label" for c in cols) != 1:
+        raise ConfigError("input.columns: need exactly one column of type \"label\"")
+    return tuple(cols)
+
+
+def _feature_inputs(raw: Any, where: str, columns: dict[str, ColumnSpec]) -> tuple[
+        tuple[str, ...], int]:
+    """Flattened input columns and the arity (columns per output field)."""
+    groups: list[list[str]]
+    if isinstance(raw, dict):
+        _check_keys(raw, {"all_pairs"}, where)
+        names = expand_names(_typed(raw, "all_pairs", str, where), f"{where}.all_pairs")
+        groups = [list(p) for p in itertools.combinations(names, 2)]
+    elif isinstance(raw, list) and raw and all(isinstance(x, list) for x in raw):
+        groups = [[n for x in g for n in expand_names(x, where)] for g in raw]
+    elif isinstance(raw, list) and raw and all(isinstance(x, str) for x in raw):
+        groups = [[n] for x in raw for n in expand_names(x, where)]
+    else:
+        raise ConfigError(f"{where}: expected a non-empty list of column names, a list of "
+                          "column groups, or { all_pairs = \"C1..C8\" }")
+    arity = len(groups[0])
+    if any(len(g) != arity for g in groups):
+        raise ConfigError(f"{where}: all groups need the same number of columns")
+    flat = tuple(n for g in groups for n in g)
+    types = set()
+    for n in flat:
+        if n not in columns:
+            raise ConfigError(f"{where}: unknown column {n!r}")
+        if columns[n].type == "label":
+            raise ConfigError(f"{where}: the label column {n!r} cannot be a feature input")
+        types.add(columns[n].type)
+    if len(types) > 1:
+        raise ConfigError(f"{where}: inputs mix int and str columns; use separate features")
+    return flat, arity
+
+
+def _load_feature(raw: Any, where: str, pipeline: str,
+                  columns: dict[str, ColumnSpec]) -> FeatureSpec:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table")
+    _check_keys(raw, {"name", "inputs", "ops", "output", "embedding"}, where)
+    name = _typed(raw, "name", str, where)
+    inputs, arity = _feature_inputs(raw.get("inputs"), f"{where}.inputs", columns)
+    ops_raw = _typed(raw, "ops", list, where)
+    if not ops_raw:
+        raise ConfigError(f"{where}.ops: needs at least one operator")
+    t = VType(columns[inputs[0]].type, len(inputs), True)
+    ops = []
+    for i, o in enumerate(ops_raw):
+        op = make_operator(o, f"{where}.ops[{i}]", arity)
+        op.check_input(t)
+        t = op.out_type(t)
+        ops.append(op)
+    if arity > 1 and not any(o.name == "hash_cross" for o in ops):
+        raise ConfigError(f"{where}.inputs: column groups are only for hash_cross features")
+    output = _typed(raw, "output", str, where, "sparse")
+    if output not in ("dense", "sparse"):
+        raise ConfigError(f"{where}.output: must be \"dense\" or \"sparse\", got {output!r}")
+    if output == "dense":
+        if "embedding" in raw:
+            raise ConfigError(f"{where}.embedding: a dense output has no embedding table")
+        if t.kind != "float":
+            raise ConfigError(f"{where}.output: dense output needs float values, the chain "
+                              f"ends in {t.kind}")
+        if t.missing:
+            raise ConfigError(f"{where}.output: dense values may be missing; add "
+                              "{ op = \"fill_missing\" } to the chain")
+        fields = tuple(f"{name}:{c}" for c in inputs)
+        return FeatureSpec(name, pipeline, inputs, arity, tuple(ops), t, output, None, fields)
+    if t.kind not in ("id", "list_id"):
+        raise ConfigError(f"{where}.ops: a sparse feature must end in ids (e.g. hash_bucket), "
+                          f"the chain ends in {t.kind}; or set output = \"dense\"")
+    emb = _typed(raw, "embedding", dict, where)
+    _check_keys(emb, {"rows", "dim", "pooling"}, f"{where}.embedding")
+    rows = _typed(emb, "rows", int, f"{where}.embedding", t.cardinality)
+    if t.cardinality is not None and rows < t.cardinality:
+        raise ConfigError(f"{where}.embedding.rows: {rows} is below the {t.cardinality} ids "
+                          "the operator chain can produce")
+    dim = _typed(emb, "dim", int, f"{where}.embedding")
+    if dim < 1:
+        raise ConfigError(f"{where}.embedding.dim: must be >= 1")
+    pooling = _typed(emb, "pooling", str, f"{where}.embedding", None)
+    if t.kind == "list_id":
+        pooling = pooling or "sum"
+        if pooling not in ("sum", "mean"):
+            raise ConfigError(f"{where}.embedding.pooling: must be \"sum\" or \"mean\"")
+    elif pooling is not None:
+        raise ConfigError(f"{where}.embedding.pooling: only multi-valued (list) features pool")
+    if arity > 1:
+        fields = tuple(f"{name}:" + "x".join(inputs[g * arity:(g + 1) * arity])
+                       for g in range(len(inputs) // arity))
+    elif t.kind == "list_id":
+        fields = (name,)
+    else:
+        fields = tuple(f"{name}:{c}" for c in inputs)
+    return FeatureSpec(name, pipeline, inputs, arity, tuple(ops), t, output,
+                       TableSpec(rows, dim, pooling), fields)
+
+
+def parse_spec(data: dict[str, Any], path: str = "") -> Spec:
+    """Validate a spec given as the dict a TOML file loads into."""
+    allowed = {"input", "pipeline", *TOP_LEVEL_FOR_TRAINER}
+    _check_keys(data, allowed, "spec")
+    inp = _typed(data, "input", dict, "spec")
+    _check_keys(inp, {"columns", "on_error", "max_bad_fraction", "batch_size"}, "input")
+    columns = _load_columns(inp)
+    on_error = _typed(inp, "on_error", str, "input", "skip")
+    if on_error not in ("skip", "fail"):
+        raise ConfigError(f"input.on_error: must be \"skip\" or \"fail\", got {on_error!r}")
+    frac = float(_typed(inp, "max_bad_fraction", (int, float), "input", 0.05))
+    if not 0.0 <= frac <= 1.0:
+        raise ConfigError(f"input.max_bad_fraction: must be between 0 and 1, got {frac}")
+    batch = _typed(inp, "batch_size", int, "input", 2048)
+    if batch < 1:
+        raise ConfigError(f"input.batch_size: must be >= 1, got {batch}")
+    by_name = {c.name: c for c in columns}
+    pipes_raw = _typed(data, "pipeline", list, "spec")
+    if not pipes_raw:
+        raise ConfigError("pipeline: at least one [[pipeline]] is needed")
+    pipelines, pnames, fnames = [], set(), set()
+    for i, p in enumerate(pipes_raw):
+        where = f"pipeline[{i}]"
+        if not isinstance(p, dict):
+            raise ConfigError(f"{where}: expected a table")
+        _check_keys(p, {"name", "feature"}, where)
+        pname = _typed(p, "name", str, where)
+        if pname in pnames:
+            raise ConfigError(f"{where}.name: duplicate pipeline {pname!r}")
+        pnames.add(pname)
+        feats_raw = _typed(p, "feature", list, where)
+        if not feats_raw:
+            raise ConfigError(f"{where}.feature: needs at least one [[pipeline.feature]]")
+        feats = []
+        for j, f in enumerate(feats_raw):
+            fs = _load_feature(f, f"{where}.feature[{j}]", pname, by_name)
+            if fs.name in fnames:
+                raise ConfigError(f"{where}.feature[{j}].name: duplicate feature {fs.name!r}")
+            fnames.add(fs.name)
+            feats.append(fs)
+        pipelines.append(PipelineSpec(pname, tuple(feats)))
+    extra = {k: data[k] for k in TOP_LEVEL_FOR_TRAINER if k in data}
+    return Spec(columns, tuple(pipelines), BadRowPolicy(on_error, frac), batch, path, extra)
+
+
+def load_spec(path: str | os.PathLike) -> Spec:
+    """Load and validate a feature spec TOML file."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: config file not found") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from e
+    try:
+        return parse_spec(data, path)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

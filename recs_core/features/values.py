@@ -1,0 +1,73 @@
+"""The column-batch value types that flow between feature operators.
+
+Every operator takes one of these and returns one; all hold whole batches
+(``n`` rows, ``k`` columns of one feature), never single rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class IntValues:
+    """Integer columns with a missing mask."""
+
+    values: np.ndarray  # int64 [n, k]
+    missing: np.ndarray  # bool [n, k]
+
+
+@dataclass
+class FloatValues:
+    """Float columns; NaN marks a missing value."""
+
+    values: np.ndarray  # float64 [n, k]
+
+
+@dataclass
+class StrValues:
+    """String columns as (start, length) into a byte arena; length 0 = missing."""
+
+    arena: np.ndarray  # uint8
+    start: np.ndarray  # int64 [n, k]
+    length: np.ndarray  # int32 [n, k]
+
+
+@dataclass
+class ListStrValues:
+    """One multi-valued string column: row i holds tokens offsets[i]..offsets[i+1]-1."""
+
+    arena: np.ndarray  # uint8
+    start: np.ndarray  # int64 [nnz]
+    length: np.ndarray  # int32 [nnz]
+    offsets: np.ndarray  # int64 [n + 1]
+
+
+@dataclass
+class IdValues:
+    """Embedding row ids of k single-valued sparse fields."""
+
+    ids: np.ndarray  # int64 [n, k]
+
+
+@dataclass
+class ListIdValues:
+    """Embedding row ids of one multi-valued field, CSR by row (for pooling)."""
+
+    ids: np.ndarray  # int64 [nnz]
+    offsets: np.ndarray  # int64 [n + 1]
+
+
+Value = IntValues | FloatValues | StrValues | ListStrValues | IdValues | ListIdValues
+
+# Static type names used by the spec's type checker.
+TYPE_OF = {
+    IntValues: "int",
+    FloatValues: "float",
+    StrValues: "str",
+    ListStrValues: "list_str",
+    IdValues: "id",
+    ListIdValues: "list_id",
+}
