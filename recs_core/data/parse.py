@@ -307,10 +307,12 @@ def parse_lines(buf, nbytes, at_eof, kinds, slots, max_bytes,
             if q >= nbytes or buf[q] != _TAB:
                 break
             q += 1
-            if reason != 0:  # the line is bad already: skip to its end
+            if reason != 0:  # the line is bad already: only count its fields
                 while q < nbytes and buf[q] != _LF:
+                    if buf[q] == _TAB:
+                        field += 1
                     q += 1
-                field = ncols
+                field += 1
                 break
         # q is at CR, LF or nbytes: find the line feed.
         has_lf = False
@@ -319,9 +321,8 @@ def parse_lines(buf, nbytes, at_eof, kinds, slots, max_bytes,
                 has_lf = True
                 break
             q += 1
-        if reason == 0:
-            if field != ncols:
-                reason = R_TRUNCATED if (at_eof and not has_lf) else R_FIELD_COUNT
+        if field != ncols:  # a wrong field count explains any other error on the line
+            reason = R_TRUNCATED if (at_eof and not has_lf) else R_FIELD_COUNT
         if reason == 0:
             n_good += 1
         else:

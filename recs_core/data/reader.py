@@ -247,7 +247,9 @@ class ShardReader:
         """A function giving the 1-based file line of line ``index`` of a chunk (lazy: it
         counts the lines before the span only when an error is reported)."""
         def line_of() -> int:
-            first = 0 if span.gz or span.start == 0 else count_lines_before(span.path, span.start)
+            # the line holding byte start-1 belongs to an earlier range, whatever its end
+            first = 0 if span.gz or span.start == 0 else count_lines_before(
+                span.path, span.start - 1) + 1
             return first + base + index + 1
         return line_of
 

@@ -118,9 +118,14 @@ def hash_str(value: str | bytes) -> int:
     return int(hash_bytes(arr, 0, len(data)))
 
 
-def cross_hash(*hashes: int) -> int:
-    """Cross hash of component hashes, as a Python int."""
+@njit(nogil=True, cache=True)
+def _cross_of(hashes: np.ndarray) -> np.uint64:
     acc = cross_init()
     for h in hashes:
-        acc = cross_step(acc, np.uint64(h))
-    return int(acc)
+        acc = cross_step(acc, h)
+    return acc
+
+
+def cross_hash(*hashes: int) -> int:
+    """Cross hash of component hashes, as a Python int."""
+    return int(_cross_of(np.array(hashes, dtype=np.uint64)))

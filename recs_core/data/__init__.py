@@ -1,0 +1,1 @@
+"""Data sources: readers, parsers and the synthetic generator."""

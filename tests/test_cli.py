@@ -1,0 +1,123 @@
+"""The recs command: help on every subcommand, features JSON, clean errors, multi-rank runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CONFIGS, ROOT, run_mpi
+
+SUBCOMMANDS = ["gen", "features", "spec"]
+
+
+def recs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "recs_core", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_help_on_every_subcommand() -> None:
+    top = recs("--help")
+    assert top.returncode == 0
+    for sub in SUBCOMMANDS:
+        assert sub in top.stdout
+        r = recs(sub, "--help")
+        assert r.returncode == 0 and "usage: recs " + sub in r.stdout, sub
+
+
+def test_console_script_is_installed() -> None:
+    exe = Path(sys.executable).parent / "recs"
+    if not exe.exists():
+        pytest.fail("the recs console script is missing: install with pip install -e .")
+    r = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "features" in r.stdout
+
+
+def test_features_prints_figures_as_last_json_line(criteo_sample) -> None:
+    r = recs("features", "--config", str(CONFIGS / "criteo_dlrm.toml"), "--data",
+             str(criteo_sample), "--quiet")
+    assert r.returncode == 0, r.stderr
+    out = last_json(r.stdout)
+    assert out["rows"] == 5760 and out["lines"] == 5760 and out["bad_rows"] == {}
+    assert out["rows_per_sec"] > 0 and out["world_size"] == 1
+
+
+def test_errors_are_one_line_without_traceback(tmp_path: Path, criteo_sample) -> None:
+    r = recs("features", "--config", str(CONFIGS / "criteo_dlrm.toml"), "--data",
+             str(tmp_path / "missing.txt"))
+    assert r.returncode == 2
+    assert "recs: error:" in r.stderr and "missing.txt: data file not found" in r.stderr
+    assert "Traceback" not in r.stderr
+    bad_cfg = tmp_path / "c.toml"
+    bad_cfg.write_text("[input]\n")
+    r = recs("features", "--config", str(bad_cfg), "--data", str(criteo_sample))
+    assert r.returncode == 2 and "input.columns: is required" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def bad_copy(tmp_path: Path, criteo_sample: Path) -> Path:
+    lines = criteo_sample.read_text().splitlines(keepends=True)
+    lines[99] = "2" + lines[99][1:]  # label 2
+    lines[4000] = "garbage\n"
+    p = tmp_path / "bad.txt"
+    p.write_text("".join(lines))
+    return p
+
+
+def test_on_error_flags(tmp_path: Path, criteo_sample) -> None:
+    p = bad_copy(tmp_path, criteo_sample)
+    cfg = str(CONFIGS / "criteo_dlrm.toml")
+    r = recs("features", "--config", cfg, "--data", str(p), "--quiet")
+    assert r.returncode == 0
+    out = last_json(r.stdout)
+    assert out["rows"] == 5758 and out["bad_rows"] == {"bad_label": 1, "field_count": 1}
+    assert "skipped 2 bad line(s)" in r.stderr
+    r = recs("features", "--config", cfg, "--data", str(p), "--on-error", "fail")
+    assert r.returncode == 2 and f"{p}:100: bad_label in column label" in r.stderr
+    r = recs("features", "--config", cfg, "--data", str(p), "--max-bad-fraction", "0.0001")
+    assert r.returncode == 2 and "too many bad lines: 2 of 5760" in r.stderr
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("n", [2, 3])
+def test_features_on_several_ranks(n: int, criteo_sample, tmp_path: Path) -> None:
+    p = bad_copy(tmp_path, criteo_sample)
+    r = run_mpi(n, ["-m", "recs_core", "features", "--config", str(CONFIGS / "criteo_dlrm.toml"),
+                    "--data", str(p), str(criteo_sample), "--quiet"])
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    assert len(lines) == 1  # only rank 0 prints
+    out = json.loads(lines[0])
+    assert out["world_size"] == n and out["rows"] == 2 * 5760 - 2
+    assert out["bad_rows"] == {"bad_label": 1, "field_count": 1}
+
+
+@pytest.mark.mpi
+def test_failing_rank_stops_every_rank(tmp_path: Path, criteo_sample) -> None:
+    p = bad_copy(tmp_path, criteo_sample)
+    r = run_mpi(2, ["-m", "recs_core", "features", "--config", str(CONFIGS / "criteo_dlrm.toml"),
+                    "--data", str(p), "--on-error", "fail", "--quiet"], timeout=60)
+    assert r.returncode != 0
+    assert "bad_label" in r.stderr or "field_count" in r.stderr
+
+
+@pytest.mark.mpi
+def test_mpi_launch_runs_features(criteo_sample) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
+    r = subprocess.run([str(ROOT / "mpi_launch.sh"), "-n", "2", sys.executable, "-m", "recs_core",
+                        "features", "--config", str(CONFIGS / "criteo_dlrm.toml"), "--data",
+                        str(criteo_sample), "--quiet"], capture_output=True, text=True,
+                       timeout=120, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    out = last_json(r.stdout)
+    assert out["world_size"] == 2 and out["rows"] == 5760
