@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Launch a command on N MPI ranks with a sane threads-per-rank setting.
+set -euo pipefail
+
+PROG=$(basename "$0")
+REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+usage() {
+    cat <<EOF
+Usage: $PROG [-n N] [--threads T] [--] COMMAND [ARGS...]
+
+Run COMMAND on N MPI ranks (default 1) through mpiexec.
+
+Options:
+  -n, -np N       number of ranks (positive integer, default 1)
+  --threads T     threads per rank (default: max(1, cores / N))
+  -h, --help      show this help and exit
+
+Exported to every rank (all set to T):
+  OMP_NUM_THREADS OPENBLAS_NUM_THREADS MKL_NUM_THREADS NUMBA_NUM_THREADS
+  RECS_THREADS_PER_RANK
+
+mpiexec is taken from \$MPIEXEC if set, else \$VIRTUAL_ENV/bin, else next to
+the python on PATH, else $REPO_DIR/.venv/bin, else PATH. MPICH and Open MPI
+are detected; for Open MPI --allow-run-as-root (as root) and oversubscription
+(N > cores) are added. If COMMAND is 'recs' and not on PATH, .venv/bin/recs
+is used. The exit status is that of mpiexec.
+
+Example:
+  $PROG -n 2 recs features --config c.toml --data f.txt
+EOF
+}
+
+die() {
+    echo "$PROG: error: $*" >&2
+    echo "Try '$PROG --help'." >&2
+    exit 2
+}
+
+is_pos_int() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
+
+nranks=1
+threads=""
+while (($#)); do
+    case $1 in
+        -h | --help) usage; exit 0 ;;
+        -n | -np)
+            (($# >= 2)) || die "$1 needs a value"
+            nranks=$2; shift 2 ;;
+        -n=* | -np=*) nranks=${1#*=}; shift ;;
+        --threads)
+            (($# >= 2)) || die "$1 needs a value"
+            threads=$2; shift 2 ;;
+        --threads=*) threads=${1#*=}; shift ;;
+        --) shift; break ;;
+        -*) die "unknown option '$1' (put '--' before a COMMAND starting with '-')" ;;
+        *) break ;;
+    esac
+done
+
+(($#)) || die "no COMMAND given"
+is_pos_int "$nranks" || die "-n must be a positive integer, got '$nranks'"
+[[ -z $threads ]] || is_pos_int "$threads" \
+    || die "--threads must be a positive integer, got '$threads'"
+
+# Cores available to us (GNU nproc honours OMP_NUM_THREADS: ignore it here).
+ncores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null \
+    || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
+is_pos_int "$ncores" || ncores=1
+if [[ -z $threads ]]; then
+    threads=$((ncores / nranks))
+    ((threads >= 1)) || threads=1
+fi
+
+# --- find mpiexec (it must match the MPI library mpi4py was built against)
+find_mpiexec() {
+    local dir py
+    if [[ -n ${MPIEXEC:-} ]]; then
+        [[ -x $MPIEXEC ]] || command -v "$MPIEXEC" >/dev/null \
+            || die "MPIEXEC='$MPIEXEC' is not an executable"
+        command -v "$MPIEXEC"
+        return
+    fi
+    local candidates=()
+    [[ -n ${VIRTUAL_ENV:-} ]] && candidates+=("$VIRTUAL_ENV/bin")
+    for py in python3 python; do
+        if py=$(command -v "$py"); then
+            candidates+=("$(dirname "$py")")  # no symlink resolution: keep the venv
+            break
+        fi
+    done
+    candidates+=("$REPO_DIR/.venv/bin")
+    for dir in "${candidates[@]}"; do
+        if [[ -x $dir/mpiexec ]]; then
+            echo "$dir/mpiexec"
+            return
+        fi
+    done
+    command -v mpiexec || die "mpiexec not found (looked in \$VIRTUAL_ENV/bin, next to python, \
+$REPO_DIR/.venv/bin and PATH); install MPI, e.g. pip install mpich, or set MPIEXEC"
+}
+mpiexec=$(find_mpiexec)
+
+version=$("$mpiexec" --version 2>&1 || true)
+launcher=("$mpiexec")
+env_vars=(OMP_NUM_THREADS OPENBLAS_NUM_THREADS MKL_NUM_THREADS NUMBA_NUM_THREADS
+    RECS_THREADS_PER_RANK)
+for var in "${env_vars[@]}"; do
+    export "$var=$threads"
+done
+
+if grep -qiE 'open mpi|openrte' <<<"$version"; then
+    ((EUID != 0)) || launcher+=(--allow-run-as-root)
+    if ((nranks > ncores)); then
+        ompi_major=$(sed -nE 's/.*\(Open MPI\) ([0-9]+).*/\1/p' <<<"$version" | head -n1)
+        if [[ ${ompi_major:-0} -ge 5 ]]; then
+            launcher+=(--map-by :OVERSUBSCRIBE)
+        else
+            launcher+=(--oversubscribe)
+        fi
+    fi
+    for var in "${env_vars[@]}"; do
+        launcher+=(-x "$var")
+    done
+fi
+# MPICH / Intel MPI (Hydra) forward the whole environment by default.
+
+# --- resolve COMMAND
+if [[ $1 == recs ]] && ! command -v recs >/dev/null && [[ -x $REPO_DIR/.venv/bin/recs ]]; then
+    set -- "$REPO_DIR/.venv/bin/recs" "${@:2}"
+fi
+
+exec "${launcher[@]}" -n "$nranks" "$@"
