@@ -12,4 +12,7 @@ extensions = [
     ),
 ]
 
-setup(ext_modules=cythonize(extensions, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False}))
+setup(ext_modules=cythonize(
+    extensions, language_level=3,
+    compiler_directives={"boundscheck": False, "wraparound": False},
+))

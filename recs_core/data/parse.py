@@ -357,8 +357,12 @@ class ChunkParser:
         self._n_int = len(schema.int_names)
         self._n_str = len(schema.str_names)
 
-    def parse(self, buf: np.ndarray, nbytes: int, at_eof: bool) -> ParsedChunk:
-        """Parse buf[:nbytes] (complete lines; the last may lack '\\n' when at_eof)."""
+    def parse(self, buf: np.ndarray, nbytes: int, at_eof: bool,
+              own_buffer: bool = False) -> ParsedChunk:
+        """Parse buf[:nbytes] (complete lines; the last may lack '\\n' when at_eof).
+
+        String columns point into ``buf`` itself when ``own_buffer`` (the caller hands
+        the buffer over and must not reuse it), else into a copy."""
         cap = count_lines(buf, nbytes)
         labels = np.empty(cap, dtype=np.int8)
         ints = np.empty((cap, self._n_int), dtype=np.int64)
@@ -371,7 +375,7 @@ class ChunkParser:
         n_good, n_lines, n_bad = parse_lines(
             buf, nbytes, at_eof, self._kinds, self._slots, self._max,
             labels, ints, imiss, sstart, slen, bad_line, bad_reason, bad_col)
-        arena = buf[:nbytes].copy()  # strings point into it; buf goes back to the pool
+        arena = buf if own_buffer else buf[:nbytes].copy()
         if not self.schema.kinds.count(COL_LABEL):
             labels[:n_good] = 0
         batch = RawBatch(labels[:n_good], ints[:n_good], imiss[:n_good],

@@ -1,9 +1,11 @@
 """Streaming, rank-sharded reading of TSV files into fixed-size parsed batches.
 
-A background thread reads line-aligned byte chunks (plain or gzip) into a small
-pool of buffers and hands them to the parsing thread through two lock-free SPSC
-rings (full buffers one way, free buffers back), so reading overlaps parsing and
-memory stays bounded by the pool whatever the file size.
+A background thread reads line-aligned byte chunks (plain or gzip) into buffers
+and hands them to the parsing thread through two lock-free SPSC rings (full slots
+one way, free slots back). A slot is a credit: at most ``_POOL`` chunks are read
+ahead, so reading overlaps parsing and memory stays bounded whatever the file size.
+Each chunk gets a fresh buffer that its parsed rows keep as their string arena
+(no copy); it is freed when the last batch viewing it is dropped.
 """
 
 from __future__ import annotations
@@ -59,12 +61,13 @@ def count_lines_before(path: str, offset: int) -> int:
 
 
 class _ChunkProducer(threading.Thread):
-    """Reads the spans into pool buffers, each chunk ending at a line boundary."""
+    """Reads the spans into fresh chunk buffers, each ending at a line boundary."""
 
-    def __init__(self, spans: list[Span], pool: list[np.ndarray], meta: list[_Chunk],
-                 full: SpscRing, free: SpscRing) -> None:
+    def __init__(self, spans: list[Span], chunk_bytes: int, pool: list[np.ndarray | None],
+                 meta: list[_Chunk], full: SpscRing, free: SpscRing) -> None:
         super().__init__(daemon=True, name="recs-reader")
         self.spans, self.pool, self.meta, self.full, self.free = spans, pool, meta, full, free
+        self.chunk_bytes = chunk_bytes
         self.error: BaseException | None = None
         self.current_path = ""
         self.stop = False
@@ -105,8 +108,8 @@ class _ChunkProducer(threading.Thread):
                 slot = self._take()
                 if slot is None:
                     return
-                buf = self.pool[slot]
-                cap = len(buf)
+                cap = self.chunk_bytes
+                buf = self.pool[slot] = np.empty(cap, dtype=np.uint8)
                 c = len(carry)
                 buf[:c] = carry
                 mv = memoryview(buf)
@@ -189,12 +192,12 @@ class ShardReader:
         self.rows = 0
 
     def __iter__(self) -> Iterator[RawBatch]:
-        pool = [np.empty(self.chunk_bytes, dtype=np.uint8) for _ in range(_POOL)]
+        pool: list[np.ndarray | None] = [None] * _POOL
         meta = [_Chunk() for _ in range(_POOL)]
         full, free = SpscRing(_POOL), SpscRing(_POOL)
         for i in range(_POOL):
             free.push(i, None)
-        producer = _ChunkProducer(self.spans, pool, meta, full, free)
+        producer = _ChunkProducer(self.spans, self.chunk_bytes, pool, meta, full, free)
         producer.start()
         pending: list[RawBatch] = []
         pending_rows = 0
@@ -207,7 +210,8 @@ class ShardReader:
                         break
                     continue
                 m = meta[slot]
-                parsed = self.parser.parse(pool[slot], m.nbytes, m.at_eof)
+                parsed = self.parser.parse(pool[slot], m.nbytes, m.at_eof, own_buffer=True)
+                pool[slot] = None
                 free.push(slot, None)
                 span = self.spans[m.span]
                 base = lines_in_span.get(m.span, 0)

@@ -27,6 +27,17 @@ def int_to_float(values: np.ndarray, missing: np.ndarray) -> np.ndarray:
 
 
 @njit(nogil=True, cache=True)
+def fill_missing_int(values: np.ndarray, missing: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """int64 columns → float64 with fill[j] where missing (one pass)."""
+    n, k = values.shape
+    out = np.empty((n, k), dtype=np.float64)
+    for i in range(n):
+        for j in range(k):
+            out[i, j] = fill[j] if missing[i, j] else np.float64(values[i, j])
+    return out
+
+
+@njit(nogil=True, cache=True)
 def fill_nan(x: np.ndarray, fill: np.ndarray) -> np.ndarray:
     """Replace NaN in column j by fill[j]."""
     n, k = x.shape
@@ -50,19 +61,23 @@ def clip(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return out
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")
 def log1p(x: np.ndarray) -> tuple[np.ndarray, int]:
-    """log(1 + x) and the number of values below -1 (which become NaN)."""
+    """log(1 + x) and the number of values below -1 (which become NaN).
+
+    Uses log1p(x) = log(u) * x / (u - 1) with u = 1 + x (exact to a few ulps; x when
+    u == 1): one plain log, which is 2.5x faster than libm's log1p.
+    """
     n, k = x.shape
     out = np.empty((n, k), dtype=np.float64)
     bad = 0
     for i in range(n):
         for j in range(k):
             v = x[i, j]
-            if v < -1.0:
-                bad += 1
-            # log(1 + v) is 2.5x faster than log1p and as exact once |v| >= 1e-4
-            out[i, j] = np.log(1.0 + v) if abs(v) >= 1e-4 else np.log1p(v)
+            bad += v < -1.0
+            u = 1.0 + v
+            r = np.log(u) * (v / (u - 1.0))
+            out[i, j] = v if (u == 1.0 or v == np.inf) else r
     return out, bad
 
 
@@ -106,6 +121,25 @@ def bucketize(x: np.ndarray, bounds: np.ndarray) -> np.ndarray:
 
 
 @njit(nogil=True, cache=True)
+def bucketize_int(values: np.ndarray, missing: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """bucketize for integer columns: 0 for missing, else 1 + count of boundaries <= v."""
+    n, k = values.shape
+    nb = bounds.shape[0]
+    out = np.empty((n, k), dtype=np.int64)
+    for i in range(n):
+        for j in range(k):
+            if missing[i, j]:
+                out[i, j] = 0
+                continue
+            v = np.float64(values[i, j])
+            c = 0
+            for t in range(nb):
+                c += bounds[t] <= v
+            out[i, j] = c + 1
+    return out
+
+
+@njit(nogil=True, cache=True)
 def hash_str_ids(arena: np.ndarray, start: np.ndarray, length: np.ndarray,
                  buckets: int) -> np.ndarray:
     """Hash string columns to ids: 0 for empty, else bucket_of(hash, buckets)."""
@@ -121,11 +155,12 @@ def hash_str_ids(arena: np.ndarray, start: np.ndarray, length: np.ndarray,
 @njit(nogil=True, cache=True)
 def hash_token_ids(arena: np.ndarray, start: np.ndarray, length: np.ndarray,
                    buckets: int) -> np.ndarray:
-    """Hash a flat array of (non-empty) tokens to ids 1 .. buckets-1."""
+    """Hash a flat array of tokens to ids (0 for an empty one, as in hash_str_ids)."""
     m = start.shape[0]
     out = np.empty(m, dtype=np.int64)
     for t in range(m):
-        out[t] = bucket_of(hash_bytes(arena, start[t], length[t]), buckets)
+        ln = length[t]
+        out[t] = 0 if ln == 0 else bucket_of(hash_bytes(arena, start[t], ln), buckets)
     return out
 
 

@@ -60,6 +60,11 @@ class Params:
             raise self._err(key, f"expected {what or kind}, got {v!r}")
         if not isinstance(v, kind):
             raise self._err(key, f"expected {what or getattr(kind, '__name__', kind)}, got {v!r}")
+        if isinstance(v, float) and math.isnan(v):
+            raise self._err(key, "must be a number, not NaN")
+        if isinstance(v, list) and any(isinstance(x, bool) or (isinstance(x, float) and
+                                                               math.isnan(x)) for x in v):
+            raise self._err(key, "list holds a boolean or NaN")
         if check is not None and not check(v):
             raise self._err(key, f"must be {what}, got {v!r}")
         return v
@@ -120,8 +125,10 @@ class FillMissing(Operator):
         return VType("float", t.width, missing=False)
 
     def apply(self, v: Value) -> Value:
-        x = _as_float(v).values
-        return FloatValues(K.fill_nan(x, np.full(x.shape[1], self.value)))
+        if isinstance(v, IntValues):
+            fill = np.full(v.values.shape[1], self.value)
+            return FloatValues(K.fill_missing_int(v.values, v.missing, fill))
+        return FloatValues(K.fill_nan(v.values, np.full(v.values.shape[1], self.value)))
 
 
 class Clip(Operator):
@@ -180,11 +187,14 @@ class Standardize(Operator):
 
     def out_type(self, t: VType) -> VType:
         if not self.fit:
-            self.mean = self._column_values("mean", self._mean_raw, t.width)
-            self.std = self._column_values("std", self._std_raw, t.width)
-            if np.any(self.std <= 0):
-                raise ConfigError(f"{self.where}.std: must be > 0")
+            self._set_given(t.width)
         return VType("float", t.width, t.missing)
+
+    def _set_given(self, width: int) -> None:
+        self.mean = self._column_values("mean", self._mean_raw, width)
+        self.std = self._column_values("std", self._std_raw, width)
+        if np.any(self.std <= 0):
+            raise ConfigError(f"{self.where}.std: must be > 0")
 
     def _column_values(self, key: str, raw: Any, width: int) -> np.ndarray:
         vals = raw if isinstance(raw, list) else [raw] * width
@@ -193,9 +203,9 @@ class Standardize(Operator):
         return np.asarray(vals, dtype=np.float64)
 
     def fit_on(self, x: np.ndarray) -> None:
-        """Fit mean and std per column on the present values of ``x``."""
+        """Fit mean and std per column on the present, finite values of ``x``."""
         with np.errstate(invalid="ignore"):
-            present = ~np.isnan(x)
+            present = np.isfinite(x)
             cnt = np.maximum(present.sum(axis=0), 1)
             mean = np.where(present, x, 0.0).sum(axis=0) / cnt
             var = (np.where(present, x - mean, 0.0) ** 2).sum(axis=0) / cnt
@@ -205,7 +215,10 @@ class Standardize(Operator):
     def apply(self, v: Value) -> Value:
         x = _as_float(v).values
         if self.mean is None:
-            self.fit_on(x)
+            if self.fit:
+                self.fit_on(x)
+            else:
+                self._set_given(x.shape[1])
         return FloatValues(K.standardize(x, self.mean, 1.0 / self.std))
 
 
@@ -231,7 +244,9 @@ class Bucketize(Operator):
         return VType("id", t.width, False, len(self.boundaries) + 2)
 
     def apply(self, v: Value) -> Value:
-        return IdValues(K.bucketize(_as_float(v).values, self.boundaries))
+        if isinstance(v, IntValues):
+            return IdValues(K.bucketize_int(v.values, v.missing, self.boundaries))
+        return IdValues(K.bucketize(v.values, self.boundaries))
 
 
 def _buckets(p: Params) -> int:
