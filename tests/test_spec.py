@@ -131,3 +131,22 @@ def test_expand_names() -> None:
     assert expand_names("plain", "w") == ["plain"]
     with pytest.raises(ConfigError):
         expand_names("A1..B3", "w")
+
+
+def test_vocab_file_is_relative_to_the_config(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "words.txt").write_text("a\nb\n")
+    cfg = tmp_path / "spec.toml"
+    cfg.write_text('''
+[input]
+columns = [{ name = "label", type = "label" }, { name = "w", type = "str" }]
+[[pipeline]]
+name = "p"
+  [[pipeline.feature]]
+  name = "w"
+  inputs = ["w"]
+  ops = [{ op = "vocab", file = "words.txt", oov_buckets = 2 }]
+  embedding = { dim = 4 }
+''')
+    monkeypatch.chdir("/")
+    spec = load_spec(cfg)
+    assert spec.sparse_fields[0][1].rows == 1 + 2 + 2

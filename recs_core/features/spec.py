@@ -225,8 +225,16 @@ def _feature_inputs(raw: Any, where: str, columns: dict[str, ColumnSpec]) -> tup
     return flat, arity
 
 
+def _with_base_dir(op: Any, base_dir: str) -> Any:
+    """A vocab ``file`` given relative to the config file, made usable from any cwd."""
+    if (isinstance(op, dict) and op.get("op") == "vocab" and isinstance(op.get("file"), str)
+            and not os.path.isabs(op["file"])):
+        return {**op, "file": os.path.join(base_dir, op["file"])}
+    return op
+
+
 def _load_feature(raw: Any, where: str, pipeline: str,
-                  columns: dict[str, ColumnSpec]) -> FeatureSpec:
+                  columns: dict[str, ColumnSpec], base_dir: str) -> FeatureSpec:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table")
     _check_keys(raw, {"name", "inputs", "ops", "output", "embedding"}, where)
@@ -238,7 +246,7 @@ def _load_feature(raw: Any, where: str, pipeline: str,
     t = VType(columns[inputs[0]].type, len(inputs), True)
     ops = []
     for i, o in enumerate(ops_raw):
-        op = make_operator(o, f"{where}.ops[{i}]", arity)
+        op = make_operator(_with_base_dir(o, base_dir), f"{where}.ops[{i}]", arity)
         op.check_input(t)
         t = op.out_type(t)
         ops.append(op)
@@ -289,7 +297,8 @@ def _load_feature(raw: Any, where: str, pipeline: str,
 
 
 def parse_spec(data: dict[str, Any], path: str = "") -> Spec:
-    """Validate a spec given as the dict a TOML file loads into."""
+    """Validate a spec given as the dict a TOML file loads into (``path``: the file it came
+    from; relative vocabulary files are found next to it)."""
     allowed = {"input", "pipeline", *TOP_LEVEL_FOR_TRAINER}
     _check_keys(data, allowed, "spec")
     inp = _typed(data, "input", dict, "spec")
@@ -323,7 +332,8 @@ def parse_spec(data: dict[str, Any], path: str = "") -> Spec:
             raise ConfigError(f"{where}.feature: needs at least one [[pipeline.feature]]")
         feats = []
         for j, f in enumerate(feats_raw):
-            fs = _load_feature(f, f"{where}.feature[{j}]", pname, by_name)
+            fs = _load_feature(f, f"{where}.feature[{j}]", pname, by_name,
+                               os.path.dirname(os.path.abspath(path)) if path else os.getcwd())
             if fs.name in fnames:
                 raise ConfigError(f"{where}.feature[{j}].name: duplicate feature {fs.name!r}")
             fnames.add(fs.name)
