@@ -11,14 +11,10 @@ from recs_core.data.reader import ShardReader
 from recs_core.features.graph import FeatureGraph
 from recs_core.features.spec import load_spec
 from tests.conftest import CONFIGS
-from tests.test_hashing import ref_cross, ref_hash
+from tests.test_hashing import ref_bucket, ref_cross, ref_hash
 
 BOUNDS = [0] + [2**i for i in range(21)]
 B18 = 2**18
-
-
-def ref_bucket(h: int, buckets: int) -> int:
-    return 1 + (((h >> 32) * (buckets - 1)) >> 32)
 
 
 def ref_features(line: str):

@@ -35,6 +35,10 @@ def ref_cross(*hs: int) -> int:
     return c
 
 
+def ref_bucket(h: int, buckets: int) -> int:
+    return 1 + (((h >> 32) * (buckets - 1)) >> 32)
+
+
 def test_version_name() -> None:
     assert HASH_VERSION == "recs-hash64-v1"
 
@@ -75,4 +79,4 @@ def test_bucket_range_and_uniformity() -> None:
     assert counts.std() / counts.mean() < 0.3  # ~ Poisson spread, no gross skew
     # documented formula
     h = ref_hash(b"abc")
-    assert bucket_of(np.uint64(h), buckets) == 1 + (((h >> 32) * (buckets - 1)) >> 32)
+    assert bucket_of(np.uint64(h), buckets) == ref_bucket(h, buckets)

@@ -22,6 +22,8 @@ from recs_core.features.values import (
     ListStrValues,
     StrValues,
 )
+from tests.test_hashing import ref_bucket, ref_fmix, ref_hash
+from tests.test_hashing import ref_cross as ref_cross_args
 
 # ---------------------------------------------------------------------------------------
 # Pure-Python recs-hash64 v1 (from the module docstring), bucket mapping and id rules
@@ -32,33 +34,8 @@ INT_SALT = 0xD6E8FEB86659FD93  # kernels.int_hash: fmix64(two's complement bits 
 I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
 
 
-def ref_fmix(x: int) -> int:
-    x ^= x >> 33
-    x = (x * 0xFF51AFD7ED558CCD) & M64
-    x ^= x >> 33
-    x = (x * 0xC4CEB9FE1A85EC53) & M64
-    x ^= x >> 33
-    return x
-
-
-def ref_hash(b: bytes) -> int:
-    h = 0x27D4EB2F165667C5 ^ ((len(b) * 0x9E3779B97F4A7C15) & M64)
-    for i in range(0, len(b), 8):
-        w = int.from_bytes(b[i:i + 8].ljust(8, b"\0"), "little")
-        h ^= ref_fmix((w * 0xC2B2AE3D27D4EB4F) & M64)
-        h = ((((h << 27) | (h >> 37)) & M64) * 0x9E3779B97F4A7C15 + 0x52DCE729) & M64
-    return ref_fmix(h)
-
-
 def ref_cross(hs: list[int]) -> int:
-    c = 0x9E3779B97F4A7C15
-    for h in hs:
-        c = ref_fmix(((c ^ h) * 0x100000001B3) & M64)
-    return c
-
-
-def ref_bucket(h: int, buckets: int) -> int:
-    return 1 + (((h >> 32) * (buckets - 1)) >> 32)
+    return ref_cross_args(*hs)
 
 
 def ref_int_hash(v: int) -> int:

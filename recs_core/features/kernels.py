@@ -16,19 +16,8 @@ _INT_SALT = np.uint64(0xD6E8FEB86659FD93)
 
 
 @njit(nogil=True, cache=True)
-def int_to_float(values: np.ndarray, missing: np.ndarray) -> np.ndarray:
-    """int64 columns → float64 with NaN where missing."""
-    n, k = values.shape
-    out = np.empty((n, k), dtype=np.float64)
-    for i in range(n):
-        for j in range(k):
-            out[i, j] = np.nan if missing[i, j] else np.float64(values[i, j])
-    return out
-
-
-@njit(nogil=True, cache=True)
 def fill_missing_int(values: np.ndarray, missing: np.ndarray, fill: np.ndarray) -> np.ndarray:
-    """int64 columns → float64 with fill[j] where missing (one pass)."""
+    """int64 columns → float64 with fill[j] where missing (NaN fills keep them missing)."""
     n, k = values.shape
     out = np.empty((n, k), dtype=np.float64)
     for i in range(n):

@@ -77,7 +77,8 @@ class Params:
 
 def _as_float(v: Value) -> FloatValues:
     if isinstance(v, IntValues):
-        return FloatValues(K.int_to_float(v.values, v.missing))
+        return FloatValues(K.fill_missing_int(v.values, v.missing,
+                                              np.full(v.values.shape[1], np.nan)))
     return v  # type: ignore[return-value]
 
 
