@@ -27,7 +27,7 @@ from recs_core.data.parse import (
     ParsedChunk,
     RawBatch,
 )
-from recs_core.data.shards import Span, plan_shards
+from recs_core.data.shards import Span, check_files, plan_shards
 from recs_core.errors import DataError
 from recs_core.native import SpscRing
 
@@ -58,6 +58,20 @@ def count_lines_before(path: str, offset: int) -> int:
             n += block.count(b"\n")
             left -= len(block)
     return n
+
+
+def count_lines_in_files(paths: list[str]) -> int:
+    """Lines in all files (plain or gzip), a final line without newline included."""
+    total = 0
+    for path, _size, gz in check_files(paths):
+        opener = gzip.open if gz else open
+        last = b"\n"
+        with opener(path, "rb") as f:
+            while block := f.read(1 << 22):
+                total += block.count(b"\n")
+                last = block[-1:]
+        total += last != b"\n"
+    return total
 
 
 class _ChunkProducer(threading.Thread):

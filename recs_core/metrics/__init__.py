@@ -1,0 +1,1 @@
+"""Quality metrics: exact AUC, logloss, and progressive (test-then-train) accumulation."""
