@@ -96,6 +96,40 @@ def _cmd_features(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="one test-then-train pass over a window of logs",
+                       description="Train the config's model with one pass over the data: "
+                       "every batch is scored before the model updates on it (progressive "
+                       "AUC/logloss); with --eval-fraction the last rows are held out and "
+                       "scored after the pass. The last stdout line is one JSON object.")
+    p.add_argument("--config", required=True,
+                   help="config TOML with the feature spec and [model]/[optimizer]/[train]")
+    p.add_argument("--data", required=True, nargs="+", help="input files (plain or .gz)")
+    p.add_argument("--eval-fraction", type=float,
+                   help="hold out this last share of rows (default: train.eval_fraction, 0)")
+    p.add_argument("--init-from", help="start from a model saved with --save")
+    p.add_argument("--save", help="write the trained model here (.npz, atomic)")
+    _add_policy_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from recs_core.comm.world import mpi_world
+    from recs_core.features.spec import load_spec
+    from recs_core.train.job import Job
+
+    spec = load_spec(a.config)
+    job = Job(spec, world=mpi_world())
+    if a.init_from:
+        job.load(a.init_from)
+    out = job.run(a.data, eval_fraction=a.eval_fraction, policy=_policy(a, spec), quiet=a.quiet)
+    if a.save:
+        job.save(a.save)
+    print(json.dumps(out), flush=True)
+    return 0
+
+
 def _add_spec(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("spec", help="validate a feature spec and print its operator graph",
                        description="Load and validate a feature spec TOML file and print its "
@@ -126,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_gen(sub)
     _add_features(sub)
+    _add_train(sub)
     _add_spec(sub)
     return parser
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import CONFIGS, ROOT, run_mpi
 
-SUBCOMMANDS = ["gen", "features", "spec"]
+SUBCOMMANDS = ["gen", "features", "train", "spec"]
 
 
 def recs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -1,0 +1,157 @@
+"""A multilayer perceptron with hand-written backward: GEMMs through NumPy (BLAS), bias, ReLU
+and their gradients in fused Numba kernels, activations kept in reused per-layer buffers."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(nogil=True, cache=True)
+def _bias_act(y: np.ndarray, b: np.ndarray, relu: bool) -> None:
+    """In place: y = y + b (broadcast over rows), then max(y, 0) if relu."""
+    n, m = y.shape
+    zero = np.zeros(1, dtype=y.dtype)[0]
+    for i in range(n):
+        yi = y[i]
+        for j in range(m):
+            v = yi[j] + b[j]
+            yi[j] = v if (not relu or v > 0) else zero
+    return
+
+
+@njit(nogil=True, cache=True)
+def _relu_grad_colsum(g: np.ndarray, a: np.ndarray, db: np.ndarray) -> None:
+    """In place: g = g where a > 0 else 0; db = column sums of the result.
+
+    In place on purpose: with a separate output that may alias g, LLVM's runtime alias
+    check sends the loop to its scalar, branchy version (~25x slower on random masks)."""
+    n, m = g.shape
+    zero = np.zeros(1, dtype=g.dtype)[0]
+    for j in range(m):
+        db[j] = zero
+    for i in range(n):
+        gi = g[i]
+        ai = a[i]
+        for j in range(m):
+            v = gi[j] if ai[j] > zero else zero
+            gi[j] = v
+            db[j] += v
+    return
+
+
+@njit(nogil=True, cache=True)
+def _colsum(g: np.ndarray, db: np.ndarray) -> None:
+    """db = column sums of g."""
+    n, m = g.shape
+    zero = np.zeros(1, dtype=g.dtype)[0]
+    for j in range(m):
+        db[j] = zero
+    for i in range(n):
+        gi = g[i]
+        for j in range(m):
+            db[j] += gi[j]
+    return
+
+
+class MLP:
+    """Stack of Linear layers with ReLU between them (and after the last one iff relu_last).
+
+    ``params`` is [W0, b0, W1, b1, ...] with W of shape [in, out]; ``grads`` has the same
+    shapes and is overwritten (not accumulated) by each ``backward``. Both lists keep the
+    same array objects for the MLP's whole life, so optimizers may hold on to them.
+    """
+
+    def __init__(self, sizes: list[int], rng: np.random.Generator, dtype=np.float32,
+                 relu_last: bool = False) -> None:
+        if len(sizes) < 2 or min(sizes) < 1:
+            raise ValueError(f"MLP sizes need at least two positive entries, got {sizes}")
+        self.sizes = [int(s) for s in sizes]
+        self.dtype = np.dtype(dtype)
+        self.relu_last = bool(relu_last)
+        self.params: list[np.ndarray] = []
+        for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:]):
+            w = rng.normal(0.0, np.sqrt(2.0 / (fan_in + fan_out)), (fan_in, fan_out))
+            b = rng.normal(0.0, np.sqrt(1.0 / fan_out), fan_out)
+            self.params += [w.astype(self.dtype), b.astype(self.dtype)]
+        self.grads: list[np.ndarray] = [np.zeros_like(p) for p in self.params]
+        self._cap = 0
+        self._acts: list[np.ndarray] = []  # per layer: its output (after bias / ReLU)
+        self._dxs: list[np.ndarray] = []   # per layer: d loss / d its input
+        self._dz_last: np.ndarray | None = None
+        self._x: np.ndarray | None = None
+        self._n = 0
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.sizes) - 1
+
+    def _relu(self, layer: int) -> bool:
+        return layer < self.num_layers - 1 or self.relu_last
+
+    def _reserve(self, n: int) -> None:
+        if n <= self._cap and self._acts:
+            return
+        cap = max(n, 2 * self._cap)
+        self._acts = [np.empty((cap, m), self.dtype) for m in self.sizes[1:]]
+        self._dxs = [np.empty((cap, m), self.dtype) for m in self.sizes[:-1]]
+        self._dz_last = np.empty((cap, self.sizes[-1]), self.dtype)
+        self._cap = cap
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        """forward into the internal buffer (valid until the next forward)."""
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        if x.ndim != 2 or x.shape[1] != self.sizes[0]:
+            raise ValueError(f"MLP input must be [n, {self.sizes[0]}], got {x.shape}")
+        n = x.shape[0]
+        self._reserve(n)
+        self._x, self._n = x, n
+        a = x
+        for layer in range(self.num_layers):
+            y = self._acts[layer][:n]
+            np.matmul(a, self.params[2 * layer], out=y)
+            _bias_act(y, self.params[2 * layer + 1], self._relu(layer))
+            a = y
+        return a
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """[n, sizes[0]] -> [n, sizes[-1]] (a new array); keeps what backward needs."""
+        return self._forward(x).copy()
+
+    def _backward(self, dy: np.ndarray, dx: str = "new") -> np.ndarray | None:
+        """backward of the last forward. dx: "new" returns d input as a new array, "buffer"
+        in an internal buffer (valid until the next backward), "none" skips it."""
+        if self._x is None:
+            raise RuntimeError("MLP.backward called before forward")
+        n = self._n
+        dy = np.ascontiguousarray(dy, dtype=self.dtype)
+        if dy.shape != (n, self.sizes[-1]):
+            raise ValueError(f"MLP dy must be [{n}, {self.sizes[-1]}], got {dy.shape}")
+        g = dy
+        for layer in range(self.num_layers - 1, -1, -1):
+            w, gw, gb = self.params[2 * layer], self.grads[2 * layer], self.grads[2 * layer + 1]
+            if self._relu(layer):
+                # g is our own dx buffer (masked in place), except the caller's dy on top
+                if layer == self.num_layers - 1:
+                    self._dz_last[:n] = g
+                    g = self._dz_last[:n]
+                dz = g
+                _relu_grad_colsum(dz, self._acts[layer][:n], gb)
+            else:
+                dz = g
+                _colsum(g, gb)
+            a_in = self._x if layer == 0 else self._acts[layer - 1][:n]
+            np.matmul(a_in.T, dz, out=gw)
+            if layer > 0:
+                g = self._dxs[layer][:n]
+                np.matmul(dz, w.T, out=g)
+        if dx == "none":
+            return None
+        if dx == "buffer":
+            return np.matmul(dz, self.params[0].T, out=self._dxs[0][:n])
+        return np.matmul(dz, self.params[0].T)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """dy = d loss / d output [n, sizes[-1]] -> d loss / d input [n, sizes[0]]; fills
+        grads."""
+        return self._backward(dy, "new")

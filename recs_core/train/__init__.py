@@ -1,0 +1,1 @@
+"""The incremental job: one test-then-train pass over a window of logs."""

@@ -1,0 +1,172 @@
+"""``recs train``: one test-then-train pass over a window of logs, as a library object.
+
+    job = Job.from_config("configs/criteo_dlrm.toml")
+    metrics = job.run(["day.txt"], eval_fraction=0.1)
+    probs = job.score(["next_day.txt"])
+    job.save("model.npz")
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from recs_core.comm.world import World
+from recs_core.data.bad_rows import BadRowPolicy
+from recs_core.data.parse import RawBatch
+from recs_core.data.reader import ShardReader, count_lines_in_files
+from recs_core.errors import RecsError
+from recs_core.features.graph import FeatureBatch, FeatureGraph
+from recs_core.features.job import warm_up
+from recs_core.features.spec import Spec, load_spec
+from recs_core.metrics.auc import ProgressiveMetrics, auc, logloss
+from recs_core.progress import Progress
+from recs_core.train.config import TrainConfig, train_config
+from recs_core.train.model import Model
+
+
+class Job:
+    """A model built from a spec, trained by one pass per window (see module docstring)."""
+
+    def __init__(self, spec: Spec, cfg: TrainConfig | None = None,
+                 world: World | None = None) -> None:
+        self.spec = spec
+        self.cfg = cfg or train_config(spec)
+        self.world = world or World()
+        if self.world.size > 1:
+            raise RecsError("recs train runs on one MPI rank so far (the sharded trainer is "
+                            "not built yet); launch it without mpiexec -n N")
+        self.graph = FeatureGraph(spec)
+        self.model = Model(spec, self.cfg)
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike) -> Job:
+        """Load and validate a config file and build its job."""
+        return cls(load_spec(path))
+
+    def _batches(self, paths: list[str], policy: BadRowPolicy | None,
+                 timer: dict[str, float]) -> Iterator[RawBatch]:
+        reader = ShardReader(paths, self.spec.schema, rank=self.world.rank,
+                             world=self.world.size, batch_rows=self.spec.batch_size,
+                             policy=policy or self.spec.policy)
+        self._reader = reader
+        it = iter(reader)
+        while True:
+            t0 = time.perf_counter()
+            raw = next(it, None)
+            timer["input"] += time.perf_counter() - t0
+            if raw is None:
+                return
+            yield raw
+
+    def run(self, paths: list[str], *, eval_fraction: float | None = None,
+            policy: BadRowPolicy | None = None, quiet: bool = True) -> dict[str, Any]:
+        """One pass: each batch is scored, then trained on; the last ``eval_fraction`` of
+        the rows is held out and scored after the pass. Returns the job's figures."""
+        frac = self.cfg.eval_fraction if eval_fraction is None else eval_fraction
+        if not 0.0 <= frac < 1.0:
+            raise RecsError(f"eval fraction must be in [0, 1), got {frac}")
+        paths = [os.fspath(p) for p in paths]
+        jit_seconds = warm_up(self.spec)
+        holdout_at = None
+        if frac > 0:
+            holdout_at = int(round(count_lines_in_files(paths) * (1.0 - frac)))
+        timer = {"input": 0.0, "train": 0.0}
+        prog = ProgressiveMetrics()
+        held: list[FeatureBatch] = []
+        progress = Progress("train", quiet=quiet)
+        rows_seen = 0
+        t_start = time.perf_counter()
+        for raw in self._batches(paths, policy, timer):
+            parts = [(raw, True)]
+            if holdout_at is not None and rows_seen + len(raw) > holdout_at:
+                k = max(0, holdout_at - rows_seen)
+                parts = [(raw.slice(0, k), True), (raw.slice(k, len(raw)), False)]
+            rows_seen += len(raw)
+            for part, train in parts:
+                if len(part) == 0:
+                    continue
+                t0 = time.perf_counter()
+                fb = self.graph.process(part)
+                t1 = time.perf_counter()
+                timer["input"] += t1 - t0
+                if train:
+                    probs, _ = self.model.train_step(fb)
+                    prog.add(fb.labels, probs)
+                    timer["train"] += time.perf_counter() - t1
+                else:
+                    held.append(fb)
+            progress.update(prog.rows, f"logloss {prog.running_logloss:.4f}")
+        progress.close()
+        t_eval = time.perf_counter()
+        eval_y = [fb.labels for fb in held]
+        eval_p = [self.model.predict(fb) for fb in held]
+        eval_seconds = time.perf_counter() - t_eval
+        seconds = time.perf_counter() - t_start
+        ey = np.concatenate(eval_y) if held else np.zeros(0)
+        ep = np.concatenate(eval_p) if held else np.zeros(0)
+        counter = self._reader.counter
+        return {
+            "rows": prog.rows + len(ey),
+            "train_rows": prog.rows,
+            "eval_rows": int(len(ey)),
+            "seconds": round(seconds, 4),
+            "samples_per_sec": round((prog.rows + len(ey)) / seconds, 1) if seconds else 0.0,
+            "train_logloss": _round(prog.logloss()),
+            "progressive_auc": _round(prog.auc()),
+            "eval_auc": _round(auc(ey, ep)) if len(ey) else None,
+            "eval_logloss": _round(logloss(ey, ep)) if len(ey) else None,
+            "world_size": self.world.size,
+            "input_seconds": round(timer["input"], 4),
+            "train_seconds": round(timer["train"], 4),
+            "eval_seconds": round(eval_seconds, 4),
+            "jit_seconds": round(jit_seconds, 3),
+            "bad_rows": dict(counter.by_reason),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "model": self.cfg.preset,
+        }
+
+    def score(self, paths: list[str]) -> np.ndarray:
+        """Click probabilities for every (good) row of ``paths`` with the current model."""
+        timer = {"input": 0.0, "train": 0.0}
+        out = [self.model.predict(self.graph.process(raw))
+               for raw in self._batches([os.fspath(p) for p in paths], None, timer)]
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write every parameter to one ``.npz`` atomically (temp file, fsync, rename)."""
+        path = os.fspath(path)
+        d = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **self.model.state())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Read parameters written by :meth:`save` into this job's model (shapes must match)."""
+        state = self.model.state()
+        with np.load(os.fspath(path)) as z:
+            missing = sorted(set(state) - set(z.files))
+            if missing:
+                raise RecsError(f"{path}: not a model of this config (missing {missing[:3]})")
+            for k, arr in state.items():
+                if z[k].shape != arr.shape:
+                    raise RecsError(f"{path}: {k} has shape {z[k].shape}, expected {arr.shape}")
+                arr[...] = z[k]
+
+
+def _round(x: float) -> float | None:
+    return None if x is None or not np.isfinite(x) else round(float(x), 6)
