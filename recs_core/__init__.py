@@ -1,16 +1,19 @@
 """RECS: incremental training of MLP recommendation models on CPU clusters.
 
-The data path, in the order a batch travels it:
-:mod:`recs_core.data` (sharded streaming reader, compiled TSV parser, synthetic
-generator) → :mod:`recs_core.features` (feature spec, JIT operators, operator graph).
+One batch's journey, module by module: :mod:`recs_core.data` (sharded streaming
+reader, compiled TSV parser, synthetic generator) → :mod:`recs_core.features` (feature
+spec, JIT operators, operator graph) → :mod:`recs_core.embedding` (tables, lookups,
+sparse optimizers) → :mod:`recs_core.model` (MLP, interaction, DLRM / Wide&Deep, loss,
+dense optimizers) → :mod:`recs_core.train` (the one-pass job) and
+:mod:`recs_core.metrics`.
 
 Typical library use::
 
     import recs_core
-    spec = recs_core.load_spec("configs/criteo_dlrm.toml")
-    graph = recs_core.FeatureGraph(spec)
-    for raw in recs_core.ShardReader(["day1.txt"], spec.schema, batch_rows=spec.batch_size):
-        batch = graph.process(raw)  # labels, dense matrix, sparse ids per pipeline
+    job = recs_core.Job.from_config("configs/criteo_dlrm.toml")
+    figures = job.run(["day1.txt"], eval_fraction=0.1)   # test-then-train, one pass
+    probs = job.score(["day2.txt"])
+    job.save("model.npz")
 """
 
 from recs_core.data.bad_rows import BadRowPolicy
@@ -20,6 +23,9 @@ from recs_core.features.graph import FeatureBatch, FeatureGraph
 from recs_core.features.hashing import HASH_VERSION, hash_str
 from recs_core.features.job import run_features
 from recs_core.features.spec import Spec, load_spec
+from recs_core.train.config import TrainConfig, train_config
+from recs_core.train.job import Job
+from recs_core.train.model import Model
 
 __version__ = "0.1.0"
 
@@ -30,11 +36,15 @@ __all__ = [
     "DataError",
     "FeatureBatch",
     "FeatureGraph",
+    "Job",
+    "Model",
     "RecsError",
     "ShardReader",
     "Spec",
+    "TrainConfig",
     "__version__",
     "hash_str",
     "load_spec",
     "run_features",
+    "train_config",
 ]
