@@ -13,10 +13,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "mpi_launch.sh"
 BIN_DIR = os.path.dirname(sys.executable)
+# One os.write per rank: mpiexec merges the ranks' output streams, and print() may split a
+# line into several writes that interleave with the other rank's.
 RANK_PROBE = (
     "import os; from mpi4py import MPI; c = MPI.COMM_WORLD; "
-    "print('RANK', c.rank, c.size, os.environ['OMP_NUM_THREADS'], "
-    "os.environ['NUMBA_NUM_THREADS'], os.environ['RECS_THREADS_PER_RANK'], flush=True)"
+    "e = os.environ; os.write(1, f\"RANK {c.rank} {c.size} {e['OMP_NUM_THREADS']} "
+    "{e['NUMBA_NUM_THREADS']} {e['RECS_THREADS_PER_RANK']}\\n\".encode())"
 )
 
 

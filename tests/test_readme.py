@@ -8,7 +8,6 @@ import sys
 
 from tests.conftest import ROOT
 
-
 EXPECTED = ["5760 rows; 0 bad lines", "1152 5760 True"]
 
 
