@@ -1,0 +1,57 @@
+"""Posted non-blocking exchanges: a handle the caller waits on later, never forever.
+
+Every wait on another rank has a deadline; past it the job is aborted with a message
+naming the exchange and the rank, so that no rank waits forever on a dead peer.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT_S = 300.0
+
+
+class Pending(Generic[T]):
+    """MPI requests in flight and the step that turns their buffers into a result."""
+
+    def __init__(self, requests: list[Any], finish: Callable[[], T], what: str, comm: Any,
+                 timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        self.requests, self._finish, self.what, self.comm = requests, finish, what, comm
+        self.timeout = timeout
+        self.posted = time.perf_counter()
+        self.completed: float | None = None
+        self._result: T | None = None
+        self._done = False
+
+    def test(self) -> bool:
+        """Progress MPI and tell whether every request has completed (never blocks)."""
+        if self.completed is None:
+            from mpi4py import MPI
+
+            if MPI.Request.Testall(self.requests):
+                self.completed = time.perf_counter()
+        return self.completed is not None
+
+    def wait(self) -> T:
+        """The exchange's result; polls with a short back-off and aborts past the deadline."""
+        if not self._done:
+            deadline = self.posted + self.timeout
+            pause = 0.0
+            while not self.test():
+                if time.perf_counter() > deadline:
+                    rank = self.comm.Get_rank()
+                    sys.stderr.write(f"recs: error: rank {rank}: {self.what} did not complete "
+                                     f"within {self.timeout:.0f} s (a peer rank died or hung); "
+                                     "aborting the job\n")
+                    sys.stderr.flush()
+                    self.comm.Abort(3)
+                time.sleep(pause)
+                pause = min(1e-3, pause + 2e-5)
+            self._result = self._finish()
+            self._done = True
+        return self._result  # type: ignore[return-value]
