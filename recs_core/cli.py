@@ -120,13 +120,19 @@ def _cmd_train(a: argparse.Namespace) -> int:
     from recs_core.train.job import Job
 
     spec = load_spec(a.config)
-    job = Job(spec, world=mpi_world())
+    world = mpi_world()
+    if world.size > 1 and (a.save or a.init_from):
+        raise RecsError("--save/--init-from with several ranks come with sharded checkpoints; "
+                        "run on one rank to save a model")
+    job = Job(spec, world=world)
     if a.init_from:
         job.load(a.init_from)
-    out = job.run(a.data, eval_fraction=a.eval_fraction, policy=_policy(a, spec), quiet=a.quiet)
+    out = job.run(a.data, eval_fraction=a.eval_fraction, policy=_policy(a, spec),
+                  quiet=a.quiet or world.rank != 0)
     if a.save:
         job.save(a.save)
-    print(json.dumps(out), flush=True)
+    if world.rank == 0:
+        print(json.dumps(out), flush=True)
     return 0
 
 

@@ -99,6 +99,13 @@ class RawBatch:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @staticmethod
+    def empty(n_int: int, n_str: int) -> RawBatch:
+        """A batch of zero rows (a rank whose shard ran out still joins the step)."""
+        return RawBatch(np.zeros(0, np.int8), np.zeros((0, n_int), np.int64),
+                        np.zeros((0, n_int), np.bool_), np.zeros((0, n_str), np.int64),
+                        np.zeros((0, n_str), np.int32), np.zeros(8, np.uint8))
+
     def slice(self, a: int, b: int) -> RawBatch:
         """Rows a..b-1 as views (the arena is shared)."""
         return RawBatch(self.labels[a:b], self.ints[a:b], self.int_missing[a:b],

@@ -44,6 +44,8 @@ class ProgressiveMetrics:
         self._loss_sum = 0.0
 
     def add(self, labels: np.ndarray, probs: np.ndarray) -> None:
+        if len(labels) == 0:
+            return
         self._labels.append(np.asarray(labels, dtype=np.float32))
         self._probs.append(np.asarray(probs, dtype=np.float32))
         self._loss_sum += logloss(labels, probs) * len(labels)

@@ -18,6 +18,7 @@
     [train]
     seed = 0
     eval_fraction = 0.0      # hold out the last share of rows, scored after the pass
+    placement = "row"        # several ranks: shard tables by row hash, or "table"-wise
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class TrainConfig:
     sparse_initial_accumulator: float = 0.0
     seed: int = 0
     eval_fraction: float = 0.0
+    placement: str = "row"  # sharded embeddings: "row" (by row hash) or "table"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -86,7 +88,7 @@ def train_config(spec: Spec) -> TrainConfig:
                                                     "initial_accumulator",
                                                     "sparse_initial_accumulator"},
                "optimizer")
-    t = _known(spec.extra.get("train", {}), {"seed", "eval_fraction"}, "train")
+    t = _known(spec.extra.get("train", {}), {"seed", "eval_fraction", "placement"}, "train")
     lr = _number(o, "lr", "optimizer", 0.05, 0.0, 1e6)
     seed = t.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -106,6 +108,7 @@ def train_config(spec: Spec) -> TrainConfig:
                                            0.0, 1e6),
         seed=seed,
         eval_fraction=_number(t, "eval_fraction", "train", 0.0, 0.0, 0.9),
+        placement=_choice(t, "placement", "train", "row", ("row", "table")),
     )
     dims = {tbl.dim for _, tbl in spec.sparse_fields}
     if len(dims) > 1:

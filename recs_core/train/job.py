@@ -39,11 +39,13 @@ class Job:
         self.spec = spec
         self.cfg = cfg or train_config(spec)
         self.world = world or World()
-        if self.world.size > 1:
-            raise RecsError("recs train runs on one MPI rank so far (the sharded trainer is "
-                            "not built yet); launch it without mpiexec -n N")
         self.graph = FeatureGraph(spec)
-        self.model = Model(spec, self.cfg)
+        self.model = Model(spec, self.cfg, self.world)
+        # the global batch is split evenly across ranks (the first ranks take the remainder)
+        b, w, r = spec.batch_size, self.world.size, self.world.rank
+        self.local_batch = b // w + (1 if r < b % w else 0)
+        if self.local_batch < 1:
+            raise RecsError(f"batch_size {b} is smaller than the {w} ranks")
 
     @classmethod
     def from_config(cls, path: str | os.PathLike) -> Job:
@@ -53,7 +55,7 @@ class Job:
     def _batches(self, paths: list[str], policy: BadRowPolicy | None,
                  timer: dict[str, float]) -> Iterator[RawBatch]:
         reader = ShardReader(paths, self.spec.schema, rank=self.world.rank,
-                             world=self.world.size, batch_rows=self.spec.batch_size,
+                             world=self.world.size, batch_rows=self.local_batch,
                              policy=policy or self.spec.policy)
         self._reader = reader
         it = iter(reader)
@@ -72,37 +74,64 @@ class Job:
         frac = self.cfg.eval_fraction if eval_fraction is None else eval_fraction
         if not 0.0 <= frac < 1.0:
             raise RecsError(f"eval fraction must be in [0, 1), got {frac}")
+        if frac > 0 and self.world.size > 1:
+            raise RecsError("--eval-fraction is not supported with several ranks yet; hold "
+                            "out a separate file and use Job.score")
         paths = [os.fspath(p) for p in paths]
-        jit_seconds = warm_up(self.spec)
         holdout_at = None
         if frac > 0:
             holdout_at = int(round(count_lines_in_files(paths) * (1.0 - frac)))
         timer = {"input": 0.0, "train": 0.0}
+        return self.run_batches(self._batches(paths, policy, timer), holdout_at=holdout_at,
+                                quiet=quiet, timer=timer)
+
+    def run_batches(self, batches: Iterator[RawBatch], *, holdout_at: int | None = None,
+                    quiet: bool = True, timer: dict[str, float] | None = None) -> dict[str, Any]:
+        """The pass of :meth:`run` over given raw batches (this rank's part of each global
+        batch); rows from ``holdout_at`` on are held out and scored after the pass."""
+        jit_seconds = warm_up(self.spec)
+        timer = timer if timer is not None else {"input": 0.0, "train": 0.0}
         prog = ProgressiveMetrics()
+        self.step_probs: list[np.ndarray] = []
         held: list[FeatureBatch] = []
         progress = Progress("train", quiet=quiet)
         rows_seen = 0
         t_start = time.perf_counter()
-        for raw in self._batches(paths, policy, timer):
+        schema = self.spec.schema
+        empty = RawBatch.empty(len(schema.int_names), len(schema.str_names))
+        while True:
+            raw = next(batches, None)
+            if self.world.size > 1:  # ranks agree on the step count (shards may be ragged)
+                active, global_rows = self.world.sum_ints(
+                    [raw is not None, 0 if raw is None else len(raw)], "step agreement")
+                if active == 0:
+                    break
+                raw = empty if raw is None else raw
+            elif raw is None:
+                break
+            else:
+                global_rows = len(raw)
             parts = [(raw, True)]
             if holdout_at is not None and rows_seen + len(raw) > holdout_at:
                 k = max(0, holdout_at - rows_seen)
                 parts = [(raw.slice(0, k), True), (raw.slice(k, len(raw)), False)]
             rows_seen += len(raw)
             for part, train in parts:
-                if len(part) == 0:
+                if len(part) == 0 and self.world.size == 1:
                     continue
                 t0 = time.perf_counter()
                 fb = self.graph.process(part)
                 t1 = time.perf_counter()
                 timer["input"] += t1 - t0
                 if train:
-                    probs, _ = self.model.train_step(fb)
+                    probs, _ = self.model.train_step(fb, int(global_rows))
                     prog.add(fb.labels, probs)
+                    self.step_probs.append(probs)
                     timer["train"] += time.perf_counter() - t1
                 else:
                     held.append(fb)
-            progress.update(prog.rows, f"logloss {prog.running_logloss:.4f}")
+            progress.update(prog.rows * self.world.size,
+                            f"logloss {prog.running_logloss:.4f}")
         progress.close()
         t_eval = time.perf_counter()
         eval_y = [fb.labels for fb in held]
@@ -111,26 +140,39 @@ class Job:
         seconds = time.perf_counter() - t_start
         ey = np.concatenate(eval_y) if held else np.zeros(0)
         ep = np.concatenate(eval_p) if held else np.zeros(0)
-        counter = self._reader.counter
-        return {
-            "rows": prog.rows + len(ey),
-            "train_rows": prog.rows,
+        counter = getattr(self, "_reader", None)
+        bad = counter.counter.by_reason if counter is not None else {}
+        world = self.world
+        labels, probs = prog.labels(), prog.probs()
+        if world.size > 1:  # global figures, on every rank
+            labels = np.concatenate(world.comm.allgather(labels))
+            probs = np.concatenate(world.comm.allgather(probs))
+            seconds = world.allreduce_max(seconds)
+        train_rows = len(labels)
+        out = {
+            "rows": train_rows + len(ey),
+            "train_rows": train_rows,
             "eval_rows": int(len(ey)),
             "seconds": round(seconds, 4),
-            "samples_per_sec": round((prog.rows + len(ey)) / seconds, 1) if seconds else 0.0,
-            "train_logloss": _round(prog.logloss()),
-            "progressive_auc": _round(prog.auc()),
+            "samples_per_sec": round((train_rows + len(ey)) / seconds, 1) if seconds else 0.0,
+            "train_logloss": _round(logloss(labels, probs)),
+            "progressive_auc": _round(auc(labels, probs)),
             "eval_auc": _round(auc(ey, ep)) if len(ey) else None,
             "eval_logloss": _round(logloss(ey, ep)) if len(ey) else None,
-            "world_size": self.world.size,
-            "input_seconds": round(timer["input"], 4),
-            "train_seconds": round(timer["train"], 4),
+            "world_size": world.size,
+            "input_seconds": round(world.allreduce_max(timer["input"]), 4),
+            "train_seconds": round(world.allreduce_max(timer["train"]), 4),
             "eval_seconds": round(eval_seconds, 4),
             "jit_seconds": round(jit_seconds, 3),
-            "bad_rows": dict(counter.by_reason),
+            "bad_rows": world.gather_dicts_sum(bad),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "model": self.cfg.preset,
         }
+        emb = self.model.emb
+        if hasattr(emb, "comm_seconds"):  # sharded: time each pipeline's lookup was in flight
+            out["lookup_comm_seconds"] = {p: round(world.allreduce_max(v), 4)
+                                          for p, v in emb.comm_seconds.items()}
+        return out
 
     def score(self, paths: list[str]) -> np.ndarray:
         """Click probabilities for every (good) row of ``paths`` with the current model."""

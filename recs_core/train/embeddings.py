@@ -1,0 +1,155 @@
+"""The model's embedding lookups and sparse updates, on one rank or sharded across ranks.
+
+Both backends take a :class:`FeatureBatch` and give the ``[n, F, dim]`` block of its
+fields' vectors (pooled for list fields), and take that block's gradient back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from recs_core.comm.pending import Pending
+from recs_core.embedding.sharded import ShardedLookup, ShardedTables
+from recs_core.embedding.table import (
+    EmbeddingSet,
+    dedup_grads,
+    gather_fields,
+    gather_pooled,
+    pooled_grads,
+)
+from recs_core.features.graph import FeatureBatch
+from recs_core.features.spec import Spec
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one spec output's fields sit in the [n, F, dim] embedding block."""
+
+    pipeline: str
+    index: int  # position in FeatureBatch.sparse[pipeline]
+    first: int  # first field index
+    width: int  # number of fields (1 for a list field)
+    pooled: str | None  # "sum" / "mean" for list fields
+
+
+def slots_of(spec: Spec) -> list[Slot]:
+    """The slots of a spec's sparse outputs, in field order."""
+    slots, first, count = [], 0, {}
+    for f in spec.features:
+        if f.output != "sparse":
+            continue
+        pooled = f.table.pooling if f.out_type.kind == "list_id" else None
+        index = count.get(f.pipeline, 0)
+        count[f.pipeline] = index + 1
+        slots.append(Slot(f.pipeline, index, first, len(f.field_names), pooled))
+        first += len(f.field_names)
+    return slots
+
+
+def _field_ids(fb: FeatureBatch, s: Slot) -> list[np.ndarray]:
+    o = fb.sparse[s.pipeline][s.index]
+    return [o.ids] if s.pooled else [np.ascontiguousarray(o.ids[:, j]) for j in range(s.width)]
+
+
+def _field_grads(fb: FeatureBatch, s: Slot, d: np.ndarray) -> list[np.ndarray]:
+    """Per-id gradient rows of a slot's fields (token rows for a pooled field)."""
+    o = fb.sparse[s.pipeline][s.index]
+    if s.pooled:
+        g = np.ascontiguousarray(d[:, s.first, :])
+        return [pooled_grads(o.ids, o.offsets, g, s.pooled == "mean")]
+    return [np.ascontiguousarray(d[:, s.first + j, :]) for j in range(s.width)]
+
+
+class LocalEmbeddings:
+    """Every table on this rank."""
+
+    def __init__(self, rows: list[int], dim: int, seed: int, slots: list[Slot],
+                 optimizer: Any) -> None:
+        self.set = EmbeddingSet(rows, [dim] * len(rows), seed)
+        self.dim, self.slots, self.optimizer = dim, slots, optimizer
+
+    @property
+    def tables(self) -> list[np.ndarray]:
+        return self.set.tables
+
+    def lookup(self, fb: FeatureBatch) -> np.ndarray:
+        out = np.empty((len(fb), len(self.set.tables), self.dim), dtype=np.float32)
+        for s in self.slots:
+            o = fb.sparse[s.pipeline][s.index]
+            if s.pooled is None:
+                gather_fields(self.set.tables, o.ids, out, s.first)
+            else:
+                out[:, s.first, :] = gather_pooled(self.set.tables[s.first], o.ids, o.offsets,
+                                                   s.pooled == "mean")
+        return out
+
+    def update(self, fb: FeatureBatch, d: np.ndarray) -> None:
+        for s in self.slots:
+            for j, (ids, g) in enumerate(zip(_field_ids(fb, s), _field_grads(fb, s, d))):
+                u, summed = dedup_grads(ids, g)
+                self.optimizer.update(s.first + j, self.set.tables[s.first + j], u, summed)
+
+
+class ShardedEmbeddings:
+    """Tables sharded over the ranks of ``comm``; one exchange (communicator) per pipeline."""
+
+    def __init__(self, rows: list[int], dim: int, seed: int, slots: list[Slot],
+                 optimizer: Any, comm: Any, placement: str = "row") -> None:
+        self.shards = ShardedTables(rows, dim, seed, comm.Get_rank(), comm.Get_size(),
+                                    placement)
+        self.dim, self.slots, self.optimizer = dim, slots, optimizer
+        self.pipelines = list(dict.fromkeys(s.pipeline for s in slots))
+        self.lookups = {}
+        for p in self.pipelines:
+            fields = [s.first + j for s in slots if s.pipeline == p for j in range(s.width)]
+            self.lookups[p] = ShardedLookup(self.shards, fields, comm)
+        self._plans: dict[str, Any] = {}
+        self.comm_seconds: dict[str, float] = {p: 0.0 for p in self.pipelines}
+
+    def lookup(self, fb: FeatureBatch) -> np.ndarray:
+        ids = {p: [i for s in self.slots if s.pipeline == p for i in _field_ids(fb, s)]
+               for p in self.pipelines}
+        posted: dict[str, Pending] = {p: self.lookups[p].post_ids(ids[p]) for p in self.pipelines}
+        rows: dict[str, Pending] = {}
+        for p in self.pipelines:  # every rank serves the pipelines in the same order
+            self._plans[p] = posted[p].wait()
+            rows[p] = self.lookups[p].serve_rows(self._plans[p])
+        out = np.empty((len(fb), sum(s.width for s in self.slots), self.dim), dtype=np.float32)
+        for p in self.pipelines:
+            got = iter(rows[p].wait())
+            for s in (s for s in self.slots if s.pipeline == p):
+                if s.pooled is None:
+                    for j in range(s.width):
+                        out[:, s.first + j, :] = next(got)
+                else:
+                    o = fb.sparse[s.pipeline][s.index]
+                    tok = next(got)
+                    out[:, s.first, :] = gather_pooled(tok, np.arange(len(tok)), o.offsets,
+                                                       s.pooled == "mean")
+        for p in self.pipelines:
+            self.comm_seconds[p] += (rows[p].completed or 0.0) - posted[p].posted
+        return out
+
+    def update(self, fb: FeatureBatch, d: np.ndarray) -> None:
+        pending = {}
+        for p in self.pipelines:
+            grads = [g for s in self.slots if s.pipeline == p for g in _field_grads(fb, s, d)]
+            pending[p] = self.lookups[p].post_grads(self._plans[p], grads)
+        for p in self.pipelines:
+            pending[p].wait()
+            self.lookups[p].apply(self.optimizer)
+
+    def gather_tables(self, comm: Any) -> list[np.ndarray] | None:
+        """Full tables assembled on rank 0 (None elsewhere); for tests and checkpoints."""
+        parts = comm.gather([(self.shards.owned_rows(t), self.shards.local[t])
+                             for t in range(len(self.shards.rows))], root=0)
+        if parts is None:
+            return None
+        full = [np.zeros((n, self.dim), np.float32) for n in self.shards.rows]
+        for rank_parts in parts:
+            for t, (ids, vals) in enumerate(rank_parts):
+                full[t][ids] = vals
+        return full

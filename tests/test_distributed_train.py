@@ -1,0 +1,66 @@
+"""Training across real MPI ranks: equals 1-rank training on the same global batches,
+handles ragged shards, and a failing rank stops every rank with its message."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CONFIGS, ROOT, run_mpi
+
+CHECK = str(ROOT / "tests" / "mpi" / "train_equivalence_check.py")
+
+
+@pytest.fixture(scope="module")
+def sample_1200(tmp_path_factory) -> Path:
+    src = ROOT.parent / "shared" / "data" / "criteo" / "train.txt"
+    p = tmp_path_factory.mktemp("data") / "head.txt"
+    p.write_text("".join(src.read_text().splitlines(keepends=True)[:1200]))
+    return p
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("n,placement,preset", [(2, "row", "dlrm"), (3, "table", "dlrm"),
+                                                (3, "row", "wdl")])
+def test_n_ranks_equal_one_rank(sample_1200: Path, n: int, placement: str,
+                                preset: str) -> None:
+    r = run_mpi(n, [CHECK, str(sample_1200), placement, preset], timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(r.stdout.split("\n")[:-1]) == [f"OK rank {i}" for i in range(n)]
+
+
+@pytest.mark.mpi
+def test_train_cli_on_two_ranks_prints_global_figures(sample_1200: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text((CONFIGS / "criteo_dlrm.toml").read_text()
+                   .replace("buckets = 262144", "buckets = 4096")
+                   .replace("batch_size = 2048", "batch_size = 256"))
+    r = run_mpi(2, ["-m", "recs_core", "train", "--config", str(cfg), "--data",
+                    str(sample_1200), "--quiet"], timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    assert len(lines) == 1
+    out = json.loads(lines[0])
+    assert out["world_size"] == 2 and out["train_rows"] == 1200
+    assert set(out["lookup_comm_seconds"]) == {"categorical", "bucketized", "crosses"}
+
+
+@pytest.mark.mpi
+def test_a_failing_rank_stops_every_rank(sample_1200: Path, tmp_path: Path) -> None:
+    lines = sample_1200.read_text().splitlines(keepends=True)
+    lines[1100] = "garbage\n"  # in the last rank's shard
+    bad = tmp_path / "bad.txt"
+    bad.write_text("".join(lines))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text((CONFIGS / "criteo_dlrm.toml").read_text()
+                   .replace("buckets = 262144", "buckets = 4096")
+                   .replace("batch_size = 2048", "batch_size = 64"))
+    t0 = time.monotonic()
+    r = run_mpi(2, ["-m", "recs_core", "train", "--config", str(cfg), "--data", str(bad),
+                    "--on-error", "fail", "--quiet"], timeout=120)
+    assert r.returncode != 0
+    assert time.monotonic() - t0 < 30
+    assert f"{bad}:1101: field_count" in r.stderr
