@@ -64,3 +64,43 @@ def test_a_failing_rank_stops_every_rank(sample_1200: Path, tmp_path: Path) -> N
     assert r.returncode != 0
     assert time.monotonic() - t0 < 30
     assert f"{bad}:1101: field_count" in r.stderr
+
+
+@pytest.mark.mpi
+def test_a_killed_rank_stops_every_rank(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from recs_core.data.synth import generate
+    from tests.conftest import mpiexec
+
+    data = tmp_path / "killme.txt"
+    generate(data, 60_000, seed=2)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text((CONFIGS / "criteo_dlrm.toml").read_text()
+                   .replace("buckets = 262144", "buckets = 4096")
+                   .replace("batch_size = 2048", "batch_size = 64"))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([mpiexec(), "-n", "2", sys.executable, "-m", "recs_core", "train",
+                             "--config", str(cfg), "--data", str(data), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        pids: list[int] = []
+        deadline = time.monotonic() + 60
+        while len(pids) < 2 and time.monotonic() < deadline:
+            out = subprocess.run(["pgrep", "-f", f"recs_core train .*{data}"],
+                                 capture_output=True, text=True).stdout
+            pids = [int(p) for p in out.split() if int(p) != proc.pid]  # not mpiexec
+            time.sleep(0.2)
+        assert len(pids) == 2, "ranks did not start"
+        time.sleep(3)  # inside the training loop
+        os.kill(max(pids), signal.SIGKILL)
+        t0 = time.monotonic()
+        proc.wait(timeout=30)
+        assert time.monotonic() - t0 < 30
+        assert proc.returncode != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
