@@ -45,7 +45,8 @@ def test_train_cli_on_two_ranks_prints_global_figures(sample_1200: Path, tmp_pat
     assert len(lines) == 1
     out = json.loads(lines[0])
     assert out["world_size"] == 2 and out["train_rows"] == 1200
-    assert set(out["lookup_comm_seconds"]) == {"categorical", "bucketized", "crosses"}
+    assert set(out["comm_wait_seconds"]) == {"categorical", "bucketized", "crosses", "dense"}
+    assert all(0 <= f < 1 for f in out["comm_wait_fraction"].values())
 
 
 @pytest.mark.mpi

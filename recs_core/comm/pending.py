@@ -27,6 +27,7 @@ class Pending(Generic[T]):
         self.completed: float | None = None
         self._result: T | None = None
         self._done = False
+        self.waited = 0.0  # seconds spent blocked in wait()
 
     def test(self) -> bool:
         """Progress MPI and tell whether every request has completed (never blocks)."""
@@ -40,6 +41,7 @@ class Pending(Generic[T]):
     def wait(self) -> T:
         """The exchange's result; polls with a short back-off and aborts past the deadline."""
         if not self._done:
+            t0 = time.perf_counter()
             deadline = self.posted + self.timeout
             pause = 0.0
             while not self.test():
@@ -52,6 +54,7 @@ class Pending(Generic[T]):
                     self.comm.Abort(3)
                 time.sleep(pause)
                 pause = min(1e-3, pause + 2e-5)
+            self.waited = time.perf_counter() - t0
             self._result = self._finish()
             self._done = True
         return self._result  # type: ignore[return-value]

@@ -107,7 +107,7 @@ class ShardedEmbeddings:
             fields = [s.first + j for s in slots if s.pipeline == p for j in range(s.width)]
             self.lookups[p] = ShardedLookup(self.shards, fields, comm)
         self._plans: dict[str, Any] = {}
-        self.comm_seconds: dict[str, float] = {p: 0.0 for p in self.pipelines}
+        self.wait_seconds: dict[str, float] = {p: 0.0 for p in self.pipelines}
 
     def lookup(self, fb: FeatureBatch) -> np.ndarray:
         ids = {p: [i for s in self.slots if s.pipeline == p for i in _field_ids(fb, s)]
@@ -116,10 +116,12 @@ class ShardedEmbeddings:
         rows: dict[str, Pending] = {}
         for p in self.pipelines:  # every rank serves the pipelines in the same order
             self._plans[p] = posted[p].wait()
+            self.wait_seconds[p] += posted[p].waited
             rows[p] = self.lookups[p].serve_rows(self._plans[p])
         out = np.empty((len(fb), sum(s.width for s in self.slots), self.dim), dtype=np.float32)
         for p in self.pipelines:
             got = iter(rows[p].wait())
+            self.wait_seconds[p] += rows[p].waited
             for s in (s for s in self.slots if s.pipeline == p):
                 if s.pooled is None:
                     for j in range(s.width):
@@ -129,8 +131,6 @@ class ShardedEmbeddings:
                     tok = next(got)
                     out[:, s.first, :] = gather_pooled(tok, np.arange(len(tok)), o.offsets,
                                                        s.pooled == "mean")
-        for p in self.pipelines:
-            self.comm_seconds[p] += (rows[p].completed or 0.0) - posted[p].posted
         return out
 
     def update(self, fb: FeatureBatch, d: np.ndarray) -> None:
@@ -140,6 +140,7 @@ class ShardedEmbeddings:
             pending[p] = self.lookups[p].post_grads(self._plans[p], grads)
         for p in self.pipelines:
             pending[p].wait()
+            self.wait_seconds[p] += pending[p].waited
             self.lookups[p].apply(self.optimizer)
 
     def gather_tables(self, comm: Any) -> list[np.ndarray] | None:

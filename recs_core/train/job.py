@@ -28,6 +28,7 @@ from recs_core.features.spec import Spec, load_spec
 from recs_core.metrics.auc import ProgressiveMetrics, auc, logloss
 from recs_core.progress import Progress
 from recs_core.train.config import TrainConfig, train_config
+from recs_core.train.embeddings import ShardedEmbeddings
 from recs_core.train.model import Model
 
 
@@ -169,9 +170,12 @@ class Job:
             "model": self.cfg.preset,
         }
         emb = self.model.emb
-        if hasattr(emb, "comm_seconds"):  # sharded: time each pipeline's lookup was in flight
-            out["lookup_comm_seconds"] = {p: round(world.allreduce_max(v), 4)
-                                          for p, v in emb.comm_seconds.items()}
+        if isinstance(emb, ShardedEmbeddings):  # time blocked on each exchange, slowest rank
+            waits = dict(emb.wait_seconds, dense=self.model.dense_wait_seconds)
+            out["comm_wait_seconds"] = {p: round(world.allreduce_max(v), 4)
+                                        for p, v in waits.items()}
+            out["comm_wait_fraction"] = {p: round(v / seconds, 4) if seconds else 0.0
+                                         for p, v in out["comm_wait_seconds"].items()}
         return out
 
     def score(self, paths: list[str]) -> np.ndarray:

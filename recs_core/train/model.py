@@ -59,6 +59,7 @@ class Model:
         kw = _optimizer_kwargs(cfg.optimizer, cfg, sparse=False)
         self.dense_opt = make_dense_optimizer(cfg.optimizer, self.net.params, cfg.lr, **kw)
         self._dense_comm = self.world.comm.Dup() if self.world.size > 1 else None
+        self.dense_wait_seconds = 0.0
 
     def forward(self, fb: FeatureBatch) -> np.ndarray:
         """Logits of a batch (a collective when the tables are sharded)."""
@@ -78,7 +79,9 @@ class Model:
         flat = np.concatenate([g.ravel() for g in self.net.grads])
         total = np.empty_like(flat)
         req = self._dense_comm.Iallreduce([flat, MPI.FLOAT], [total, MPI.FLOAT], op=MPI.SUM)
-        Pending([req], lambda: None, "dense gradient allreduce", self._dense_comm).wait()
+        pending = Pending([req], lambda: None, "dense gradient allreduce", self._dense_comm)
+        pending.wait()
+        self.dense_wait_seconds += pending.waited
         start = 0
         for g in self.net.grads:
             g.ravel()[:] = total[start:start + g.size]
