@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 300.0
+SPIN_S = 0.05  # busy-poll this long before backing off to short sleeps
 
 
 class Pending(Generic[T]):
@@ -45,15 +46,19 @@ class Pending(Generic[T]):
             deadline = self.posted + self.timeout
             pause = 0.0
             while not self.test():
-                if time.perf_counter() > deadline:
+                now = time.perf_counter()
+                if now > deadline:
                     rank = self.comm.Get_rank()
                     sys.stderr.write(f"recs: error: rank {rank}: {self.what} did not complete "
                                      f"within {self.timeout:.0f} s (a peer rank died or hung); "
                                      "aborting the job\n")
                     sys.stderr.flush()
                     self.comm.Abort(3)
-                time.sleep(pause)
-                pause = min(1e-3, pause + 2e-5)
+                # Poll without sleeping for the first SPIN_S: MPI progresses only inside
+                # Test, and a sleep per poll would add up over the rounds of a collective.
+                if now - t0 > SPIN_S:
+                    time.sleep(pause)
+                    pause = min(1e-3, pause + 2e-5)
             self.waited = time.perf_counter() - t0
             self._result = self._finish()
             self._done = True
