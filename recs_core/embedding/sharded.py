@@ -6,7 +6,7 @@ Placement: ``"row"`` puts global row ``r`` of table ``t`` on rank
 rows, initialized exactly like the corresponding rows of a 1-rank table.
 
 One exchange serves a group of fields (a pipeline) over that pipeline's own
-communicator: ids are de-duplicated per field, sent to their owners (Ialltoallv), the
+communicator: ids are de-duplicated per (table, row), sent to their owners (Ialltoallv), the
 owners gather the rows and send them back (Ialltoallv). The backward pass sends the
 per-id gradient sums to the owners, which apply the sparse optimizer. Each step is a
 posted request (:class:`~recs_core.comm.pending.Pending`) so other work can run
@@ -22,11 +22,8 @@ import numpy as np
 from numba import njit
 
 from recs_core.comm.pending import DEFAULT_TIMEOUT_S, Pending
-from recs_core.embedding.table import dedup_grads, init_table
+from recs_core.embedding.table import AHEAD, dedup_grads, init_table, prefetch
 from recs_core.features.hashing import fmix64
-
-_KEY_BITS = 40  # key = table << 40 | row: rows < 2^40, tables < 2^23
-_ROW_MASK = (1 << _KEY_BITS) - 1
 
 
 @njit(nogil=True, cache=True)
@@ -46,7 +43,12 @@ def owners(table: int, ids: np.ndarray, world: int, placement: str) -> np.ndarra
 
 
 class ShardedTables:
-    """This rank's rows of every table (``local[t]``) and the global→local row map."""
+    """This rank's rows of every table, stored as one flat ``local`` array [L, dim].
+
+    A row is addressed by its flat key ``offsets[t] + row``; ``to_local[key]`` is its
+    index in ``local`` (-1 when another rank owns it). The rows of table ``t`` sit
+    contiguously in ``local`` (``local_table(t)``), in global row order.
+    """
 
     def __init__(self, rows: list[int], dim: int, seed: int, rank: int, world: int,
                  placement: str = "row") -> None:
@@ -54,31 +56,84 @@ class ShardedTables:
             raise ValueError(f"placement must be 'row' or 'table', not {placement!r}")
         self.rows, self.dim, self.rank, self.world = rows, dim, rank, world
         self.placement = placement
-        self.local: list[np.ndarray] = []
-        self.to_local: list[np.ndarray] = []
+        self.offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
+        self.to_local = np.full(int(self.offsets[-1]), -1, dtype=np.int64)
+        parts, self._spans, start = [], [], 0
         for t, n in enumerate(rows):
             mine = np.flatnonzero(owners(t, np.arange(n), world, placement) == rank)
-            index = np.full(n, -1, dtype=np.int64)
-            index[mine] = np.arange(len(mine))
-            full = init_table(n, dim, seed, t) if len(mine) else None
-            self.local.append(full[mine] if full is not None else np.zeros((0, dim), np.float32))
-            self.to_local.append(index)
+            self.to_local[self.offsets[t] + mine] = start + np.arange(len(mine))
+            if len(mine):
+                parts.append(init_table(n, dim, seed, t)[mine])
+            self._spans.append((start, start + len(mine)))
+            start += len(mine)
+        self.local = (np.concatenate(parts) if parts else np.zeros((0, dim), np.float32))
 
     def owned_rows(self, t: int) -> np.ndarray:
-        """Global row numbers this rank stores for table ``t`` (in local order)."""
-        return np.flatnonzero(self.to_local[t] >= 0)
+        """Global row numbers of table ``t`` this rank stores (in local order)."""
+        a, b = self.offsets[t], self.offsets[t + 1]
+        return np.flatnonzero(self.to_local[a:b] >= 0)
+
+    def local_table(self, t: int) -> np.ndarray:
+        """This rank's rows of table ``t`` (a view into ``local``)."""
+        a, b = self._spans[t]
+        return self.local[a:b]
+
+
+@njit(nogil=True, cache=True)
+def _plan_exchange(keys: np.ndarray, dest: np.ndarray, world: int) -> tuple[
+        np.ndarray, np.ndarray, np.ndarray]:
+    """De-duplicate keys and order the unique ones by destination rank (stable, first
+    appearance within a rank). Returns (send keys, send counts per rank, position of
+    every input key in the send buffer)."""
+    m = keys.shape[0]
+    cap = 1
+    while cap < 2 * m + 2:
+        cap *= 2
+    slot_key = np.empty(cap, dtype=np.int64)
+    slot_idx = np.full(cap, -1, dtype=np.int64)
+    first = np.empty(m, dtype=np.int64)  # unique number -> first input position
+    uniq_of = np.empty(m, dtype=np.int64)  # input position -> unique number
+    nu = 0
+    mask = np.uint64(cap - 1)
+    for i in range(m):
+        k = keys[i]
+        h = np.int64(fmix64(np.uint64(k)) & mask)
+        while slot_idx[h] >= 0 and slot_key[h] != k:
+            h = (h + 1) & (cap - 1)
+        if slot_idx[h] < 0:
+            slot_idx[h] = nu
+            slot_key[h] = k
+            first[nu] = i
+            nu += 1
+        uniq_of[i] = slot_idx[h]
+    counts = np.zeros(world, dtype=np.int64)
+    for u in range(nu):
+        counts[dest[first[u]]] += 1
+    start = np.zeros(world, dtype=np.int64)
+    for r in range(1, world):
+        start[r] = start[r - 1] + counts[r - 1]
+    pos_of_uniq = np.empty(nu, dtype=np.int64)
+    send = np.empty(nu, dtype=np.int64)
+    for u in range(nu):
+        r = dest[first[u]]
+        pos_of_uniq[u] = start[r]
+        send[start[r]] = keys[first[u]]
+        start[r] += 1
+    position = np.empty(m, dtype=np.int64)
+    for i in range(m):
+        position[i] = pos_of_uniq[uniq_of[i]]
+    return send, counts, position
 
 
 @dataclass
 class _Plan:
     """What a lookup sent, kept for its backward pass."""
 
-    uniq: list[np.ndarray]  # per field: unique ids
-    inverse: list[np.ndarray]  # per field: position of each id in uniq
-    order: np.ndarray  # send order of the concatenated unique keys (by owner)
+    lengths: list[int]  # per field: ids in the batch
+    position: np.ndarray  # every id of the batch -> its row in the send buffer
     send_counts: np.ndarray
     recv_counts: np.ndarray
-    recv_keys: np.ndarray  # keys this rank owns and was asked for, by source rank
+    recv_keys: np.ndarray  # flat keys this rank owns and was asked for, by source rank
 
 
 class ShardedLookup:
@@ -108,68 +163,46 @@ class ShardedLookup:
 
     def post_ids(self, ids: list[np.ndarray]) -> Pending[_Plan]:
         """Post the id exchange for one batch: ``ids[j]`` are the global ids of field j."""
-        world = self.tables.world
-        uniq, inverse, keys, dest = [], [], [], []
-        for t, field_ids in zip(self.fields, ids):
-            u, inv = np.unique(field_ids, return_inverse=True)
-            uniq.append(u)
-            inverse.append(inv.reshape(-1))
-            keys.append((np.int64(t) << _KEY_BITS) | u)
-            dest.append(owners(t, u, world, self.tables.placement))
-        all_keys = np.concatenate(keys) if keys else np.zeros(0, np.int64)
-        all_dest = np.concatenate(dest) if dest else np.zeros(0, np.int64)
-        order = np.argsort(all_dest, kind="stable")
-        send_keys = all_keys[order]
-        send_counts = np.bincount(all_dest, minlength=world).astype(np.int64)
-        recv_counts = np.empty(world, dtype=np.int64)
         from mpi4py import MPI
 
-        req_counts = self.comm.Ialltoall([send_counts, MPI.INT64_T], [recv_counts, MPI.INT64_T])
-        counts = Pending([req_counts], lambda: recv_counts, "id count exchange", self.comm,
-                         self.timeout)
-        counts.wait()  # a few bytes; the id exchange itself below stays in flight
+        t_ = self.tables
+        keys = [t_.offsets[t] + np.asarray(i, dtype=np.int64) for t, i in zip(self.fields, ids)]
+        dest = [owners(t, i, t_.world, t_.placement) for t, i in zip(self.fields, ids)]
+        all_keys = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+        all_dest = np.concatenate(dest) if dest else np.zeros(0, np.int64)
+        send_keys, send_counts, position = _plan_exchange(all_keys, all_dest, t_.world)
+        recv_counts = np.empty(t_.world, dtype=np.int64)
+        req = self.comm.Ialltoall([send_counts, MPI.INT64_T], [recv_counts, MPI.INT64_T])
+        Pending([req], lambda: None, "id count exchange", self.comm, self.timeout).wait()
         pending, recv = self._alltoallv(send_keys, send_counts, recv_counts, 1, "id exchange")
+        lengths = [len(i) for i in ids]
 
         def finish() -> _Plan:
-            return _Plan(uniq, inverse, order, send_counts, recv_counts, recv)
+            return _Plan(lengths, position, send_counts, recv_counts, recv)
 
         return Pending(pending.requests, finish, "id exchange", self.comm, self.timeout)
 
     def serve_rows(self, plan: _Plan) -> Pending[list[np.ndarray]]:
         """Owner side: gather the asked rows and post them back; the result is each
         field's rows for every id of the batch (in the order of ``ids``)."""
-        keys = plan.recv_keys
-        rows = np.empty((len(keys), self.tables.dim), dtype=np.float32)
-        tabs = keys >> _KEY_BITS
-        for t in np.unique(tabs):
-            sel = np.flatnonzero(tabs == t)
-            local = self.tables.to_local[int(t)][keys[sel] & _ROW_MASK]
-            rows[sel] = self.tables.local[int(t)][local]
+        rows = _serve(self.tables.local, self.tables.to_local, plan.recv_keys)
         pending, back = self._alltoallv(rows, plan.recv_counts, plan.send_counts,
                                         self.tables.dim, "row exchange")
 
         def finish() -> list[np.ndarray]:
-            ordered = np.empty_like(back)
-            ordered[plan.order] = back  # back to concatenated unique-key order
-            out, start = [], 0
-            for u, inv in zip(plan.uniq, plan.inverse):
-                out.append(ordered[start:start + len(u)][inv])
-                start += len(u)
-            return out
+            every = back[plan.position]
+            return np.split(every, np.cumsum(plan.lengths)[:-1])
 
         return Pending(pending.requests, finish, "row exchange", self.comm, self.timeout)
 
     def post_grads(self, plan: _Plan, grads: list[np.ndarray]) -> Pending[None]:
         """Send each field's per-id gradient sums to the owners (``grads[j]`` is [n_j, dim],
         one row per id of the batch); ``apply`` runs the owner update once they arrive."""
-        sums = []
-        for u, inv, g in zip(plan.uniq, plan.inverse, grads):
-            s = np.zeros((len(u), self.tables.dim), dtype=np.float32)
-            _segment_sum(inv.astype(np.int64), np.ascontiguousarray(g, dtype=np.float32), s)
-            sums.append(s)
-        send = (np.concatenate(sums) if sums else np.zeros((0, self.tables.dim), np.float32))
-        send = np.ascontiguousarray(send[plan.order])
-        pending, recv = self._alltoallv(send, plan.send_counts, plan.recv_counts,
+        sums = np.zeros((int(plan.send_counts.sum()), self.tables.dim), dtype=np.float32)
+        if grads:
+            every = np.concatenate([np.asarray(g, dtype=np.float32) for g in grads])
+            _segment_sum(plan.position, every, sums)
+        pending, recv = self._alltoallv(sums, plan.send_counts, plan.recv_counts,
                                         self.tables.dim, "gradient exchange")
         self._last = (plan, recv)
         return Pending(pending.requests, lambda: None, "gradient exchange", self.comm,
@@ -177,15 +210,37 @@ class ShardedLookup:
 
     def apply(self, optimizer: Any) -> None:
         """Owner side: sum the gradients received for each owned row (in source-rank order)
-        and apply ``optimizer.update(t, local_table, local_ids, grads)``."""
+        and apply ``optimizer.update(0, local rows, local ids, grads)``."""
         plan, recv = self._last
-        keys = plan.recv_keys
-        tabs = keys >> _KEY_BITS
-        for t in np.unique(tabs):
-            sel = np.flatnonzero(tabs == t)
-            local = self.tables.to_local[int(t)][keys[sel] & _ROW_MASK]
-            ids, g = dedup_grads(local, np.ascontiguousarray(recv[sel]))
-            optimizer.update(int(t), self.tables.local[int(t)], ids, g)
+        ids, g = dedup_grads(_local_ids(self.tables.to_local, plan.recv_keys), recv)
+        optimizer.update(0, self.tables.local, ids, g)
+
+
+@njit(nogil=True, cache=True)
+def _local_ids(to_local: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """to_local[keys], prefetching ahead (the map is large and accessed at random)."""
+    n = keys.shape[0]
+    out = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        if i + AHEAD < n:
+            prefetch(to_local, keys[i + AHEAD])
+        out[i] = to_local[keys[i]]
+    return out
+
+
+@njit(nogil=True, cache=True)
+def _serve(local: np.ndarray, to_local: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """The owned rows asked for by flat ``keys``: local[to_local[keys]] with prefetching."""
+    idx = _local_ids(to_local, keys)
+    n, dim = idx.shape[0], local.shape[1]
+    out = np.empty((n, dim), dtype=local.dtype)
+    for i in range(n):
+        if i + AHEAD < n:
+            prefetch(local, idx[i + AHEAD] * dim)
+        r = idx[i]
+        for d in range(dim):
+            out[i, d] = local[r, d]
+    return out
 
 
 @njit(nogil=True, cache=True)

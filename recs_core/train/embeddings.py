@@ -145,7 +145,7 @@ class ShardedEmbeddings:
 
     def gather_tables(self, comm: Any) -> list[np.ndarray] | None:
         """Full tables assembled on rank 0 (None elsewhere); for tests and checkpoints."""
-        parts = comm.gather([(self.shards.owned_rows(t), self.shards.local[t])
+        parts = comm.gather([(self.shards.owned_rows(t), self.shards.local_table(t))
                              for t in range(len(self.shards.rows))], root=0)
         if parts is None:
             return None

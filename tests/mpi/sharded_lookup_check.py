@@ -45,7 +45,7 @@ def main(placement: str) -> None:
             ref_opt.update(t, ref[t], u, s)
     for t in range(len(rows)):
         mine = tables.owned_rows(t)
-        np.testing.assert_allclose(tables.local[t], ref[t][mine], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(tables.local_table(t), ref[t][mine], rtol=1e-5, atol=1e-6)
     total = comm.allreduce(sum(len(tables.owned_rows(t)) for t in range(len(rows))))
     assert total == sum(rows)
     lookup.close()
