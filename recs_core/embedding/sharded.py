@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit
 
 from recs_core.comm.pending import DEFAULT_TIMEOUT_S, Pending
-from recs_core.embedding.table import AHEAD, dedup_grads, init_table, prefetch
+from recs_core.embedding.table import AHEAD, dedup_grads, gather, init_table, prefetch
 from recs_core.features.hashing import fmix64
 
 
@@ -185,7 +185,7 @@ class ShardedLookup:
     def serve_rows(self, plan: _Plan) -> Pending[list[np.ndarray]]:
         """Owner side: gather the asked rows and post them back; the result is each
         field's rows for every id of the batch (in the order of ``ids``)."""
-        rows = _serve(self.tables.local, self.tables.to_local, plan.recv_keys)
+        rows = gather(self.tables.local, _local_ids(self.tables.to_local, plan.recv_keys))
         pending, back = self._alltoallv(rows, plan.recv_counts, plan.send_counts,
                                         self.tables.dim, "row exchange")
 
@@ -225,21 +225,6 @@ def _local_ids(to_local: np.ndarray, keys: np.ndarray) -> np.ndarray:
         if i + AHEAD < n:
             prefetch(to_local, keys[i + AHEAD])
         out[i] = to_local[keys[i]]
-    return out
-
-
-@njit(nogil=True, cache=True)
-def _serve(local: np.ndarray, to_local: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """The owned rows asked for by flat ``keys``: local[to_local[keys]] with prefetching."""
-    idx = _local_ids(to_local, keys)
-    n, dim = idx.shape[0], local.shape[1]
-    out = np.empty((n, dim), dtype=local.dtype)
-    for i in range(n):
-        if i + AHEAD < n:
-            prefetch(local, idx[i + AHEAD] * dim)
-        r = idx[i]
-        for d in range(dim):
-            out[i, d] = local[r, d]
     return out
 
 
