@@ -134,6 +134,7 @@ class _Plan:
     send_counts: np.ndarray
     recv_counts: np.ndarray
     recv_keys: np.ndarray  # flat keys this rank owns and was asked for, by source rank
+    count_seconds: float = 0.0  # the count exchange's post-to-completion time
 
 
 class ShardedLookup:
@@ -173,12 +174,14 @@ class ShardedLookup:
         send_keys, send_counts, position = _plan_exchange(all_keys, all_dest, t_.world)
         recv_counts = np.empty(t_.world, dtype=np.int64)
         req = self.comm.Ialltoall([send_counts, MPI.INT64_T], [recv_counts, MPI.INT64_T])
-        Pending([req], lambda: None, "id count exchange", self.comm, self.timeout).wait()
+        counts = Pending([req], lambda: None, "id count exchange", self.comm, self.timeout)
+        counts.wait()
         pending, recv = self._alltoallv(send_keys, send_counts, recv_counts, 1, "id exchange")
         lengths = [len(i) for i in ids]
 
         def finish() -> _Plan:
-            return _Plan(lengths, position, send_counts, recv_counts, recv)
+            return _Plan(lengths, position, send_counts, recv_counts, recv,
+                         (counts.completed or counts.posted) - counts.posted)
 
         return Pending(pending.requests, finish, "id exchange", self.comm, self.timeout)
 
@@ -191,7 +194,8 @@ class ShardedLookup:
 
         def finish() -> list[np.ndarray]:
             every = back[plan.position]
-            return np.split(every, np.cumsum(plan.lengths)[:-1])
+            ends = np.cumsum(plan.lengths)
+            return [every[e - n:e] for e, n in zip(ends.tolist(), plan.lengths)]
 
         return Pending(pending.requests, finish, "row exchange", self.comm, self.timeout)
 
