@@ -78,7 +78,7 @@ def test_a_killed_rank_stops_every_rank(tmp_path: Path) -> None:
     from tests.conftest import mpiexec
 
     data = tmp_path / "killme.txt"
-    generate(data, 60_000, seed=2)
+    generate(data, 150_000, seed=2)  # long enough to be mid-pass when killed
     cfg = tmp_path / "c.toml"
     cfg.write_text((CONFIGS / "criteo_dlrm.toml").read_text()
                    .replace("buckets = 262144", "buckets = 4096")
@@ -96,7 +96,8 @@ def test_a_killed_rank_stops_every_rank(tmp_path: Path) -> None:
             pids = [int(p) for p in out.split() if int(p) != proc.pid]  # not mpiexec
             time.sleep(0.2)
         assert len(pids) == 2, "ranks did not start"
-        time.sleep(3)  # inside the training loop
+        time.sleep(2)  # inside the training loop
+        assert proc.poll() is None, "the job ended before a rank could be killed"
         os.kill(max(pids), signal.SIGKILL)
         t0 = time.monotonic()
         proc.wait(timeout=30)
