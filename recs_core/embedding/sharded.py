@@ -57,7 +57,8 @@ class ShardedTables:
         self.rows, self.dim, self.rank, self.world = rows, dim, rank, world
         self.placement = placement
         self.offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
-        self.to_local = np.full(int(self.offsets[-1]), -1, dtype=np.int64)
+        total = int(self.offsets[-1])
+        self.to_local = np.full(total, -1, dtype=np.int32 if total < 2**31 else np.int64)
         parts, self._spans, start = [], [], 0
         for t, n in enumerate(rows):
             mine = np.flatnonzero(owners(t, np.arange(n), world, placement) == rank)
