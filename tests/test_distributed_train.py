@@ -106,3 +106,18 @@ def test_a_killed_rank_stops_every_rank(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.mpi
+def test_eval_fraction_on_two_ranks(sample_1200: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text((CONFIGS / "criteo_dlrm.toml").read_text()
+                   .replace("buckets = 262144", "buckets = 4096")
+                   .replace("batch_size = 2048", "batch_size = 128"))
+    r = run_mpi(2, ["-m", "recs_core", "train", "--config", str(cfg), "--data",
+                    str(sample_1200), "--eval-fraction", "0.25", "--quiet"], timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("{")][0])
+    assert out["train_rows"] + out["eval_rows"] == 1200
+    assert abs(out["eval_rows"] - 300) <= 2  # the last quarter of each rank's shard
+    assert 0.0 < out["eval_auc"] < 1.0

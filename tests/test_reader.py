@@ -179,3 +179,20 @@ def test_memory_stays_bounded_by_the_buffer_pool(tmp_path: Path) -> None:
     tracemalloc.stop()
     assert n == 300_000
     assert peak < 20 * chunk  # pool + one parsed chunk, not the file
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+def test_count_lines_in_spans_matches_rows_read(tmp_path: Path, world: int) -> None:
+    from recs_core.data.reader import count_lines_in_spans
+
+    files = [write_rows(tmp_path / "a.txt", range(0, 301)),
+             write_rows(tmp_path / "b.gz", range(301, 400), gz=True)]
+    (tmp_path / "c.txt").write_bytes(b"1\t1\tx\n0\t2\ty")  # no final newline
+    files.append(tmp_path / "c.txt")
+    plan = plan_shards([str(f) for f in files], world)
+    counts = [count_lines_in_spans(plan[r]) for r in range(world)]
+    assert sum(counts) == 402
+    for r in range(world):
+        rows = sum(len(b) for b in ShardReader([str(f) for f in files], SCHEMA, rank=r,
+                                               world=world, chunk_bytes=128))
+        assert rows == counts[r]

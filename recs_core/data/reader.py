@@ -11,6 +11,7 @@ Each chunk gets a fresh buffer that its parsed rows keep as their string arena
 from __future__ import annotations
 
 import gzip
+import os
 import threading
 import zlib
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from recs_core.data.parse import (
     ParsedChunk,
     RawBatch,
 )
-from recs_core.data.shards import Span, check_files, plan_shards
+from recs_core.data.shards import Span, plan_shards
 from recs_core.errors import DataError
 from recs_core.native import SpscRing
 
@@ -60,17 +61,31 @@ def count_lines_before(path: str, offset: int) -> int:
     return n
 
 
-def count_lines_in_files(paths: list[str]) -> int:
-    """Lines in all files (plain or gzip), a final line without newline included."""
+def count_lines_in_spans(spans: list[Span]) -> int:
+    """Lines that start inside the spans (a final line without newline included)."""
     total = 0
-    for path, _size, gz in check_files(paths):
-        opener = gzip.open if gz else open
-        last = b"\n"
-        with opener(path, "rb") as f:
-            while block := f.read(1 << 22):
+    for span in spans:
+        if span.gz:
+            last = b"\n"
+            with gzip.open(span.path, "rb") as f:
+                while block := f.read(1 << 22):
+                    total += block.count(b"\n")
+                    last = block[-1:]
+            total += last != b"\n"
+            continue
+        size = os.path.getsize(span.path)
+        # a line starts at p when p == 0 or byte p-1 is a line feed (and p < size)
+        total += span.start == 0 and size > 0
+        lo, hi = max(span.start - 1, 0), min(span.end - 1, size - 1)
+        with open(span.path, "rb") as f:
+            f.seek(lo)
+            left = hi - lo
+            while left > 0:
+                block = f.read(min(left, 1 << 22))
+                if not block:
+                    break
                 total += block.count(b"\n")
-                last = block[-1:]
-        total += last != b"\n"
+                left -= len(block)
     return total
 
 

@@ -20,7 +20,8 @@ import numpy as np
 from recs_core.comm.world import World
 from recs_core.data.bad_rows import BadRowPolicy
 from recs_core.data.parse import RawBatch
-from recs_core.data.reader import ShardReader, count_lines_in_files
+from recs_core.data.reader import ShardReader, count_lines_in_spans
+from recs_core.data.shards import plan_shards
 from recs_core.errors import RecsError
 from recs_core.features.graph import FeatureBatch, FeatureGraph
 from recs_core.features.job import warm_up
@@ -71,17 +72,16 @@ class Job:
     def run(self, paths: list[str], *, eval_fraction: float | None = None,
             policy: BadRowPolicy | None = None, quiet: bool = True) -> dict[str, Any]:
         """One pass: each batch is scored, then trained on; the last ``eval_fraction`` of
-        the rows is held out and scored after the pass. Returns the job's figures."""
+        the rows (of each rank's shard, with several ranks) is held out and scored after
+        the pass. Returns the job's figures."""
         frac = self.cfg.eval_fraction if eval_fraction is None else eval_fraction
         if not 0.0 <= frac < 1.0:
             raise RecsError(f"eval fraction must be in [0, 1), got {frac}")
-        if frac > 0 and self.world.size > 1:
-            raise RecsError("--eval-fraction is not supported with several ranks yet; hold "
-                            "out a separate file and use Job.score")
         paths = [os.fspath(p) for p in paths]
         holdout_at = None
-        if frac > 0:
-            holdout_at = int(round(count_lines_in_files(paths) * (1.0 - frac)))
+        if frac > 0:  # each rank holds out the last share of its own shard
+            spans = plan_shards(paths, self.world.size)[self.world.rank]
+            holdout_at = int(round(count_lines_in_spans(spans) * (1.0 - frac)))
         timer = {"input": 0.0, "train": 0.0}
         return self.run_batches(self._batches(paths, policy, timer), holdout_at=holdout_at,
                                 quiet=quiet, timer=timer)
@@ -102,45 +102,48 @@ class Job:
         empty = RawBatch.empty(len(schema.int_names), len(schema.str_names))
         while True:
             raw = next(batches, None)
+            train_part, held_part = raw, None
+            if raw is not None and holdout_at is not None and rows_seen + len(raw) > holdout_at:
+                k = max(0, holdout_at - rows_seen)
+                train_part, held_part = raw.slice(0, k), raw.slice(k, len(raw))
             if self.world.size > 1:  # ranks agree on the step count (shards may be ragged)
                 active, global_rows = self.world.sum_ints(
-                    [raw is not None, 0 if raw is None else len(raw)], "step agreement")
+                    [raw is not None, 0 if raw is None else len(train_part)], "step agreement")
                 if active == 0:
                     break
-                raw = empty if raw is None else raw
+                train_part = empty if raw is None else train_part
             elif raw is None:
                 break
             else:
-                global_rows = len(raw)
-            parts = [(raw, True)]
-            if holdout_at is not None and rows_seen + len(raw) > holdout_at:
-                k = max(0, holdout_at - rows_seen)
-                parts = [(raw.slice(0, k), True), (raw.slice(k, len(raw)), False)]
-            rows_seen += len(raw)
-            for part, train in parts:
-                if len(part) == 0 and self.world.size == 1:
-                    continue
-                t0 = time.perf_counter()
-                fb = self.graph.process(part)
+                global_rows = len(train_part)
+            rows_seen += 0 if raw is None else len(raw)
+            t0 = time.perf_counter()
+            if held_part is not None and len(held_part):
+                held.append(self.graph.process(held_part))
+            if len(train_part) or self.world.size > 1:  # every rank joins every step
+                fb = self.graph.process(train_part)
                 t1 = time.perf_counter()
                 timer["input"] += t1 - t0
-                if train:
-                    probs, _ = self.model.train_step(fb, int(global_rows))
-                    prog.add(fb.labels, probs)
-                    self.step_probs.append(probs)
-                    timer["train"] += time.perf_counter() - t1
-                else:
-                    held.append(fb)
+                probs, _ = self.model.train_step(fb, int(global_rows))
+                prog.add(fb.labels, probs)
+                self.step_probs.append(probs)
+                timer["train"] += time.perf_counter() - t1
             progress.update(prog.rows * self.world.size,
                             f"logloss {prog.running_logloss:.4f}")
         progress.close()
         t_eval = time.perf_counter()
+        if self.world.size > 1:  # scoring is a collective: the same count on every rank
+            rounds = int(self.world.allreduce_max(len(held)))
+            held += [self.graph.process(empty)] * (rounds - len(held))
         eval_y = [fb.labels for fb in held]
         eval_p = [self.model.predict(fb) for fb in held]
         eval_seconds = time.perf_counter() - t_eval
         seconds = time.perf_counter() - t_start
         ey = np.concatenate(eval_y) if held else np.zeros(0)
         ep = np.concatenate(eval_p) if held else np.zeros(0)
+        if self.world.size > 1:
+            ey = np.concatenate(self.world.comm.allgather(ey))
+            ep = np.concatenate(self.world.comm.allgather(ep))
         counter = getattr(self, "_reader", None)
         bad = counter.counter.by_reason if counter is not None else {}
         world = self.world
