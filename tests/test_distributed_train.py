@@ -22,6 +22,15 @@ def sample_1200(tmp_path_factory) -> Path:
     return p
 
 
+def small_config(tmp_path: Path, batch: int) -> Path:
+    """The canonical config with small tables and the given global batch."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text((CONFIGS / "criteo_dlrm.toml").read_text()
+                   .replace("buckets = 262144", "buckets = 4096")
+                   .replace("batch_size = 2048", f"batch_size = {batch}"))
+    return cfg
+
+
 @pytest.mark.mpi
 @pytest.mark.parametrize("n,placement,preset", [(2, "row", "dlrm"), (3, "table", "dlrm"),
                                                 (3, "row", "wdl")])
@@ -34,10 +43,7 @@ def test_n_ranks_equal_one_rank(sample_1200: Path, n: int, placement: str,
 
 @pytest.mark.mpi
 def test_train_cli_on_two_ranks_prints_global_figures(sample_1200: Path, tmp_path: Path) -> None:
-    cfg = tmp_path / "c.toml"
-    cfg.write_text((CONFIGS / "criteo_dlrm.toml").read_text()
-                   .replace("buckets = 262144", "buckets = 4096")
-                   .replace("batch_size = 2048", "batch_size = 256"))
+    cfg = small_config(tmp_path, 256)
     r = run_mpi(2, ["-m", "recs_core", "train", "--config", str(cfg), "--data",
                     str(sample_1200), "--quiet"], timeout=300)
     assert r.returncode == 0, r.stderr
@@ -55,10 +61,7 @@ def test_a_failing_rank_stops_every_rank(sample_1200: Path, tmp_path: Path) -> N
     lines[1100] = "garbage\n"  # in the last rank's shard
     bad = tmp_path / "bad.txt"
     bad.write_text("".join(lines))
-    cfg = tmp_path / "c.toml"
-    cfg.write_text((CONFIGS / "criteo_dlrm.toml").read_text()
-                   .replace("buckets = 262144", "buckets = 4096")
-                   .replace("batch_size = 2048", "batch_size = 64"))
+    cfg = small_config(tmp_path, 64)
     t0 = time.monotonic()
     r = run_mpi(2, ["-m", "recs_core", "train", "--config", str(cfg), "--data", str(bad),
                     "--on-error", "fail", "--quiet"], timeout=120)
@@ -79,10 +82,7 @@ def test_a_killed_rank_stops_every_rank(tmp_path: Path) -> None:
 
     data = tmp_path / "killme.txt"
     generate(data, 150_000, seed=2)  # long enough to be mid-pass when killed
-    cfg = tmp_path / "c.toml"
-    cfg.write_text((CONFIGS / "criteo_dlrm.toml").read_text()
-                   .replace("buckets = 262144", "buckets = 4096")
-                   .replace("batch_size = 2048", "batch_size = 64"))
+    cfg = small_config(tmp_path, 64)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([mpiexec(), "-n", "2", sys.executable, "-m", "recs_core", "train",
                              "--config", str(cfg), "--data", str(data), "--quiet"],
@@ -110,10 +110,7 @@ def test_a_killed_rank_stops_every_rank(tmp_path: Path) -> None:
 
 @pytest.mark.mpi
 def test_eval_fraction_on_two_ranks(sample_1200: Path, tmp_path: Path) -> None:
-    cfg = tmp_path / "c.toml"
-    cfg.write_text((CONFIGS / "criteo_dlrm.toml").read_text()
-                   .replace("buckets = 262144", "buckets = 4096")
-                   .replace("batch_size = 2048", "batch_size = 128"))
+    cfg = small_config(tmp_path, 128)
     r = run_mpi(2, ["-m", "recs_core", "train", "--config", str(cfg), "--data",
                     str(sample_1200), "--eval-fraction", "0.25", "--quiet"], timeout=300)
     assert r.returncode == 0, r.stderr

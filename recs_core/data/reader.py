@@ -47,11 +47,12 @@ class _Chunk:
     skipped_long_lines: int = 0  # overlong lines dropped right before this chunk
 
 
-def count_lines_before(path: str, offset: int) -> int:
-    """Number of line feeds in the first ``offset`` bytes of a plain file."""
+def count_line_feeds(path: str, lo: int, hi: int) -> int:
+    """Number of line feeds in bytes [lo, hi) of a plain file, read in bounded blocks."""
     n = 0
     with open(path, "rb") as f:
-        left = offset
+        f.seek(lo)
+        left = hi - lo
         while left > 0:
             block = f.read(min(left, 1 << 22))
             if not block:
@@ -59,6 +60,11 @@ def count_lines_before(path: str, offset: int) -> int:
             n += block.count(b"\n")
             left -= len(block)
     return n
+
+
+def count_lines_before(path: str, offset: int) -> int:
+    """Number of line feeds in the first ``offset`` bytes of a plain file."""
+    return count_line_feeds(path, 0, offset)
 
 
 def count_lines_in_spans(spans: list[Span]) -> int:
@@ -76,16 +82,8 @@ def count_lines_in_spans(spans: list[Span]) -> int:
         size = os.path.getsize(span.path)
         # a line starts at p when p == 0 or byte p-1 is a line feed (and p < size)
         total += span.start == 0 and size > 0
-        lo, hi = max(span.start - 1, 0), min(span.end - 1, size - 1)
-        with open(span.path, "rb") as f:
-            f.seek(lo)
-            left = hi - lo
-            while left > 0:
-                block = f.read(min(left, 1 << 22))
-                if not block:
-                    break
-                total += block.count(b"\n")
-                left -= len(block)
+        total += count_line_feeds(span.path, max(span.start - 1, 0),
+                                  min(span.end - 1, size - 1))
     return total
 
 
