@@ -16,6 +16,10 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 300.0
 SPIN_S = 0.05  # busy-poll this long before backing off to short sleeps
 
+# Called as on_complete(what, posted, completed) when an exchange is seen complete; the
+# scheduler's timeline sets it (one hook per process: the trace is per rank).
+on_complete: Callable[[str, float, float], None] | None = None
+
 
 class Pending(Generic[T]):
     """MPI requests in flight and the step that turns their buffers into a result."""
@@ -37,29 +41,40 @@ class Pending(Generic[T]):
 
             if MPI.Request.Testall(self.requests):
                 self.completed = time.perf_counter()
+                if on_complete is not None:
+                    on_complete(self.what, self.posted, self.completed)
         return self.completed is not None
+
+    def check_deadline(self, now: float) -> None:
+        """Abort the job if the exchange is past its deadline (a peer died or hung)."""
+        if now > self.posted + self.timeout:
+            rank = self.comm.Get_rank()
+            sys.stderr.write(f"recs: error: rank {rank}: {self.what} did not complete "
+                             f"within {self.timeout:.0f} s (a peer rank died or hung); "
+                             "aborting the job\n")
+            sys.stderr.flush()
+            self.comm.Abort(3)
+
+    def result(self) -> T:
+        """The result of a completed exchange (runs its finishing step once)."""
+        if not self._done:
+            assert self.completed is not None, f"{self.what}: result() before completion"
+            self._result = self._finish()
+            self._done = True
+        return self._result  # type: ignore[return-value]
 
     def wait(self) -> T:
         """The exchange's result; polls with a short back-off and aborts past the deadline."""
         if not self._done:
             t0 = time.perf_counter()
-            deadline = self.posted + self.timeout
             pause = 0.0
             while not self.test():
                 now = time.perf_counter()
-                if now > deadline:
-                    rank = self.comm.Get_rank()
-                    sys.stderr.write(f"recs: error: rank {rank}: {self.what} did not complete "
-                                     f"within {self.timeout:.0f} s (a peer rank died or hung); "
-                                     "aborting the job\n")
-                    sys.stderr.flush()
-                    self.comm.Abort(3)
+                self.check_deadline(now)
                 # Poll without sleeping for the first SPIN_S: MPI progresses only inside
                 # Test, and a sleep per poll would add up over the rounds of a collective.
                 if now - t0 > SPIN_S:
                     time.sleep(pause)
                     pause = min(1e-3, pause + 2e-5)
             self.waited = time.perf_counter() - t0
-            self._result = self._finish()
-            self._done = True
-        return self._result  # type: ignore[return-value]
+        return self.result()

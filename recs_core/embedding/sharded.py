@@ -127,6 +127,18 @@ def _plan_exchange(keys: np.ndarray, dest: np.ndarray, world: int) -> tuple[
 
 
 @dataclass
+class _Counted:
+    """A batch's de-duplicated ids, bucketed by owner, and the count exchange's buffers."""
+
+    lengths: list[int]
+    position: np.ndarray
+    send_keys: np.ndarray
+    send_counts: np.ndarray
+    recv_counts: np.ndarray  # filled by the count exchange
+    pending: Pending | None = None
+
+
+@dataclass
 class _Plan:
     """What a lookup sent, kept for its backward pass."""
 
@@ -144,27 +156,39 @@ class ShardedLookup:
     def __init__(self, tables: ShardedTables, fields: list[int], comm: Any,
                  timeout: float = DEFAULT_TIMEOUT_S) -> None:
         self.tables, self.fields = tables, fields
-        self.comm = comm.Dup()  # pipelines never share a communicator
+        # Pipelines never share a communicator, and a pipeline's gradient push has its
+        # own: a scheduler may post the next batch's lookup before this batch's push, and
+        # each communicator still sees its collectives in the same order on every rank.
+        self.comm = comm.Dup()
+        self.grad_comm = comm.Dup()
         self.timeout = timeout
 
     def close(self) -> None:
         self.comm.Free()
+        self.grad_comm.Free()
 
     def _alltoallv(self, send: np.ndarray, send_counts: np.ndarray, recv_counts: np.ndarray,
-                   width: int, what: str) -> tuple[Pending, np.ndarray]:
+                   width: int, what: str, comm: Any = None) -> tuple[Pending, np.ndarray]:
         from mpi4py import MPI
 
+        comm = comm or self.comm
         dtype = MPI.INT64_T if send.dtype == np.int64 else MPI.FLOAT
         sc = (send_counts * width).astype(np.int64)
         rc = (recv_counts * width).astype(np.int64)
         recv = np.empty((int(recv_counts.sum()),) + send.shape[1:], dtype=send.dtype)
         sd = np.concatenate([[0], np.cumsum(sc)[:-1]])
         rd = np.concatenate([[0], np.cumsum(rc)[:-1]])
-        req = self.comm.Ialltoallv([send, (sc, sd), dtype], [recv, (rc, rd), dtype])
-        return Pending([req], lambda: recv, what, self.comm, self.timeout), recv
+        req = comm.Ialltoallv([send, (sc, sd), dtype], [recv, (rc, rd), dtype])
+        return Pending([req], lambda: recv, what, comm, self.timeout), recv
 
     def post_ids(self, ids: list[np.ndarray]) -> Pending[_Plan]:
-        """Post the id exchange for one batch: ``ids[j]`` are the global ids of field j."""
+        """Post the id exchange for one batch: ``ids[j]`` are the global ids of field j.
+        (The count exchange before it is waited on here; see :meth:`post_counts`.)"""
+        return self.post_keys(self.post_counts(ids).wait())
+
+    def post_counts(self, ids: list[np.ndarray]) -> Pending[_Counted]:
+        """De-duplicate and bucket one batch's ids by owner, and post the count exchange;
+        its result goes to :meth:`post_keys`."""
         from mpi4py import MPI
 
         t_ = self.tables
@@ -175,14 +199,21 @@ class ShardedLookup:
         send_keys, send_counts, position = _plan_exchange(all_keys, all_dest, t_.world)
         recv_counts = np.empty(t_.world, dtype=np.int64)
         req = self.comm.Ialltoall([send_counts, MPI.INT64_T], [recv_counts, MPI.INT64_T])
-        counts = Pending([req], lambda: None, "id count exchange", self.comm, self.timeout)
-        counts.wait()
-        pending, recv = self._alltoallv(send_keys, send_counts, recv_counts, 1, "id exchange")
-        lengths = [len(i) for i in ids]
+        counted = _Counted([len(i) for i in ids], position, send_keys, send_counts, recv_counts)
+        pending: Pending[_Counted] = Pending([req], lambda: counted, "id count exchange",
+                                             self.comm, self.timeout)
+        counted.pending = pending
+        return pending
+
+    def post_keys(self, c: _Counted) -> Pending[_Plan]:
+        """Post the exchange of the de-duplicated ids to their owners (after the counts)."""
+        pending, recv = self._alltoallv(c.send_keys, c.send_counts, c.recv_counts, 1,
+                                        "id exchange")
+        counts = c.pending
+        count_s = ((counts.completed or counts.posted) - counts.posted) if counts else 0.0
 
         def finish() -> _Plan:
-            return _Plan(lengths, position, send_counts, recv_counts, recv,
-                         (counts.completed or counts.posted) - counts.posted)
+            return _Plan(c.lengths, c.position, c.send_counts, c.recv_counts, recv, count_s)
 
         return Pending(pending.requests, finish, "id exchange", self.comm, self.timeout)
 
@@ -208,9 +239,9 @@ class ShardedLookup:
             every = np.concatenate([np.asarray(g, dtype=np.float32) for g in grads])
             _segment_sum(plan.position, every, sums)
         pending, recv = self._alltoallv(sums, plan.send_counts, plan.recv_counts,
-                                        self.tables.dim, "gradient exchange")
+                                        self.tables.dim, "gradient exchange", self.grad_comm)
         self._last = (plan, recv)
-        return Pending(pending.requests, lambda: None, "gradient exchange", self.comm,
+        return Pending(pending.requests, lambda: None, "gradient exchange", self.grad_comm,
                        self.timeout)
 
     def apply(self, optimizer: Any) -> None:

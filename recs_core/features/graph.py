@@ -128,23 +128,46 @@ class FeatureGraph:
             missing = [self.features[i].name for i in range(len(self.features))
                        if i not in state.done]
             raise RuntimeError(f"feature chains not finished: {', '.join(missing)}")
+        fb = self.start_batch(state)
+        for p in self.pipelines:
+            self.finish_pipeline(state, fb, p)
+        self.finish_dense(state, fb)
+        return fb
+
+    def start_batch(self, state: BatchState) -> FeatureBatch:
+        """A batch with its labels only; pipelines are filled in as they finish."""
         n = len(state.raw)
-        dense = [state.values[i].values for i, f in enumerate(self.features)  # type: ignore
-                 if f.output == "dense"]
-        dense_mat = (np.concatenate(dense, axis=1).astype(np.float32) if dense
-                     else np.zeros((n, 0), dtype=np.float32))
-        sparse: dict[str, list[SparseOutput]] = {p: [] for p in self.pipelines}
+        return FeatureBatch(state.raw.labels.astype(np.float32),
+                            np.zeros((n, 0), dtype=np.float32), {})
+
+    def pipeline_done(self, state: BatchState, pipeline: str) -> bool:
+        """Whether every chain of ``pipeline`` has run on this batch."""
+        return all(n.feature in state.done for n in self._nodes[pipeline] if n.last)
+
+    def finish_pipeline(self, state: BatchState, fb: FeatureBatch, pipeline: str) -> None:
+        """Put one finished pipeline's sparse outputs into ``fb.sparse[pipeline]``."""
+        outs: list[SparseOutput] = []
         for i, f in enumerate(self.features):
-            if f.output != "sparse":
+            if f.pipeline != pipeline or f.output != "sparse":
                 continue
             v = state.values[i]
             if isinstance(v, ListIdValues):
-                out = SparseOutput(f.field_names, v.ids, v.offsets, f.table.pooling)
+                outs.append(SparseOutput(f.field_names, v.ids, v.offsets, f.table.pooling))
             else:
                 assert isinstance(v, IdValues)
-                out = SparseOutput(f.field_names, v.ids)
-            sparse[f.pipeline].append(out)
-        return FeatureBatch(state.raw.labels.astype(np.float32), dense_mat, sparse)
+                outs.append(SparseOutput(f.field_names, v.ids))
+        fb.sparse[pipeline] = outs
+
+    def finish_dense(self, state: BatchState, fb: FeatureBatch) -> None:
+        """Put the dense outputs (every chain with output "dense" must have run) into ``fb``."""
+        dense = [state.values[i].values for i, f in enumerate(self.features)  # type: ignore
+                 if f.output == "dense"]
+        if dense:
+            fb.dense = np.concatenate(dense, axis=1).astype(np.float32)
+
+    def dense_done(self, state: BatchState) -> bool:
+        """Whether every chain with a dense output has run on this batch."""
+        return all(i in state.done for i, f in enumerate(self.features) if f.output == "dense")
 
     def process(self, raw: RawBatch) -> FeatureBatch:
         """Run every node on one batch, in order, and assemble the outputs."""

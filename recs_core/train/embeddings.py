@@ -109,35 +109,51 @@ class ShardedEmbeddings:
         self._plans: dict[str, Any] = {}
         self.wait_seconds: dict[str, float] = {p: 0.0 for p in self.pipelines}
 
+    def pipeline_ids(self, fb: FeatureBatch, p: str) -> list[np.ndarray]:
+        """The ids of pipeline ``p``'s fields, one array per field (tokens for lists)."""
+        return [i for s in self.slots if s.pipeline == p for i in _field_ids(fb, s)]
+
+    def new_block(self, n: int) -> np.ndarray:
+        """An uninitialized [n, F, dim] block for a batch's vectors."""
+        return np.empty((n, sum(s.width for s in self.slots), self.dim), dtype=np.float32)
+
+    def fill_block(self, out: np.ndarray, fb: FeatureBatch, p: str,
+                   rows: list[np.ndarray]) -> None:
+        """Put the rows looked up for pipeline ``p`` into its fields of ``out`` (pooling
+        list fields)."""
+        got = iter(rows)
+        for s in (s for s in self.slots if s.pipeline == p):
+            if s.pooled is None:
+                for j in range(s.width):
+                    out[:, s.first + j, :] = next(got)
+            else:
+                o = fb.sparse[s.pipeline][s.index]
+                tok = next(got)
+                out[:, s.first, :] = gather_pooled(tok, np.arange(len(tok)), o.offsets,
+                                                   s.pooled == "mean")
+
+    def pipeline_grads(self, fb: FeatureBatch, p: str, d: np.ndarray) -> list[np.ndarray]:
+        """Per-id gradient rows of pipeline ``p``'s fields from the block gradient ``d``."""
+        return [g for s in self.slots if s.pipeline == p for g in _field_grads(fb, s, d)]
+
     def lookup(self, fb: FeatureBatch) -> np.ndarray:
-        ids = {p: [i for s in self.slots if s.pipeline == p for i in _field_ids(fb, s)]
-               for p in self.pipelines}
-        posted: dict[str, Pending] = {p: self.lookups[p].post_ids(ids[p]) for p in self.pipelines}
+        """The batch's [n, F, dim] block (every pipeline's exchange posted, then waited)."""
+        posted = {p: self.lookups[p].post_ids(self.pipeline_ids(fb, p)) for p in self.pipelines}
         rows: dict[str, Pending] = {}
         for p in self.pipelines:  # every rank serves the pipelines in the same order
             self._plans[p] = posted[p].wait()
             self.wait_seconds[p] += posted[p].waited
             rows[p] = self.lookups[p].serve_rows(self._plans[p])
-        out = np.empty((len(fb), sum(s.width for s in self.slots), self.dim), dtype=np.float32)
+        out = self.new_block(len(fb))
         for p in self.pipelines:
-            got = iter(rows[p].wait())
+            self.fill_block(out, fb, p, rows[p].wait())
             self.wait_seconds[p] += rows[p].waited
-            for s in (s for s in self.slots if s.pipeline == p):
-                if s.pooled is None:
-                    for j in range(s.width):
-                        out[:, s.first + j, :] = next(got)
-                else:
-                    o = fb.sparse[s.pipeline][s.index]
-                    tok = next(got)
-                    out[:, s.first, :] = gather_pooled(tok, np.arange(len(tok)), o.offsets,
-                                                       s.pooled == "mean")
         return out
 
     def update(self, fb: FeatureBatch, d: np.ndarray) -> None:
-        pending = {}
-        for p in self.pipelines:
-            grads = [g for s in self.slots if s.pipeline == p for g in _field_grads(fb, s, d)]
-            pending[p] = self.lookups[p].post_grads(self._plans[p], grads)
+        """Push the block gradient ``d`` to the owners and apply their sparse updates."""
+        pending = {p: self.lookups[p].post_grads(self._plans[p], self.pipeline_grads(fb, p, d))
+                   for p in self.pipelines}
         for p in self.pipelines:
             pending[p].wait()
             self.wait_seconds[p] += pending[p].waited

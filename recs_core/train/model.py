@@ -72,20 +72,45 @@ class Model:
         """Click probabilities of a batch (no update)."""
         return sigmoid(self.forward(fb)).astype(np.float32)
 
-    def _allreduce_dense_grads(self) -> None:
-        """Sum the data-parallel replicas' dense gradients (posted, then waited)."""
+    def post_dense_allreduce(self) -> Pending[None]:
+        """Post the sum of the data-parallel replicas' dense gradients; finish it with
+        :meth:`dense_update`."""
         from mpi4py import MPI
 
         flat = np.concatenate([g.ravel() for g in self.net.grads])
         total = np.empty_like(flat)
         req = self._dense_comm.Iallreduce([flat, MPI.FLOAT], [total, MPI.FLOAT], op=MPI.SUM)
-        pending = Pending([req], lambda: None, "dense gradient allreduce", self._dense_comm)
-        pending.wait()
-        self.dense_wait_seconds += pending.waited
-        start = 0
-        for g in self.net.grads:
-            g.ravel()[:] = total[start:start + g.size]
-            start += g.size
+
+        def finish() -> None:
+            start = 0
+            for g in self.net.grads:
+                g.ravel()[:] = total[start:start + g.size]
+                start += g.size
+
+        return Pending([req], finish, "dense gradient allreduce", self._dense_comm)
+
+    def dense_update(self, summed: Pending[None] | None) -> None:
+        """Apply the dense optimizer (after the replicas' gradients are summed, if any)."""
+        if summed is not None:
+            summed.result()
+        self.dense_opt.step(self.net.grads)
+
+    def forward_backward(self, fb: FeatureBatch, z: np.ndarray, wide_z: np.ndarray | None,
+                         global_rows: int | None) -> tuple[np.ndarray, float, np.ndarray,
+                                                           np.ndarray | None]:
+        """Forward and backward of the dense network on looked-up vectors ``z`` (and
+        ``wide_z``). Returns (probabilities, loss, d z, d wide_z or None)."""
+        logits = (self.net.forward(fb.dense, z) if self.wide is None
+                  else self.net.forward(fb.dense, z, wide_z[:, :, 0]))
+        loss, dlogits = bce_with_logits(logits, fb.labels)
+        if global_rows is not None and global_rows != len(fb):
+            dlogits *= np.float32(len(fb) / global_rows)
+        if self.wide is None:
+            d_emb, d_wide = self.net.backward(dlogits), None
+        else:
+            d_emb, d_wide = self.net.backward(dlogits)
+            d_wide = d_wide[:, :, None]
+        return sigmoid(logits).astype(np.float32), loss, d_emb, d_wide
 
     def train_step(self, fb: FeatureBatch, global_rows: int | None = None) -> tuple[
             np.ndarray, float]:
@@ -94,20 +119,19 @@ class Model:
         ``global_rows``: rows of the global batch this rank's batch is part of (the loss
         is the global batch's mean); defaults to this batch's rows.
         """
-        logits = self.forward(fb)
-        loss, dlogits = bce_with_logits(logits, fb.labels)
-        if global_rows is not None and global_rows != len(fb):
-            dlogits *= np.float32(len(fb) / global_rows)
-        if self.wide is None:
-            d_emb = self.net.backward(dlogits)
-        else:
-            d_emb, d_wide = self.net.backward(dlogits)
-            self.wide.update(fb, d_wide[:, :, None])
+        z = self.emb.lookup(fb)
+        wide_z = self.wide.lookup(fb) if self.wide is not None else None
+        probs, loss, d_emb, d_wide = self.forward_backward(fb, z, wide_z, global_rows)
+        if self.wide is not None:
+            self.wide.update(fb, d_wide)
+        summed = None
         if self._dense_comm is not None:
-            self._allreduce_dense_grads()
-        self.dense_opt.step(self.net.grads)
+            summed = self.post_dense_allreduce()
+            summed.wait()
+            self.dense_wait_seconds += summed.waited
+        self.dense_update(summed)
         self.emb.update(fb, d_emb)
-        return sigmoid(logits).astype(np.float32), loss
+        return probs, loss
 
     def state(self) -> dict[str, np.ndarray]:
         """Every parameter by name (for saving and for determinism checks)."""
