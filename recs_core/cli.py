@@ -109,6 +109,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="hold out this last share of rows (default: train.eval_fraction, 0)")
     p.add_argument("--init-from", help="start from a model saved with --save")
     p.add_argument("--save", help="write the trained model here (.npz, atomic)")
+    from recs_core.sched import MODES
+
+    p.add_argument("--mode", default="recs", choices=MODES,
+                   help="schedule: sequential (features, lookup, train, all blocking), "
+                   "prefetch (a thread prepares batches ahead, the trainer blocks on its "
+                   "exchanges), recs (operators of upcoming batches fill exchange windows + "
+                   "pipeline priority), recs-intra / recs-inter (one of the two). All modes "
+                   "compute the same model (default: recs)")
+    p.add_argument("--lookahead", type=int, default=2,
+                   help="batches prepared ahead in modes prefetch and recs* (default 2)")
+    p.add_argument("--trace", help="write a Chrome trace (JSON, one track per rank) here")
     _add_policy_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_train)
@@ -127,8 +138,11 @@ def _cmd_train(a: argparse.Namespace) -> int:
     job = Job(spec, world=world)
     if a.init_from:
         job.load(a.init_from)
+    if a.lookahead < 1:
+        raise RecsError(f"--lookahead must be at least 1, got {a.lookahead}")
     out = job.run(a.data, eval_fraction=a.eval_fraction, policy=_policy(a, spec),
-                  quiet=a.quiet or world.rank != 0)
+                  quiet=a.quiet or world.rank != 0, mode=a.mode, trace=a.trace,
+                  lookahead=a.lookahead)
     if a.save:
         job.save(a.save)
     if world.rank == 0:

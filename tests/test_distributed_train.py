@@ -45,7 +45,7 @@ def test_n_ranks_equal_one_rank(sample_1200: Path, n: int, placement: str,
 def test_train_cli_on_two_ranks_prints_global_figures(sample_1200: Path, tmp_path: Path) -> None:
     cfg = small_config(tmp_path, 256)
     r = run_mpi(2, ["-m", "recs_core", "train", "--config", str(cfg), "--data",
-                    str(sample_1200), "--quiet"], timeout=300)
+                    str(sample_1200), "--quiet", "--mode", "sequential"], timeout=300)
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
     assert len(lines) == 1
@@ -53,6 +53,24 @@ def test_train_cli_on_two_ranks_prints_global_figures(sample_1200: Path, tmp_pat
     assert out["world_size"] == 2 and out["train_rows"] == 1200
     assert set(out["comm_wait_seconds"]) == {"categorical", "bucketized", "crosses", "dense"}
     assert all(0 <= f < 1 for f in out["comm_wait_fraction"].values())
+
+
+@pytest.mark.mpi
+def test_train_cli_default_mode_is_scheduled_and_writes_a_trace(sample_1200: Path,
+                                                                tmp_path: Path) -> None:
+    cfg = small_config(tmp_path, 256)
+    trace = tmp_path / "t.json"
+    r = run_mpi(2, ["-m", "recs_core", "train", "--config", str(cfg), "--data",
+                    str(sample_1200), "--quiet", "--trace", str(trace)], timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("{")][0])
+    assert out["mode"] == "recs" and out["train_rows"] == 1200
+    sched = out["scheduler"]
+    assert sorted(sched["pipeline_order"]) == ["bucketized", "categorical", "crosses"]
+    assert sched["consumer_late_ms"]["p95"] >= sched["consumer_late_ms"]["median"] >= 0
+    assert out["step"]["wall_ms"] > 0
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert {e["pid"] for e in events} == {0, 1}
 
 
 @pytest.mark.mpi

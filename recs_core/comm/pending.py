@@ -19,6 +19,8 @@ SPIN_S = 0.05  # busy-poll this long before backing off to short sleeps
 # Called as on_complete(what, posted, completed) when an exchange is seen complete; the
 # scheduler's timeline sets it (one hook per process: the trace is per rank).
 on_complete: Callable[[str, float, float], None] | None = None
+# Called as on_wait(what, start, end) after a blocking wait (the CPU idled meanwhile).
+on_wait: Callable[[str, float, float], None] | None = None
 
 
 class Pending(Generic[T]):
@@ -76,5 +78,8 @@ class Pending(Generic[T]):
                 if now - t0 > SPIN_S:
                     time.sleep(pause)
                     pause = min(1e-3, pause + 2e-5)
-            self.waited = time.perf_counter() - t0
+            end = time.perf_counter()
+            self.waited = end - t0
+            if on_wait is not None:
+                on_wait(self.what, t0, end)
         return self.result()

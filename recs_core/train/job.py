@@ -9,10 +9,12 @@
 from __future__ import annotations
 
 import os
+import queue
 import resource
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,9 @@ from recs_core.features.job import warm_up
 from recs_core.features.spec import Spec, load_spec
 from recs_core.metrics.auc import ProgressiveMetrics, auc, logloss
 from recs_core.progress import Progress
+from recs_core.sched import MODES
+from recs_core.sched.runner import REPLAN_EVERY, ScheduledPass
+from recs_core.sched.trace import WORKER, Timeline, summarize, write_trace
 from recs_core.train.config import TrainConfig, train_config
 from recs_core.train.embeddings import ShardedEmbeddings
 from recs_core.train.model import Model
@@ -70,10 +75,13 @@ class Job:
             yield raw
 
     def run(self, paths: list[str], *, eval_fraction: float | None = None,
-            policy: BadRowPolicy | None = None, quiet: bool = True) -> dict[str, Any]:
+            policy: BadRowPolicy | None = None, quiet: bool = True, mode: str = "sequential",
+            trace: str | None = None, lookahead: int = 2,
+            replan_every: int = REPLAN_EVERY) -> dict[str, Any]:
         """One pass: each batch is scored, then trained on; the last ``eval_fraction`` of
         the rows (of each rank's shard, with several ranks) is held out and scored after
-        the pass. Returns the job's figures."""
+        the pass. ``mode`` picks the schedule (:data:`MODES`; all compute the same model);
+        ``trace`` writes a Chrome trace of the pass. Returns the job's figures."""
         frac = self.cfg.eval_fraction if eval_fraction is None else eval_fraction
         if not 0.0 <= frac < 1.0:
             raise RecsError(f"eval fraction must be in [0, 1), got {frac}")
@@ -84,52 +92,144 @@ class Job:
             holdout_at = int(round(count_lines_in_spans(spans) * (1.0 - frac)))
         timer = {"input": 0.0, "train": 0.0}
         return self.run_batches(self._batches(paths, policy, timer), holdout_at=holdout_at,
-                                quiet=quiet, timer=timer)
+                                quiet=quiet, timer=timer, mode=mode, trace=trace,
+                                lookahead=lookahead, replan_every=replan_every)
+
+    def _local_parts(self, batches: Iterator[RawBatch], holdout_at: int | None,
+                     held: list[RawBatch]) -> Iterator[RawBatch | None]:
+        """This rank's training part of each batch (rows from ``holdout_at`` on go to
+        ``held``), then None for ever once the shard is exhausted."""
+        rows_seen = 0
+        for raw in batches:
+            part = raw
+            if holdout_at is not None and rows_seen + len(raw) > holdout_at:
+                k = max(0, holdout_at - rows_seen)
+                part = raw.slice(0, k)
+                held.append(raw.slice(k, len(raw)))
+            rows_seen += len(raw)
+            yield part
+        while True:
+            yield None
+
+    def _agree(self, part: RawBatch | None, empty: RawBatch) -> tuple[RawBatch | None, int]:
+        """(this rank's part, global rows) of the next step, or (None, 0) when every rank
+        is done; with several ranks every rank joins every step (shards may be ragged)."""
+        if self.world.size == 1:
+            return part, 0 if part is None else len(part)
+        active, rows = self.world.sum_ints([part is not None, 0 if part is None else len(part)],
+                                           "step agreement")
+        return (None, 0) if active == 0 else (empty if part is None else part, int(rows))
+
+    def _pass_sequential(self, source: Iterator[RawBatch | None], empty: RawBatch,
+                         timeline: Timeline, train: Callable[[FeatureBatch, int], None],
+                         timer: dict[str, float]) -> None:
+        """Mode "sequential": process a batch's features, then look up, then train."""
+        while True:
+            part, rows = self._agree(next(source), empty)
+            if part is None:
+                return
+            start = time.perf_counter()
+            with timeline.cpu("features"):
+                fb = self.graph.process(part)
+            t1 = time.perf_counter()
+            timer["input"] += t1 - start
+            with timeline.cpu("train step"):
+                train(fb, rows)
+            timer["train"] += time.perf_counter() - t1
+            timeline.step(start, time.perf_counter())
+
+    def _pass_prefetch(self, source: Iterator[RawBatch | None], empty: RawBatch,
+                       timeline: Timeline, train: Callable[[FeatureBatch, int], None],
+                       timer: dict[str, float], lookahead: int) -> None:
+        """Mode "prefetch": a background thread prepares whole batches ahead (as tf.data's
+        prefetch does); the trainer blocks on its exchanges."""
+        ready: queue.Queue = queue.Queue(maxsize=max(1, lookahead))
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                while not stop.is_set():
+                    part = next(source)
+                    t0 = time.perf_counter()
+                    fb = None if part is None else self.graph.process(part)
+                    timeline.add("features", WORKER, t0, time.perf_counter())
+                    timer["input"] += time.perf_counter() - t0
+                    ready.put((part, fb))
+                    if part is None:
+                        return
+            except BaseException as e:  # handed to the trainer, which raises it
+                ready.put(e)
+
+        worker = threading.Thread(target=produce, name="recs-prefetch", daemon=True)
+        worker.start()
+        empty_fb: FeatureBatch | None = None
+        try:
+            done = False
+            while True:
+                start = time.perf_counter()
+                if not done:
+                    got = ready.get()
+                    if isinstance(got, BaseException):
+                        raise got
+                    part, fb = got
+                    done = part is None
+                part_, rows = self._agree(None if done else part, empty)
+                if part_ is None:
+                    return
+                if done:
+                    empty_fb = empty_fb or self.graph.process(empty)
+                    fb = empty_fb
+                t1 = time.perf_counter()
+                with timeline.cpu("train step"):
+                    train(fb, rows)
+                timer["train"] += time.perf_counter() - t1
+                timeline.step(start, time.perf_counter())
+        finally:
+            stop.set()
 
     def run_batches(self, batches: Iterator[RawBatch], *, holdout_at: int | None = None,
-                    quiet: bool = True, timer: dict[str, float] | None = None) -> dict[str, Any]:
+                    quiet: bool = True, timer: dict[str, float] | None = None,
+                    mode: str = "sequential", trace: str | None = None,
+                    lookahead: int = 2, replan_every: int = REPLAN_EVERY) -> dict[str, Any]:
         """The pass of :meth:`run` over given raw batches (this rank's part of each global
         batch); rows from ``holdout_at`` on are held out and scored after the pass."""
+        if mode not in MODES:
+            raise RecsError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         jit_seconds = warm_up(self.spec)
         timer = timer if timer is not None else {"input": 0.0, "train": 0.0}
         prog = ProgressiveMetrics()
         self.step_probs: list[np.ndarray] = []
-        held: list[FeatureBatch] = []
+        held_raw: list[RawBatch] = []
         progress = Progress("train", quiet=quiet)
-        rows_seen = 0
         t_start = time.perf_counter()
         schema = self.spec.schema
         empty = RawBatch.empty(len(schema.int_names), len(schema.str_names))
-        while True:
-            raw = next(batches, None)
-            train_part, held_part = raw, None
-            if raw is not None and holdout_at is not None and rows_seen + len(raw) > holdout_at:
-                k = max(0, holdout_at - rows_seen)
-                train_part, held_part = raw.slice(0, k), raw.slice(k, len(raw))
-            if self.world.size > 1:  # ranks agree on the step count (shards may be ragged)
-                active, global_rows = self.world.sum_ints(
-                    [raw is not None, 0 if raw is None else len(train_part)], "step agreement")
-                if active == 0:
-                    break
-                train_part = empty if raw is None else train_part
-            elif raw is None:
-                break
+        timeline = Timeline(self.world.rank)
+        source = self._local_parts(batches, holdout_at, held_raw)
+
+        def record(fb: FeatureBatch, probs: np.ndarray) -> None:
+            prog.add(fb.labels, probs)
+            self.step_probs.append(probs)
+            progress.update(prog.rows * self.world.size, f"logloss {prog.running_logloss:.4f}")
+
+        def train(fb: FeatureBatch, rows: int) -> None:
+            record(fb, self.model.train_step(fb, rows)[0])
+
+        sched = None
+        try:
+            if mode == "prefetch":
+                self._pass_prefetch(source, empty, timeline, train, timer, lookahead)
+            elif mode == "sequential" or self.world.size == 1:  # no exchange to schedule
+                self._pass_sequential(source, empty, timeline, train, timer)
             else:
-                global_rows = len(train_part)
-            rows_seen += 0 if raw is None else len(raw)
-            t0 = time.perf_counter()
-            if held_part is not None and len(held_part):
-                held.append(self.graph.process(held_part))
-            if len(train_part) or self.world.size > 1:  # every rank joins every step
-                fb = self.graph.process(train_part)
-                t1 = time.perf_counter()
-                timer["input"] += t1 - t0
-                probs, _ = self.model.train_step(fb, int(global_rows))
-                prog.add(fb.labels, probs)
-                self.step_probs.append(probs)
-                timer["train"] += time.perf_counter() - t1
-            progress.update(prog.rows * self.world.size,
-                            f"logloss {prog.running_logloss:.4f}")
+                sched = ScheduledPass(self, mode, timeline, lookahead, replan_every)
+                t0 = time.perf_counter()
+                sched.run(source, empty, record, lambda: None)
+                timer["input"] += sched.feature_seconds
+                timer["train"] += time.perf_counter() - t0 - sched.feature_seconds
+        finally:
+            timeline.close()
+        held = [self.graph.process(r) for r in held_raw]
         progress.close()
         t_eval = time.perf_counter()
         if self.world.size > 1:  # scoring is a collective: the same count on every rank
@@ -171,9 +271,18 @@ class Job:
             "bad_rows": world.gather_dicts_sum(bad),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "model": self.cfg.preset,
+            "mode": mode,
+            "step": summarize(timeline.step_figures()),
         }
+        if sched is not None:
+            out["scheduler"] = sched.figures()
+        if trace:
+            events = timeline.events()
+            every = world.comm.gather(events, root=0) if world.size > 1 else [events]
+            if world.rank == 0:
+                write_trace(trace, every)
         emb = self.model.emb
-        if isinstance(emb, ShardedEmbeddings):  # time blocked on each exchange, slowest rank
+        if isinstance(emb, ShardedEmbeddings) and sched is None:  # blocked on each exchange
             waits = dict(emb.wait_seconds, dense=self.model.dense_wait_seconds)
             out["comm_wait_seconds"] = {p: round(world.allreduce_max(v), 4)
                                         for p, v in waits.items()}

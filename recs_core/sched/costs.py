@@ -1,0 +1,62 @@
+"""Online cost estimates (moving averages) and the plan every rank agrees on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from recs_core.sched.flowshop import johnson_order
+
+
+class Costs:
+    """Exponential moving averages of measured seconds, by key (operator, exchange, ...)."""
+
+    def __init__(self, alpha: float = 0.25) -> None:
+        self.alpha = alpha
+        self.mean: dict[str, float] = {}
+
+    def add(self, key: str, seconds: float) -> None:
+        old = self.mean.get(key)
+        self.mean[key] = seconds if old is None else old + self.alpha * (seconds - old)
+
+    def get(self, key: str) -> float | None:
+        return self.mean.get(key)
+
+
+class PipelinePlan:
+    """The pipeline order, from per-pipeline (CPU, comm) costs averaged over every rank.
+
+    ``agree`` is a collective: every rank calls it at the same steps, so every rank
+    computes the same order from the same numbers.
+    """
+
+    def __init__(self, pipelines: list[str], use_priority: bool) -> None:
+        self.pipelines = pipelines
+        self.use_priority = use_priority
+        self.order = list(pipelines)
+        self.agreed: np.ndarray = np.zeros((2, len(pipelines)))
+        self.replans = 0
+        self.history: list[list[str]] = []  # the order after each agreement
+
+    def agree(self, cpu: list[float], comm_s: list[float], comm: Any) -> list[str]:
+        """Average this rank's per-pipeline (CPU, comm) estimates over ranks (an
+        allreduce) and re-plan."""
+        local = np.array([cpu, comm_s], dtype=np.float64)
+        if comm is not None:
+            from mpi4py import MPI
+
+            from recs_core.comm.pending import Pending
+
+            total = np.empty_like(local)
+            req = comm.Iallreduce(local, total, op=MPI.SUM)
+            Pending([req], lambda: None, "cost agreement", comm).wait()
+            local = total / comm.Get_size()
+        self.agreed = local
+        if self.use_priority:
+            order = [self.pipelines[i] for i in johnson_order(local[0], local[1])]
+            if order != self.order:
+                self.replans += 1
+            self.order = order
+        self.history.append(list(self.order))
+        return self.order

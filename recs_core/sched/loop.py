@@ -1,0 +1,172 @@
+"""One rank's task loop: runs ready CPU tasks, polls posted exchanges between them and,
+while exchanges are in flight and nothing is ready, lets a filler run small jobs.
+
+A task is a generator. Each ``next()`` runs one CPU segment (one task on the timeline)
+and yields what it needs before it can go on: a :class:`Pending` exchange, another
+:class:`Task` to finish, or ``None`` (just a scheduling point). Ready tasks run in
+priority order (lower first, then first come); nothing blocks while work is ready.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable, Generator
+from typing import Any
+
+from recs_core.comm.pending import Pending
+from recs_core.sched.trace import CPU, Timeline
+
+POLL_SLEEP_S = 50e-6  # pause between polls once idle for SPIN_S (not a busy wait)
+SPIN_S = 200e-6  # poll without pausing this long: MPI progresses only inside Test
+
+TaskGen = Generator[Any, None, None]
+
+
+class Task:
+    """A generator run by the loop, with a priority and the thing it waits on."""
+
+    __slots__ = ("gen", "name", "prio", "done", "waiting", "result")
+
+    def __init__(self, gen: TaskGen, name: str, prio: float) -> None:
+        self.gen, self.name, self.prio = gen, name, prio
+        self.done = False
+        self.waiting: Pending | Task | None = None
+
+
+class Loop:
+    """The per-rank scheduler loop (see module docstring).
+
+    ``filler(window)`` is called when exchanges are in flight and no task is ready;
+    ``window`` is the estimated seconds until the first of them completes (None when
+    unknown). It returns True if it ran something.
+    """
+
+    def __init__(self, timeline: Timeline,
+                 filler: Callable[[float | None], bool] | None = None) -> None:
+        self.timeline, self.filler = timeline, filler
+        self._ready: list[tuple[float, int, Task]] = []
+        self._seq = 0
+        self._comm: list[Task] = []  # waiting on an exchange
+        self._joins: list[Task] = []  # waiting on another task
+        self.late: list[float] = []  # consumer start - last poll that saw it in flight
+        self._last_poll: dict[int, float] = {}
+        self.tasks_run = 0
+        self.task_seconds = 0.0  # time inside task segments
+        self.fill_seconds = 0.0  # time inside the filler
+        self.idle_seconds = 0.0  # time in polls and pauses with nothing to run
+        self.overhead_seconds = 0.0  # the loop's own time (poll, queue) before each task
+
+    def spawn(self, gen: TaskGen, name: str, prio: float = 0.0) -> Task:
+        """Add a task; it first runs when it is the ready task of lowest priority."""
+        task = Task(gen, name, prio)
+        self._push(task)
+        return task
+
+    def _push(self, task: Task) -> None:
+        self._seq += 1
+        heapq.heappush(self._ready, (task.prio, self._seq, task))
+
+    def _run(self, task: Task) -> None:
+        t = time.perf_counter()
+        waited = task.waiting
+        if isinstance(waited, Pending):
+            # the exchange completed after the last poll that saw it in flight (or, if the
+            # first poll saw it done, before that poll): an upper bound on the delay
+            last = self._last_poll.pop(id(waited), waited.completed)
+            self.late.append(t - last)
+        task.waiting = None
+        try:
+            need = next(task.gen)
+        except StopIteration:
+            need = None
+            task.done = True
+        end = time.perf_counter()
+        self.timeline.add(task.name, CPU, t, end)
+        self.tasks_run += 1
+        self.task_seconds += end - t
+        if task.done:
+            return
+        task.waiting = need
+        if need is None or (isinstance(need, Task) and need.done):
+            task.waiting = None
+            self._push(task)
+        elif isinstance(need, Pending):
+            self._comm.append(task)
+        else:
+            self._joins.append(task)
+
+    def _poll(self) -> None:
+        now = time.perf_counter()
+        still = []
+        for task in self._comm:
+            p = task.waiting
+            assert isinstance(p, Pending)
+            if p.test():
+                self._push(task)
+            else:
+                self._last_poll[id(p)] = now
+                p.check_deadline(now)
+                still.append(task)
+        self._comm = still
+        if self._joins:
+            joins = []
+            for task in self._joins:
+                if task.waiting.done:  # type: ignore[union-attr]
+                    self._push(task)
+                else:
+                    joins.append(task)
+            self._joins = joins
+
+    def window(self) -> float | None:
+        """Estimated seconds until the first exchange in flight completes."""
+        now, best = time.perf_counter(), None
+        for task in self._comm:
+            p = task.waiting
+            expected = getattr(p, "expected", None)
+            if expected is None:
+                return None
+            left = p.posted + expected - now  # type: ignore[union-attr]
+            best = left if best is None else min(best, left)
+        return best
+
+    def run_until(self, target: Task | Pending) -> None:
+        """Run tasks (and the filler) until ``target`` is done."""
+        def finished() -> bool:
+            return target.done if isinstance(target, Task) else target.test()
+
+        idle_since = time.perf_counter()
+        while not finished():
+            t_iter = time.perf_counter()
+            self._poll()
+            if self._ready:
+                task = heapq.heappop(self._ready)[2]
+                self.overhead_seconds += time.perf_counter() - t_iter
+                self._run(task)
+                idle_since = time.perf_counter()
+                continue
+            if not self._comm:
+                if not isinstance(target, Pending):
+                    raise RuntimeError("scheduler deadlock: tasks wait on each other "
+                                       f"({', '.join(t.name for t in self._joins)})")
+                target.check_deadline(time.perf_counter())
+            if self._fill(None if not self._comm else self.window()):
+                idle_since = time.perf_counter()
+                continue
+            if time.perf_counter() - idle_since > SPIN_S:
+                time.sleep(POLL_SLEEP_S)
+            self.idle_seconds += time.perf_counter() - t_iter
+
+    def _fill(self, window: float | None) -> bool:
+        if self.filler is None:
+            return False
+        t = time.perf_counter()
+        ran = self.filler(window)
+        self.fill_seconds += time.perf_counter() - t
+        return ran
+
+    def drain(self) -> None:
+        """Run until every task has finished."""
+        while self._ready or self._comm or self._joins:
+            last = (self._comm or self._joins or [t for _, _, t in self._ready])[-1]
+            self.run_until(last)

@@ -1,0 +1,303 @@
+"""The scheduled training pass (modes ``recs``, ``recs-intra``, ``recs-inter``).
+
+Per step t the loop runs these tasks (see ``DESIGN.md``, scheduling model):
+
+* ``lookup t/p`` per pipeline p with embeddings: the pipeline's feature operators not yet
+  run, the exchange plan, the count and id exchanges, then -- once the owners applied
+  step t-1's update of p -- the owner gather and the row exchange, and the fill of the
+  batch's embedding block;
+* ``train t``: the dense features, the MLP forward and backward, then the posts of the
+  dense allreduce and of every pipeline's gradient push;
+* ``apply t/p`` and ``dense t``: the owners' sparse update and the dense update, each
+  once its exchange completes.
+
+Exactness: step t+1's rows are served only after step t's update of that pipeline, and
+its forward only after step t's dense update, so every mode computes the same model.
+Each communicator sees its collectives in one fixed order on every rank: a pipeline's
+lookups in step order (lookup t+1 starts after lookup t), its gradient pushes on their
+own communicator, the dense allreduces on theirs.
+
+``recs-intra`` fills exchange windows with feature operators of the next batches, chosen
+one by one so that their estimated cost fits the window; ``recs-inter`` orders the
+pipelines by Johnson's rule on costs agreed across ranks; ``recs`` does both.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from recs_core.comm.pending import Pending
+from recs_core.data.parse import RawBatch
+from recs_core.features.graph import BatchState, FeatureBatch, OpNode
+from recs_core.sched.costs import Costs, PipelinePlan
+from recs_core.sched.loop import Loop, Task
+from recs_core.sched.trace import Timeline
+
+REPLAN_EVERY = 16  # steps between cost agreements (a tiny allreduce); also at step 2
+
+
+@dataclass
+class _Batch:
+    """One admitted batch: its feature state, what is left to run, its agreement."""
+
+    raw: RawBatch
+    exhausted: bool
+    state: BatchState
+    fb: FeatureBatch
+    remaining: dict[str, deque[OpNode]]
+    agreement: Pending | None
+    finished: set[str] = field(default_factory=set)
+    blocks: list[np.ndarray] = field(default_factory=list)
+    plans: dict[tuple[int, str], Any] = field(default_factory=dict)
+    lookups: dict[tuple[int, str], Task] = field(default_factory=dict)
+
+
+class ScheduledPass:
+    """Runs a training pass through the task loop (see module docstring)."""
+
+    def __init__(self, job: Any, mode: str, timeline: Timeline, lookahead: int = 2,
+                 replan_every: int = REPLAN_EVERY) -> None:
+        self.job, self.model, self.graph = job, job.model, job.graph
+        self.world = job.world
+        self.intra = mode in ("recs", "recs-intra")
+        self.timeline = timeline
+        self.lookahead = max(1, lookahead)
+        self.replan_every = max(1, replan_every)
+        self.sets = [self.model.emb] + ([self.model.wide] if self.model.wide is not None else [])
+        self.sparse = list(self.model.emb.pipelines)
+        feats = self.graph.features
+        self.dense_pipes = list(dict.fromkeys(f.pipeline for f in feats if f.output == "dense"))
+        self.costs = Costs()
+        self.plan = PipelinePlan(self.sparse, use_priority=mode in ("recs", "recs-inter"))
+        self._plan_comm = self.world.comm.Dup()
+        self._agree_comm = self.world.comm.Dup()  # step agreements, posted at admission
+        self.loop = Loop(timeline, self._fill if self.intra else None)
+        self.batches: dict[int, _Batch] = {}
+        self._source: Iterator[RawBatch | None] | None = None
+        self._empty: RawBatch | None = None
+        self._admitted = 0
+        self._applied: dict[tuple[int, str], Task] = {}
+        self._dense: Task | None = None
+        self._current = 0
+        self.feature_seconds = 0.0
+
+    # ---- admission and features -------------------------------------------------------
+
+    def _admit(self) -> _Batch:
+        """Read the next local batch and post the step agreement for it."""
+        from mpi4py import MPI
+
+        t0 = time.perf_counter()
+        part = next(self._source, None)  # type: ignore[arg-type]
+        raw = self._empty if part is None else part
+        local = np.array([part is not None, len(raw)], dtype=np.int64)
+        total = np.empty_like(local)
+        comm = self._agree_comm
+        req = comm.Iallreduce([local, MPI.INT64_T], [total, MPI.INT64_T], op=MPI.SUM)
+        state = self.graph.start(raw)
+        b = _Batch(raw, part is None, state, self.graph.start_batch(state),
+                   {p: deque(self.graph.nodes(p)) for p in self.graph.pipelines},
+                   Pending([req], lambda: total, "step agreement", comm))
+        self.batches[self._admitted] = b
+        self._admitted += 1
+        self.costs.add("admit", time.perf_counter() - t0)
+        return b
+
+    def _batch(self, t: int) -> _Batch:
+        while self._admitted <= t:
+            self._admit()
+        return self.batches[t]
+
+    def _run_node(self, b: _Batch, p: str) -> None:
+        node = b.remaining[p].popleft()
+        t0 = time.perf_counter()
+        self.graph.run_node(b.state, node)
+        dt = time.perf_counter() - t0
+        self.costs.add(node.name, dt)
+        self.feature_seconds += dt
+        if not b.remaining[p]:
+            if p in self.sparse:
+                self.graph.finish_pipeline(b.state, b.fb, p)
+            b.finished.add(p)
+
+    def _features(self, b: _Batch, pipelines: list[str], t: int) -> Iterator[None]:
+        """Run the remaining operators of ``pipelines`` on batch ``b``, one per segment."""
+        for p in pipelines:
+            while b.remaining[p]:
+                self._run_node(b, p)
+                yield None
+
+    def _fill(self, window: float | None) -> bool:
+        """Intra-pipeline prefetch: run one operator of an upcoming batch that fits."""
+        for t in range(self._current + 1, self._current + 1 + self.lookahead):
+            if t >= self._admitted:
+                est = self.costs.get("admit")
+                if window is not None and est is not None and est > window:
+                    return False
+                with self.timeline.cpu(f"read b{t}"):
+                    self._admit()
+                return True
+            b = self.batches[t]
+            for p in self.plan.order + self.dense_pipes:
+                if not b.remaining.get(p):
+                    continue
+                node = b.remaining[p][0]
+                est = self.costs.get(node.name)
+                if window is None or est is None or est <= window:
+                    with self.timeline.cpu(f"prefetch {node.name} b{t}"):
+                        self._run_node(b, p)
+                    return True
+        return False
+
+    # ---- tasks ------------------------------------------------------------------------
+
+    def _expect(self, pending: Pending, key: str) -> Pending:
+        pending.expected = self.costs.get(key)  # type: ignore[attr-defined]
+        return pending
+
+    def _lookup(self, t: int, si: int, p: str, before: Task | None) -> Iterator[Any]:
+        b = self.batches[t]
+        if before is not None and not before.done:
+            yield before  # this pipeline's exchanges keep their step order
+        yield from self._features(b, [p], t)
+        emb = self.sets[si]
+        lk = emb.lookups[p]
+        t0 = time.perf_counter()
+        counted = self._expect(lk.post_counts(emb.pipeline_ids(b.fb, p)), f"comm/{p}/counts")
+        t_cpu = time.perf_counter() - t0
+        yield counted
+        keys = self._expect(lk.post_keys(counted.result()), f"comm/{p}/keys")
+        yield keys
+        plan = keys.result()
+        b.plans[(si, p)] = plan
+        prev = self._applied.get((si, p))
+        if prev is not None and not prev.done:
+            yield prev  # the owners' rows must include step t-1's update
+        t0 = time.perf_counter()
+        rows = self._expect(lk.serve_rows(plan), f"comm/{p}/rows")
+        t_cpu += time.perf_counter() - t0
+        yield rows
+        emb.fill_block(b.blocks[si], b.fb, p, rows.result())
+        comm = sum((x.completed - x.posted) for x in (counted, keys, rows))  # type: ignore
+        for kind, x in (("counts", counted), ("keys", keys), ("rows", rows)):
+            self.costs.add(f"comm/{p}/{kind}", x.completed - x.posted)  # type: ignore
+        if si == 0:
+            self.costs.add(f"exchange_cpu/{p}", t_cpu)
+            self.costs.add(f"comm/{p}", comm)
+
+    def _pipeline_costs(self) -> tuple[list[float], list[float]]:
+        """This rank's (CPU, comm) estimate per sparse pipeline, for the plan."""
+        get = self.costs.get
+        cpu = [sum(get(n.name) or 0.0 for n in self.graph.nodes(p)) + (get(f"exchange_cpu/{p}")
+               or 0.0) for p in self.sparse]
+        return cpu, [get(f"comm/{p}") or 0.0 for p in self.sparse]
+
+    def _train(self, t: int, global_rows: int, record: Callable) -> Iterator[Any]:
+        b = self.batches[t]
+        yield from self._features(b, self.dense_pipes, t)
+        self.graph.finish_dense(b.state, b.fb)
+        for task in b.lookups.values():
+            if not task.done:
+                yield task
+        if self._dense is not None and not self._dense.done:
+            yield self._dense  # the forward uses step t-1's dense parameters
+        wide = b.blocks[1] if len(b.blocks) > 1 else None
+        probs, _, d_emb, d_wide = self.model.forward_backward(b.fb, b.blocks[0], wide,
+                                                               global_rows)
+        record(b.fb, probs)
+        yield None
+        summed = self.model.post_dense_allreduce()
+        self._dense = self.loop.spawn(self._dense_update(summed), f"dense {t}", 1)
+        for si, d in enumerate((d_emb, d_wide)[:len(self.sets)]):
+            emb = self.sets[si]
+            for i, p in enumerate(self.plan.order):
+                pushed = emb.lookups[p].post_grads(b.plans[(si, p)],
+                                                   emb.pipeline_grads(b.fb, p, d))
+                self._applied[(si, p)] = self.loop.spawn(self._apply(emb, p, pushed),
+                                                         f"apply {t}/{p}", 2 + i)
+
+    def _apply(self, emb: Any, p: str, pushed: Pending) -> Iterator[Any]:
+        yield pushed
+        emb.lookups[p].apply(emb.optimizer)
+
+    def _dense_update(self, summed: Pending) -> Iterator[Any]:
+        yield summed
+        self.model.dense_update(summed)
+
+    # ---- the pass -----------------------------------------------------------------------
+
+    def run(self, source: Iterator[RawBatch | None], empty: RawBatch,
+            record: Callable[[FeatureBatch, np.ndarray], None],
+            progress: Callable[[], None]) -> int:
+        """Train on every global step of ``source`` (this rank's parts, None once exhausted);
+        ``record(fb, probs)`` gets each batch's scores. Returns the number of steps."""
+        self._source, self._empty = source, empty
+        t = 0
+        while True:
+            self._current = t
+            start = time.perf_counter()
+            b = self._batch(t)
+            self.loop.run_until(b.agreement)
+            active, global_rows = (int(x) for x in b.agreement.result())
+            if active == 0:
+                break
+            if t and t % self.replan_every == 0 or t == 2:
+                self.plan.agree(*self._pipeline_costs(), self._plan_comm)
+            b.blocks = [e.new_block(len(b.raw)) for e in self.sets]
+            prev = self.batches.get(t - 1)
+            for i, p in enumerate(self.plan.order):
+                for si in range(len(self.sets)):
+                    before = prev.lookups[(si, p)] if prev is not None else None
+                    b.lookups[(si, p)] = self.loop.spawn(self._lookup(t, si, p, before),
+                                                         f"lookup {t}/{p}", 10 + i)
+            train = self.loop.spawn(self._train(t, global_rows, record), f"train {t}", 0)
+            self.loop.run_until(train)
+            self.timeline.step(start, time.perf_counter())
+            self.batches.pop(t - 1, None)
+            progress()
+            t += 1
+        self.loop.drain()
+        self._close()
+        return t
+
+    def _close(self) -> None:
+        """Match the step agreements ranks posted ahead (the filler may have admitted
+        more batches on one rank than on another), complete them, free the communicators."""
+        from mpi4py import MPI
+
+        mine = np.array([self._admitted], dtype=np.int64)
+        most = np.empty_like(mine)
+        req = self._plan_comm.Iallreduce(mine, most, op=MPI.MAX)
+        Pending([req], lambda: None, "admission count", self._plan_comm).wait()
+        while self._admitted < int(most[0]):
+            self._admit()
+        for b in self.batches.values():
+            if b.agreement is not None:
+                b.agreement.wait()
+        self.batches.clear()
+        self._plan_comm.Free()
+        self._agree_comm.Free()
+
+    def figures(self) -> dict[str, Any]:
+        """The scheduler's own figures: consumer lateness, loop overhead, plan."""
+        lp = self.loop
+        late = np.array(lp.late) if lp.late else np.zeros(1)
+        return {
+            "consumer_late_ms": {"median": round(float(np.median(late)) * 1e3, 3),
+                                 "p95": round(float(np.percentile(late, 95)) * 1e3, 3)},
+            "tasks": lp.tasks_run,
+            "overhead_us_per_task": round(lp.overhead_seconds / max(1, lp.tasks_run) * 1e6, 2),
+            "idle_seconds": round(lp.idle_seconds, 4),
+            "prefetch_seconds": round(lp.fill_seconds, 4),
+            "pipeline_order": list(self.plan.order),
+            "plans": self.plan.history,
+            "agreed_costs_ms": {p: [round(float(c) * 1e3, 3), round(float(m) * 1e3, 3)]
+                                for p, c, m in zip(self.sparse, *self.plan.agreed)},
+            "replans": self.plan.replans,
+        }

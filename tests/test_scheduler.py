@@ -1,0 +1,259 @@
+"""The scheduler's parts: the flow-shop planner, the task loop, the timeline figures;
+and, under mpiexec, that every mode trains the bit-identical model with agreed plans."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recs_core.comm.pending import Pending
+from recs_core.sched.costs import Costs
+from recs_core.sched.flowshop import best_order, johnson_order, makespan
+from recs_core.sched.loop import Loop
+from recs_core.sched.trace import Timeline, _difference, _intersect, _union, summarize
+from tests.conftest import ROOT, run_mpi
+
+MODES_CHECK = str(ROOT / "tests" / "mpi" / "modes_check.py")
+
+
+# ---- flow shop ---------------------------------------------------------------------------
+
+def test_makespan_of_a_hand_worked_instance() -> None:
+    # cpu 3, 1 / comm 2, 4: order (1, 0): cpu ends 1, 4; comm 1..5, 5..7 -> 7
+    assert makespan([1, 0], [3, 1], [2, 4]) == 7
+    assert makespan([0, 1], [3, 1], [2, 4]) == 9
+    assert makespan([], [], []) == 0
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7])
+def test_johnson_equals_the_brute_force_optimum(n: int) -> None:
+    rng = np.random.default_rng(n)
+    for _ in range(60):
+        cpu = rng.integers(0, 20, n).astype(float).tolist()
+        comm = rng.integers(0, 20, n).astype(float).tolist()
+        order = johnson_order(cpu, comm)
+        assert sorted(order) == list(range(n))
+        _, best = best_order(cpu, comm)
+        assert makespan(order, cpu, comm) == best, (cpu, comm, order)
+
+
+def test_best_order_really_tries_every_order() -> None:
+    cpu, comm = [5.0, 1.0, 3.0], [1.0, 6.0, 2.0]
+    every = [makespan(o, cpu, comm) for o in itertools.permutations(range(3))]
+    assert best_order(cpu, comm)[1] == min(every) < max(every)
+
+
+def test_johnson_breaks_ties_by_index_and_checks_lengths() -> None:
+    assert johnson_order([1, 1, 1], [2, 2, 2]) == [0, 1, 2]
+    assert johnson_order([2, 2], [1, 1]) == [0, 1]
+    with pytest.raises(ValueError, match="2 cpu costs but 1 comm"):
+        johnson_order([1, 2], [1])
+
+
+def test_costs_are_moving_averages() -> None:
+    c = Costs(alpha=0.5)
+    assert c.get("x") is None
+    c.add("x", 4.0)
+    c.add("x", 2.0)
+    assert c.get("x") == 3.0
+
+
+# ---- the task loop -----------------------------------------------------------------------
+
+class Flight(Pending):
+    """An exchange that completes when the test says so (no MPI involved)."""
+
+    def __init__(self, expected: float | None = None) -> None:
+        super().__init__([], lambda: "done", "fake exchange", None, timeout=60)
+        self.ready = False
+        self.expected = expected
+
+    def test(self) -> bool:
+        if self.ready and self.completed is None:
+            self.completed = time.perf_counter()
+        return self.completed is not None
+
+
+def test_ready_tasks_run_by_priority_then_arrival() -> None:
+    tl = Timeline()
+    loop = Loop(tl)
+    ran = []
+
+    def task(name: str, segments: int):
+        for i in range(segments):
+            ran.append(f"{name}{i}")
+            yield None
+
+    loop.spawn(task("low", 2), "low", prio=5)
+    loop.spawn(task("high", 2), "high", prio=1)
+    last = loop.spawn(task("mid", 1), "mid", prio=3)
+    loop.drain()
+    tl.close()
+    assert last.done
+    assert ran == ["high0", "high1", "mid0", "low0", "low1"]
+    assert [s[0] for s in tl.spans] == ["high", "high", "high", "mid", "mid", "low", "low",
+                                        "low"]
+
+
+def test_filler_runs_only_while_an_exchange_is_in_flight_and_nothing_is_ready() -> None:
+    tl = Timeline()
+    flight = Flight(expected=10.0)
+    log: list[str] = []
+    windows: list[float | None] = []
+
+    def filler(window: float | None) -> bool:
+        windows.append(window)
+        log.append("fill")
+        if len(windows) == 3:
+            flight.ready = True
+        return True
+
+    loop = Loop(tl, filler)
+
+    def consumer():
+        log.append("post")
+        got = yield flight
+        log.append("consume")
+        return got
+
+    def other():
+        log.append("other")
+        yield None
+
+    c = loop.spawn(consumer(), "consumer", prio=0)
+    loop.spawn(other(), "other", prio=1)
+    loop.run_until(c)
+    tl.close()
+    # the ready task runs before any filling; the consumer resumes right after completion
+    assert log == ["post", "other", "fill", "fill", "fill", "consume"]
+    assert all(w is not None and 9.0 < w <= 10.0 for w in windows)
+    assert len(loop.late) == 1 and loop.late[0] >= 0
+
+
+def test_join_on_another_task_and_deadlock_is_an_error() -> None:
+    tl = Timeline()
+    loop = Loop(tl)
+    order = []
+
+    def first():
+        order.append("first")
+        yield None
+
+    a = loop.spawn(first(), "a", prio=9)
+
+    def second():
+        yield a
+        order.append("second")
+
+    b = loop.spawn(second(), "b", prio=0)
+    loop.run_until(b)
+    assert order == ["first", "second"]
+
+    def wait_on(t):
+        yield t
+
+    y_holder: list = []
+
+    def cyc():
+        yield y_holder[0]
+
+    x = loop.spawn(cyc(), "x")
+    y = loop.spawn(wait_on(x), "y")
+    y_holder.append(y)
+    with pytest.raises(RuntimeError, match="deadlock"):
+        loop.run_until(y)
+    tl.close()
+
+
+def test_a_task_error_propagates() -> None:
+    tl = Timeline()
+    loop = Loop(tl)
+
+    def bad():
+        yield None
+        raise ValueError("boom")
+
+    t = loop.spawn(bad(), "bad")
+    with pytest.raises(ValueError, match="boom"):
+        loop.run_until(t)
+    tl.close()
+
+
+# ---- timeline ----------------------------------------------------------------------------
+
+def _brute(spans_a, spans_b, op):
+    grid = np.linspace(0, 12, 12001)[:-1] + 0.0005
+    ina = np.zeros(len(grid), bool)
+    inb = np.zeros(len(grid), bool)
+    for a, b in spans_a:
+        ina |= (grid >= a) & (grid < b)
+    for a, b in spans_b:
+        inb |= (grid >= a) & (grid < b)
+    return (op(ina, inb)).sum() * 0.001
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_interval_algebra_against_a_grid(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+
+    def spans(k):
+        return [(a, a + w) for a, w in zip(np.round(rng.uniform(0, 9, k), 2),
+                                           np.round(rng.uniform(0, 2, k), 2))]
+
+    a, b = spans(8), spans(6)
+    ua, ub = _union(a), _union(b)
+    assert all(x[1] < y[0] for x, y in zip(ua, ua[1:]))
+    length = sum(y - x for x, y in ua)
+    assert abs(length - _brute(a, [], lambda p, q: p)) < 0.02
+    inter = sum(y - x for x, y in _intersect(ua, ub))
+    assert abs(inter - _brute(a, b, lambda p, q: p & q)) < 0.02
+    diff = sum(y - x for x, y in _difference(ua, ub))
+    assert abs(diff - _brute(a, b, lambda p, q: p & ~q)) < 0.02
+
+
+def test_step_figures_count_idle_while_comm_in_flight(tmp_path: Path) -> None:
+    tl = Timeline()
+    t0 = tl.t0
+    tl.add("train", 0, t0 + 0.0, t0 + 0.004)  # CPU 0-4 ms
+    tl.add("rows", 1, t0 + 0.002, t0 + 0.008)  # comm 2-8 ms
+    tl.add("features", 2, t0 + 0.005, t0 + 0.006)  # prefetch thread 5-6 ms
+    tl.add("wait rows", 3, t0 + 0.0035, t0 + 0.004)  # blocked 3.5-4 ms inside the CPU span
+    tl.step(t0, t0 + 0.010)
+    (f,) = tl.step_figures()
+    assert f["wall"] == pytest.approx(0.010)
+    assert f["cpu_busy"] == pytest.approx(0.0045)
+    assert f["comm"] == pytest.approx(0.006)
+    # comm 2-8 ms minus CPU busy 2-3.5 and 5-6 ms
+    assert f["idle_in_comm"] == pytest.approx(0.0035)
+    assert summarize([f])["cpu_busy_ms"] == pytest.approx(4.5)
+    events = tl.events()
+    tl.close()
+    spans = [e for e in events if e["ph"] == "X"]
+    assert {e["tid"] for e in spans} == {0, 1, 2, 3}
+    assert json.loads(json.dumps(events)) == events
+
+
+# ---- every mode trains the same model, across real ranks ---------------------------------
+
+@pytest.fixture(scope="module")
+def sample_1200(tmp_path_factory) -> Path:
+    src = ROOT.parent / "shared" / "data" / "criteo" / "train.txt"
+    p = tmp_path_factory.mktemp("data") / "head.txt"
+    p.write_text("".join(src.read_text().splitlines(keepends=True)[:1200]))
+    return p
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("n,placement,preset", [(2, "row", "dlrm"), (3, "table", "wdl")])
+def test_every_mode_trains_the_identical_model(sample_1200: Path, tmp_path: Path, n: int,
+                                               placement: str, preset: str) -> None:
+    trace = tmp_path / "trace.json"
+    r = run_mpi(n, [MODES_CHECK, str(sample_1200), placement, preset, str(trace)],
+                timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(r.stdout.split("\n")[:-1]) == [f"OK rank {i}" for i in range(n)]
