@@ -104,6 +104,11 @@ class Operator(ABC):
     def out_type(self, t: VType) -> VType:
         """The output type for input type ``t`` (raises ConfigError if ``t`` is not accepted)."""
 
+    def order_free(self) -> bool:
+        """Whether batches may run through this operator in any order (False while it
+        still has to fit on the first batch)."""
+        return True
+
     @abstractmethod
     def apply(self, v: Value) -> Value:
         """Run the operator on one batch."""
@@ -202,6 +207,9 @@ class Standardize(Operator):
         if len(vals) != width or not all(isinstance(x, (int, float)) for x in vals):
             raise ConfigError(f"{self.where}.{key}: expected a number or {width} numbers")
         return np.asarray(vals, dtype=np.float64)
+
+    def order_free(self) -> bool:
+        return not self.fit or self.mean is not None
 
     def fit_on(self, x: np.ndarray) -> None:
         """Fit mean and std per column on the present, finite values of ``x``."""

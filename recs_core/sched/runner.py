@@ -148,6 +148,8 @@ class ScheduledPass:
                 if not b.remaining.get(p):
                     continue
                 node = b.remaining[p][0]
+                if not node.op.order_free():
+                    continue  # it fits on the first batch: that batch goes first
                 est = self.costs.get(node.name)
                 if window is None or est is None or est <= window:
                     with self.timeline.cpu(f"prefetch {node.name} b{t}"):

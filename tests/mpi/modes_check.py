@@ -25,7 +25,7 @@ from tests.mpi.train_equivalence_check import spec_for
 
 def train(path: str, placement: str, preset: str, mode: str, trace: str | None) -> tuple:
     world = mpi_world()
-    job = Job(spec_for(placement, preset), world=world)
+    job = Job(spec_for(placement, preset, fitted=True), world=world)
     out = job.run([path], mode=mode, trace=trace, replan_every=3, lookahead=2)
     tables = [job.model.emb.gather_tables(world.comm)]
     if job.model.wide is not None:

@@ -21,8 +21,15 @@ from recs_core.train.job import Job
 from tests.conftest import CONFIGS
 
 
-def spec_for(placement: str, preset: str):
+def spec_for(placement: str, preset: str, fitted: bool = False):
+    """The canonical spec with small tables; ``fitted`` adds a dense feature standardized
+    with statistics fitted on the first batch (an operator whose batch order matters)."""
     data = tomllib.loads((CONFIGS / "criteo_dlrm.toml").read_text())
+    if fitted:
+        data["pipeline"][0]["feature"].append(
+            {"name": "dense_std", "inputs": ["I1..I13"], "output": "dense",
+             "ops": [{"op": "fill_missing", "value": 0}, {"op": "clip", "min": 0},
+                     {"op": "log1p"}, {"op": "standardize", "fit": True}]})
     data["input"]["batch_size"] = 101  # not a multiple of the rank count
     for p in data["pipeline"]:
         for f in p["feature"]:

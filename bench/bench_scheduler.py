@@ -1,0 +1,142 @@
+"""Scheduling figures: every `recs train --mode` side by side, 2 ranks x 1 thread, on the
+canonical and the feature-heavy workloads, under the emulated 1 Gbit/s network
+(bench/emulated_network.sh) and on plain shared memory.
+
+Repetitions are interleaved (rep 1 of every mode, then rep 2, ...) and medians reported.
+Per mode it reports samples/s and, per step (medians over steps, slowest rank = rank 0's
+view), CPU busy time, comm time in flight, CPU idle while comm was in flight. The bound
+of a step is max(CPU work, comm) with both taken from the sequential mode (where neither
+overlaps the other); overlap efficiency = (sequential step - recs step) /
+(sequential step - bound).
+
+    python bench/bench_scheduler.py --canonical c.txt --heavy h.txt --reps 3 \
+        --out bench/results/scheduler.json --png bench/results/scheduler.png
+
+Prints the JSON table (also written to --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+MODES = ("sequential", "prefetch", "recs", "recs-intra", "recs-inter")
+CONFIGS = {"canonical": ROOT / "configs" / "criteo_dlrm.toml",
+           "heavy": ROOT / "configs" / "criteo_heavy.toml"}
+
+
+def run_once(network: str, config: Path, data: str, mode: str, ranks: int) -> dict:
+    """One `recs train` run; its JSON line."""
+    cmd = [str(ROOT / "mpi_launch.sh"), "-n", str(ranks), "--threads", "1",
+           str(BIN / "recs"), "train", "--config", str(config), "--data", data,
+           "--mode", mode, "--quiet"]
+    if network == "emulated":
+        cmd = [str(ROOT / "bench" / "emulated_network.sh"), "--", *cmd]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if r.returncode != 0:
+        raise SystemExit(f"bench_scheduler: {' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
+    return json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("{")][-1])
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Medians over repetitions of one (network, workload, mode)."""
+    med = statistics.median
+    out = {"samples_per_sec": med(r["samples_per_sec"] for r in runs),
+           "runs": [r["samples_per_sec"] for r in runs]}
+    for k in ("wall_ms", "cpu_busy_ms", "comm_ms", "idle_in_comm_ms"):
+        out[f"step_{k}"] = round(med(r["step"][k] for r in runs), 3)
+    if "scheduler" in runs[0]:
+        s = [r["scheduler"] for r in runs]
+        out["consumer_late_ms"] = {q: med(x["consumer_late_ms"][q] for x in s)
+                                   for q in ("median", "p95")}
+        out["overhead_us_per_task"] = med(x["overhead_us_per_task"] for x in s)
+        out["pipeline_order"] = s[-1]["pipeline_order"]
+    out["train_logloss"] = runs[0]["train_logloss"]
+    return out
+
+
+def ratios(table: dict) -> dict:
+    """recs against the baselines, the bound and the overlap efficiency."""
+    seq, pre, recs = (table[m] for m in ("sequential", "prefetch", "recs"))
+    seq_step, recs_step = seq["step_wall_ms"], recs["step_wall_ms"]
+    bound = max(seq["step_cpu_busy_ms"], seq["step_comm_ms"])
+    hideable = seq_step - bound
+    return {
+        "recs_vs_prefetch": round(recs["samples_per_sec"] / pre["samples_per_sec"], 3),
+        "recs_vs_sequential": round(recs["samples_per_sec"] / seq["samples_per_sec"], 3),
+        "bound_step_ms": round(bound, 3),
+        "bound_vs_prefetch": round(pre["step_wall_ms"] / bound, 3) if bound else None,
+        "recs_share_of_bound": round(bound / recs_step, 3) if recs_step else None,
+        "overlap_efficiency": round((seq_step - recs_step) / hideable, 3) if hideable > 0
+        else None,
+        "same_model_in_every_mode": len({table[m]["train_logloss"] for m in MODES}) == 1,
+    }
+
+
+def chart(result: dict, path: str) -> None:
+    """Bar chart of samples/s per mode, one panel per (network, workload)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = [(n, w) for n in result["networks"] for w in result["workloads"]]
+    fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 3.6), squeeze=False)
+    for ax, (n, w) in zip(axes[0], cells):
+        t = result["table"][n][w]
+        vals = [t[m]["samples_per_sec"] for m in MODES]
+        ax.bar(range(len(MODES)), vals, color=["#888", "#6a9fd4", "#d4553a", "#e8a33d",
+                                               "#7cb562"])
+        ax.set_xticks(range(len(MODES)), MODES, rotation=30, fontsize=8)
+        ax.set_title(f"{w}, {n}", fontsize=10)
+        ax.set_ylabel("samples/s")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--canonical", help="file from `recs gen` (canonical workload)")
+    ap.add_argument("--heavy", help="file from `recs gen --heavy` (feature-heavy variant)")
+    ap.add_argument("--networks", default="emulated,shm",
+                    help="comma list of emulated (1 Gbit/s namespace) and shm")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--ranks", type=int, default=2)
+    ap.add_argument("--out", help="also write the JSON table here")
+    ap.add_argument("--png", help="write a bar chart here (needs matplotlib)")
+    a = ap.parse_args()
+    workloads = {w: f for w, f in (("canonical", a.canonical), ("heavy", a.heavy)) if f}
+    if not workloads:
+        ap.error("give --canonical and/or --heavy")
+    networks = a.networks.split(",")
+    table: dict = {}
+    for n in networks:
+        for w, data in workloads.items():
+            runs: dict[str, list] = {m: [] for m in MODES}
+            for rep in range(a.reps):
+                for m in MODES:
+                    runs[m].append(run_once(n, CONFIGS[w], data, m, a.ranks))
+                    print(f"{n} {w} rep {rep + 1}/{a.reps} {m}: "
+                          f"{runs[m][-1]['samples_per_sec']} samples/s", file=sys.stderr)
+            cell = {m: summarize(r) for m, r in runs.items()}
+            cell["ratios"] = ratios(cell)
+            table.setdefault(n, {})[w] = cell
+    result = {"ranks": a.ranks, "threads_per_rank": 1, "reps": a.reps,
+              "networks": networks, "workloads": list(workloads), "table": table}
+    text = json.dumps(result, indent=1)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(text + "\n")
+    if a.png:
+        chart(result, a.png)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
