@@ -150,6 +150,30 @@ def _cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_timeline(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("timeline", help="render a few steps of traces as a PNG, side by side",
+                       description="Draw a few steps of Chrome traces written by "
+                       "`recs train --trace` (e.g. one per --mode), one panel per trace: per "
+                       "rank the CPU tasks, the prefetch thread, blocked waits and the "
+                       "exchanges in flight. Needs matplotlib.")
+    p.add_argument("traces", nargs="+", help="trace JSON files (LABEL=FILE to name a panel)")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--first", type=int, default=5, help="first step drawn (default 5)")
+    p.add_argument("--steps", type=int, default=3, help="steps drawn (default 3)")
+    p.set_defaults(func=_cmd_timeline)
+
+
+def _cmd_timeline(a: argparse.Namespace) -> int:
+    from recs_core.sched.plot import render
+
+    if a.steps < 1 or a.first < 0:
+        raise RecsError("--steps must be >= 1 and --first >= 0")
+    pairs = [t.split("=", 1) if "=" in t else [os.path.basename(t), t] for t in a.traces]
+    render([f for _, f in pairs], [name for name, _ in pairs], a.out, a.first, a.steps)
+    print(f"wrote {a.out}")
+    return 0
+
+
 def _add_spec(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("spec", help="validate a feature spec and print its operator graph",
                        description="Load and validate a feature spec TOML file and print its "
@@ -181,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gen(sub)
     _add_features(sub)
     _add_train(sub)
+    _add_timeline(sub)
     _add_spec(sub)
     return parser
 

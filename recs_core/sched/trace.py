@@ -32,6 +32,14 @@ class Timeline:
     def close(self) -> None:
         pending.on_complete = pending.on_wait = None
 
+    def sync(self, comm: Any) -> None:
+        """Align the ranks' time origins: every rank leaves a barrier, then takes its
+        origin (good to the barrier's skew, also across machines)."""
+        if comm is not None and comm.Get_size() > 1:
+            pending.Pending([comm.Ibarrier()], lambda: None, "trace clock barrier",
+                            comm).wait()
+        self.t0 = time.perf_counter()
+
     def _comm_done(self, what: str, posted: float, completed: float) -> None:
         if what != "step agreement":  # posted ahead at admission: not a window to fill
             self.add(what, COMM, posted, completed)

@@ -205,6 +205,7 @@ class Job:
         schema = self.spec.schema
         empty = RawBatch.empty(len(schema.int_names), len(schema.str_names))
         timeline = Timeline(self.world.rank)
+        timeline.sync(self.world.comm)
         source = self._local_parts(batches, holdout_at, held_raw)
 
         def record(fb: FeatureBatch, probs: np.ndarray) -> None:
