@@ -66,6 +66,7 @@ class ScheduledPass:
         self.job, self.model, self.graph = job, job.model, job.graph
         self.world = job.world
         self.intra = mode in ("recs", "recs-intra")
+        self.early = mode in ("recs", "recs-inter")  # next step's exchanges start early
         self.timeline = timeline
         self.lookahead = max(1, lookahead)
         self.replan_every = max(1, replan_every)
@@ -83,6 +84,7 @@ class ScheduledPass:
         self._empty: RawBatch | None = None
         self._admitted = 0
         self._applied: dict[tuple[int, str], Task] = {}
+        self._trains: dict[int, Task] = {}
         self._dense: Task | None = None
         self._current = 0
         self.feature_seconds = 0.0
@@ -178,6 +180,9 @@ class ScheduledPass:
         yield keys
         plan = keys.result()
         b.plans[(si, p)] = plan
+        trained = self._trains.get(t - 1)
+        if trained is not None and not trained.done:
+            yield trained  # it spawns step t-1's updates
         prev = self._applied.get((si, p))
         if prev is not None and not prev.done:
             yield prev  # the owners' rows must include step t-1's update
@@ -200,6 +205,29 @@ class ScheduledPass:
                or 0.0) for p in self.sparse]
         return cpu, [get(f"comm/{p}") or 0.0 for p in self.sparse]
 
+    def _spawn_lookups(self, t: int) -> None:
+        """Spawn step t's lookup tasks (once; each after the previous step's lookup of the
+        same pipeline and embedding set)."""
+        b = self.batches[t]
+        if b.lookups:
+            return
+        b.blocks = [e.new_block(len(b.raw)) for e in self.sets]
+        prev = self.batches.get(t - 1)
+        for i, p in enumerate(self.plan.order):
+            for si in range(len(self.sets)):
+                before = prev.lookups.get((si, p)) if prev is not None else None
+                b.lookups[(si, p)] = self.loop.spawn(self._lookup(t, si, p, before),
+                                                     f"lookup {t}/{p}", 10 + i)
+
+    def _early_lookups(self, t: int) -> Iterator[Any]:
+        """Start step t's lookups while step t-1 trains: their id exchanges overlap its
+        MLP, and each pipeline's rows are served as soon as its update is applied.
+        Ranks may decide at different times; the step agreement decides for all."""
+        b = self._batch(t)
+        yield b.agreement
+        if int(b.agreement.result()[0]):
+            self._spawn_lookups(t)
+
     def _train(self, t: int, global_rows: int, record: Callable) -> Iterator[Any]:
         b = self.batches[t]
         yield from self._features(b, self.dense_pipes, t)
@@ -210,9 +238,10 @@ class ScheduledPass:
         if self._dense is not None and not self._dense.done:
             yield self._dense  # the forward uses step t-1's dense parameters
         wide = b.blocks[1] if len(b.blocks) > 1 else None
-        probs, _, d_emb, d_wide = self.model.forward_backward(b.fb, b.blocks[0], wide,
-                                                               global_rows)
+        probs, _, dlogits = self.model.forward_loss(b.fb, b.blocks[0], wide, global_rows)
         record(b.fb, probs)
+        yield None  # a poll between forward and backward: exchanges progress
+        d_emb, d_wide = self.model.backward(dlogits)
         yield None
         summed = self.model.post_dense_allreduce()
         self._dense = self.loop.spawn(self._dense_update(summed), f"dense {t}", 1)
@@ -251,14 +280,11 @@ class ScheduledPass:
                 break
             if t and t % self.replan_every == 0 or t == 2:
                 self.plan.agree(*self._pipeline_costs(), self._plan_comm)
-            b.blocks = [e.new_block(len(b.raw)) for e in self.sets]
-            prev = self.batches.get(t - 1)
-            for i, p in enumerate(self.plan.order):
-                for si in range(len(self.sets)):
-                    before = prev.lookups[(si, p)] if prev is not None else None
-                    b.lookups[(si, p)] = self.loop.spawn(self._lookup(t, si, p, before),
-                                                         f"lookup {t}/{p}", 10 + i)
+            self._spawn_lookups(t)
             train = self.loop.spawn(self._train(t, global_rows, record), f"train {t}", 0)
+            self._trains = {t: train}  # step t+1's lookups wait for it (it posts the updates)
+            if self.early:
+                self.loop.spawn(self._early_lookups(t + 1), f"admit {t + 1}", 5)
             self.loop.run_until(train)
             self.timeline.step(start, time.perf_counter())
             self.batches.pop(t - 1, None)

@@ -95,22 +95,24 @@ class Model:
             summed.result()
         self.dense_opt.step(self.net.grads)
 
-    def forward_backward(self, fb: FeatureBatch, z: np.ndarray, wide_z: np.ndarray | None,
-                         global_rows: int | None) -> tuple[np.ndarray, float, np.ndarray,
-                                                           np.ndarray | None]:
-        """Forward and backward of the dense network on looked-up vectors ``z`` (and
-        ``wide_z``). Returns (probabilities, loss, d z, d wide_z or None)."""
+    def forward_loss(self, fb: FeatureBatch, z: np.ndarray, wide_z: np.ndarray | None,
+                     global_rows: int | None) -> tuple[np.ndarray, float, np.ndarray]:
+        """Forward of the dense network on looked-up vectors ``z`` (and ``wide_z``), and
+        the loss. Returns (probabilities, loss, d loss / d logits) for :meth:`backward`."""
         logits = (self.net.forward(fb.dense, z) if self.wide is None
                   else self.net.forward(fb.dense, z, wide_z[:, :, 0]))
         loss, dlogits = bce_with_logits(logits, fb.labels)
         if global_rows is not None and global_rows != len(fb):
             dlogits *= np.float32(len(fb) / global_rows)
+        return sigmoid(logits).astype(np.float32), loss, dlogits
+
+    def backward(self, dlogits: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Backward of the dense network: fills its gradients, returns (d z, d wide_z or
+        None)."""
         if self.wide is None:
-            d_emb, d_wide = self.net.backward(dlogits), None
-        else:
-            d_emb, d_wide = self.net.backward(dlogits)
-            d_wide = d_wide[:, :, None]
-        return sigmoid(logits).astype(np.float32), loss, d_emb, d_wide
+            return self.net.backward(dlogits), None
+        d_emb, d_wide = self.net.backward(dlogits)
+        return d_emb, d_wide[:, :, None]
 
     def train_step(self, fb: FeatureBatch, global_rows: int | None = None) -> tuple[
             np.ndarray, float]:
@@ -121,7 +123,8 @@ class Model:
         """
         z = self.emb.lookup(fb)
         wide_z = self.wide.lookup(fb) if self.wide is not None else None
-        probs, loss, d_emb, d_wide = self.forward_backward(fb, z, wide_z, global_rows)
+        probs, loss, dlogits = self.forward_loss(fb, z, wide_z, global_rows)
+        d_emb, d_wide = self.backward(dlogits)
         if self.wide is not None:
             self.wide.update(fb, d_wide)
         summed = None
