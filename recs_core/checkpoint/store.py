@@ -1,0 +1,243 @@
+"""Sharded, atomic, verified checkpoints.
+
+A checkpoint is a directory::
+
+    <ckpt>/manifest.json                      written last, by rank 0 (see manifest.py)
+    <ckpt>/rank00000-of-00003/<name>.npy      each rank's arrays (its shard)
+    <ckpt>/rank00001-of-00003/<name>.npy
+    ...
+
+Saving is collective when a communicator is given: every rank writes its shard into a
+staging directory ``<ckpt>.partial-<token>`` (each file atomically, see files.py), rank 0
+gathers every rank's file entries (shape, dtype, size, sha256), writes the manifest and
+then renames the staging directory to ``<ckpt>`` (atomically swapping out an existing
+checkpoint of the same name). A crash before that rename leaves only a ``.partial-``
+directory (no manifest inside until its last step), so the previous checkpoint stays
+usable and the half-written one is recognisable.
+
+Periodic checkpoints live under a root directory as ``step-000000123/``;
+:func:`latest_complete` finds the newest one that verifies and :func:`prune` keeps the
+newest ``keep``.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from recs_core.checkpoint import manifest as mf
+from recs_core.checkpoint.files import fsync_dir, publish, staging_path
+from recs_core.checkpoint.manifest import Manifest
+from recs_core.errors import RecsError
+
+T = TypeVar("T")
+U = TypeVar("U")
+WORKERS = 4  # files written / read at once: hashing overlaps the waits on the disk
+_STEP = re.compile(r"step-(\d{9,})\Z")
+
+
+def shard_dir(rank: int, world: int) -> str:
+    """The directory (relative to the checkpoint) holding rank ``rank``'s files."""
+    return f"rank{rank:05d}-of-{world:05d}"
+
+
+def step_path(root: str | Path, step: int) -> Path:
+    """The checkpoint directory of ``step`` under ``root``."""
+    return Path(root) / f"step-{step:09d}"
+
+
+class _Collective:
+    """gather / bcast over ``comm``, or their 1-rank identities without one."""
+
+    def __init__(self, comm: Any) -> None:
+        self.comm = comm
+        self.rank = 0 if comm is None else comm.Get_rank()
+        self.size = 1 if comm is None else comm.Get_size()
+
+    def gather(self, value: T) -> list[T] | None:
+        return [value] if self.comm is None else self.comm.gather(value, root=0)
+
+    def bcast(self, value: T) -> T:
+        return value if self.comm is None else self.comm.bcast(value, root=0)
+
+
+def _attempt(fn: Callable[[], T]) -> tuple[T | None, BaseException | None]:
+    try:
+        return fn(), None
+    except Exception as e:  # shared with the other ranks, then re-raised here
+        return None, e
+
+
+def _each(fn: Callable[[T], U], items: Iterable[T], workers: int) -> list[U]:
+    """``[fn(x) for x in items]`` on up to ``workers`` threads (hashlib, file I/O and
+    fsync release the GIL); the first exception is raised after all calls end."""
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(min(workers, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+def _write_shard(staging: Path, rank: int, world: int, arrays: Mapping[str, np.ndarray],
+                 workers: int) -> list[mf.FileEntry]:
+    sub = shard_dir(rank, world)
+    for name in arrays:
+        mf.check_name(name, "checkpoint array name")
+    (staging / sub).mkdir(parents=True, exist_ok=True)
+    entries = _each(lambda item: mf.write_array(staging, f"{sub}/{item[0]}.npy", item[0], rank,
+                                                item[1]), arrays.items(), workers)
+    fsync_dir(staging)  # the shard directory's entry
+    return entries
+
+
+def save(path: str | Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any],
+         comm: Any = None, rank_meta: Mapping[str, Any] | None = None,
+         after_publish: Callable[[], None] | None = None, workers: int = WORKERS) -> str:
+    """Write a checkpoint to ``path``, replacing any checkpoint already there; return it.
+
+    Collective over ``comm`` (an mpi4py communicator) when given: ``arrays`` are this
+    rank's shard, ``meta`` is taken from rank 0, ``rank_meta`` (e.g. the input position) is
+    kept per rank. Each rank writes up to ``workers`` files at once (threads).
+    ``after_publish`` runs on rank 0 once the checkpoint is in place.
+
+    If any rank fails, every rank raises (the failing one its own exception, the others
+    RecsError naming it) and, when the failure came before the manifest, nothing is
+    published (the staging directory is left for :func:`prune`, as after a crash)."""
+    coll = _Collective(comm)
+    final = Path(path)
+    staging = staging_path(final, coll.bcast(secrets.token_hex(6) if coll.rank == 0 else None))
+
+    def write() -> tuple[list[mf.FileEntry], Any, Any]:
+        m = mf.to_jsonable(dict(meta), "checkpoint meta") if coll.rank == 0 else None
+        rm = mf.to_jsonable(dict(rank_meta or {}), f"rank {coll.rank} meta")
+        return _write_shard(staging, coll.rank, coll.size, arrays, workers), m, rm
+
+    mine, err = _attempt(write)
+    parts = coll.gather((mine, None if err is None else f"rank {coll.rank}: {err}"))
+    status: str | None = None
+    if coll.rank == 0:
+        assert parts is not None
+        status = next((f"not saved: {msg}" for _, msg in parts if msg), None)
+        if status is None:
+            _, err = _attempt(lambda: _finish(staging, final, parts, coll.size))
+            status = None if err is None else f"not saved: rank 0: {err}"
+        if status is None and after_publish is not None:
+            _, err = _attempt(after_publish)
+            status = None if err is None else f"saved, but then rank 0 failed: {err}"
+    status = coll.bcast(status)
+    if err is not None:
+        raise err
+    if status is not None:
+        raise RecsError(f"checkpoint {final} {status}")
+    return str(final)
+
+
+def _finish(staging: Path, final: Path, parts: list, world: int) -> None:
+    shards = [shard for shard, _ in parts]  # (entries, meta (rank 0 only), rank meta)
+    m = Manifest(kind="checkpoint", world_size=world, meta=shards[0][1],
+                 files=[e for entries, _, _ in shards for e in entries],
+                 rank_meta=[rank_meta for _, _, rank_meta in shards])
+    mf.write_manifest(staging, m)
+    publish(staging, final)
+
+
+def save_step(root: str | Path, step: int, arrays: Mapping[str, np.ndarray],
+              meta: Mapping[str, Any], comm: Any = None,
+              rank_meta: Mapping[str, Any] | None = None, keep: int | None = None) -> str:
+    """:func:`save` to ``root/step-<step>``; then, when ``keep`` is given, :func:`prune`
+    ``root`` to the newest ``keep`` complete checkpoints (rank 0, before returning)."""
+    if step < 0 or (keep is not None and keep < 1):
+        raise ValueError(f"need step >= 0 and keep >= 1, got step {step}, keep {keep}")
+    after = None if keep is None else (lambda: prune(root, keep))
+    return save(step_path(root, step), arrays, meta, comm, rank_meta, after)
+
+
+def load_manifest(path: str | Path, full: bool = False) -> Manifest:
+    """The manifest of the checkpoint at ``path``, after checking every file it lists
+    (sizes; also contents when ``full``). RecsError when incomplete or damaged."""
+    m = mf.verify(path, full=full)
+    if m.kind != "checkpoint":
+        raise RecsError(f"{path}: a {m.kind}, not a checkpoint")
+    return m
+
+
+def read_rank(path: str | Path, rank: int, verify: bool = True, world: int | None = None,
+              manifest: Manifest | None = None,
+              workers: int = WORKERS) -> dict[str, np.ndarray]:
+    """Rank ``rank``'s arrays. ``verify`` checks each file's sha256 (shape, dtype and size
+    are always checked). ``world``, when given, must equal the checkpoint's world size
+    (else read every shard with :func:`read_all` and reshard). Up to ``workers`` files are
+    read at once."""
+    m = manifest if manifest is not None else load_manifest(path)
+    if world is not None and world != m.world_size:
+        raise RecsError(f"{path}: written by {m.world_size} ranks, this job has {world}: "
+                        f"read all shards and reshard")
+    if not 0 <= rank < m.world_size:
+        raise RecsError(f"{path}: no rank {rank} (written by {m.world_size} ranks)")
+    root = Path(path)
+    entries = m.rank_files(rank)
+    arrays = _each(lambda e: mf.read_entry(root, e, verify), entries.values(), workers)
+    return dict(zip(entries, arrays))
+
+
+def read_all(path: str | Path, verify: bool = True,
+             workers: int = WORKERS) -> list[dict[str, np.ndarray]]:
+    """Every rank's arrays, by rank (for resharding to another world size)."""
+    m = load_manifest(path)
+    return [read_rank(path, r, verify, manifest=m, workers=workers)
+            for r in range(m.world_size)]
+
+
+def _steps(root: Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``step-*`` directory under root, newest first."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _STEP.match(p.name)) and p.is_dir()]
+    return sorted(found, reverse=True)
+
+
+def _complete(path: Path) -> bool:
+    try:
+        load_manifest(path)
+    except RecsError:
+        return False
+    return True
+
+
+def latest_complete(root: str | Path) -> str | None:
+    """The newest ``step-*`` checkpoint under ``root`` whose manifest exists and whose
+    files all exist with their listed sizes (contents are checked when read); None if
+    there is none."""
+    return next((str(p) for _, p in _steps(Path(root)) if _complete(p)), None)
+
+
+def prune(root: str | Path, keep: int) -> list[str]:
+    """Keep the newest ``keep`` complete checkpoints under ``root``; remove every
+    ``step-*`` directory older than the oldest kept one and every leftover ``.partial-`` /
+    ``.replaced-`` directory of an interrupted save (do not prune while a save into
+    ``root`` is running). Returns the removed paths."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    root = Path(root)
+    kept: list[int] = []
+    removed = []
+    for step, p in _steps(root):
+        if len(kept) < keep:
+            if _complete(p):
+                kept.append(step)
+            continue
+        removed.append(p)
+    if root.is_dir():
+        removed += [p for p in root.iterdir() if p.is_dir() and
+                    (".partial-" in p.name or ".replaced-" in p.name)]
+    for p in removed:
+        shutil.rmtree(p)
+    return [str(p) for p in removed]
