@@ -24,6 +24,7 @@ pipelines by Johnson's rule on costs agreed across ranks; ``recs`` does both.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from recs_core.comm.pending import Pending
+from recs_core.comm.progress import ProgressThread
 from recs_core.data.parse import RawBatch
 from recs_core.features.graph import BatchState, FeatureBatch, OpNode
 from recs_core.sched.costs import Costs, PipelinePlan
@@ -40,6 +42,15 @@ from recs_core.sched.loop import Loop, Task
 from recs_core.sched.trace import Timeline
 
 REPLAN_EVERY = 16  # steps between cost agreements (a tiny allreduce); also at step 2
+
+
+@dataclass(frozen=True)
+class StepHook:
+    """``fn(steps_done)`` after every ``every`` steps, with the model up to date (e.g. a
+    periodic checkpoint)."""
+
+    every: int
+    fn: Callable[[int], None]
 
 
 @dataclass
@@ -67,6 +78,7 @@ class ScheduledPass:
         self.world = job.world
         self.intra = mode in ("recs", "recs-intra")
         self.early = mode in ("recs", "recs-inter")  # next step's exchanges start early
+        self.poke = os.environ.get("RECS_PROGRESS_THREAD", "1") == "1"
         self.timeline = timeline
         self.lookahead = max(1, lookahead)
         self.replan_every = max(1, replan_every)
@@ -265,10 +277,20 @@ class ScheduledPass:
 
     def run(self, source: Iterator[RawBatch | None], empty: RawBatch,
             record: Callable[[FeatureBatch, np.ndarray], None],
-            progress: Callable[[], None]) -> int:
+            hook: StepHook | None = None) -> int:
         """Train on every global step of ``source`` (this rank's parts, None once exhausted);
-        ``record(fb, probs)`` gets each batch's scores. Returns the number of steps."""
+        ``record(fb, probs)`` gets each batch's scores; ``hook`` runs after every
+        ``hook.every`` steps, with those steps' updates applied. Returns the step count."""
         self._source, self._empty = source, empty
+        progress_thread = ProgressThread(self.world.comm).start() if self.poke else None
+        try:
+            return self._run(record, hook)
+        finally:
+            if progress_thread is not None:
+                progress_thread.stop()
+
+    def _run(self, record: Callable[[FeatureBatch, np.ndarray], None],
+             hook: StepHook | None) -> int:
         t = 0
         while True:
             self._current = t
@@ -288,8 +310,12 @@ class ScheduledPass:
             self.loop.run_until(train)
             self.timeline.step(start, time.perf_counter())
             self.batches.pop(t - 1, None)
-            progress()
             t += 1
+            if hook is not None and t % hook.every == 0:
+                for task in [*self._applied.values(), self._dense]:
+                    if task is not None:
+                        self.loop.run_until(task)  # step t-1's updates, applied
+                hook.fn(t)
         self.loop.drain()
         self._close()
         return t

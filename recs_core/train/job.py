@@ -31,7 +31,7 @@ from recs_core.features.spec import Spec, load_spec
 from recs_core.metrics.auc import ProgressiveMetrics, auc, logloss
 from recs_core.progress import Progress
 from recs_core.sched import MODES
-from recs_core.sched.runner import REPLAN_EVERY, ScheduledPass
+from recs_core.sched.runner import REPLAN_EVERY, ScheduledPass, StepHook
 from recs_core.sched.trace import WORKER, Timeline, summarize, write_trace
 from recs_core.train.config import TrainConfig, train_config
 from recs_core.train.embeddings import ShardedEmbeddings
@@ -75,13 +75,12 @@ class Job:
             yield raw
 
     def run(self, paths: list[str], *, eval_fraction: float | None = None,
-            policy: BadRowPolicy | None = None, quiet: bool = True, mode: str = "sequential",
-            trace: str | None = None, lookahead: int = 2,
-            replan_every: int = REPLAN_EVERY) -> dict[str, Any]:
+            policy: BadRowPolicy | None = None, quiet: bool = True,
+            **schedule: Any) -> dict[str, Any]:
         """One pass: each batch is scored, then trained on; the last ``eval_fraction`` of
         the rows (of each rank's shard, with several ranks) is held out and scored after
-        the pass. ``mode`` picks the schedule (:data:`MODES`; all compute the same model);
-        ``trace`` writes a Chrome trace of the pass. Returns the job's figures."""
+        the pass. ``schedule``: :meth:`run_batches`' mode, trace, lookahead, replan_every
+        and hook (every mode computes the same model). Returns the job's figures."""
         frac = self.cfg.eval_fraction if eval_fraction is None else eval_fraction
         if not 0.0 <= frac < 1.0:
             raise RecsError(f"eval fraction must be in [0, 1), got {frac}")
@@ -92,8 +91,7 @@ class Job:
             holdout_at = int(round(count_lines_in_spans(spans) * (1.0 - frac)))
         timer = {"input": 0.0, "train": 0.0}
         return self.run_batches(self._batches(paths, policy, timer), holdout_at=holdout_at,
-                                quiet=quiet, timer=timer, mode=mode, trace=trace,
-                                lookahead=lookahead, replan_every=replan_every)
+                                quiet=quiet, timer=timer, **schedule)
 
     def _local_parts(self, batches: Iterator[RawBatch], holdout_at: int | None,
                      held: list[RawBatch]) -> Iterator[RawBatch | None]:
@@ -122,8 +120,9 @@ class Job:
 
     def _pass_sequential(self, source: Iterator[RawBatch | None], empty: RawBatch,
                          timeline: Timeline, train: Callable[[FeatureBatch, int], None],
-                         timer: dict[str, float]) -> None:
+                         timer: dict[str, float], hook: StepHook | None) -> None:
         """Mode "sequential": process a batch's features, then look up, then train."""
+        steps = 0
         while True:
             part, rows = self._agree(next(source), empty)
             if part is None:
@@ -137,10 +136,14 @@ class Job:
                 train(fb, rows)
             timer["train"] += time.perf_counter() - t1
             timeline.step(start, time.perf_counter())
+            steps += 1
+            if hook is not None and steps % hook.every == 0:
+                hook.fn(steps)
 
     def _pass_prefetch(self, source: Iterator[RawBatch | None], empty: RawBatch,
                        timeline: Timeline, train: Callable[[FeatureBatch, int], None],
-                       timer: dict[str, float], lookahead: int) -> None:
+                       timer: dict[str, float], lookahead: int,
+                       hook: StepHook | None) -> None:
         """Mode "prefetch": a background thread prepares whole batches ahead (as tf.data's
         prefetch does); the trainer blocks on its exchanges."""
         ready: queue.Queue = queue.Queue(maxsize=max(1, lookahead))
@@ -163,6 +166,7 @@ class Job:
         worker = threading.Thread(target=produce, name="recs-prefetch", daemon=True)
         worker.start()
         empty_fb: FeatureBatch | None = None
+        steps = 0
         try:
             done = False
             while True:
@@ -184,15 +188,23 @@ class Job:
                     train(fb, rows)
                 timer["train"] += time.perf_counter() - t1
                 timeline.step(start, time.perf_counter())
+                steps += 1
+                if hook is not None and steps % hook.every == 0:
+                    hook.fn(steps)
         finally:
             stop.set()
 
     def run_batches(self, batches: Iterator[RawBatch], *, holdout_at: int | None = None,
                     quiet: bool = True, timer: dict[str, float] | None = None,
                     mode: str = "sequential", trace: str | None = None,
-                    lookahead: int = 2, replan_every: int = REPLAN_EVERY) -> dict[str, Any]:
+                    lookahead: int = 2, replan_every: int = REPLAN_EVERY,
+                    hook: StepHook | None = None) -> dict[str, Any]:
         """The pass of :meth:`run` over given raw batches (this rank's part of each global
-        batch); rows from ``holdout_at`` on are held out and scored after the pass."""
+        batch); rows from ``holdout_at`` on are held out and scored after the pass.
+        ``mode``: one of :data:`recs_core.sched.MODES`; ``trace``: write a Chrome trace
+        there; ``lookahead``: batches prepared ahead (prefetch, recs*);
+        ``hook.fn(steps_done)`` runs after every ``hook.every`` steps, in every mode, with
+        the model up to date (for periodic checkpoints)."""
         if mode not in MODES:
             raise RecsError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         jit_seconds = warm_up(self.spec)
@@ -219,13 +231,13 @@ class Job:
         sched = None
         try:
             if mode == "prefetch":
-                self._pass_prefetch(source, empty, timeline, train, timer, lookahead)
+                self._pass_prefetch(source, empty, timeline, train, timer, lookahead, hook)
             elif mode == "sequential" or self.world.size == 1:  # no exchange to schedule
-                self._pass_sequential(source, empty, timeline, train, timer)
+                self._pass_sequential(source, empty, timeline, train, timer, hook)
             else:
                 sched = ScheduledPass(self, mode, timeline, lookahead, replan_every)
                 t0 = time.perf_counter()
-                sched.run(source, empty, record, lambda: None)
+                sched.run(source, empty, record, hook)
                 timer["input"] += sched.feature_seconds
                 timer["train"] += time.perf_counter() - t0 - sched.feature_seconds
         finally:

@@ -1,7 +1,8 @@
 """Run under mpiexec: every schedule (``--mode``) trains exactly the same model.
 
 Each mode trains a fresh job on the same data; the scores of every step, the dense
-parameters and the full embedding tables must be bit-identical to mode "sequential".
+parameters and the full embedding tables must be bit-identical to mode "sequential",
+also mid-pass, when the step hook (periodic checkpoints) sees the model.
 The pipeline plans must be the same on every rank, and the Chrome trace must hold
 every rank's track.
 
@@ -19,6 +20,7 @@ from mpi4py import MPI
 
 from recs_core.comm.world import mpi_world
 from recs_core.sched import MODES
+from recs_core.sched.runner import StepHook
 from recs_core.train.job import Job
 from tests.mpi.train_equivalence_check import spec_for
 
@@ -26,7 +28,15 @@ from tests.mpi.train_equivalence_check import spec_for
 def train(path: str, placement: str, preset: str, mode: str, trace: str | None) -> tuple:
     world = mpi_world()
     job = Job(spec_for(placement, preset, fitted=True), world=world)
-    out = job.run([path], mode=mode, trace=trace, replan_every=3, lookahead=2)
+    snaps: list = []
+
+    def snapshot(steps: int) -> None:  # mid-pass state, as a periodic checkpoint sees it
+        snaps.append((steps, [p.copy() for p in job.model.net.params],
+                      job.model.emb.shards.local.copy()))
+
+    out = job.run([path], mode=mode, trace=trace, replan_every=3, lookahead=2,
+                  hook=StepHook(5, snapshot))
+    out["snapshots"] = snaps
     tables = [job.model.emb.gather_tables(world.comm)]
     if job.model.wide is not None:
         tables.append(job.model.wide.gather_tables(world.comm))
@@ -44,6 +54,10 @@ def main(path: str, placement: str, preset: str, trace: str) -> None:
                                           trace if mode == "recs" else None)
         assert out["train_rows"] == ref_out["train_rows"], (mode, out, ref_out)
         assert len(probs) == len(ref_probs), mode
+        assert [k for k, *_ in out["snapshots"]] == [k for k, *_ in ref_out["snapshots"]]
+        for (k, d1, e1), (_, d2, e2) in zip(out["snapshots"], ref_out["snapshots"]):
+            assert all(np.array_equal(a, b) for a, b in zip(d1, d2)), f"{mode}: after {k}"
+            assert np.array_equal(e1, e2), f"{mode}: tables after step {k}"
         for s, (a, b) in enumerate(zip(probs, ref_probs)):
             assert np.array_equal(a, b), f"{mode}: step {s} scores differ"
         for i, (a, b) in enumerate(zip(dense, ref_dense)):

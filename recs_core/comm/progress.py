@@ -1,0 +1,52 @@
+"""A thread that pokes MPI's progress engine about every millisecond.
+
+MPI moves a posted non-blocking collective forward only inside MPI calls; over TCP a
+rank busy in a long CPU task (an MLP backward) would leave its exchanges stalled. This
+thread calls ``Iprobe`` on a private communicator (never on the job's requests: two
+threads must not test one request) while the main thread computes in BLAS or compiled
+kernels, which release the GIL. It needs MPI_THREAD_MULTIPLE (mpi4py's default).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+INTERVAL_S = 1e-3
+
+
+class ProgressThread:
+    """Start with :meth:`start`; :meth:`stop` joins it (also usable as a context manager)."""
+
+    def __init__(self, comm: Any, interval: float = INTERVAL_S) -> None:
+        from mpi4py import MPI
+
+        if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
+            raise RuntimeError("the progress thread needs MPI_THREAD_MULTIPLE")
+        self._comm = comm.Dup()
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="recs-mpi-progress", daemon=True)
+        self.polls = 0
+
+    def _run(self) -> None:
+        from mpi4py import MPI
+
+        while not self._stop.wait(self._interval):
+            self._comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG)
+            self.polls += 1
+
+    def start(self) -> ProgressThread:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._comm.Free()
+
+    def __enter__(self) -> ProgressThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
