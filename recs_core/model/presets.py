@@ -8,10 +8,24 @@ their gradient, so the embedding tables and their sparse optimizer stay outside.
 
 from __future__ import annotations
 
+from collections.abc import Generator
+from typing import Any, TypeVar
+
 import numpy as np
 
 from recs_core.model.interaction import interact_backward_kernel, interact_kernel, num_pairs
 from recs_core.model.layers import MLP
+
+T = TypeVar("T")
+
+
+def run_stages(stages: Generator[Any, None, T]) -> T:
+    """Run a staged computation to the end and return its result."""
+    while True:
+        try:
+            next(stages)
+        except StopIteration as done:
+            return done.value
 
 
 def _as(x: np.ndarray, dtype: np.dtype, shape: tuple, what: str) -> np.ndarray:
@@ -68,16 +82,25 @@ class DLRM:
 
     def backward(self, dlogits: np.ndarray) -> np.ndarray:
         """d loss / d logits [n] -> d loss / d emb [n, num_sparse, dim]; fills grads."""
+        return run_stages(self.backward_stages(dlogits))
+
+    def backward_stages(self, dlogits: np.ndarray) -> Generator[list[int], None, np.ndarray]:
+        """:meth:`backward` in stages: yields the indices (into ``grads``) that are final
+        after each stage -- the top MLP's first, so their allreduce can start while the
+        rest runs -- and returns d emb."""
         if self._emb is None:
             raise RuntimeError("DLRM.backward called before forward")
         n = self._emb.shape[0]
         dy = _as(dlogits, self.dtype, (n,), "DLRM dlogits").reshape(n, 1)
         d_top_in = self.top._backward(dy, "buffer")
+        nb = len(self.bottom.params)
+        yield list(range(nb, len(self.params)))
         d_x0 = np.empty((n, self.dim), self.dtype)
         d_emb = np.empty((n, self.num_sparse, self.dim), self.dtype)
         interact_backward_kernel(self._x0, self._emb, d_top_in[:, self.dim:], d_x0, d_emb)
         d_x0 += d_top_in[:, :self.dim]
         self.bottom._backward(d_x0, "none")
+        yield list(range(nb))
         return d_emb
 
 
@@ -132,6 +155,12 @@ class WideDeep:
     def backward(self, dlogits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """d loss / d logits [n] -> (d emb [n, num_sparse, dim], d wide [n, num_sparse]);
         fills grads."""
+        return run_stages(self.backward_stages(dlogits))
+
+    def backward_stages(self, dlogits: np.ndarray) -> Generator[
+            list[int], None, tuple[np.ndarray, np.ndarray]]:
+        """:meth:`backward` as one stage (yields every grads index), for the same
+        interface as :meth:`DLRM.backward_stages`."""
         if self._n is None:
             raise RuntimeError("WideDeep.backward called before forward")
         n = self._n
@@ -141,4 +170,5 @@ class WideDeep:
         d_emb = np.ascontiguousarray(dx[:, :self.num_sparse * self.dim]).reshape(
             n, self.num_sparse, self.dim)
         d_wide = np.broadcast_to(dy[:, None], (n, self.num_sparse)).copy()
+        yield list(range(len(self.params)))
         return d_emb, d_wide

@@ -253,9 +253,14 @@ class ScheduledPass:
         probs, _, dlogits = self.model.forward_loss(b.fb, b.blocks[0], wide, global_rows)
         record(b.fb, probs)
         yield None  # a poll between forward and backward: exchanges progress
-        d_emb, d_wide = self.model.backward(dlogits)
-        yield None
-        summed = self.model.post_dense_allreduce()
+        stages, summed = self.model.backward_stages(dlogits), []
+        while True:  # each bucket's allreduce starts while the rest of backward runs
+            try:
+                summed.append(self.model.post_dense_allreduce(next(stages)))
+            except StopIteration as done:
+                d_emb, d_wide = done.value
+                break
+            yield None
         self._dense = self.loop.spawn(self._dense_update(summed), f"dense {t}", 1)
         for si, d in enumerate((d_emb, d_wide)[:len(self.sets)]):
             emb = self.sets[si]
@@ -269,8 +274,8 @@ class ScheduledPass:
         yield pushed
         emb.lookups[p].apply(emb.optimizer)
 
-    def _dense_update(self, summed: Pending) -> Iterator[Any]:
-        yield summed
+    def _dense_update(self, summed: list[Pending]) -> Iterator[Any]:
+        yield from summed
         self.model.dense_update(summed)
 
     # ---- the pass -----------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
+
 import numpy as np
 
 from recs_core.comm.pending import Pending
@@ -72,27 +74,28 @@ class Model:
         """Click probabilities of a batch (no update)."""
         return sigmoid(self.forward(fb)).astype(np.float32)
 
-    def post_dense_allreduce(self) -> Pending[None]:
-        """Post the sum of the data-parallel replicas' dense gradients; finish it with
-        :meth:`dense_update`."""
+    def post_dense_allreduce(self, which: list[int]) -> Pending[None]:
+        """Post the sum over the data-parallel replicas of the dense gradients ``which``
+        (indices into ``net.grads``); finish it with :meth:`dense_update`."""
         from mpi4py import MPI
 
-        flat = np.concatenate([g.ravel() for g in self.net.grads])
+        grads = [self.net.grads[i] for i in which]
+        flat = np.concatenate([g.ravel() for g in grads])
         total = np.empty_like(flat)
         req = self._dense_comm.Iallreduce([flat, MPI.FLOAT], [total, MPI.FLOAT], op=MPI.SUM)
 
         def finish() -> None:
             start = 0
-            for g in self.net.grads:
+            for g in grads:
                 g.ravel()[:] = total[start:start + g.size]
                 start += g.size
 
         return Pending([req], finish, "dense gradient allreduce", self._dense_comm)
 
-    def dense_update(self, summed: Pending[None] | None) -> None:
-        """Apply the dense optimizer (after the replicas' gradients are summed, if any)."""
-        if summed is not None:
-            summed.result()
+    def dense_update(self, summed: list[Pending[None]]) -> None:
+        """Apply the dense optimizer once the replicas' gradients are summed (if any)."""
+        for p in summed:
+            p.result()
         self.dense_opt.step(self.net.grads)
 
     def forward_loss(self, fb: FeatureBatch, z: np.ndarray, wide_z: np.ndarray | None,
@@ -106,12 +109,14 @@ class Model:
             dlogits *= np.float32(len(fb) / global_rows)
         return sigmoid(logits).astype(np.float32), loss, dlogits
 
-    def backward(self, dlogits: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Backward of the dense network: fills its gradients, returns (d z, d wide_z or
-        None)."""
+    def backward_stages(self, dlogits: np.ndarray) -> Generator[
+            list[int], None, tuple[np.ndarray, np.ndarray | None]]:
+        """Backward of the dense network in stages: yields the indices of the dense
+        gradients final after each stage (a bucket for the allreduce; every mode uses the
+        same buckets, so sums come out identical) and returns (d z, d wide_z or None)."""
         if self.wide is None:
-            return self.net.backward(dlogits), None
-        d_emb, d_wide = self.net.backward(dlogits)
+            return (yield from self.net.backward_stages(dlogits)), None
+        d_emb, d_wide = yield from self.net.backward_stages(dlogits)
         return d_emb, d_wide[:, :, None]
 
     def train_step(self, fb: FeatureBatch, global_rows: int | None = None) -> tuple[
@@ -124,14 +129,19 @@ class Model:
         z = self.emb.lookup(fb)
         wide_z = self.wide.lookup(fb) if self.wide is not None else None
         probs, loss, dlogits = self.forward_loss(fb, z, wide_z, global_rows)
-        d_emb, d_wide = self.backward(dlogits)
+        stages, summed = self.backward_stages(dlogits), []
+        while True:
+            try:
+                bucket = next(stages)
+            except StopIteration as done:
+                d_emb, d_wide = done.value
+                break
+            if self._dense_comm is not None:  # blocking: this is the unscheduled step
+                summed.append(self.post_dense_allreduce(bucket))
+                summed[-1].wait()
+                self.dense_wait_seconds += summed[-1].waited
         if self.wide is not None:
             self.wide.update(fb, d_wide)
-        summed = None
-        if self._dense_comm is not None:
-            summed = self.post_dense_allreduce()
-            summed.wait()
-            self.dense_wait_seconds += summed.waited
         self.dense_update(summed)
         self.emb.update(fb, d_emb)
         return probs, loss
