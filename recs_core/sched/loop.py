@@ -39,12 +39,14 @@ class Loop:
 
     ``filler(window)`` is called when exchanges are in flight and no task is ready;
     ``window`` is the estimated seconds until the first of them completes (None when
-    unknown). It returns True if it ran something.
+    unknown). It returns True if it ran something. ``background()`` is called on every
+    turn of the loop (it feeds worker threads).
     """
 
     def __init__(self, timeline: Timeline,
-                 filler: Callable[[float | None], bool] | None = None) -> None:
-        self.timeline, self.filler = timeline, filler
+                 filler: Callable[[float | None], bool] | None = None,
+                 background: Callable[[], None] | None = None) -> None:
+        self.timeline, self.filler, self.background = timeline, filler, background
         self._ready: list[tuple[float, int, Task]] = []
         self._seq = 0
         self._comm: list[Task] = []  # waiting on an exchange
@@ -138,6 +140,8 @@ class Loop:
         idle_since = time.perf_counter()
         while not finished():
             t_iter = time.perf_counter()
+            if self.background is not None:
+                self.background()
             self._poll()
             if self._ready:
                 task = heapq.heappop(self._ready)[2]

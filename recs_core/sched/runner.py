@@ -39,7 +39,8 @@ from recs_core.data.parse import RawBatch
 from recs_core.features.graph import BatchState, FeatureBatch, OpNode
 from recs_core.sched.costs import Costs, PipelinePlan
 from recs_core.sched.loop import Loop, Task
-from recs_core.sched.trace import Timeline
+from recs_core.sched.trace import WORKER, Timeline
+from recs_core.sched.workers import OperatorWorkers
 
 REPLAN_EVERY = 16  # steps between cost agreements (a tiny allreduce); also at step 2
 
@@ -64,6 +65,7 @@ class _Batch:
     remaining: dict[str, deque[OpNode]]
     agreement: Pending | None
     finished: set[str] = field(default_factory=set)
+    busy: set[str] = field(default_factory=set)  # pipelines with an operator on a worker
     blocks: list[np.ndarray] = field(default_factory=list)
     plans: dict[tuple[int, str], Any] = field(default_factory=dict)
     lookups: dict[tuple[int, str], Task] = field(default_factory=dict)
@@ -73,7 +75,7 @@ class ScheduledPass:
     """Runs a training pass through the task loop (see module docstring)."""
 
     def __init__(self, job: Any, mode: str, timeline: Timeline, lookahead: int = 2,
-                 replan_every: int = REPLAN_EVERY) -> None:
+                 replan_every: int = REPLAN_EVERY, workers: int = 0) -> None:
         self.job, self.model, self.graph = job, job.model, job.graph
         self.world = job.world
         self.intra = mode in ("recs", "recs-intra")
@@ -90,7 +92,9 @@ class ScheduledPass:
         self.plan = PipelinePlan(self.sparse, use_priority=mode in ("recs", "recs-inter"))
         self._plan_comm = self.world.comm.Dup()
         self._agree_comm = self.world.comm.Dup()  # step agreements, posted at admission
-        self.loop = Loop(timeline, self._fill if self.intra else None)
+        self.loop = Loop(timeline, self._fill if self.intra else None,
+                         self._feed if workers > 0 else None)
+        self.workers = OperatorWorkers(workers, self._work) if workers > 0 else None
         self.batches: dict[int, _Batch] = {}
         self._source: Iterator[RawBatch | None] | None = None
         self._empty: RawBatch | None = None
@@ -129,23 +133,61 @@ class ScheduledPass:
         return self.batches[t]
 
     def _run_node(self, b: _Batch, p: str) -> None:
+        """Run the next operator of pipeline ``p`` on batch ``b`` in this thread."""
         node = b.remaining[p].popleft()
         t0 = time.perf_counter()
         self.graph.run_node(b.state, node)
-        dt = time.perf_counter() - t0
-        self.costs.add(node.name, dt)
-        self.feature_seconds += dt
-        if not b.remaining[p]:
+        self._node_done(b, p, node, time.perf_counter() - t0)
+
+    def _node_done(self, b: _Batch, p: str, node: OpNode, seconds: float) -> None:
+        self.costs.add(node.name, seconds)
+        self.feature_seconds += seconds
+        if not b.remaining[p] and p not in b.busy:
             if p in self.sparse:
                 self.graph.finish_pipeline(b.state, b.fb, p)
             b.finished.add(p)
 
     def _features(self, b: _Batch, pipelines: list[str], t: int) -> Iterator[None]:
-        """Run the remaining operators of ``pipelines`` on batch ``b``, one per segment."""
+        """Run the remaining operators of ``pipelines`` on batch ``b``, one per segment
+        (or wait for the one a worker runs)."""
         for p in pipelines:
-            while b.remaining[p]:
-                self._run_node(b, p)
+            while b.remaining[p] or p in b.busy:
+                if p not in b.busy:
+                    self._run_node(b, p)
                 yield None
+
+    def _work(self, job: tuple[_Batch, str, OpNode]) -> None:
+        """On a worker thread: one operator on one batch."""
+        b, _, node = job
+        self.graph.run_node(b.state, node)
+
+    def _feed(self) -> None:
+        """Collect the workers' finished operators and give idle workers the next ones:
+        this step's batch first, then the next ``lookahead`` batches."""
+        assert self.workers is not None
+        for (b, p, node), start, end in self.workers.completed():
+            b.busy.discard(p)
+            self.timeline.add(f"worker {node.name}", WORKER, start, end)
+            self._node_done(b, p, node, end - start)
+        for w in self.workers.idle():
+            job = self._next_job()
+            if job is None:
+                return
+            job[0].busy.add(job[1])
+            self.workers.submit(w, job)
+
+    def _next_job(self) -> tuple[_Batch, str, OpNode] | None:
+        for t in range(self._current, min(self._admitted, self._current + 1 + self.lookahead)):
+            b = self.batches.get(t)
+            if b is None:
+                continue
+            for p in self.plan.order + self.dense_pipes:
+                if p in b.busy or not b.remaining.get(p):
+                    continue
+                node = b.remaining[p][0]
+                if t == self._current or node.op.order_free():
+                    return b, p, b.remaining[p].popleft()
+        return None
 
     def _fill(self, window: float | None) -> bool:
         """Intra-pipeline prefetch: run one operator of an upcoming batch that fits."""
@@ -159,7 +201,7 @@ class ScheduledPass:
                 return True
             b = self.batches[t]
             for p in self.plan.order + self.dense_pipes:
-                if not b.remaining.get(p):
+                if not b.remaining.get(p) or p in b.busy:
                     continue
                 node = b.remaining[p][0]
                 if not node.op.order_free():
@@ -293,6 +335,8 @@ class ScheduledPass:
         finally:
             if progress_thread is not None:
                 progress_thread.stop()
+            if self.workers is not None:
+                self.workers.close()
 
     def _run(self, record: Callable[[FeatureBatch, np.ndarray], None],
              hook: StepHook | None) -> int:

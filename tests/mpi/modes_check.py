@@ -25,7 +25,8 @@ from recs_core.train.job import Job
 from tests.mpi.train_equivalence_check import spec_for
 
 
-def train(path: str, placement: str, preset: str, mode: str, trace: str | None) -> tuple:
+def train(path: str, placement: str, preset: str, mode: str, trace: str | None,
+          workers: int = 0) -> tuple:
     world = mpi_world()
     job = Job(spec_for(placement, preset, fitted=True), world=world)
     snaps: list = []
@@ -35,7 +36,7 @@ def train(path: str, placement: str, preset: str, mode: str, trace: str | None) 
                       job.model.emb.shards.local.copy()))
 
     out = job.run([path], mode=mode, trace=trace, replan_every=3, lookahead=2,
-                  hook=StepHook(5, snapshot))
+                  hook=StepHook(5, snapshot), workers=workers)
     out["snapshots"] = snaps
     tables = [job.model.emb.gather_tables(world.comm)]
     if job.model.wide is not None:
@@ -49,9 +50,11 @@ def main(path: str, placement: str, preset: str, trace: str) -> None:
     comm = world.comm
     ref_out, ref_probs, ref_dense, ref_tables = train(path, placement, preset, "sequential",
                                                      None)
-    for mode in MODES[1:]:
+    # the task loop also with two operator worker threads (lock-free rings)
+    for mode, workers in [(m, 0) for m in MODES[1:]] + [("recs", 2), ("recs-intra", 1)]:
         out, probs, dense, tables = train(path, placement, preset, mode,
-                                          trace if mode == "recs" else None)
+                                          trace if mode == "recs" and not workers else None,
+                                          workers)
         assert out["train_rows"] == ref_out["train_rows"], (mode, out, ref_out)
         assert len(probs) == len(ref_probs), mode
         assert [k for k, *_ in out["snapshots"]] == [k for k, *_ in ref_out["snapshots"]]
@@ -78,6 +81,7 @@ def main(path: str, placement: str, preset: str, trace: str) -> None:
         pids = {e["pid"] for e in events if e["ph"] == "X"}
         assert pids == set(range(world.size)), pids
         names = {e["name"] for e in events if e["ph"] == "X"}
+        assert not any(n.startswith("worker ") for n in names)
         assert any(n.startswith("train ") for n in names), sorted(names)[:10]
         assert any(e["cat"] == "comm" for e in events if e["ph"] == "X")
         os.unlink(trace)
