@@ -120,6 +120,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lookahead", type=int, default=2,
                    help="batches prepared ahead in modes prefetch and recs* (default 2)")
     p.add_argument("--trace", help="write a Chrome trace (JSON, one track per rank) here")
+    p.add_argument("--workers", type=int,
+                   help="operator worker threads per rank in modes recs* (default: the "
+                   "rank's cores - 1, from mpi_launch.sh --threads)")
     _add_policy_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_train)
@@ -142,7 +145,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
         raise RecsError(f"--lookahead must be at least 1, got {a.lookahead}")
     out = job.run(a.data, eval_fraction=a.eval_fraction, policy=_policy(a, spec),
                   quiet=a.quiet or world.rank != 0, mode=a.mode, trace=a.trace,
-                  lookahead=a.lookahead)
+                  lookahead=a.lookahead, workers=a.workers)
     if a.save:
         job.save(a.save)
     if world.rank == 0:

@@ -198,11 +198,12 @@ class Job:
                     quiet: bool = True, timer: dict[str, float] | None = None,
                     mode: str = "sequential", trace: str | None = None,
                     lookahead: int = 2, replan_every: int = REPLAN_EVERY,
-                    hook: StepHook | None = None) -> dict[str, Any]:
+                    hook: StepHook | None = None, workers: int | None = None) -> dict[str, Any]:
         """The pass of :meth:`run` over given raw batches (this rank's part of each global
         batch); rows from ``holdout_at`` on are held out and scored after the pass.
         ``mode``: one of :data:`recs_core.sched.MODES`; ``trace``: write a Chrome trace
-        there; ``lookahead``: batches prepared ahead (prefetch, recs*);
+        there; ``lookahead``: batches prepared ahead (prefetch, recs*); ``workers``:
+        operator worker threads of the task loop (default: the rank's cores - 1);
         ``hook.fn(steps_done)`` runs after every ``hook.every`` steps, in every mode, with
         the model up to date (for periodic checkpoints)."""
         if mode not in MODES:
@@ -235,7 +236,10 @@ class Job:
             elif mode == "sequential" or self.world.size == 1:  # no exchange to schedule
                 self._pass_sequential(source, empty, timeline, train, timer, hook)
             else:
-                sched = ScheduledPass(self, mode, timeline, lookahead, replan_every)
+                if workers is None:  # the rank's other cores (mpi_launch.sh sets the count)
+                    workers = int(os.environ.get("RECS_THREADS_PER_RANK", "1")) - 1
+                sched = ScheduledPass(self, mode, timeline, lookahead, replan_every,
+                                      max(0, workers))
                 t0 = time.perf_counter()
                 sched.run(source, empty, record, hook)
                 timer["input"] += sched.feature_seconds
