@@ -15,6 +15,23 @@ from typing import Any
 INTERVAL_S = 1e-3
 
 
+def over_network(comm: Any) -> bool:
+    """Whether this job's messages go over a network: ranks on several nodes, or MPI
+    told to use TCP between local ranks (as bench/emulated_network.sh does). On shared
+    memory the thread only costs (ranks copy messages with their own CPUs). Collective."""
+    import os
+
+    from mpi4py import MPI
+
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    several_nodes = node.Get_size() < comm.Get_size()
+    node.Free()
+    btl = os.environ.get("OMPI_MCA_btl", "")
+    forced_tcp = (os.environ.get("MPIR_CVAR_NOLOCAL") == "1"
+                  or ("tcp" in btl and not any(s in btl for s in ("vader", "sm"))))
+    return several_nodes or forced_tcp
+
+
 class ProgressThread:
     """Start with :meth:`start`; :meth:`stop` joins it (also usable as a context manager)."""
 

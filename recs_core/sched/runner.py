@@ -24,7 +24,6 @@ pipelines by Johnson's rule on costs agreed across ranks; ``recs`` does both.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from recs_core.comm.pending import Pending
-from recs_core.comm.progress import ProgressThread
+from recs_core.comm.progress import ProgressThread, over_network
 from recs_core.data.parse import RawBatch
 from recs_core.features.graph import BatchState, FeatureBatch, OpNode
 from recs_core.sched.costs import Costs, PipelinePlan
@@ -75,12 +74,16 @@ class ScheduledPass:
     """Runs a training pass through the task loop (see module docstring)."""
 
     def __init__(self, job: Any, mode: str, timeline: Timeline, lookahead: int = 2,
-                 replan_every: int = REPLAN_EVERY, workers: int = 0) -> None:
+                 replan_every: int = REPLAN_EVERY, workers: int = 0,
+                 progress_thread: str = "auto") -> None:
         self.job, self.model, self.graph = job, job.model, job.graph
         self.world = job.world
         self.intra = mode in ("recs", "recs-intra")
         self.early = mode in ("recs", "recs-inter")  # next step's exchanges start early
-        self.poke = os.environ.get("RECS_PROGRESS_THREAD", "1") == "1"
+        if progress_thread not in ("auto", "on", "off"):
+            raise ValueError(f"progress_thread must be auto, on or off, not {progress_thread!r}")
+        self.poke = (progress_thread == "on" or progress_thread == "auto"
+                     and over_network(self.world.comm))
         self.timeline = timeline
         self.lookahead = max(1, lookahead)
         self.replan_every = max(1, replan_every)
@@ -403,4 +406,5 @@ class ScheduledPass:
             "agreed_costs_ms": {p: [round(float(c) * 1e3, 3), round(float(m) * 1e3, 3)]
                                 for p, c, m in zip(self.sparse, *self.plan.agreed)},
             "replans": self.plan.replans,
+            "progress_thread": self.poke,
         }
