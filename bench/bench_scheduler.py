@@ -31,11 +31,12 @@ CONFIGS = {"canonical": ROOT / "configs" / "criteo_dlrm.toml",
            "heavy": ROOT / "configs" / "criteo_heavy.toml"}
 
 
-def run_once(network: str, config: Path, data: str, mode: str, ranks: int) -> dict:
+def run_once(network: str, config: Path, data: str, mode: str, ranks: int,
+             trace: str | None = None) -> dict:
     """One `recs train` run; its JSON line."""
     cmd = [str(ROOT / "mpi_launch.sh"), "-n", str(ranks), "--threads", "1",
            str(BIN / "recs"), "train", "--config", str(config), "--data", data,
-           "--mode", mode, "--quiet"]
+           "--mode", mode, "--quiet"] + (["--trace", trace] if trace else [])
     if network == "emulated":
         cmd = [str(ROOT / "bench" / "emulated_network.sh"), "--", *cmd]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
@@ -79,6 +80,34 @@ def ratios(table: dict) -> dict:
     }
 
 
+def feature_share(config: Path, data: str) -> dict:
+    """Feature processing's share of the sequential mode's time on one core (1 rank,
+    pinned to core 0): input work (read, parse, operators) / (input + train)."""
+    cmd = ["taskset", "-c", "0", str(ROOT / "mpi_launch.sh"), "-n", "1", "--threads", "1",
+           str(BIN / "recs"), "train", "--config", str(config), "--data", data,
+           "--mode", "sequential", "--quiet"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if r.returncode != 0:
+        raise SystemExit(f"bench_scheduler: {' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
+    out = json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("{")][-1])
+    i, t = out["input_seconds"], out["train_seconds"]
+    return {"input_seconds": i, "train_seconds": t, "share": round(i / (i + t), 3)}
+
+
+def timelines(network: str, config: Path, data: str, ranks: int, path: str) -> None:
+    """One traced run per mode, drawn side by side (`recs timeline`)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        pairs = []
+        for m in MODES:
+            trace = f"{d}/{m}.json"
+            run_once(network, config, data, m, ranks, trace)
+            pairs.append(f"{m}={trace}")
+        subprocess.run([str(BIN / "recs"), "timeline", *pairs, "--out", path, "--first", "8",
+                        "--steps", "2"], check=True, capture_output=True)
+
+
 def chart(result: dict, path: str) -> None:
     """Bar chart of samples/s per mode, one panel per (network, workload)."""
     import matplotlib
@@ -110,6 +139,8 @@ def main() -> None:
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--out", help="also write the JSON table here")
     ap.add_argument("--png", help="write a bar chart here (needs matplotlib)")
+    ap.add_argument("--timeline", help="write a PNG of two steps of every mode (first "
+                    "network, heavy workload if given) here")
     a = ap.parse_args()
     workloads = {w: f for w, f in (("canonical", a.canonical), ("heavy", a.heavy)) if f}
     if not workloads:
@@ -128,7 +159,12 @@ def main() -> None:
             cell["ratios"] = ratios(cell)
             table.setdefault(n, {})[w] = cell
     result = {"ranks": a.ranks, "threads_per_rank": 1, "reps": a.reps,
-              "networks": networks, "workloads": list(workloads), "table": table}
+              "networks": networks, "workloads": list(workloads), "table": table,
+              "feature_share_one_core": {w: feature_share(CONFIGS[w], f)
+                                         for w, f in workloads.items()}}
+    if a.timeline:
+        w = "heavy" if "heavy" in workloads else "canonical"
+        timelines(networks[0], CONFIGS[w], workloads[w], a.ranks, a.timeline)
     text = json.dumps(result, indent=1)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
