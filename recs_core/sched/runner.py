@@ -107,6 +107,7 @@ class ScheduledPass:
         self._dense: Task | None = None
         self._current = 0
         self.feature_seconds = 0.0
+        self.most_held = 0  # most batches held at once (bounded by the look-ahead)
 
     # ---- admission and features -------------------------------------------------------
 
@@ -127,6 +128,7 @@ class ScheduledPass:
                    Pending([req], lambda: total, "step agreement", comm))
         self.batches[self._admitted] = b
         self._admitted += 1
+        self.most_held = max(self.most_held, len(self.batches))
         self.costs.add("admit", time.perf_counter() - t0)
         return b
 
@@ -407,4 +409,5 @@ class ScheduledPass:
                                 for p, c, m in zip(self.sparse, *self.plan.agreed)},
             "replans": self.plan.replans,
             "progress_thread": self.poke,
+            "most_batches_held": self.most_held,
         }

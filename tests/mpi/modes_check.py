@@ -73,6 +73,8 @@ def main(path: str, placement: str, preset: str, trace: str) -> None:
             plans = comm.allgather(out["scheduler"]["plans"])
             assert plans[0], f"{mode}: no plan agreed"
             assert all(p == plans[0] for p in plans), f"{mode}: plans differ: {plans}"
+            # memory stays flat: the previous, current and look-ahead batches at most
+            assert out["scheduler"]["most_batches_held"] <= 2 + 2, out["scheduler"]
             for key in ("wall_ms", "cpu_busy_ms", "comm_ms", "idle_in_comm_ms"):
                 assert out["step"][key] >= 0, (mode, out["step"])
     if world.rank == 0:
