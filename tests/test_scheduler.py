@@ -257,3 +257,37 @@ def test_every_mode_trains_the_identical_model(sample_1200: Path, tmp_path: Path
                 timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert sorted(r.stdout.split("\n")[:-1]) == [f"OK rank {i}" for i in range(n)]
+
+
+# ---- operator worker threads -------------------------------------------------------------
+
+def test_workers_run_jobs_in_parallel_threads_and_hand_back_errors() -> None:
+    import threading
+
+    from recs_core.sched.workers import OperatorWorkers
+
+    seen: list[tuple[int, str]] = []
+
+    def run(job: int) -> None:
+        if job < 0:
+            raise ValueError(f"bad job {job}")
+        seen.append((job, threading.current_thread().name))
+
+    w = OperatorWorkers(2, run)
+    done: list[int] = []
+    todo = list(range(20))
+    deadline = time.perf_counter() + 10
+    while len(done) < 20 and time.perf_counter() < deadline:
+        for i in w.idle():
+            if todo:
+                w.submit(i, todo.pop(0))
+        for job, start, end in w.completed():
+            assert end >= start
+            done.append(job)
+    assert sorted(done) == list(range(20))
+    assert {name for _, name in seen} <= {"recs-operator-0", "recs-operator-1"}
+    w.submit(w.idle()[0], -1)
+    with pytest.raises(ValueError, match="bad job -1"):
+        while time.perf_counter() < deadline:
+            list(w.completed())
+    w.close()
