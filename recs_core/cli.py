@@ -107,8 +107,29 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, nargs="+", help="input files (plain or .gz)")
     p.add_argument("--eval-fraction", type=float,
                    help="hold out this last share of rows (default: train.eval_fraction, 0)")
-    p.add_argument("--init-from", help="start from a model saved with --save")
-    p.add_argument("--save", help="write the trained model here (.npz, atomic)")
+    p.add_argument("--init-from", metavar="DIR",
+                   help="start from a checkpoint: a --save directory (its newest complete "
+                   "checkpoint) or one step-N checkpoint in it; written by any number of "
+                   "ranks (rows are resharded); the feature spec, hash and model must match")
+    p.add_argument("--save", metavar="DIR",
+                   help="write checkpoints under DIR as step-N directories (N: global steps "
+                   "since the first window): the final one at the end of the pass, and with "
+                   "--checkpoint-every periodic ones; sharded (each rank its rows), atomic, "
+                   "verified by the manifest")
+    p.add_argument("--checkpoint-every", type=int, metavar="STEPS",
+                   help="also write a checkpoint every STEPS global steps (needs --save or "
+                   "--resume)")
+    p.add_argument("--keep-checkpoints", type=int, default=3, metavar="K",
+                   help="keep the newest K checkpoints in the save directory (default 3)")
+    p.add_argument("--resume", metavar="DIR",
+                   help="continue an interrupted pass from the newest complete checkpoint in "
+                   "DIR (same config, data arguments and number of ranks): the result is "
+                   "the uninterrupted run's; checkpoints go on into DIR (unless --save "
+                   "says otherwise). With no checkpoint in DIR yet the pass starts over "
+                   "(from --init-from when given)")
+    p.add_argument("--export-delta", metavar="DIR",
+                   help="at the end, write the embedding rows this window changed and the "
+                   "dense parameters to DIR (a delta for serving copies, see README)")
     from recs_core.sched import MODES
 
     p.add_argument("--mode", default="recs", choices=MODES,
@@ -131,26 +152,51 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _cmd_train(a: argparse.Namespace) -> int:
     from recs_core.comm.world import mpi_world
     from recs_core.features.spec import load_spec
-    from recs_core.train.job import Job
+    from recs_core.train.job import Job, config_text
 
     spec = load_spec(a.config)
     world = mpi_world()
-    if world.size > 1 and (a.save or a.init_from):
-        raise RecsError("--save/--init-from with several ranks come with sharded checkpoints; "
-                        "run on one rank to save a model")
-    job = Job(spec, world=world)
-    if a.init_from:
-        job.load(a.init_from)
+    save_root = a.save or a.resume
+    for flag, path in (("--save", a.save), ("--resume", a.resume)):
+        if path and path.endswith(".npz"):
+            raise RecsError(f"{flag} {path}: models are checkpoint directories now (sharded, "
+                            f"with a manifest), not .npz files; give a directory")
+    if a.checkpoint_every is not None and (a.checkpoint_every < 1 or not save_root):
+        raise RecsError("--checkpoint-every needs a number of steps >= 1 and --save or --resume")
+    if a.keep_checkpoints < 1:
+        raise RecsError(f"--keep-checkpoints must be at least 1, got {a.keep_checkpoints}")
     if a.lookahead < 1:
         raise RecsError(f"--lookahead must be at least 1, got {a.lookahead}")
+    job = Job(spec, world=world)
+    job.config_text = config_text(a.config)
+    resumed = None
+    if a.resume:
+        from recs_core.train.checkpointing import find_checkpoint
+
+        found = find_checkpoint(a.resume, world)
+        if found is not None:
+            resumed = job.resume(found)
+        elif world.rank == 0:
+            start = f"from {a.init_from}" if a.init_from else "from the config's initial model"
+            print(f"recs: no complete checkpoint in {a.resume} yet: the pass starts over {start}",
+                  file=sys.stderr)
+    if a.init_from and resumed is None:
+        job.load(a.init_from)
+    hook = (job.checkpoint_hook(save_root, a.checkpoint_every, a.keep_checkpoints)
+            if a.checkpoint_every else None)
     out = job.run(a.data, eval_fraction=a.eval_fraction, policy=_policy(a, spec),
                   quiet=a.quiet or world.rank != 0, mode=a.mode, trace=a.trace,
-                  lookahead=a.lookahead, workers=a.workers)
-    if a.save:
-        job.save(a.save)
+                  lookahead=a.lookahead, workers=a.workers, hook=hook)
+    if save_root:
+        out["saved"] = job.save_step(save_root, keep=a.keep_checkpoints)
+    if a.export_delta:
+        out["delta"] = job.export_delta(a.export_delta)
+    if job.checkpoint_figures:
+        out["checkpoint"] = job.checkpoint_report()
     if world.rank == 0:
         print(json.dumps(out), flush=True)
     return 0
+
 
 
 def _add_timeline(sub: argparse._SubParsersAction) -> None:

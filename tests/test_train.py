@@ -1,5 +1,5 @@
 """The single-rank trainer end to end: learns on real and synthetic data, is deterministic,
-saves/loads, and its CLI prints the job's figures."""
+saves/loads (checkpoint directories), and its CLI prints the job's figures."""
 
 from __future__ import annotations
 
@@ -81,12 +81,12 @@ def test_same_seed_same_data_gives_bit_identical_model(criteo_sample) -> None:
 def test_save_load_score_roundtrip(tmp_path: Path, criteo_sample) -> None:
     job = Job(small_spec())
     job.run([criteo_sample])
-    job.save(tmp_path / "m.npz")
+    job.save(tmp_path / "m")
     probs = job.score([criteo_sample])
     other = Job(small_spec())
-    other.load(tmp_path / "m.npz")
+    other.load(tmp_path / "m")
     assert np.array_equal(other.score([criteo_sample]), probs)
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no staging directory left
 
 
 @pytest.mark.slow
@@ -110,9 +110,10 @@ def test_train_cli_prints_json(criteo_sample, tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     r = subprocess.run([sys.executable, "-m", "recs_core", "train", "--config", str(cfg),
                         "--data", str(criteo_sample), "--eval-fraction", "0.1", "--quiet",
-                        "--save", str(tmp_path / "m.npz")], capture_output=True, text=True,
+                        "--save", str(tmp_path / "m")], capture_output=True, text=True,
                        env=env, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["rows"] == 5760 and out["world_size"] == 1 and out["eval_auc"] is not None
-    assert (tmp_path / "m.npz").exists()
+    assert out["saved"] == str(tmp_path / "m" / "step-000000012")
+    assert (tmp_path / "m" / "step-000000012" / "manifest.json").exists()

@@ -1,7 +1,12 @@
 """Sparse optimizers for embedding tables: they read and write only the rows a batch
 touched. ``ids`` must be unique (see :func:`~recs_core.embedding.table.dedup_grads`);
 ``grads[i]`` is the summed gradient of row ``ids[i]``. Updates are in place and
-bit-deterministic (fixed loop order, no threads)."""
+bit-deterministic (fixed loop order, no threads).
+
+Each optimizer also marks the rows it updated: ``touched_rows(t, table)`` is a uint8
+[rows] map (1 = updated since the last :meth:`clear_touched`), set inside the update
+kernels at no measurable cost; a delta export lists those rows (see
+``recs_core.train.checkpointing``)."""
 
 from __future__ import annotations
 
@@ -21,7 +26,8 @@ def _first_bad(ids: np.ndarray, rows: int) -> int:
 
 
 @njit(nogil=True, cache=True)
-def _sgd(table: np.ndarray, ids: np.ndarray, grads: np.ndarray, lr: float) -> int:
+def _sgd(table: np.ndarray, touched: np.ndarray, ids: np.ndarray, grads: np.ndarray,
+         lr: float) -> int:
     rows, dim = table.shape
     bad = _first_bad(ids, rows)
     if bad >= 0:
@@ -32,14 +38,15 @@ def _sgd(table: np.ndarray, ids: np.ndarray, grads: np.ndarray, lr: float) -> in
         if i + AHEAD < n:
             prefetch_w(table, ids[i + AHEAD] * dim)
         r = ids[i]
+        touched[r] = 1
         for d in range(dim):
             table[r, d] -= step * grads[i, d]
     return -1
 
 
 @njit(nogil=True, cache=True)
-def _rowwise_adagrad(table: np.ndarray, acc: np.ndarray, ids: np.ndarray, grads: np.ndarray,
-                     lr: float, eps: float) -> int:
+def _rowwise_adagrad(table: np.ndarray, acc: np.ndarray, touched: np.ndarray, ids: np.ndarray,
+                     grads: np.ndarray, lr: float, eps: float) -> int:
     """acc[r] += mean(g^2); table[r] -= lr * g / (sqrt(acc[r]) + eps), all in the table's
     dtype; the sum of squares runs over d in order. A row whose denominator is 0 (eps = 0,
     zero history) is left as is."""
@@ -56,6 +63,7 @@ def _rowwise_adagrad(table: np.ndarray, acc: np.ndarray, ids: np.ndarray, grads:
             prefetch_w(table, ahead * dim)
             prefetch_w(acc, ahead)
         r = ids[i]
+        touched[r] = 1
         sq = ft(0.0)
         for d in range(dim):
             g = grads[i, d]
@@ -87,10 +95,35 @@ def _raise_bad(bad: int, ids: np.ndarray, t: int, rows: int) -> None:
         raise IndexError(f"table {t}: id {ids[bad]} is outside [0, {rows}) (nothing updated)")
 
 
-class SparseSGD:
+class _Touched:
+    """The per-table map of updated rows, shared by both optimizers."""
+
+    def __init__(self) -> None:
+        self.touched: dict[int, np.ndarray] = {}
+
+    def touched_rows(self, t: int, table: np.ndarray) -> np.ndarray:
+        """Table t's uint8 [rows] map of rows updated since the last clear (created on
+        first use, all 0)."""
+        mark = self.touched.get(t)
+        if mark is None:
+            mark = np.zeros(table.shape[0], dtype=np.uint8)
+            self.touched[t] = mark
+        elif mark.shape != (table.shape[0],):
+            raise ValueError(f"table {t}: touched map {mark.shape} does not match table "
+                             f"{table.shape}")
+        return mark
+
+    def clear_touched(self) -> None:
+        """Forget which rows were updated (e.g. at the start of a new window)."""
+        for mark in self.touched.values():
+            mark[:] = 0
+
+
+class SparseSGD(_Touched):
     """table[r] -= lr * g_r for each touched row r."""
 
     def __init__(self, lr: float) -> None:
+        super().__init__()
         if not 0 <= lr < np.inf:
             raise ValueError(f"lr must be finite and >= 0, got {lr}")
         self.lr = float(lr)
@@ -99,10 +132,11 @@ class SparseSGD:
     def update(self, t: int, table: np.ndarray, ids: np.ndarray, grads: np.ndarray) -> None:
         """Updates table number t in place at the (unique) rows ids."""
         ids, grads = _check(table, ids, grads)
-        _raise_bad(_sgd(table, ids, grads, self.lr), ids, t, table.shape[0])
+        mark = self.touched_rows(t, table)
+        _raise_bad(_sgd(table, mark, ids, grads, self.lr), ids, t, table.shape[0])
 
 
-class RowwiseAdagrad:
+class RowwiseAdagrad(_Touched):
     """Row-wise Adagrad (DLRM / FBGEMM style): one accumulator per row,
     acc[r] += mean_over_dim(g_r^2); table[r] -= lr * g_r / (sqrt(acc[r]) + eps).
 
@@ -110,6 +144,7 @@ class RowwiseAdagrad:
     tables), created on its first update filled with ``initial_accumulator``."""
 
     def __init__(self, lr: float, eps: float = 1e-8, initial_accumulator: float = 0.0) -> None:
+        super().__init__()
         if not (0 <= lr < np.inf and 0 <= eps < np.inf and 0 <= initial_accumulator < np.inf):
             raise ValueError(f"need finite lr, eps, initial_accumulator >= 0; got {lr}, {eps}, "
                              f"{initial_accumulator}")
@@ -133,7 +168,8 @@ class RowwiseAdagrad:
         """Updates table number t in place at the (unique) rows ids."""
         ids, grads = _check(table, ids, grads)
         acc = self.accumulator(t, table)
-        bad = _rowwise_adagrad(table, acc, ids, grads, self.lr, self.eps)
+        mark = self.touched_rows(t, table)
+        bad = _rowwise_adagrad(table, acc, mark, ids, grads, self.lr, self.eps)
         _raise_bad(bad, ids, t, table.shape[0])
 
 

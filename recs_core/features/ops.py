@@ -221,6 +221,21 @@ class Standardize(Operator):
         self.mean = mean
         self.std = np.where(var > 0, np.sqrt(var), 1.0)
 
+    def fitted_state(self) -> dict[str, np.ndarray] | None:
+        """The statistics fitted on the first batch (``fit = true``, once fitted), for a
+        checkpoint; None otherwise."""
+        if not self.fit or self.mean is None or self.std is None:
+            return None
+        return {"mean": np.asarray(self.mean, np.float64), "std": np.asarray(self.std, np.float64)}
+
+    def set_fitted_state(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """Restore statistics saved by :meth:`fitted_state` (no refit on the next batch)."""
+        mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+        if not self.fit or mean.shape != std.shape or mean.ndim != 1 or np.any(std <= 0):
+            raise ValueError(f"{self.where}: cannot restore fitted statistics {mean.shape} / "
+                             f"{std.shape} (fit = {self.fit})")
+        self.mean, self.std = mean.copy(), std.copy()
+
     def apply(self, v: Value) -> Value:
         x = _as_float(v).values
         if self.mean is None:

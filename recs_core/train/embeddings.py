@@ -75,6 +75,26 @@ class LocalEmbeddings:
     def tables(self) -> list[np.ndarray]:
         return self.set.tables
 
+    # ---- per-table views for checkpoints (same interface as ShardedEmbeddings) ----------
+
+    def owned_rows(self, t: int) -> np.ndarray:
+        """Global row numbers of table ``t`` this rank stores (all of them), ascending."""
+        return np.arange(len(self.set.tables[t]), dtype=np.int64)
+
+    def rows_view(self, t: int) -> np.ndarray:
+        """This rank's rows of table ``t``, in :meth:`owned_rows` order (a view)."""
+        return self.set.tables[t]
+
+    def accumulator_view(self, t: int) -> np.ndarray | None:
+        """The row-wise optimizer state of those rows (a view), None for SGD."""
+        if not hasattr(self.optimizer, "accumulator"):
+            return None
+        return self.optimizer.accumulator(t, self.set.tables[t])
+
+    def touched_view(self, t: int) -> np.ndarray:
+        """uint8 map of those rows: 1 where the optimizer updated the row (a view)."""
+        return self.optimizer.touched_rows(t, self.set.tables[t])
+
     def lookup(self, fb: FeatureBatch) -> np.ndarray:
         out = np.empty((len(fb), len(self.set.tables), self.dim), dtype=np.float32)
         for s in self.slots:
@@ -108,6 +128,31 @@ class ShardedEmbeddings:
             self.lookups[p] = ShardedLookup(self.shards, fields, comm)
         self._plans: dict[str, Any] = {}
         self.wait_seconds: dict[str, float] = {p: 0.0 for p in self.pipelines}
+        counts = [len(self.shards.owned_rows(t)) for t in range(len(rows))]
+        ends = np.cumsum(counts).tolist()
+        self._spans = [(e - c, e) for c, e in zip(counts, ends)]  # table t in ``local``
+
+    # ---- per-table views for checkpoints (same interface as LocalEmbeddings) ----------
+
+    def owned_rows(self, t: int) -> np.ndarray:
+        """Global row numbers of table ``t`` this rank owns, ascending (its local order)."""
+        return self.shards.owned_rows(t).astype(np.int64)
+
+    def rows_view(self, t: int) -> np.ndarray:
+        """This rank's rows of table ``t``, in :meth:`owned_rows` order (a view)."""
+        return self.shards.local_table(t)
+
+    def accumulator_view(self, t: int) -> np.ndarray | None:
+        """The row-wise optimizer state of those rows (a view), None for SGD."""
+        if not hasattr(self.optimizer, "accumulator"):
+            return None
+        a, b = self._spans[t]
+        return self.optimizer.accumulator(0, self.shards.local)[a:b]
+
+    def touched_view(self, t: int) -> np.ndarray:
+        """uint8 map of those rows: 1 where the owner updated the row (a view)."""
+        a, b = self._spans[t]
+        return self.optimizer.touched_rows(0, self.shards.local)[a:b]
 
     def pipeline_ids(self, fb: FeatureBatch, p: str) -> list[np.ndarray]:
         """The ids of pipeline ``p``'s fields, one array per field (tokens for lists)."""

@@ -1,9 +1,15 @@
 """``recs train``: one test-then-train pass over a window of logs, as a library object.
 
     job = Job.from_config("configs/criteo_dlrm.toml")
-    metrics = job.run(["day.txt"], eval_fraction=0.1)
-    probs = job.score(["next_day.txt"])
-    job.save("model.npz")
+    job.load("models/day1")                 # the previous window's checkpoint (optional)
+    metrics = job.run(["day2.txt"], eval_fraction=0.1,
+                      hook=job.checkpoint_hook("models/day2", every=1000))
+    job.save_step("models/day2")            # models/day2/step-<N>: sharded, verified
+    job.export_delta("deltas/day2")         # the rows this window changed
+    probs = job.score(["day3.txt"])
+
+A killed job continues with ``job.resume("models/day2")`` and the same ``run`` call.
+Checkpoint layout and semantics: ``recs_core/train/checkpointing.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +17,6 @@ from __future__ import annotations
 import os
 import queue
 import resource
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +38,7 @@ from recs_core.progress import Progress
 from recs_core.sched import MODES
 from recs_core.sched.runner import REPLAN_EVERY, ScheduledPass, StepHook
 from recs_core.sched.trace import WORKER, Timeline, summarize, write_trace
+from recs_core.train import checkpointing as ckpt
 from recs_core.train.config import TrainConfig, train_config
 from recs_core.train.embeddings import ShardedEmbeddings
 from recs_core.train.model import Model
@@ -53,11 +59,22 @@ class Job:
         self.local_batch = b // w + (1 if r < b % w else 0)
         if self.local_batch < 1:
             raise RecsError(f"batch_size {b} is smaller than the {w} ranks")
+        # the window (one pass) and what a checkpoint records of it
+        self.config_text: str | None = None  # the config file, kept in checkpoints
+        self.base_step = 0  # global steps of the windows before this one
+        self.window_steps = 0  # global steps of this window done (the input position)
+        self.window: dict[str, Any] = {}  # its data arguments (see checkpointing.window_data)
+        self.progressive = ProgressiveMetrics()
+        self.checkpoint_figures: dict[str, Any] = {}
+        self._resume: ckpt.ResumePoint | None = None
+        self._run_skip = 0
 
     @classmethod
     def from_config(cls, path: str | os.PathLike) -> Job:
         """Load and validate a config file and build its job."""
-        return cls(load_spec(path))
+        job = cls(load_spec(path))
+        job.config_text = config_text(path)
+        return job
 
     def _batches(self, paths: list[str], policy: BadRowPolicy | None,
                  timer: dict[str, float]) -> Iterator[RawBatch]:
@@ -85,13 +102,16 @@ class Job:
         if not 0.0 <= frac < 1.0:
             raise RecsError(f"eval fraction must be in [0, 1), got {frac}")
         paths = [os.fspath(p) for p in paths]
+        window = ckpt.window_data(paths, frac)
+        if self._resume is not None:
+            ckpt.check_window(self._resume, window)
         holdout_at = None
         if frac > 0:  # each rank holds out the last share of its own shard
             spans = plan_shards(paths, self.world.size)[self.world.rank]
             holdout_at = int(round(count_lines_in_spans(spans) * (1.0 - frac)))
         timer = {"input": 0.0, "train": 0.0}
         return self.run_batches(self._batches(paths, policy, timer), holdout_at=holdout_at,
-                                quiet=quiet, timer=timer, **schedule)
+                                quiet=quiet, timer=timer, window=window, **schedule)
 
     def _local_parts(self, batches: Iterator[RawBatch], holdout_at: int | None,
                      held: list[RawBatch]) -> Iterator[RawBatch | None]:
@@ -198,19 +218,23 @@ class Job:
                     quiet: bool = True, timer: dict[str, float] | None = None,
                     mode: str = "sequential", trace: str | None = None,
                     lookahead: int = 2, replan_every: int = REPLAN_EVERY,
-                    hook: StepHook | None = None, workers: int | None = None) -> dict[str, Any]:
+                    hook: StepHook | None = None, workers: int | None = None,
+                    window: dict[str, Any] | None = None) -> dict[str, Any]:
         """The pass of :meth:`run` over given raw batches (this rank's part of each global
         batch); rows from ``holdout_at`` on are held out and scored after the pass.
         ``mode``: one of :data:`recs_core.sched.MODES`; ``trace``: write a Chrome trace
         there; ``lookahead``: batches prepared ahead (prefetch, recs*); ``workers``:
         operator worker threads of the task loop (default: the rank's cores - 1);
         ``hook.fn(steps_done)`` runs after every ``hook.every`` steps, in every mode, with
-        the model up to date (for periodic checkpoints)."""
+        the model up to date (for periodic checkpoints). After :meth:`resume` the pass
+        skips the steps the checkpoint had done and continues its progressive metrics;
+        otherwise it starts a new window. ``window``: the data arguments (:meth:`run`)."""
         if mode not in MODES:
             raise RecsError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         jit_seconds = warm_up(self.spec)
         timer = timer if timer is not None else {"input": 0.0, "train": 0.0}
-        prog = ProgressiveMetrics()
+        point, self._resume = self._resume, None
+        prog = self._start_window(point, window or {})
         self.step_probs: list[np.ndarray] = []
         held_raw: list[RawBatch] = []
         progress = Progress("train", quiet=quiet)
@@ -220,8 +244,14 @@ class Job:
         timeline = Timeline(self.world.rank)
         timeline.sync(self.world.comm)
         source = self._local_parts(batches, holdout_at, held_raw)
+        if point is not None:  # the steps the checkpoint had done: read, not trained
+            t_skip = time.perf_counter()
+            ckpt.skip_steps(source, point)
+            self.checkpoint_figures["resumed_at_step"] = point.steps
+            self.checkpoint_figures["skip_seconds"] = round(time.perf_counter() - t_skip, 4)
 
         def record(fb: FeatureBatch, probs: np.ndarray) -> None:
+            self.window_steps += 1
             prog.add(fb.labels, probs)
             self.step_probs.append(probs)
             progress.update(prog.rows * self.world.size, f"logloss {prog.running_logloss:.4f}")
@@ -290,7 +320,11 @@ class Job:
             "model": self.cfg.preset,
             "mode": mode,
             "step": summarize(timeline.step_figures()),
+            "window_steps": self.window_steps,
+            "global_step": self.base_step + self.window_steps,
         }
+        if self.checkpoint_figures:
+            out["checkpoint"] = self.checkpoint_report()
         if sched is not None:
             out["scheduler"] = sched.figures()
         if trace:
@@ -314,33 +348,100 @@ class Job:
                for raw in self._batches([os.fspath(p) for p in paths], None, timer)]
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write every parameter to one ``.npz`` atomically (temp file, fsync, rename)."""
-        path = os.fspath(path)
-        d = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **self.model.state())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+    # ---- windows and checkpoints (see recs_core/train/checkpointing.py) ------------------
 
-    def load(self, path: str | os.PathLike) -> None:
-        """Read parameters written by :meth:`save` into this job's model (shapes must match)."""
-        state = self.model.state()
-        with np.load(os.fspath(path)) as z:
-            missing = sorted(set(state) - set(z.files))
-            if missing:
-                raise RecsError(f"{path}: not a model of this config (missing {missing[:3]})")
-            for k, arr in state.items():
-                if z[k].shape != arr.shape:
-                    raise RecsError(f"{path}: {k} has shape {z[k].shape}, expected {arr.shape}")
-                arr[...] = z[k]
+    def _start_window(self, point: ckpt.ResumePoint | None,
+                      window: dict[str, Any]) -> ProgressiveMetrics:
+        """The progressive metrics of this pass: a resumed window's, or a new window's."""
+        self.window = dict(window)
+        prog = ProgressiveMetrics()
+        if point is None:  # a new window starts where the last one ended
+            self.base_step += self.window_steps
+            self.window_steps = 0
+            self._run_skip = 0
+            self._clear_touched()
+        else:
+            self.window_steps = self._run_skip = point.steps
+            prog.add(point.labels, point.probs)
+        self.progressive = prog
+        return prog
+
+    def _clear_touched(self) -> None:
+        for _, emb in ckpt.embedding_sets(self.model):
+            emb.optimizer.clear_touched()
+
+    def checkpoint_hook(self, root: str | os.PathLike, every: int,
+                        keep: int | None = 3) -> StepHook:
+        """A :class:`StepHook` for :meth:`run` that writes ``root/step-<N>`` every
+        ``every`` global steps (collective), keeping the newest ``keep``."""
+        if every < 1:
+            raise RecsError(f"checkpoint interval must be >= 1 step, got {every}")
+
+        def fn(steps_done: int) -> None:
+            if self._run_skip + steps_done != self.window_steps:  # the pass and record agree
+                raise RuntimeError(f"step count {self._run_skip + steps_done} != "
+                                   f"{self.window_steps}")
+            ckpt.save_checkpoint(self, root=os.fspath(root), keep=keep)
+
+        return StepHook(every, fn)
+
+    def save(self, path: str | os.PathLike, done: bool = True) -> str:
+        """Write the model, optimizer and window state as a sharded checkpoint directory
+        at ``path`` (collective; atomic: the manifest last, then one rename)."""
+        return ckpt.save_checkpoint(self, os.fspath(path), done=done)
+
+    def save_step(self, root: str | os.PathLike, keep: int | None = None,
+                  done: bool = True) -> str:
+        """:meth:`save` to ``root/step-<global step>``, keeping the newest ``keep``."""
+        return ckpt.save_checkpoint(self, root=os.fspath(root), keep=keep, done=done)
+
+    def load(self, path: str | os.PathLike) -> str:
+        """Start from a checkpoint (``--init-from``): a checkpoint directory or a directory
+        of ``step-*`` ones (the newest complete), written by any number of ranks. Checks
+        the feature spec, hash version and model; the next :meth:`run` is a new window.
+        Returns the checkpoint loaded."""
+        found, m, _ = ckpt.load_checkpoint(self, path)
+        self.base_step, self.window_steps, self._resume = int(m.meta.get("step", 0)), 0, None
+        self._run_skip = 0
+        self.progressive = ProgressiveMetrics()
+        self._clear_touched()
+        return found
+
+    def resume(self, path: str | os.PathLike) -> str:
+        """Continue an interrupted window (``--resume``) from a checkpoint written by the
+        same number of ranks with the same config: the next :meth:`run`, given the same
+        data arguments, skips the steps already done and ends with the model an
+        uninterrupted run would have. Returns the checkpoint loaded."""
+        found, m, point = ckpt.load_checkpoint(self, path, resume=True)
+        assert point is not None
+        window = m.meta.get("window") or {}
+        self.base_step = int(window.get("base_step", 0))
+        self.window_steps = self._run_skip = point.steps
+        self.progressive = ProgressiveMetrics()
+        self.progressive.add(point.labels, point.probs)
+        self._resume = point
+        return found
+
+    def export_delta(self, path: str | os.PathLike) -> str:
+        """Write the embedding rows this window changed and the dense parameters as a
+        delta directory (collective; see ``recs_core.checkpoint.delta``)."""
+        return ckpt.export_window_delta(self, os.fspath(path))
+
+    def checkpoint_report(self) -> dict[str, Any]:
+        """Checkpoint figures of this job: loads, skipped steps, saves and their time."""
+        out = dict(self.checkpoint_figures)
+        if "save_seconds" in out:
+            out["save_seconds"] = round(self.world.allreduce_max(out["save_seconds"]), 4)
+        return out
+
+
+def config_text(path: str | os.PathLike) -> str | None:
+    """The config file's text (kept in checkpoints), None when unreadable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _round(x: float) -> float | None:

@@ -1,0 +1,351 @@
+"""The incremental job: checkpoints of the whole training state, exact resume (also after
+``kill -9`` of a rank under mpiexec), loading on another number of ranks (resharding),
+refusal of mismatched or corrupt checkpoints, and the delta of a window."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomllib
+
+from recs_core.checkpoint import apply_delta, load_manifest, read_delta
+from recs_core.cli import main
+from recs_core.errors import RecsError
+from recs_core.features.spec import parse_spec
+from recs_core.train.checkpointing import merged_checkpoint, table_stems
+from recs_core.train.job import Job
+from tests.conftest import CONFIGS, ROOT, mpiexec, run_mpi
+
+FIGURES = ("rows", "train_rows", "eval_rows", "progressive_auc", "train_logloss", "eval_auc",
+           "eval_logloss", "window_steps", "global_step")
+
+
+def spec(preset: str = "dlrm", buckets: int = 1 << 10, batch: int = 101, fitted: bool = True,
+         optimizer: str = "adagrad", sparse: str = "adagrad"):
+    """The canonical features with small tables and MLPs; ``fitted`` adds a dense feature
+    standardized with statistics fitted on each rank's first batch. A fresh spec each
+    call: a spec's operators hold their fitted state."""
+    data = tomllib.loads((CONFIGS / "criteo_dlrm.toml").read_text())
+    if fitted:
+        data["pipeline"][0]["feature"].append(
+            {"name": "dense_std", "inputs": ["I1..I13"], "output": "dense",
+             "ops": [{"op": "fill_missing", "value": 0}, {"op": "clip", "min": 0},
+                     {"op": "log1p"}, {"op": "standardize", "fit": True}]})
+    data["input"]["batch_size"] = batch
+    for p in data["pipeline"]:
+        for f in p["feature"]:
+            for op in f["ops"]:
+                if "buckets" in op:
+                    op["buckets"] = buckets
+    data["model"] = {"preset": preset, "bottom_mlp": [8, 16], "top_mlp": [16, 8],
+                     "deep_mlp": [16, 8]}
+    data["optimizer"] = {"name": optimizer, "lr": 0.05, "sparse": sparse}
+    data["train"] = {"seed": 5}
+    return parse_spec(data, str(CONFIGS / "criteo_dlrm.toml"))
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory) -> tuple[Path, Path]:
+    """Two windows of 1200 real rows each."""
+    src = (ROOT.parent / "shared" / "data" / "criteo" / "train.txt").read_text()
+    lines = src.splitlines(keepends=True)
+    d = tmp_path_factory.mktemp("windows")
+    (d / "w1.txt").write_text("".join(lines[:1200]))
+    (d / "w2.txt").write_text("".join(lines[1200:2400]))
+    return d / "w1.txt", d / "w2.txt"
+
+
+def hashes(ckpt: str | Path) -> dict[str, str]:
+    """sha256 of every file of a checkpoint, by path (what "bit-identical" means here)."""
+    return {e.path: e.sha256 for e in load_manifest(ckpt).files}
+
+
+@pytest.mark.parametrize("kind", ["dlrm", "wdl-sgd-adam"])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(head, tmp_path: Path,
+                                                        kind: str) -> None:
+    make = ((lambda: spec()) if kind == "dlrm" else
+            (lambda: spec("wdl", optimizer="adam", sparse="sgd")))
+    full = Job(make())
+    out = full.run([head[0]], eval_fraction=0.2, hook=full.checkpoint_hook(tmp_path / "a", 3,
+                                                                            keep=10))
+    final = full.save_step(tmp_path / "a")
+    steps = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert steps == [f"step-{s:09d}" for s in (3, 6, 9, 12)]
+    assert out["window_steps"] == 12 and out["train_rows"] == 960
+    for at in (3, 9):
+        job = Job(make())
+        job.resume(tmp_path / "a" / f"step-{at:09d}")
+        got = job.run([head[0]], eval_fraction=0.2)
+        assert got["checkpoint"]["resumed_at_step"] == at
+        assert len(job.step_probs) == 12 - at  # only the remaining steps were trained
+        assert {k: got[k] for k in FIGURES} == {k: out[k] for k in FIGURES}
+        assert np.array_equal(job.progressive.labels(), full.progressive.labels())
+        assert np.array_equal(job.progressive.probs(), full.progressive.probs())
+        again = job.save_step(tmp_path / f"b{at}")
+        assert hashes(again) == hashes(final)
+    m = load_manifest(final)
+    assert m.meta["window"]["done"] and m.meta["step"] == 12
+    names = set(m.rank_files(0))
+    assert {"progressive.labels", "dense.0", "emb.cat.C1.values", "emb.cat.C1.touched"} <= names
+    if kind == "dlrm":
+        assert {"emb.cat.C1.acc", "feat.1.3.mean", "feat.1.3.std", "dense_opt.acc.0"} <= names
+    else:
+        assert {"wide.cat.C1.values", "dense_opt.step", "dense_opt.m.0"} <= names
+        assert "emb.cat.C1.acc" not in names  # sparse SGD keeps no state
+
+
+def test_the_fitted_statistics_are_restored(head, tmp_path: Path) -> None:
+    job = Job(spec())
+    job.run([head[0]], hook=job.checkpoint_hook(tmp_path, 4))
+    mean = next(op for f in job.spec.features for op in f.ops if op.name == "standardize").mean
+    other = Job(spec())
+    other.resume(tmp_path / "step-000000004")
+    op = next(op for f in other.spec.features for op in f.ops if op.name == "standardize")
+    assert np.array_equal(op.mean, mean)  # fitted on the first batch, not refitted
+
+
+def test_resume_refuses_other_data(head, tmp_path: Path) -> None:
+    job = Job(spec())
+    job.run([head[0]], hook=job.checkpoint_hook(tmp_path / "a", 5))
+    other = Job(spec())
+    other.resume(tmp_path / "a")  # the newest complete one
+    with pytest.raises(RecsError, match="same data arguments: data"):
+        other.run([head[1]])
+    with pytest.raises(RecsError, match="same data arguments: eval_fraction"):
+        other.run([head[0]], eval_fraction=0.5)
+    # same file name and size, one label changed in the steps already done
+    lines = head[0].read_text().splitlines(keepends=True)
+    lines[3] = ("1" if lines[3][0] == "0" else "0") + lines[3][1:]
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (moved / head[0].name).write_text("".join(lines))
+    other = Job(spec())
+    other.resume(tmp_path / "a")
+    other._resume.window["data"][0][0] = str(moved / head[0].name)  # as if the file moved
+    with pytest.raises(RecsError, match="the data differs from the checkpoint's"):
+        other.run([moved / head[0].name])
+
+
+def test_load_refuses_a_mismatched_spec_hash_or_model(head, tmp_path: Path) -> None:
+    job = Job(spec())
+    job.run([head[0]])
+    path = job.save(tmp_path / "m")
+    with pytest.raises(RecsError, match=r"feature spec differs.*'cat'.*buckets: the "
+                                        r"checkpoint has 1024, this job has 2048"):
+        Job(spec(buckets=2048)).load(path)
+    with pytest.raises(RecsError, match="model differs from this job's: preset"):
+        Job(spec("wdl")).load(path)
+    with pytest.raises(RecsError, match="same config: batch_size"):
+        Job(spec(batch=64)).resume(path)
+    Job(spec(batch=64)).load(path)  # a new window may use another batch size
+    manifest = tmp_path / "m" / "manifest.json"
+    m = json.loads(manifest.read_text())
+    m["meta"]["hash"] = "recs-hash64-v0"
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(RecsError, match="feature hash 'recs-hash64-v0'.*ids would not match"):
+        Job(spec()).load(path)
+
+
+def test_a_corrupt_shard_is_refused_with_one_line(head, tmp_path: Path, capsys) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text((CONFIGS / "criteo_dlrm.toml").read_text()
+                   .replace("buckets = 262144", "buckets = 1024")
+                   .replace("batch_size = 2048", "batch_size = 256"))
+    args = ["train", "--config", str(cfg), "--quiet"]
+    assert main(args + ["--data", str(head[0]), "--save", str(tmp_path / "m")]) == 0
+    path = Path(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["saved"])
+    victim = path / "rank00000-of-00001" / "emb.cat.C7.values.npy"
+    data = bytearray(victim.read_bytes())
+    data[-5] ^= 0x40  # same size: only the sha256 can tell
+    victim.write_bytes(bytes(data))
+    code = main(args + ["--data", str(head[1]), "--init-from", str(tmp_path / "m")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("recs: error: ") and "emb.cat.C7.values.npy: sha256 mismatch" in err[0]
+
+
+def test_init_from_starts_a_new_window_and_its_delta_applies(head, tmp_path: Path) -> None:
+    first = Job(spec("wdl"))
+    first.run([head[0]])
+    base = first.save_step(tmp_path / "m")
+    job = Job(spec("wdl"))
+    assert job.load(tmp_path / "m") == base
+    out = job.run([head[1]], eval_fraction=0.1)
+    assert out["window_steps"] == 12 and out["global_step"] == 24
+    new = job.save_step(tmp_path / "m")
+    assert new.endswith("step-000000024")
+    delta = job.export_delta(tmp_path / "delta")
+    tables, dense, meta = merged_checkpoint(base)
+    new_tables, new_dense, _ = merged_checkpoint(new)
+    changed, _, dmeta = read_delta(delta)
+    assert dmeta["base_step"] == 12 and dmeta["step"] == 24
+    assert 0 < dmeta["rows"] < sum(len(t) for t in tables.values())
+    assert "wide.cat.C1" in changed and dmeta["tables"]["emb.cross.C1xC2"] == "cross:C1xC2"
+    apply_delta(tables, dense, delta)
+    assert sorted(tables) == sorted(new_tables)
+    for k in tables:
+        assert tables[k].tobytes() == new_tables[k].tobytes(), k
+    for k in dense:
+        assert dense[k].tobytes() == new_dense[k].tobytes(), k
+
+
+def test_cli_resume_without_a_checkpoint_starts_over(head, tmp_path: Path, capsys) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text((CONFIGS / "criteo_dlrm.toml").read_text()
+                   .replace("buckets = 262144", "buckets = 1024")
+                   .replace("batch_size = 2048", "batch_size = 256"))
+    args = ["train", "--config", str(cfg), "--data", str(head[0]), "--quiet"]
+    assert main(args + ["--resume", str(tmp_path / "r"), "--checkpoint-every", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "no complete checkpoint in" in captured.err
+    out = json.loads(captured.out.strip().splitlines()[-1])
+    assert out["saved"].endswith("step-000000005") and out["checkpoint"]["saves"] == 3
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [
+        "step-000000002", "step-000000004", "step-000000005"]
+    # resuming a finished window trains nothing and writes the same final checkpoint
+    before = hashes(out["saved"])
+    assert main(args + ["--resume", str(tmp_path / "r")]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["checkpoint"]["resumed_at_step"] == 5 and again["train_rows"] == 1200
+    assert hashes(again["saved"]) == before
+    assert main(args + ["--save", str(tmp_path / "m.npz")]) == 2
+    assert "not .npz files" in capsys.readouterr().err
+
+
+# ---- several ranks, for real -------------------------------------------------------------
+
+def small_config(tmp_path: Path, batch: int) -> Path:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text((CONFIGS / "criteo_dlrm.toml").read_text()
+                   .replace("buckets = 262144", "buckets = 4096")
+                   .replace("batch_size = 2048", f"batch_size = {batch}"))
+    return cfg
+
+
+def train_cmd(cfg: Path, data: Path, *extra: str) -> list[str]:
+    return ["-m", "recs_core", "train", "--config", str(cfg), "--data", str(data), "--quiet",
+            *extra]
+
+
+def last_json(r: subprocess.CompletedProcess) -> dict:
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("{")][-1])
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory) -> dict:
+    """An uninterrupted 2-rank window on synthetic data (the reference)."""
+    from recs_core.data.synth import generate
+
+    d = tmp_path_factory.mktemp("two_ranks")
+    data = d / "window.txt"
+    generate(data, 12_000, seed=3)
+    cfg = small_config(d, 128)
+    out = last_json(run_mpi(2, train_cmd(cfg, data, "--save", str(d / "ref"),
+                                         "--eval-fraction", "0.1"), timeout=300))
+    return {"dir": d, "data": data, "cfg": cfg, "out": out, "final": out["saved"]}
+
+
+@pytest.mark.mpi
+def test_a_job_killed_mid_window_resumes_bit_identical(two_rank_run: dict) -> None:
+    d, ref = two_rank_run["dir"], two_rank_run["out"]
+    root = d / "killed"
+    cmd = train_cmd(two_rank_run["cfg"], two_rank_run["data"], "--save", str(root),
+                    "--eval-fraction", "0.1", "--checkpoint-every", "30")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([mpiexec(), "-n", "2", sys.executable, *cmd],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(root.glob("step-*/manifest.json")) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.02)
+        assert proc.poll() is None, "the job ended before a rank could be killed"
+        rank0 = rank_pid(str(root), 0)
+        os.kill(rank0, signal.SIGKILL)  # rank 0 writes the manifests
+        proc.wait(timeout=60)
+        assert proc.returncode != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = sorted(p.parent.name for p in root.glob("step-*/manifest.json"))
+    assert done and done[-1] < Path(two_rank_run["final"]).name  # killed mid-window
+    # continue (in another mode: every mode computes the same model)
+    out = last_json(run_mpi(2, train_cmd(two_rank_run["cfg"], two_rank_run["data"],
+                                         "--resume", str(root), "--eval-fraction", "0.1",
+                                         "--checkpoint-every", "30", "--mode", "prefetch"),
+                            timeout=300))
+    assert out["checkpoint"]["resumed_at_step"] == int(done[-1].split("-")[1])
+    assert {k: out[k] for k in FIGURES} == {k: ref[k] for k in FIGURES}
+    assert out["train_rows"] + out["eval_rows"] == 12_000
+    assert Path(out["saved"]).name == Path(two_rank_run["final"]).name
+    assert hashes(out["saved"]) == hashes(two_rank_run["final"])
+
+
+def rank_pid(marker: str, rank: int) -> int:
+    """The pid of MPI rank ``rank`` of the job whose command line holds ``marker``."""
+    found = subprocess.run(["pgrep", "-f", f"recs_core train .*{marker}"], capture_output=True,
+                           text=True).stdout.split()
+    for pid in map(int, found):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"PMI_RANK={rank}".encode() in env or f"OMPI_COMM_WORLD_RANK={rank}".encode() in env:
+            return pid
+    raise AssertionError(f"rank {rank} of the job not found among {found}")
+
+
+@pytest.mark.mpi
+def test_checkpoints_load_on_other_world_sizes(two_rank_run: dict, head, tmp_path: Path) -> None:
+    cfg, a = two_rank_run["cfg"], two_rank_run["final"]
+    window = head[1]
+    # 2 -> 3 ranks directly, with the window's delta
+    direct = last_json(run_mpi(3, train_cmd(cfg, window, "--init-from", str(a), "--save",
+                                            str(tmp_path / "b"), "--export-delta",
+                                            str(tmp_path / "delta")), timeout=300))
+    # the same state by another route: merged on 1 rank, saved, then loaded on 3 ranks
+    one = Job.from_config(cfg)
+    one.load(a)
+    tables, dense, _ = merged_checkpoint(a)
+    for t, stem in enumerate(table_stems(one.spec, "emb")):
+        assert one.model.emb.rows_view(t).tobytes() == tables[stem].tobytes()
+    merged = one.save(tmp_path / "merged")
+    via = last_json(run_mpi(3, train_cmd(cfg, window, "--init-from", str(merged), "--save",
+                                         str(tmp_path / "d")), timeout=300))
+    assert direct["world_size"] == via["world_size"] == 3
+    assert {k: direct[k] for k in FIGURES} == {k: via[k] for k in FIGURES}
+    assert hashes(direct["saved"]) == hashes(via["saved"])
+    # the delta turns the 2-rank checkpoint into the 3-rank one
+    apply_delta(tables, dense, direct["delta"])
+    new_tables, new_dense, meta = merged_checkpoint(direct["saved"])
+    assert meta["step"] == two_rank_run["out"]["global_step"] + direct["window_steps"]
+    assert all(tables[k].tobytes() == new_tables[k].tobytes() for k in new_tables)
+    assert all(dense[k].tobytes() == new_dense[k].tobytes() for k in new_dense)
+    # 3 -> 1 rank: every row, accumulator and dense value of the merged checkpoint
+    back = Job.from_config(cfg)
+    back.load(direct["saved"])
+    one_rank = back.save(tmp_path / "one")
+    for part in ("values", "acc"):
+        got, got_dense, _ = merged_checkpoint(one_rank, part)
+        want = merged_checkpoint(direct["saved"], part)[0]
+        assert sorted(got) == sorted(want) and len(got) == 47
+        assert all(got[k].tobytes() == want[k].tobytes() for k in want)
+        assert all(got_dense[k].tobytes() == new_dense[k].tobytes() for k in new_dense)
+    three, one_r = load_manifest(direct["saved"]), load_manifest(one_rank)
+    for name, e in three.rank_files(0).items():  # dense optimizer state: rank 0's
+        if name.startswith("dense"):
+            assert one_r.rank_files(0)[name].sha256 == e.sha256, name
+    # --resume needs the world size that wrote the checkpoint
+    with pytest.raises(RecsError, match="written by 3 rank.*this job has 1: --resume needs "
+                                        "the same world size"):
+        Job.from_config(cfg).resume(direct["saved"])
+
