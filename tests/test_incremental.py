@@ -223,10 +223,13 @@ def test_cli_resume_without_a_checkpoint_starts_over(head, tmp_path: Path, capsy
 # ---- several ranks, for real -------------------------------------------------------------
 
 def small_config(tmp_path: Path, batch: int) -> Path:
+    """The canonical config with small tables, as Wide&Deep: two sharded embedding sets
+    (the deep one and the wide part's 1-dim one), both with row-wise Adagrad."""
     cfg = tmp_path / "c.toml"
     cfg.write_text((CONFIGS / "criteo_dlrm.toml").read_text()
                    .replace("buckets = 262144", "buckets = 4096")
-                   .replace("batch_size = 2048", f"batch_size = {batch}"))
+                   .replace("batch_size = 2048", f"batch_size = {batch}")
+                   .replace('preset = "dlrm"', 'preset = "wdl"\ndeep_mlp = [64, 32]'))
     return cfg
 
 
@@ -337,7 +340,7 @@ def test_checkpoints_load_on_other_world_sizes(two_rank_run: dict, head, tmp_pat
     for part in ("values", "acc"):
         got, got_dense, _ = merged_checkpoint(one_rank, part)
         want = merged_checkpoint(direct["saved"], part)[0]
-        assert sorted(got) == sorted(want) and len(got) == 47
+        assert sorted(got) == sorted(want) and len(got) == 2 * 47  # emb.* and wide.*
         assert all(got[k].tobytes() == want[k].tobytes() for k in want)
         assert all(got_dense[k].tobytes() == new_dense[k].tobytes() for k in new_dense)
     three, one_r = load_manifest(direct["saved"]), load_manifest(one_rank)
