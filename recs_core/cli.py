@@ -144,6 +144,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int,
                    help="operator worker threads per rank in modes recs* (default: the "
                    "rank's cores - 1, from mpi_launch.sh --threads)")
+    p.add_argument("--progress-thread", choices=("auto", "on", "off"), default="auto",
+                   help="in modes recs*, a thread that lets MPI progress every ms during "
+                   "long tasks; auto: when messages cross a network (several nodes, or MPI "
+                   "forced over TCP)")
     _add_policy_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_train)

@@ -219,12 +219,15 @@ class Job:
                     mode: str = "sequential", trace: str | None = None,
                     lookahead: int = 2, replan_every: int = REPLAN_EVERY,
                     hook: StepHook | None = None, workers: int | None = None,
-                    window: dict[str, Any] | None = None) -> dict[str, Any]:
+                    window: dict[str, Any] | None = None,
+                    progress_thread: str = "auto") -> dict[str, Any]:
         """The pass of :meth:`run` over given raw batches (this rank's part of each global
         batch); rows from ``holdout_at`` on are held out and scored after the pass.
         ``mode``: one of :data:`recs_core.sched.MODES`; ``trace``: write a Chrome trace
         there; ``lookahead``: batches prepared ahead (prefetch, recs*); ``workers``:
         operator worker threads of the task loop (default: the rank's cores - 1);
+        ``progress_thread``: poke MPI every ms during long tasks ("auto": when messages
+        cross a network);
         ``hook.fn(steps_done)`` runs after every ``hook.every`` steps, in every mode, with
         the model up to date (for periodic checkpoints). After :meth:`resume` the pass
         skips the steps the checkpoint had done and continues its progressive metrics;
@@ -269,7 +272,7 @@ class Job:
                 if workers is None:  # the rank's other cores (mpi_launch.sh sets the count)
                     workers = int(os.environ.get("RECS_THREADS_PER_RANK", "1")) - 1
                 sched = ScheduledPass(self, mode, timeline, lookahead, replan_every,
-                                      max(0, workers))
+                                      max(0, workers), progress_thread)
                 t0 = time.perf_counter()
                 sched.run(source, empty, record, hook)
                 timer["input"] += sched.feature_seconds
