@@ -190,7 +190,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
             if a.checkpoint_every else None)
     out = job.run(a.data, eval_fraction=a.eval_fraction, policy=_policy(a, spec),
                   quiet=a.quiet or world.rank != 0, mode=a.mode, trace=a.trace,
-                  lookahead=a.lookahead, workers=a.workers, hook=hook)
+                  lookahead=a.lookahead, workers=a.workers, hook=hook,
+                  progress_thread=a.progress_thread)
     if save_root:
         out["saved"] = job.save_step(save_root, keep=a.keep_checkpoints)
     if a.export_delta:
