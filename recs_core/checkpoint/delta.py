@@ -126,6 +126,8 @@ def apply_delta(full_tables: Mapping[str, np.ndarray], dense: Mapping[str, np.nd
     listed dense parameter overwritten. Everything is checked (names, row range, shapes,
     dtypes) before anything is changed. Returns the delta's meta."""
     tables, new_dense, meta = read_delta(delta_dir)
+    for t in meta.get("dynamic_entries", []):  # rows of dynamic tables, by key: not here
+        tables.pop(t, None)
     for t, (ids, values) in tables.items():
         full = full_tables.get(t)
         if full is None:

@@ -25,6 +25,18 @@ from recs_core.comm.pending import DEFAULT_TIMEOUT_S, Pending
 from recs_core.embedding.table import AHEAD, dedup_grads, gather, init_table, prefetch
 from recs_core.features.hashing import fmix64
 
+DYN_SHIFT = 52  # a dynamic table's id travels as ((t + 1) << DYN_SHIFT) | id
+ID_MASK = (1 << DYN_SHIFT) - 1
+
+
+def dyn_flat_keys(t: int, ids: np.ndarray) -> np.ndarray:
+    """The exchange key of dynamic table ``t``'s ids (ValueError outside [0, 2**52))."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(ids) and (ids.min() < 0 or ids.max() > ID_MASK):
+        raise ValueError(f"table {t}: dynamic-table ids must lie in [0, 2**52), got "
+                         f"{ids.min()}..{ids.max()}")
+    return ids | np.int64((t + 1) << DYN_SHIFT)
+
 
 @njit(nogil=True, cache=True)
 def _row_owners(ids: np.ndarray, salt: np.uint64, world: int) -> np.ndarray:
@@ -68,6 +80,9 @@ class ShardedTables:
             self._spans.append((start, start + len(mine)))
             start += len(mine)
         self.local = (np.concatenate(parts) if parts else np.zeros((0, dim), np.float32))
+        # this rank's dynamic tables (recs_core.train.dynamic_tables.DynamicStore), if any:
+        # their ids travel as ((t + 1) << 52) | id and are served by it
+        self.dynamic: Any = None
 
     def owned_rows(self, t: int) -> np.ndarray:
         """Global row numbers of table ``t`` this rank stores (in local order)."""
@@ -148,6 +163,7 @@ class _Plan:
     recv_counts: np.ndarray
     recv_keys: np.ndarray  # flat keys this rank owns and was asked for, by source rank
     count_seconds: float = 0.0  # the count exchange's post-to-completion time
+    dynamic: dict[int, tuple[np.ndarray, np.ndarray]] | None = None  # served dynamic rows
 
 
 class ShardedLookup:
@@ -192,7 +208,10 @@ class ShardedLookup:
         from mpi4py import MPI
 
         t_ = self.tables
-        keys = [t_.offsets[t] + np.asarray(i, dtype=np.int64) for t, i in zip(self.fields, ids)]
+        dyn = t_.dynamic
+        keys = [dyn_flat_keys(t, i) if dyn is not None and t in dyn
+                else t_.offsets[t] + np.asarray(i, dtype=np.int64)
+                for t, i in zip(self.fields, ids)]
         dest = [owners(t, i, t_.world, t_.placement) for t, i in zip(self.fields, ids)]
         all_keys = np.concatenate(keys) if keys else np.zeros(0, np.int64)
         all_dest = np.concatenate(dest) if dest else np.zeros(0, np.int64)
@@ -220,7 +239,10 @@ class ShardedLookup:
     def serve_rows(self, plan: _Plan) -> Pending[list[np.ndarray]]:
         """Owner side: gather the asked rows and post them back; the result is each
         field's rows for every id of the batch (in the order of ``ids``)."""
-        rows = gather(self.tables.local, _local_ids(self.tables.to_local, plan.recv_keys))
+        if self.tables.dynamic is None:
+            rows = gather(self.tables.local, _local_ids(self.tables.to_local, plan.recv_keys))
+        else:
+            rows = self._serve_mixed(plan)
         pending, back = self._alltoallv(rows, plan.recv_counts, plan.send_counts,
                                         self.tables.dim, "row exchange")
 
@@ -230,6 +252,26 @@ class ShardedLookup:
             return [every[e - n:e] for e, n in zip(ends.tolist(), plan.lengths)]
 
         return Pending(pending.requests, finish, "row exchange", self.comm, self.timeout)
+
+    def _serve_mixed(self, plan: _Plan) -> np.ndarray:
+        """Rows of fixed and dynamic tables; the dynamic tables' ids are observed (one
+        count per unique id of the batch, ascending) and their rows kept for ``apply``."""
+        keys, dyn = plan.recv_keys, self.tables.dynamic
+        high = keys >> DYN_SHIFT
+        rows = np.empty((len(keys), self.tables.dim), dtype=np.float32)
+        fixed = high == 0
+        if fixed.any():
+            rows[fixed] = gather(self.tables.local,
+                                 _local_ids(self.tables.to_local, keys[fixed]))
+        plan.dynamic = {}
+        for t in self.fields:
+            if t not in dyn:
+                continue
+            sel = np.flatnonzero(high == t + 1)
+            if len(sel):
+                rows[sel], r = dyn.vectors(t, keys[sel] & ID_MASK)
+                plan.dynamic[t] = (sel, r)
+        return rows
 
     def post_grads(self, plan: _Plan, grads: list[np.ndarray]) -> Pending[None]:
         """Send each field's per-id gradient sums to the owners (``grads[j]`` is [n_j, dim],
@@ -248,8 +290,19 @@ class ShardedLookup:
         """Owner side: sum the gradients received for each owned row (in source-rank order)
         and apply ``optimizer.update(0, local rows, local ids, grads)``."""
         plan, recv = self._last
-        ids, g = dedup_grads(_local_ids(self.tables.to_local, plan.recv_keys), recv)
+        if plan.dynamic is None:
+            ids, g = dedup_grads(_local_ids(self.tables.to_local, plan.recv_keys), recv)
+            optimizer.update(0, self.tables.local, ids, g)
+            return
+        fixed = np.flatnonzero((plan.recv_keys >> DYN_SHIFT) == 0)
+        ids, g = dedup_grads(_local_ids(self.tables.to_local, plan.recv_keys[fixed]),
+                             recv[fixed])
         optimizer.update(0, self.tables.local, ids, g)
+        for t, (sel, r) in plan.dynamic.items():
+            keep = r >= 0
+            if keep.any():
+                rows, g = dedup_grads(r[keep], recv[sel[keep]])
+                self.tables.dynamic.update(t, rows, g)
 
 
 @njit(nogil=True, cache=True)

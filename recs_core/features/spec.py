@@ -57,13 +57,39 @@ class ColumnSpec:
     max_bytes: int
 
 
+DYNAMIC_ID_LIMIT = 1 << 52  # ids of a dynamic table must lie in [0, 2**52)
+
+
+@dataclass(frozen=True)
+class DynamicSpec:
+    """A hash-keyed table's options (``embedding = { dim = 16, dynamic = { ... } }``):
+    a row per admitted id (see ``recs_core.embedding.dynamic``)."""
+
+    admit_after: int = 1  # sightings (unique ids per global batch) before a row
+    row_budget: int | None = None  # live rows per table (over all ranks' shards: each
+    # shard keeps row_budget / world_size rounded up)
+    evict_after_windows: int | None = None  # evict rows unseen for more windows
+    sketch_width: int = 1 << 20  # count-min counters per sketch row (power of two)
+    sketch_depth: int = 4
+
+
 @dataclass(frozen=True)
 class TableSpec:
-    """An embedding table: rows, dimension, and pooling for multi-valued fields."""
+    """An embedding table: rows, dimension, and pooling for multi-valued fields.
+
+    A dynamic table (``dynamic`` set) stores a row per admitted id instead of ``rows``
+    rows: ``rows`` is then the id range (``DYNAMIC_ID_LIMIT`` or the chain's cardinality)
+    and :attr:`fixed_rows` is 0."""
 
     rows: int
     dim: int
     pooling: str | None = None  # "sum" | "mean" for list fields
+    dynamic: DynamicSpec | None = None
+
+    @property
+    def fixed_rows(self) -> int:
+        """Rows allocated up front: ``rows``, or 0 for a dynamic table."""
+        return 0 if self.dynamic is not None else self.rows
 
 
 @dataclass(frozen=True)
@@ -270,8 +296,16 @@ def _load_feature(raw: Any, where: str, pipeline: str,
         raise ConfigError(f"{where}.ops: a sparse feature must end in ids (e.g. hash_bucket), "
                           f"the chain ends in {t.kind}; or set output = \"dense\"")
     emb = _typed(raw, "embedding", dict, where)
-    _check_keys(emb, {"rows", "dim", "pooling"}, f"{where}.embedding")
-    rows = _typed(emb, "rows", int, f"{where}.embedding", t.cardinality)
+    _check_keys(emb, {"rows", "dim", "pooling", "dynamic"}, f"{where}.embedding")
+    dynamic = _load_dynamic(emb, f"{where}.embedding", t.cardinality)
+    if dynamic is not None and "rows" in emb:
+        raise ConfigError(f"{where}.embedding.rows: a dynamic table has no fixed rows (it "
+                          "grows a row per admitted id; bound it with dynamic.row_budget)")
+    rows = (_typed(emb, "rows", int, f"{where}.embedding", t.cardinality) if dynamic is None
+            else t.cardinality or DYNAMIC_ID_LIMIT)
+    if rows is None:
+        raise ConfigError(f"{where}.embedding.rows: is required (the operator chain does not "
+                          "bound its ids)")
     if t.cardinality is not None and rows < t.cardinality:
         raise ConfigError(f"{where}.embedding.rows: {rows} is below the {t.cardinality} ids "
                           "the operator chain can produce")
@@ -293,7 +327,37 @@ def _load_feature(raw: Any, where: str, pipeline: str,
     else:
         fields = tuple(f"{name}:{c}" for c in inputs)
     return FeatureSpec(name, pipeline, inputs, arity, tuple(ops), t, output,
-                       TableSpec(rows, dim, pooling), fields)
+                       TableSpec(rows, dim, pooling, dynamic), fields)
+
+
+def _load_dynamic(emb: dict, where: str, cardinality: int | None) -> DynamicSpec | None:
+    """``embedding.dynamic``: a table of options (``{}`` or ``true`` for the defaults)."""
+    raw = emb.get("dynamic")
+    if raw is None or raw is False:
+        return None
+    where = f"{where}.dynamic"
+    if raw is True:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table such as {{ admit_after = 2, "
+                          f"row_budget = 100000, evict_after_windows = 3 }}, got {raw!r}")
+    _check_keys(raw, {"admit_after", "row_budget", "evict_after_windows", "sketch_width",
+                      "sketch_depth"}, where)
+    d = DynamicSpec()
+    vals = {}
+    for key, low in (("admit_after", 1), ("row_budget", 1), ("evict_after_windows", 0),
+                     ("sketch_width", 1), ("sketch_depth", 1)):
+        v = _typed(raw, key, int, where, getattr(d, key))
+        if v is not None and v < low:
+            raise ConfigError(f"{where}.{key}: must be >= {low}, got {v}")
+        vals[key] = v
+    w = vals["sketch_width"]
+    if w & (w - 1):
+        raise ConfigError(f"{where}.sketch_width: must be a power of two, got {w}")
+    if cardinality is not None and cardinality > DYNAMIC_ID_LIMIT:
+        raise ConfigError(f"{where}: the operator chain gives ids up to {cardinality}; a "
+                          f"dynamic table takes ids below 2**52")
+    return DynamicSpec(**vals)
 
 
 def parse_spec(data: dict[str, Any], path: str = "") -> Spec:

@@ -71,6 +71,7 @@ from recs_core.errors import RecsError
 from recs_core.features.hashing import HASH_VERSION
 from recs_core.features.ops import Standardize, Vocab
 from recs_core.features.spec import Spec
+from recs_core.train.dynamic_tables import merge_shards
 
 TRAINER_FORMAT = "recs-model v1"
 T = TypeVar("T")
@@ -134,7 +135,8 @@ def spec_description(spec: Spec) -> dict[str, Any]:
             "name": f.name, "inputs": list(f.inputs), "arity": f.arity,
             "ops": [_op_description(o) for o in f.ops], "output": f.output,
             "fields": list(f.field_names),
-            "table": None if f.table is None else [f.table.rows, f.table.dim, f.table.pooling],
+            "table": None if f.table is None else [f.table.rows, f.table.dim, f.table.pooling]
+            + ([] if f.table.dynamic is None else [asdict(f.table.dynamic)]),
         } for f in p.features]} for p in spec.pipelines],
     }
 
@@ -145,7 +147,7 @@ def model_description(model: Any) -> dict[str, Any]:
     mlp = ({"bottom_mlp": list(cfg.bottom_mlp), "top_mlp": list(cfg.top_mlp)}
            if cfg.preset == "dlrm" else {"deep_mlp": list(cfg.deep_mlp)})
     return {"preset": cfg.preset, **mlp, "dense_width": spec.dense_width,
-            "tables": [[n, t.rows, t.dim] for n, t in spec.sparse_fields],
+            "tables": [[n, t.fixed_rows, t.dim] for n, t in spec.sparse_fields],
             "wide": model.wide is not None,
             "dense_shapes": [list(p.shape) for p in model.net.params],
             "optimizer": cfg.optimizer, "sparse_optimizer": cfg.sparse_optimizer}
@@ -275,6 +277,11 @@ def shard_arrays(job: Any) -> dict[str, np.ndarray]:
             if acc is not None:
                 arrays[f"{stem}.acc"] = acc
             arrays[f"{stem}.touched"] = np.packbits(emb.touched_view(t))
+            if t in emb.dynamic:
+                for k, a in emb.dynamic.arrays(t).items():
+                    arrays[f"{stem}.dyn.{k}"] = a
+        if emb.dynamic.tables:
+            arrays[f"{prefix}.dyn_window"] = np.array([emb.dynamic.window], dtype=np.int64)
     if job.world.rank == 0:
         for i, p in enumerate(model.net.params):
             arrays[f"dense.{i}"] = p
@@ -388,6 +395,23 @@ def _load_tables_direct(job: Any, mine: dict[str, np.ndarray], resume: bool) -> 
                 mark = emb.touched_view(t)
                 bits = np.unpackbits(_need(mine, f"{stem}.touched"), count=len(mark))
                 _assign(mark, bits, f"{stem}.touched")
+            if t in emb.dynamic:
+                emb.dynamic.load_arrays(t, _dyn_part(mine, stem), touched=resume)
+        if emb.dynamic.tables:
+            emb.dynamic.window = int(_need(mine, f"{prefix}.dyn_window")[0])
+
+
+_DYN_PARTS = ("keys", "values", "freq", "last_seen", "sketch", "acc", "touched")
+
+
+def _dyn_part(arrays: dict[str, np.ndarray], stem: str) -> dict[str, np.ndarray]:
+    """One shard's dynamic-table arrays of table ``stem`` (names without the prefix)."""
+    out = {k: arrays[f"{stem}.dyn.{k}"] for k in _DYN_PARTS if f"{stem}.dyn.{k}" in arrays}
+    for k in ("keys", "values", "freq", "last_seen", "sketch", "touched"):
+        if k not in out:
+            raise RecsError(f"the checkpoint has no {stem}.dyn.{k} for this rank (was the "
+                            "table dynamic when it was written?)")
+    return out
 
 
 def _need(arrays: dict[str, np.ndarray], name: str) -> np.ndarray:
@@ -405,7 +429,7 @@ def _load_tables_resharded(job: Any, root: str, m: Manifest) -> None:
     rank = job.world.rank
     for prefix, emb in embedding_sets(job.model):
         for t, stem in enumerate(table_stems(job.spec, prefix)):
-            rows = job.spec.sparse_fields[t][1].rows
+            rows = job.spec.sparse_fields[t][1].fixed_rows
             old = _old_owner(t, rows, old_world, old_placement)
             keys = ["values"] + (["acc"] if emb.accumulator_view(t) is not None else [])
             shards = []
@@ -420,12 +444,36 @@ def _load_tables_resharded(job: Any, root: str, m: Manifest) -> None:
                         raise RecsError(f"{root}: rank {r}'s {stem}.{k} has {len(part[k])} "
                                         f"rows, the placement gives it {len(part['ids'])}")
                 shards.append(part)
+            if t in emb.dynamic:
+                _reshard_dynamic(job, emb, t, stem, root, entries)
+                continue
             got = reshard_rows(shards, _new_owner(job, t), rank)
             if not np.array_equal(got["ids"], emb.owned_rows(t)):
                 raise RecsError(f"{root}: {stem}: the resharded rows are not this rank's")
             _assign(emb.rows_view(t), got["values"], f"{stem}.values")
             if "acc" in keys:
                 _assign(emb.accumulator_view(t), got["acc"], f"{stem}.acc")
+
+
+def _reshard_dynamic(job: Any, emb: Any, t: int, stem: str, root: str,
+                     entries: list[dict[str, Any]]) -> None:
+    """A dynamic table on a new world size: every old shard's rows, kept where this rank
+    owns their key under the new world (``owners``), in key order; the sketch is the
+    saturating sum of the old shards' sketches (see ``dynamic_tables.merge_shards``).
+    Touched marks are cleared: a load starts a new window."""
+    parts = []
+    for files in entries:
+        part = {}
+        for k in _DYN_PARTS:
+            e = files.get(f"{stem}.dyn.{k}")
+            if e is not None:
+                part[k] = read_entry(Path(root), e)
+        parts.append(_dyn_part({f"{stem}.dyn.{k}": v for k, v in part.items()}, stem))
+    owner, rank = _new_owner(job, t), job.world.rank
+    merged = merge_shards(parts, lambda keys: owner(keys) == rank)
+    emb.dynamic.load_arrays(t, merged, touched=False)
+    window = read_entry(Path(root), entries[0][f"{stem.split('.', 1)[0]}.dyn_window"])
+    emb.dynamic.window = int(window[0])
 
 
 def _read_named(root: str, m: Manifest, rank: int, names: Callable[[str], bool]) -> dict[
@@ -546,9 +594,30 @@ def export_window_delta(job: Any, path: str | os.PathLike) -> str:
     comm = world.comm if world.size > 1 else None
     deltas: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     fields: dict[str, str] = {}
+    dynamic: list[str] = []  # the dynamic tables' entries (by key; apply_delta skips them)
     rows = 0
     for prefix, emb in embedding_sets(job.model):
         for t, stem in enumerate(table_stems(job.spec, prefix)):
+            if t in emb.dynamic:  # by key, plus the keys evicted at the window's end
+                a = emb.dynamic.arrays(t)
+                mark = a["touched"].astype(bool)
+                mine = (a["keys"][mark], a["values"][mark])
+                gone = [emb.dynamic.evicted[t]] if comm is None else comm.gather(
+                    emb.dynamic.evicted[t], root=0)
+                parts = [mine] if comm is None else comm.gather(mine, root=0)
+                if parts is None:
+                    continue
+                dynamic += [f"{stem}.dyn", f"{stem}.dyn.evicted"]
+                for name, ids, vals in (
+                        (f"{stem}.dyn", np.concatenate([p[0] for p in parts]),
+                         np.concatenate([p[1] for p in parts])),
+                        (f"{stem}.dyn.evicted", np.concatenate(gone),
+                         np.zeros((sum(len(g) for g in gone), 0), np.float32))):
+                    if len(ids):
+                        deltas[name] = (ids, vals)
+                        fields[name] = job.spec.sparse_fields[t][0]
+                        rows += len(ids)
+                continue
             mark = emb.touched_view(t).astype(bool)
             mine = (emb.owned_rows(t)[mark], emb.rows_view(t)[mark])
             parts = [mine] if comm is None else comm.gather(mine, root=0)
@@ -562,6 +631,8 @@ def export_window_delta(job: Any, path: str | os.PathLike) -> str:
     dense = {str(i): p for i, p in enumerate(job.model.net.params)}
     meta = {"trainer": TRAINER_FORMAT, "hash": HASH_VERSION, "base_step": job.base_step,
             "step": job.base_step + job.window_steps, "tables": fields, "rows": rows}
+    if dynamic:
+        meta["dynamic_entries"] = dynamic
 
     def write() -> str | None:
         return export_delta(path, deltas, dense, meta) if world.rank == 0 else None
@@ -596,3 +667,37 @@ def merged_checkpoint(path: str | os.PathLike, part: str = "values", verify: boo
     dense = {k.split(".", 1)[1]: v for k, v in shards[0].items()
              if k.startswith("dense.") and not k.startswith("dense_opt.")}
     return tables, dense, m.meta
+
+
+def merged_dynamic(path: str | os.PathLike, verify: bool = True) -> dict[
+        str, dict[str, np.ndarray]]:
+    """A checkpoint's dynamic tables, every shard merged: ``{stem + ".dyn": {"keys",
+    "values", "freq", "last_seen", ...}}`` by ascending key (sketches summed). For tests,
+    serving copies and tools (one process)."""
+    m = load_manifest(path)
+    shards = [read_rank(path, r, verify, manifest=m) for r in range(m.world_size)]
+    stems = sorted({n.rsplit(".dyn.", 1)[0] for n in shards[0] if ".dyn." in n})
+    return {f"{stem}.dyn": merge_shards([_dyn_part(s, stem) for s in shards])
+            for stem in stems}
+
+
+def apply_dynamic_delta(tables: dict[str, dict[int, np.ndarray]],
+                        delta_dir: str | os.PathLike) -> None:
+    """Apply a delta's dynamic-table entries to ``{stem + ".dyn": {key: row}}`` in place:
+    listed keys get their new rows, evicted keys are removed. (:func:`apply_delta`
+    applies the fixed tables and the dense parameters and skips these entries.)"""
+    from recs_core.checkpoint import read_delta
+
+    changed, _, meta = read_delta(delta_dir)
+    for name in meta.get("dynamic_entries", []):
+        if name not in changed:
+            continue
+        ids, values = changed[name]
+        if name.endswith(".dyn.evicted"):
+            table = tables.setdefault(name[:-len(".evicted")], {})
+            for k in ids.tolist():
+                table.pop(k, None)
+        else:
+            table = tables.setdefault(name, {})
+            for k, v in zip(ids.tolist(), values):
+                table[k] = v

@@ -21,7 +21,8 @@ from recs_core.embedding.table import (
     pooled_grads,
 )
 from recs_core.features.graph import FeatureBatch
-from recs_core.features.spec import Spec
+from recs_core.features.spec import DynamicSpec, Spec
+from recs_core.train.dynamic_tables import DynamicStore
 
 
 @dataclass(frozen=True)
@@ -67,9 +68,13 @@ class LocalEmbeddings:
     """Every table on this rank."""
 
     def __init__(self, rows: list[int], dim: int, seed: int, slots: list[Slot],
-                 optimizer: Any) -> None:
-        self.set = EmbeddingSet(rows, [dim] * len(rows), seed)
+                 optimizer: Any, dynamic: dict[int, DynamicSpec] | None = None) -> None:
+        dynamic = dynamic or {}
+        self.set = EmbeddingSet([max(r, 1) for r in rows], [dim] * len(rows), seed)
+        for t in dynamic:  # a dynamic table has no fixed rows (its DynamicTable holds them)
+            self.set.tables[t] = np.zeros((0, dim), dtype=np.float32)
         self.dim, self.slots, self.optimizer = dim, slots, optimizer
+        self.dynamic = DynamicStore(dynamic, dim, seed, optimizer)
 
     @property
     def tables(self) -> list[np.ndarray]:
@@ -97,9 +102,18 @@ class LocalEmbeddings:
 
     def lookup(self, fb: FeatureBatch) -> np.ndarray:
         out = np.empty((len(fb), len(self.set.tables), self.dim), dtype=np.float32)
+        dyn = self.dynamic
         for s in self.slots:
             o = fb.sparse[s.pipeline][s.index]
-            if s.pooled is None:
+            if s.first in dyn:
+                for j, ids in enumerate(_field_ids(fb, s)):
+                    vec, _ = dyn.vectors(s.first + j, ids)
+                    if s.pooled is None:
+                        out[:, s.first + j, :] = vec
+                    else:
+                        out[:, s.first, :] = gather_pooled(vec, np.arange(len(vec)), o.offsets,
+                                                           s.pooled == "mean")
+            elif s.pooled is None:
                 gather_fields(self.set.tables, o.ids, out, s.first)
             else:
                 out[:, s.first, :] = gather_pooled(self.set.tables[s.first], o.ids, o.offsets,
@@ -110,16 +124,23 @@ class LocalEmbeddings:
         for s in self.slots:
             for j, (ids, g) in enumerate(zip(_field_ids(fb, s), _field_grads(fb, s, d))):
                 u, summed = dedup_grads(ids, g)
-                self.optimizer.update(s.first + j, self.set.tables[s.first + j], u, summed)
+                t = s.first + j
+                if t in self.dynamic:
+                    self.dynamic.update(t, self.dynamic.tables[t].rows_of(u), summed)
+                else:
+                    self.optimizer.update(t, self.set.tables[t], u, summed)
 
 
 class ShardedEmbeddings:
     """Tables sharded over the ranks of ``comm``; one exchange (communicator) per pipeline."""
 
     def __init__(self, rows: list[int], dim: int, seed: int, slots: list[Slot],
-                 optimizer: Any, comm: Any, placement: str = "row") -> None:
+                 optimizer: Any, comm: Any, placement: str = "row",
+                 dynamic: dict[int, DynamicSpec] | None = None) -> None:
         self.shards = ShardedTables(rows, dim, seed, comm.Get_rank(), comm.Get_size(),
                                     placement)
+        self.dynamic = DynamicStore(dynamic or {}, dim, seed, optimizer, comm.Get_size())
+        self.shards.dynamic = self.dynamic if dynamic else None
         self.dim, self.slots, self.optimizer = dim, slots, optimizer
         self.pipelines = list(dict.fromkeys(s.pipeline for s in slots))
         self.lookups = {}

@@ -326,6 +326,9 @@ class Job:
             "window_steps": self.window_steps,
             "global_step": self.base_step + self.window_steps,
         }
+        dyn = self._end_dynamic_window()
+        if dyn:
+            out["dynamic_tables"] = dyn
         if self.checkpoint_figures:
             out["checkpoint"] = self.checkpoint_report()
         if sched is not None:
@@ -372,6 +375,25 @@ class Job:
     def _clear_touched(self) -> None:
         for _, emb in ckpt.embedding_sets(self.model):
             emb.optimizer.clear_touched()
+            emb.dynamic.clear_touched()
+
+    def _end_dynamic_window(self) -> dict[str, Any]:
+        """End the window of every dynamic table (eviction, see
+        ``recs_core.train.dynamic_tables``); their figures summed over the ranks:
+        ``{set/field: {rows, admitted, evicted, bytes}}``."""
+        names = [n for n, _ in self.spec.sparse_fields]
+        out: dict[str, Any] = {}
+        for prefix, emb in ckpt.embedding_sets(self.model):
+            if not emb.dynamic.tables:
+                continue
+            emb.dynamic.end_window()
+            figs = emb.dynamic.figures()
+            local = np.array([figs[t] for t in sorted(figs)], dtype=np.int64)
+            total = self.world.comm.allreduce(local) if self.world.size > 1 else local
+            for t, row in zip(sorted(figs), total.tolist()):
+                out[f"{prefix}/{names[t]}"] = dict(zip(("rows", "admitted", "evicted",
+                                                        "bytes"), row))
+        return out
 
     def checkpoint_hook(self, root: str | os.PathLike, every: int,
                         keep: int | None = 3) -> StepHook:

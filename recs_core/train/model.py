@@ -38,16 +38,17 @@ class Model:
         fields = spec.sparse_fields
         self.num_fields = len(fields)
         self.dim = fields[0][1].dim if fields else 1
-        rows = [t.rows for _, t in fields]
+        rows = [t.fixed_rows for _, t in fields]
+        dynamic = {i: t.dynamic for i, (_, t) in enumerate(fields) if t.dynamic is not None}
         slots = slots_of(spec)
         skw = _optimizer_kwargs(cfg.sparse_optimizer, cfg, sparse=True)
 
         def embeddings(dim: int, seed: int) -> LocalEmbeddings | ShardedEmbeddings:
             opt = make_sparse_optimizer(cfg.sparse_optimizer, cfg.sparse_lr, **skw)
             if self.world.size == 1:
-                return LocalEmbeddings(rows, dim, seed, slots, opt)
+                return LocalEmbeddings(rows, dim, seed, slots, opt, dynamic)
             return ShardedEmbeddings(rows, dim, seed, slots, opt, self.world.comm,
-                                     cfg.placement)
+                                     cfg.placement, dynamic)
 
         self.emb = embeddings(self.dim, cfg.seed)
         if cfg.preset == "dlrm":
@@ -71,8 +72,15 @@ class Model:
         return self.net.forward(fb.dense, z, self.wide.lookup(fb)[:, :, 0])
 
     def predict(self, fb: FeatureBatch) -> np.ndarray:
-        """Click probabilities of a batch (no update)."""
-        return sigmoid(self.forward(fb)).astype(np.float32)
+        """Click probabilities of a batch (no update; dynamic tables count nothing)."""
+        sets = [self.emb] + ([self.wide] if self.wide is not None else [])
+        for e in sets:
+            e.dynamic.counting = False
+        try:
+            return sigmoid(self.forward(fb)).astype(np.float32)
+        finally:
+            for e in sets:
+                e.dynamic.counting = True
 
     def post_dense_allreduce(self, which: list[int]) -> Pending[None]:
         """Post the sum over the data-parallel replicas of the dense gradients ``which``

@@ -1,0 +1,189 @@
+"""Dynamic (hash-keyed) embedding tables in training: spec option, 1-rank training,
+exact resume, reload on other world sizes, and the delta by key (see
+recs_core/train/dynamic_tables.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomllib
+
+from recs_core.errors import ConfigError
+from recs_core.features.spec import DYNAMIC_ID_LIMIT, DynamicSpec, parse_spec
+from recs_core.train.checkpointing import apply_dynamic_delta, merged_dynamic
+from recs_core.train.job import Job
+from tests.conftest import CONFIGS, ROOT, run_mpi
+
+
+def spec(preset: str = "dlrm", dynamic: dict | None = None, sparse: str = "adagrad",
+         batch: int = 101, placement: str = "row"):
+    """The canonical features with small tables; with ``dynamic`` (options; {} for the
+    defaults) the ``cat`` tables are dynamic, their ids hash_bucket into 2**32."""
+    data = tomllib.loads((CONFIGS / "criteo_dlrm.toml").read_text())
+    data["input"]["batch_size"] = batch
+    for p in data["pipeline"]:
+        for f in p["feature"]:
+            for op in f["ops"]:
+                if "buckets" in op:
+                    op["buckets"] = 1 << 10
+            if f["name"] == "cat" and dynamic is not None:
+                f["ops"][0]["buckets"] = 1 << 32
+                f["embedding"]["dynamic"] = dynamic
+    data["model"] = {"preset": preset, "bottom_mlp": [8, 16], "top_mlp": [16, 8],
+                     "deep_mlp": [16, 8]}
+    data["optimizer"] = {"name": "adagrad", "lr": 0.05, "sparse": sparse}
+    data["train"] = {"seed": 5, "placement": placement}
+    return parse_spec(data, str(CONFIGS / "criteo_dlrm.toml"))
+
+
+DYN = {"admit_after": 2, "evict_after_windows": 0, "sketch_width": 1 << 16}
+
+
+@pytest.fixture(scope="module")
+def windows(tmp_path_factory) -> tuple[Path, Path]:
+    src = (ROOT.parent / "shared" / "data" / "criteo" / "train.txt").read_text()
+    lines = src.splitlines(keepends=True)
+    d = tmp_path_factory.mktemp("dynwindows")
+    (d / "w1.txt").write_text("".join(lines[:1200]))
+    (d / "w2.txt").write_text("".join(lines[1200:2400]))
+    return d / "w1.txt", d / "w2.txt"
+
+
+def test_spec_option_and_its_errors() -> None:
+    s = spec(dynamic={"admit_after": 3, "row_budget": 1000, "evict_after_windows": 2})
+    table = dict(s.sparse_fields)["cat:C1"]
+    assert table.dynamic == DynamicSpec(3, 1000, 2)
+    assert table.fixed_rows == 0 and table.rows == 1 << 32
+    assert dict(s.sparse_fields)["cross:C1xC2"].dynamic is None
+    assert spec(dynamic={}).sparse_fields[0][1].dynamic == DynamicSpec()
+    for bad, msg in (({"admit_afte": 2}, "unknown key"), ({"admit_after": 0}, "admit_after"),
+                     ({"sketch_width": 1000}, "power of two"),
+                     ({"row_budget": "x"}, "row_budget"), (5, "expected a table")):
+        with pytest.raises(ConfigError, match=msg):
+            spec(dynamic=bad)
+    data = tomllib.loads((CONFIGS / "criteo_dlrm.toml").read_text())
+    data["pipeline"][1]["feature"][0]["embedding"] = {"dim": 16, "rows": 10, "dynamic": {}}
+    with pytest.raises(ConfigError, match="embedding.rows: a dynamic table"):
+        parse_spec(data)
+    assert DYNAMIC_ID_LIMIT == 1 << 52
+
+
+def _dyn_state(job: Job, prefix: str = "emb", t: int = 0) -> dict[str, np.ndarray]:
+    sets = {"emb": job.model.emb, "wide": job.model.wide}
+    return sets[prefix].dynamic.arrays(t)
+
+
+def test_training_admits_evicts_and_reports(windows) -> None:
+    job = Job(spec(dynamic=DYN))
+    out = job.run([windows[0]], eval_fraction=0.2)
+    fig = out["dynamic_tables"]["emb/cat:C1"]
+    assert set(fig) == {"rows", "admitted", "evicted", "bytes"}
+    assert fig["admitted"] > 0 and fig["rows"] == fig["admitted"] - fig["evicted"]
+    assert len(out["dynamic_tables"]) == 26 and 0.5 < out["progressive_auc"] < 1
+    st = _dyn_state(job)
+    assert (st["last_seen"] == 0).all() and (st["freq"] >= 2).all()
+    assert np.isfinite(st["values"]).all() and (st["acc"] > 0).any()
+    out2 = job.run([windows[1]])
+    fig2 = out2["dynamic_tables"]["emb/cat:C1"]
+    # evict_after_windows = 0: rows not seen in window 1 are gone at its end
+    assert fig2["evicted"] > 0 and (_dyn_state(job)["last_seen"] == 1).all()
+    assert job.model.emb.dynamic.window == 2
+
+
+def test_held_out_rows_do_not_count(windows) -> None:
+    a, b = Job(spec(dynamic=DYN)), Job(spec(dynamic=DYN))
+    a.run([windows[0]], eval_fraction=0.5)
+    before = {k: v.copy() for k, v in _dyn_state(a).items()}
+    # scoring again reads rows only
+    a.score([windows[1]])
+    after = _dyn_state(a)
+    for k in before:
+        assert np.array_equal(before[k], after[k]), k
+    b.run([windows[0]], eval_fraction=0.5)
+    assert np.array_equal(_dyn_state(b)["freq"], before["freq"])
+
+
+def test_row_budget_keeps_the_most_frequent(windows) -> None:
+    job = Job(spec(dynamic={"row_budget": 5}))
+    out = job.run([windows[0]])
+    assert all(f["rows"] <= 5 for f in out["dynamic_tables"].values())
+    assert out["dynamic_tables"]["emb/cat:C3"]["evicted"] > 0
+
+
+@pytest.mark.parametrize("kind", ["dlrm", "wdl-sgd"])
+def test_resume_with_a_dynamic_table_is_bit_identical(windows, tmp_path: Path,
+                                                      kind: str) -> None:
+    from tests.test_incremental import hashes
+
+    def make():
+        return (spec(dynamic=DYN) if kind == "dlrm"
+                else spec("wdl", dynamic=DYN, sparse="sgd"))
+
+    full = Job(make())
+    full.run([windows[0]])
+    full.save_step(tmp_path / "base")
+    full.run([windows[1]], eval_fraction=0.2,
+             hook=full.checkpoint_hook(tmp_path / "a", 4, keep=10))
+    final = full.save_step(tmp_path / "a")
+    names = set(__import__("recs_core.checkpoint", fromlist=["x"]).load_manifest(final)
+                .rank_files(0))
+    assert {"emb.cat.C1.dyn.keys", "emb.cat.C1.dyn.sketch", "emb.dyn_window"} <= names
+    assert ("emb.cat.C1.dyn.acc" in names) == (kind == "dlrm")
+    job = Job(make())
+    job.resume(tmp_path / "a" / "step-000000016")
+    job.run([windows[1]], eval_fraction=0.2)
+    assert hashes(job.save_step(tmp_path / "b")) == hashes(final)
+
+
+def test_delta_by_key_reproduces_the_new_rows(windows, tmp_path: Path) -> None:
+    first = Job(spec("wdl", dynamic=DYN))
+    first.run([windows[0]])
+    base = first.save_step(tmp_path / "m")
+    job = Job(spec("wdl", dynamic=DYN))
+    job.load(tmp_path / "m")
+    out = job.run([windows[1]])
+    assert out["dynamic_tables"]["emb/cat:C1"]["evicted"] > 0
+    new = job.save_step(tmp_path / "m")
+    delta = job.export_delta(tmp_path / "delta")
+    tables = {k: dict(zip(v["keys"].tolist(), v["values"]))
+              for k, v in merged_dynamic(base).items()}
+    apply_dynamic_delta(tables, delta)
+    want = merged_dynamic(new)
+    assert sorted(tables) == sorted(want) and "wide.cat.C1.dyn" in want
+    for k, v in want.items():
+        assert sorted(tables[k]) == v["keys"].tolist(), k
+        got = np.array([tables[k][key] for key in v["keys"].tolist()]).reshape(v["values"].shape)
+        assert got.tobytes() == v["values"].tobytes(), k
+    # the fixed tables and the dense parameters still apply with apply_delta
+    from recs_core.checkpoint import apply_delta
+    from recs_core.train.checkpointing import merged_checkpoint
+    fixed, dense, _ = merged_checkpoint(base)
+    new_fixed, new_dense, _ = merged_checkpoint(new)
+    apply_delta(fixed, dense, delta)
+    for k in fixed:
+        assert fixed[k].tobytes() == new_fixed[k].tobytes(), k
+
+
+def test_two_ranks_equal_one_and_reshard(windows, tmp_path: Path) -> None:
+    """mpiexec -n 2: training with a dynamic table equals 1 rank; a 2-rank checkpoint
+    loads on 1 rank (and a 1-rank one on 2) with the same dynamic rows."""
+    proc = run_mpi(2, [str(ROOT / "tests" / "mpi" / "dynamic_check.py"), str(windows[0]),
+                       str(windows[1]), str(tmp_path)], timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("OK rank") == 2
+    two = merged_dynamic(tmp_path / "two")
+    job = Job(spec("wdl", dynamic=DYN))
+    job.load(tmp_path / "two")
+    for prefix, emb in (("emb", job.model.emb), ("wide", job.model.wide)):
+        for t in emb.dynamic.tables:
+            a, want = emb.dynamic.arrays(t), two[f"{prefix}.{_stem(job, t)}.dyn"]
+            for k in ("keys", "values", "freq", "last_seen", "acc"):
+                assert np.array_equal(a[k], want[k]), (prefix, t, k)
+            assert emb.dynamic.window == 1
+
+
+def _stem(job: Job, t: int) -> str:
+    from recs_core.train.checkpointing import table_stems
+    return table_stems(job.spec, "emb")[t].split(".", 1)[1]
