@@ -32,11 +32,12 @@ def small_config(tmp_path: Path, batch: int) -> Path:
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("n,placement,preset", [(2, "row", "dlrm"), (3, "table", "dlrm"),
-                                                (3, "row", "wdl")])
+@pytest.mark.parametrize("n,placement,preset,extra", [
+    (2, "row", "dlrm", []), (3, "table", "dlrm", []), (3, "row", "wdl", []),
+    (2, "row", "dlrm", ["fitted"])])
 def test_n_ranks_equal_one_rank(sample_1200: Path, n: int, placement: str,
-                                preset: str) -> None:
-    r = run_mpi(n, [CHECK, str(sample_1200), placement, preset], timeout=300)
+                                preset: str, extra: list[str]) -> None:
+    r = run_mpi(n, [CHECK, str(sample_1200), placement, preset, *extra], timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert sorted(r.stdout.split("\n")[:-1]) == [f"OK rank {i}" for i in range(n)]
 

@@ -8,6 +8,7 @@ node of a batch in :meth:`FeatureGraph.nodes` order and then
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -90,6 +91,12 @@ class FeatureGraph:
             chain = [OpNode(f.pipeline, fi, s, op, s == len(f.ops) - 1)
                      for s, op in enumerate(f.ops)]
             self._nodes.setdefault(f.pipeline, []).extend(chain)
+
+    def set_fit_reduction(self, reduce_sum: Callable[[np.ndarray], np.ndarray] | None) -> None:
+        """Make operators that fit on the first batch fit on every rank's first batch:
+        ``reduce_sum`` sums an array over the ranks (None: fit on this rank's own)."""
+        for node in self.nodes():
+            node.op.set_reduction(reduce_sum)
 
     @property
     def pipelines(self) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -109,6 +110,11 @@ class Operator(ABC):
         still has to fit on the first batch)."""
         return True
 
+    def set_reduction(self, reduce_sum: Callable[[np.ndarray], np.ndarray] | None) -> None:
+        """For operators that fit on data: ``reduce_sum`` sums an array over the ranks,
+        so that every rank fits on every rank's first batch (None: on its own)."""
+        return None
+
     @abstractmethod
     def apply(self, v: Value) -> Value:
         """Run the operator on one batch."""
@@ -190,6 +196,7 @@ class Standardize(Operator):
             raise ConfigError(f"{self.where}: give mean/std or fit = true, not both")
         self.mean: np.ndarray | None = None
         self.std: np.ndarray | None = None
+        self._reduce_sum: Callable[[np.ndarray], np.ndarray] | None = None
 
     def out_type(self, t: VType) -> VType:
         if not self.fit:
@@ -211,13 +218,20 @@ class Standardize(Operator):
     def order_free(self) -> bool:
         return not self.fit or self.mean is not None
 
+    def set_reduction(self, reduce_sum: Callable[[np.ndarray], np.ndarray] | None) -> None:
+        self._reduce_sum = reduce_sum
+
     def fit_on(self, x: np.ndarray) -> None:
-        """Fit mean and std per column on the present, finite values of ``x``."""
+        """Fit mean and std per column on the present, finite values of ``x`` (with a
+        reduction set, of every rank's first batch: the sums are summed over ranks)."""
+        total = self._reduce_sum or (lambda a: a)
         with np.errstate(invalid="ignore"):
             present = np.isfinite(x)
-            cnt = np.maximum(present.sum(axis=0), 1)
-            mean = np.where(present, x, 0.0).sum(axis=0) / cnt
-            var = (np.where(present, x - mean, 0.0) ** 2).sum(axis=0) / cnt
+            sums = total(np.stack([present.sum(axis=0).astype(np.float64),
+                                   np.where(present, x, 0.0).sum(axis=0)]))
+            cnt = np.maximum(sums[0], 1)
+            mean = sums[1] / cnt
+            var = total((np.where(present, x - mean, 0.0) ** 2).sum(axis=0)) / cnt
         self.mean = mean
         self.std = np.where(var > 0, np.sqrt(var), 1.0)
 

@@ -68,6 +68,9 @@ class Job:
         self.checkpoint_figures: dict[str, Any] = {}
         self._resume: ckpt.ResumePoint | None = None
         self._run_skip = 0
+        # the fitted operators' statistics allreduce (its own communicator: fits may run
+        # on the prefetch thread while the trainer uses the others)
+        self._fit_comm = self.world.comm.Dup() if self.world.size > 1 else None
 
     @classmethod
     def from_config(cls, path: str | os.PathLike) -> Job:
@@ -112,6 +115,18 @@ class Job:
         timer = {"input": 0.0, "train": 0.0}
         return self.run_batches(self._batches(paths, policy, timer), holdout_at=holdout_at,
                                 quiet=quiet, timer=timer, window=window, **schedule)
+
+    def _sum_over_ranks(self, a: np.ndarray) -> np.ndarray:
+        """Element-wise float64 sum of ``a`` over the ranks (posted, waited with a
+        deadline)."""
+        from mpi4py import MPI
+
+        from recs_core.comm.pending import Pending
+
+        local = np.ascontiguousarray(a, dtype=np.float64)
+        total = np.empty_like(local)
+        req = self._fit_comm.Iallreduce(local, total, op=MPI.SUM)
+        return Pending([req], lambda: total, "fit statistics allreduce", self._fit_comm).wait()
 
     def _local_parts(self, batches: Iterator[RawBatch], holdout_at: int | None,
                      held: list[RawBatch]) -> Iterator[RawBatch | None]:
@@ -246,6 +261,8 @@ class Job:
         empty = RawBatch.empty(len(schema.int_names), len(schema.str_names))
         timeline = Timeline(self.world.rank)
         timeline.sync(self.world.comm)
+        if self.world.size > 1:  # fitted operators fit on the global first batch
+            self.graph.set_fit_reduction(self._sum_over_ranks)
         source = self._local_parts(batches, holdout_at, held_raw)
         if point is not None:  # the steps the checkpoint had done: read, not trained
             t_skip = time.perf_counter()

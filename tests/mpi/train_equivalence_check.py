@@ -2,7 +2,8 @@
 1-rank run on the same global batches: every row's pre-update score (the loss
 trajectory) and the final parameters agree within float32 tolerance.
 
-argv: data file, placement ("row" | "table"), preset ("dlrm" | "wdl")
+argv: data file, placement ("row" | "table"), preset ("dlrm" | "wdl"), optionally
+"fitted" (a standardize fitted on the first batch: every rank fits on the global one)
 """
 
 from __future__ import annotations
@@ -42,17 +43,17 @@ def spec_for(placement: str, preset: str, fitted: bool = False):
     return parse_spec(data, str(CONFIGS / "criteo_dlrm.toml"))
 
 
-def main(path: str, placement: str, preset: str) -> None:
+def main(path: str, placement: str, preset: str, fitted: bool = False) -> None:
     world = mpi_world()
     comm = world.comm
-    job = Job(spec_for(placement, preset), world=world)
+    job = Job(spec_for(placement, preset, fitted), world=world)
     out = job.run([path])
     mine = job.step_probs
     dense = [p.copy() for p in job.model.net.params]
     tables = job.model.emb.gather_tables(comm)
     all_steps = comm.gather(mine, root=0)
     if world.rank == 0:
-        spec = spec_for(placement, preset)
+        spec = spec_for(placement, preset, fitted)
         ref = Job(spec, world=World())
         parts = []
         for r in range(world.size):
@@ -81,4 +82,4 @@ def main(path: str, placement: str, preset: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3])
+    main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:] == ["fitted"])
