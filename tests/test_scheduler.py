@@ -249,7 +249,8 @@ def sample_1200(tmp_path_factory) -> Path:
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("n,placement,preset", [(2, "row", "dlrm"), (3, "table", "wdl")])
+@pytest.mark.parametrize("n,placement,preset", [(2, "row", "dlrm"), (3, "table", "wdl"),
+                                                (2, "row", "dlrm-dyn")])
 def test_every_mode_trains_the_identical_model(sample_1200: Path, tmp_path: Path, n: int,
                                                placement: str, preset: str) -> None:
     trace = tmp_path / "trace.json"

@@ -6,7 +6,8 @@ also mid-pass, when the step hook (periodic checkpoints) sees the model.
 The pipeline plans must be the same on every rank, and the Chrome trace must hold
 every rank's track.
 
-argv: data file, placement ("row" | "table"), preset ("dlrm" | "wdl"), trace file
+argv: data file, placement ("row" | "table"), preset ("dlrm" | "wdl", with "-dyn": the
+categorical tables dynamic), trace file
 """
 
 from __future__ import annotations
@@ -23,12 +24,17 @@ from recs_core.sched import MODES
 from recs_core.sched.runner import StepHook
 from recs_core.train.job import Job
 from tests.mpi.train_equivalence_check import spec_for
+from tests.test_dynamic_train import DYN
+from tests.test_dynamic_train import spec as dyn_spec
 
 
 def train(path: str, placement: str, preset: str, mode: str, trace: str | None,
           workers: int = 0) -> tuple:
     world = mpi_world()
-    job = Job(spec_for(placement, preset, fitted=True), world=world)
+    if preset.endswith("-dyn"):  # the categorical tables dynamic (hash-keyed)
+        job = Job(dyn_spec(preset[:-4], dynamic=DYN, placement=placement), world=world)
+    else:
+        job = Job(spec_for(placement, preset, fitted=True), world=world)
     snaps: list = []
 
     def snapshot(steps: int) -> None:  # mid-pass state, as a periodic checkpoint sees it
@@ -42,6 +48,9 @@ def train(path: str, placement: str, preset: str, mode: str, trace: str | None,
     if job.model.wide is not None:
         tables.append(job.model.wide.gather_tables(world.comm))
     dense = [p.copy() for p in job.model.net.params]
+    dyn = job.model.emb.dynamic  # this rank's dynamic rows (keys, values, counts, ...)
+    out["dynamic_rows"] = {t: {k: np.copy(v) for k, v in dyn.arrays(t).items()}
+                           for t in dyn.tables}
     return out, job.step_probs, dense, tables
 
 
@@ -50,6 +59,7 @@ def main(path: str, placement: str, preset: str, trace: str) -> None:
     comm = world.comm
     ref_out, ref_probs, ref_dense, ref_tables = train(path, placement, preset, "sequential",
                                                      None)
+    assert bool(ref_out["dynamic_rows"]) == preset.endswith("-dyn")
     # the task loop also with two operator worker threads (lock-free rings)
     for mode, workers in [(m, 0) for m in MODES[1:]] + [("recs", 2), ("recs-intra", 1)]:
         out, probs, dense, tables = train(path, placement, preset, mode,
@@ -65,6 +75,9 @@ def main(path: str, placement: str, preset: str, trace: str) -> None:
             assert np.array_equal(a, b), f"{mode}: step {s} scores differ"
         for i, (a, b) in enumerate(zip(dense, ref_dense)):
             assert np.array_equal(a, b), f"{mode}: dense parameter {i} differs"
+        for t, arrays in ref_out["dynamic_rows"].items():
+            for k, a in arrays.items():
+                assert np.array_equal(out["dynamic_rows"][t][k], a), f"{mode}: dyn {t} {k}"
         if world.rank == 0:
             for k, (set_a, set_b) in enumerate(zip(tables, ref_tables)):
                 for t, (a, b) in enumerate(zip(set_a, set_b)):
