@@ -165,15 +165,24 @@ class Job:
             start = time.perf_counter()
             with timeline.cpu("features"):
                 fb = self.graph.process(part)
-            t1 = time.perf_counter()
-            timer["input"] += t1 - start
-            with timeline.cpu("train step"):
-                train(fb, rows)
-            timer["train"] += time.perf_counter() - t1
-            timeline.step(start, time.perf_counter())
-            steps += 1
-            if hook is not None and steps % hook.every == 0:
-                hook.fn(steps)
+            timer["input"] += time.perf_counter() - start
+            steps = self._blocking_step(fb, rows, start, steps, timeline, train, timer, hook)
+
+    @staticmethod
+    def _blocking_step(fb: FeatureBatch, rows: int, start: float, steps: int,
+                       timeline: Timeline, train: Callable[[FeatureBatch, int], None],
+                       timer: dict[str, float], hook: StepHook | None) -> int:
+        """Train one step that blocks on its exchanges (modes sequential, prefetch), time
+        it, run the hook when due; returns the steps done."""
+        t1 = time.perf_counter()
+        with timeline.cpu("train step"):
+            train(fb, rows)
+        timer["train"] += time.perf_counter() - t1
+        timeline.step(start, time.perf_counter())
+        steps += 1
+        if hook is not None and steps % hook.every == 0:
+            hook.fn(steps)
+        return steps
 
     def _pass_prefetch(self, source: Iterator[RawBatch | None], empty: RawBatch,
                        timeline: Timeline, train: Callable[[FeatureBatch, int], None],
@@ -218,14 +227,8 @@ class Job:
                 if done:
                     empty_fb = empty_fb or self.graph.process(empty)
                     fb = empty_fb
-                t1 = time.perf_counter()
-                with timeline.cpu("train step"):
-                    train(fb, rows)
-                timer["train"] += time.perf_counter() - t1
-                timeline.step(start, time.perf_counter())
-                steps += 1
-                if hook is not None and steps % hook.every == 0:
-                    hook.fn(steps)
+                steps = self._blocking_step(fb, rows, start, steps, timeline, train, timer,
+                                            hook)
         finally:
             stop.set()
 
