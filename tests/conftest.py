@@ -41,3 +41,12 @@ def criteo_sample() -> Path:
     if not CRITEO_SAMPLE.exists():
         pytest.fail(f"real sample missing: {CRITEO_SAMPLE} (shared/ is laid beside the repo)")
     return CRITEO_SAMPLE
+
+
+@pytest.fixture(scope="module")
+def sample_1200(tmp_path_factory) -> Path:
+    """The first 1,200 rows of the real Criteo sample (time-ordered), as a file."""
+    src = ROOT.parent / "shared" / "data" / "criteo" / "train.txt"
+    p = tmp_path_factory.mktemp("data") / "head.txt"
+    p.write_text("".join(src.read_text().splitlines(keepends=True)[:1200]))
+    return p

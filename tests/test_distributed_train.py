@@ -14,14 +14,6 @@ from tests.conftest import CONFIGS, ROOT, run_mpi
 CHECK = str(ROOT / "tests" / "mpi" / "train_equivalence_check.py")
 
 
-@pytest.fixture(scope="module")
-def sample_1200(tmp_path_factory) -> Path:
-    src = ROOT.parent / "shared" / "data" / "criteo" / "train.txt"
-    p = tmp_path_factory.mktemp("data") / "head.txt"
-    p.write_text("".join(src.read_text().splitlines(keepends=True)[:1200]))
-    return p
-
-
 def small_config(tmp_path: Path, batch: int) -> Path:
     """The canonical config with small tables and the given global batch."""
     cfg = tmp_path / "c.toml"

@@ -240,14 +240,6 @@ def test_step_figures_count_idle_while_comm_in_flight(tmp_path: Path) -> None:
 
 # ---- every mode trains the same model, across real ranks ---------------------------------
 
-@pytest.fixture(scope="module")
-def sample_1200(tmp_path_factory) -> Path:
-    src = ROOT.parent / "shared" / "data" / "criteo" / "train.txt"
-    p = tmp_path_factory.mktemp("data") / "head.txt"
-    p.write_text("".join(src.read_text().splitlines(keepends=True)[:1200]))
-    return p
-
-
 @pytest.mark.mpi
 @pytest.mark.parametrize("n,placement,preset", [(2, "row", "dlrm"), (3, "table", "wdl"),
                                                 (2, "row", "dlrm-dyn")])
