@@ -50,3 +50,49 @@ def sample_1200(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("data") / "head.txt"
     p.write_text("".join(src.read_text().splitlines(keepends=True)[:1200]))
     return p
+
+
+def small_test_spec(preset: str = "dlrm", *, buckets: int = 1 << 10, batch: int = 101,
+                    fitted: bool = False, optimizer: str | None = None,
+                    sparse: str = "adagrad", placement: str | None = None,
+                    dynamic: dict | None = None):
+    """The canonical features with small tables and MLPs (a fresh spec each call: its
+    operators hold their fitted state). ``fitted`` adds a dense feature standardized on
+    the first batch; ``optimizer`` adds an [optimizer] section (lr 0.05, ``sparse``);
+    ``dynamic`` (options, {} for the defaults) makes the ``cat`` tables dynamic, their
+    ids hash_bucket into 2**32."""
+    import tomllib
+
+    from recs_core.features.spec import parse_spec
+
+    data = tomllib.loads((CONFIGS / "criteo_dlrm.toml").read_text())
+    if fitted:
+        data["pipeline"][0]["feature"].append(
+            {"name": "dense_std", "inputs": ["I1..I13"], "output": "dense",
+             "ops": [{"op": "fill_missing", "value": 0}, {"op": "clip", "min": 0},
+                     {"op": "log1p"}, {"op": "standardize", "fit": True}]})
+    data["input"]["batch_size"] = batch
+    for p in data["pipeline"]:
+        for f in p["feature"]:
+            for op in f["ops"]:
+                if "buckets" in op:
+                    op["buckets"] = buckets
+            if f["name"] == "cat" and dynamic is not None:
+                f["ops"][0]["buckets"] = 1 << 32
+                f["embedding"]["dynamic"] = dynamic
+    data["model"] = {"preset": preset, "bottom_mlp": [8, 16], "top_mlp": [16, 8],
+                     "deep_mlp": [16, 8]}
+    if optimizer is not None:
+        data["optimizer"] = {"name": optimizer, "lr": 0.05, "sparse": sparse}
+    data["train"] = {"seed": 5} | ({"placement": placement} if placement else {})
+    return parse_spec(data, str(CONFIGS / "criteo_dlrm.toml"))
+
+
+@pytest.fixture(scope="session")
+def two_windows(tmp_path_factory) -> tuple[Path, Path]:
+    """Two consecutive windows of 1,200 real (time-ordered) Criteo rows each."""
+    lines = CRITEO_SAMPLE.read_text().splitlines(keepends=True)
+    d = tmp_path_factory.mktemp("windows")
+    (d / "w1.txt").write_text("".join(lines[:1200]))
+    (d / "w2.txt").write_text("".join(lines[1200:2400]))
+    return d / "w1.txt", d / "w2.txt"

@@ -14,41 +14,23 @@ from recs_core.errors import ConfigError
 from recs_core.features.spec import DYNAMIC_ID_LIMIT, DynamicSpec, parse_spec
 from recs_core.train.checkpointing import apply_dynamic_delta, merged_dynamic
 from recs_core.train.job import Job
-from tests.conftest import CONFIGS, ROOT, run_mpi
+from tests.conftest import CONFIGS, ROOT, run_mpi, small_test_spec
 
 
 def spec(preset: str = "dlrm", dynamic: dict | None = None, sparse: str = "adagrad",
          batch: int = 101, placement: str = "row"):
-    """The canonical features with small tables; with ``dynamic`` (options; {} for the
+    """The small test spec (see tests/conftest.py); with ``dynamic`` (options; {} for the
     defaults) the ``cat`` tables are dynamic, their ids hash_bucket into 2**32."""
-    data = tomllib.loads((CONFIGS / "criteo_dlrm.toml").read_text())
-    data["input"]["batch_size"] = batch
-    for p in data["pipeline"]:
-        for f in p["feature"]:
-            for op in f["ops"]:
-                if "buckets" in op:
-                    op["buckets"] = 1 << 10
-            if f["name"] == "cat" and dynamic is not None:
-                f["ops"][0]["buckets"] = 1 << 32
-                f["embedding"]["dynamic"] = dynamic
-    data["model"] = {"preset": preset, "bottom_mlp": [8, 16], "top_mlp": [16, 8],
-                     "deep_mlp": [16, 8]}
-    data["optimizer"] = {"name": "adagrad", "lr": 0.05, "sparse": sparse}
-    data["train"] = {"seed": 5, "placement": placement}
-    return parse_spec(data, str(CONFIGS / "criteo_dlrm.toml"))
+    return small_test_spec(preset, batch=batch, optimizer="adagrad", sparse=sparse,
+                           placement=placement, dynamic=dynamic)
 
 
 DYN = {"admit_after": 2, "evict_after_windows": 0, "sketch_width": 1 << 16}
 
 
 @pytest.fixture(scope="module")
-def windows(tmp_path_factory) -> tuple[Path, Path]:
-    src = (ROOT.parent / "shared" / "data" / "criteo" / "train.txt").read_text()
-    lines = src.splitlines(keepends=True)
-    d = tmp_path_factory.mktemp("dynwindows")
-    (d / "w1.txt").write_text("".join(lines[:1200]))
-    (d / "w2.txt").write_text("".join(lines[1200:2400]))
-    return d / "w1.txt", d / "w2.txt"
+def windows(two_windows: tuple[Path, Path]) -> tuple[Path, Path]:
+    return two_windows
 
 
 def test_spec_option_and_its_errors() -> None:

@@ -14,15 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tomllib
 
 from recs_core.checkpoint import apply_delta, load_manifest, read_delta
 from recs_core.cli import main
 from recs_core.errors import RecsError
-from recs_core.features.spec import parse_spec
 from recs_core.train.checkpointing import merged_checkpoint, table_stems
 from recs_core.train.job import Job
-from tests.conftest import CONFIGS, ROOT, mpiexec, run_mpi
+from tests.conftest import CONFIGS, ROOT, mpiexec, run_mpi, small_test_spec
 
 FIGURES = ("rows", "train_rows", "eval_rows", "progressive_auc", "train_logloss", "eval_auc",
            "eval_logloss", "window_steps", "global_step")
@@ -30,37 +28,15 @@ FIGURES = ("rows", "train_rows", "eval_rows", "progressive_auc", "train_logloss"
 
 def spec(preset: str = "dlrm", buckets: int = 1 << 10, batch: int = 101, fitted: bool = True,
          optimizer: str = "adagrad", sparse: str = "adagrad"):
-    """The canonical features with small tables and MLPs; ``fitted`` adds a dense feature
-    standardized with statistics fitted on each rank's first batch. A fresh spec each
-    call: a spec's operators hold their fitted state."""
-    data = tomllib.loads((CONFIGS / "criteo_dlrm.toml").read_text())
-    if fitted:
-        data["pipeline"][0]["feature"].append(
-            {"name": "dense_std", "inputs": ["I1..I13"], "output": "dense",
-             "ops": [{"op": "fill_missing", "value": 0}, {"op": "clip", "min": 0},
-                     {"op": "log1p"}, {"op": "standardize", "fit": True}]})
-    data["input"]["batch_size"] = batch
-    for p in data["pipeline"]:
-        for f in p["feature"]:
-            for op in f["ops"]:
-                if "buckets" in op:
-                    op["buckets"] = buckets
-    data["model"] = {"preset": preset, "bottom_mlp": [8, 16], "top_mlp": [16, 8],
-                     "deep_mlp": [16, 8]}
-    data["optimizer"] = {"name": optimizer, "lr": 0.05, "sparse": sparse}
-    data["train"] = {"seed": 5}
-    return parse_spec(data, str(CONFIGS / "criteo_dlrm.toml"))
+    """The small test spec (see tests/conftest.py), by default with a fitted standardize."""
+    return small_test_spec(preset, buckets=buckets, batch=batch, fitted=fitted,
+                           optimizer=optimizer, sparse=sparse)
 
 
 @pytest.fixture(scope="module")
-def head(tmp_path_factory) -> tuple[Path, Path]:
+def head(two_windows: tuple[Path, Path]) -> tuple[Path, Path]:
     """Two windows of 1200 real rows each."""
-    src = (ROOT.parent / "shared" / "data" / "criteo" / "train.txt").read_text()
-    lines = src.splitlines(keepends=True)
-    d = tmp_path_factory.mktemp("windows")
-    (d / "w1.txt").write_text("".join(lines[:1200]))
-    (d / "w2.txt").write_text("".join(lines[1200:2400]))
-    return d / "w1.txt", d / "w2.txt"
+    return two_windows
 
 
 def hashes(ckpt: str | Path) -> dict[str, str]:

@@ -11,36 +11,19 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import tomllib
 from mpi4py import MPI
 
 from recs_core.comm.world import World, mpi_world
 from recs_core.data.parse import RawBatch
 from recs_core.data.reader import ShardReader
-from recs_core.features.spec import parse_spec
 from recs_core.train.job import Job
-from tests.conftest import CONFIGS
+from tests.conftest import small_test_spec
 
 
 def spec_for(placement: str, preset: str, fitted: bool = False):
     """The canonical spec with small tables; ``fitted`` adds a dense feature standardized
     with statistics fitted on the first batch (an operator whose batch order matters)."""
-    data = tomllib.loads((CONFIGS / "criteo_dlrm.toml").read_text())
-    if fitted:
-        data["pipeline"][0]["feature"].append(
-            {"name": "dense_std", "inputs": ["I1..I13"], "output": "dense",
-             "ops": [{"op": "fill_missing", "value": 0}, {"op": "clip", "min": 0},
-                     {"op": "log1p"}, {"op": "standardize", "fit": True}]})
-    data["input"]["batch_size"] = 101  # not a multiple of the rank count
-    for p in data["pipeline"]:
-        for f in p["feature"]:
-            for op in f["ops"]:
-                if "buckets" in op:
-                    op["buckets"] = 1 << 10
-    data["model"] = {"preset": preset, "bottom_mlp": [8, 16], "top_mlp": [16, 8],
-                     "deep_mlp": [16, 8]}
-    data["train"] = {"seed": 5, "placement": placement}
-    return parse_spec(data, str(CONFIGS / "criteo_dlrm.toml"))
+    return small_test_spec(preset, fitted=fitted, placement=placement)
 
 
 def main(path: str, placement: str, preset: str, fitted: bool = False) -> None:
