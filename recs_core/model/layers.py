@@ -79,6 +79,7 @@ class MLP:
         self._acts: list[np.ndarray] = []  # per layer: its output (after bias / ReLU)
         self._dxs: list[np.ndarray] = []   # per layer: d loss / d its input
         self._dz_last: np.ndarray | None = None
+        self._dzs: list[np.ndarray] = []
         self._x: np.ndarray | None = None
         self._n = 0
 
@@ -121,35 +122,46 @@ class MLP:
     def _backward(self, dy: np.ndarray, dx: str = "new") -> np.ndarray | None:
         """backward of the last forward. dx: "new" returns d input as a new array, "buffer"
         in an internal buffer (valid until the next backward), "none" skips it."""
+        d_in = self._backward_dx(dy, dx)
+        for layer in range(self.num_layers):
+            self._backward_dw(layer)
+        return d_in
+
+    def _backward_dx(self, dy: np.ndarray, dx: str = "new") -> np.ndarray | None:
+        """First part of backward: bias gradients and d input through every layer. The
+        weight gradients follow with :meth:`_backward_dw` (per layer, in any order), so a
+        caller can send what depends on d input before it computes them."""
         if self._x is None:
             raise RuntimeError("MLP.backward called before forward")
         n = self._n
         dy = np.ascontiguousarray(dy, dtype=self.dtype)
         if dy.shape != (n, self.sizes[-1]):
             raise ValueError(f"MLP dy must be [{n}, {self.sizes[-1]}], got {dy.shape}")
+        self._dzs = [dy] * self.num_layers  # per layer: d loss / d pre-activation
         g = dy
         for layer in range(self.num_layers - 1, -1, -1):
-            w, gw, gb = self.params[2 * layer], self.grads[2 * layer], self.grads[2 * layer + 1]
+            gb = self.grads[2 * layer + 1]
             if self._relu(layer):
                 # g is our own dx buffer (masked in place), except the caller's dy on top
                 if layer == self.num_layers - 1:
                     self._dz_last[:n] = g
                     g = self._dz_last[:n]
-                dz = g
-                _relu_grad_colsum(dz, self._acts[layer][:n], gb)
+                _relu_grad_colsum(g, self._acts[layer][:n], gb)
             else:
-                dz = g
                 _colsum(g, gb)
-            a_in = self._x if layer == 0 else self._acts[layer - 1][:n]
-            np.matmul(a_in.T, dz, out=gw)
+            self._dzs[layer] = g
             if layer > 0:
-                g = self._dxs[layer][:n]
-                np.matmul(dz, w.T, out=g)
+                g = np.matmul(g, self.params[2 * layer].T, out=self._dxs[layer][:n])
         if dx == "none":
             return None
         if dx == "buffer":
-            return np.matmul(dz, self.params[0].T, out=self._dxs[0][:n])
-        return np.matmul(dz, self.params[0].T)
+            return np.matmul(g, self.params[0].T, out=self._dxs[0][:n])
+        return np.matmul(g, self.params[0].T)
+
+    def _backward_dw(self, layer: int) -> None:
+        """The weight gradient of one layer, after :meth:`_backward_dx`."""
+        a_in = self._x if layer == 0 else self._acts[layer - 1][:self._n]
+        np.matmul(a_in.T, self._dzs[layer], out=self.grads[2 * layer])
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         """dy = d loss / d output [n, sizes[-1]] -> d loss / d input [n, sizes[0]]; fills

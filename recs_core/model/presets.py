@@ -8,24 +8,33 @@ their gradient, so the embedding tables and their sparse optimizer stay outside.
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import Any, TypeVar
+from collections.abc import Generator, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
 from recs_core.model.interaction import interact_backward_kernel, interact_kernel, num_pairs
 from recs_core.model.layers import MLP
 
-T = TypeVar("T")
+
+@dataclass
+class EmbGrads:
+    """Yielded once by ``backward_stages``: d loss / d the looked-up vectors (and, for
+    Wide&Deep, d the wide weights), ready before the dense weight gradients."""
+
+    d_emb: np.ndarray
+    d_wide: np.ndarray | None = None
 
 
-def run_stages(stages: Generator[Any, None, T]) -> T:
-    """Run a staged computation to the end and return its result."""
-    while True:
-        try:
-            next(stages)
-        except StopIteration as done:
-            return done.value
+Stage = list[int] | EmbGrads  # a bucket of final ``grads`` indices, or the embedding grads
+
+
+def run_backward(stages: Iterable[Stage]) -> EmbGrads:
+    """Run backward stages to the end; the embedding gradients they gave."""
+    out = [s for s in stages if isinstance(s, EmbGrads)]
+    if len(out) != 1:
+        raise RuntimeError(f"backward stages gave {len(out)} embedding gradients, not 1")
+    return out[0]
 
 
 def _as(x: np.ndarray, dtype: np.dtype, shape: tuple, what: str) -> np.ndarray:
@@ -82,26 +91,29 @@ class DLRM:
 
     def backward(self, dlogits: np.ndarray) -> np.ndarray:
         """d loss / d logits [n] -> d loss / d emb [n, num_sparse, dim]; fills grads."""
-        return run_stages(self.backward_stages(dlogits))
+        return run_backward(self.backward_stages(dlogits)).d_emb
 
-    def backward_stages(self, dlogits: np.ndarray) -> Generator[list[int], None, np.ndarray]:
-        """:meth:`backward` in stages: yields the indices (into ``grads``) that are final
-        after each stage -- the top MLP's first, so their allreduce can start while the
-        rest runs -- and returns d emb."""
+    def backward_stages(self, dlogits: np.ndarray) -> Generator[Stage, None, None]:
+        """:meth:`backward` in stages, in critical-path order: first d emb (the sparse
+        updates wait for it, and the next step's lookups for them), then the weight
+        gradients, each bucket of ``grads`` indices yielded once final (its allreduce may
+        start while the rest runs)."""
         if self._emb is None:
             raise RuntimeError("DLRM.backward called before forward")
         n = self._emb.shape[0]
         dy = _as(dlogits, self.dtype, (n,), "DLRM dlogits").reshape(n, 1)
-        d_top_in = self.top._backward(dy, "buffer")
-        nb = len(self.bottom.params)
-        yield list(range(nb, len(self.params)))
+        d_top_in = self.top._backward_dx(dy, "buffer")
         d_x0 = np.empty((n, self.dim), self.dtype)
         d_emb = np.empty((n, self.num_sparse, self.dim), self.dtype)
         interact_backward_kernel(self._x0, self._emb, d_top_in[:, self.dim:], d_x0, d_emb)
         d_x0 += d_top_in[:, :self.dim]
+        yield EmbGrads(d_emb)
+        nb = len(self.bottom.params)
         self.bottom._backward(d_x0, "none")
         yield list(range(nb))
-        return d_emb
+        for layer in range(self.top.num_layers):
+            self.top._backward_dw(layer)
+            yield [nb + 2 * layer, nb + 2 * layer + 1]
 
 
 class WideDeep:
@@ -155,20 +167,23 @@ class WideDeep:
     def backward(self, dlogits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """d loss / d logits [n] -> (d emb [n, num_sparse, dim], d wide [n, num_sparse]);
         fills grads."""
-        return run_stages(self.backward_stages(dlogits))
+        g = run_backward(self.backward_stages(dlogits))
+        return g.d_emb, g.d_wide
 
-    def backward_stages(self, dlogits: np.ndarray) -> Generator[
-            list[int], None, tuple[np.ndarray, np.ndarray]]:
-        """:meth:`backward` as one stage (yields every grads index), for the same
-        interface as :meth:`DLRM.backward_stages`."""
+    def backward_stages(self, dlogits: np.ndarray) -> Generator[Stage, None, None]:
+        """:meth:`backward` in stages, in the order of :meth:`DLRM.backward_stages`: the
+        embedding and wide gradients first, then one bucket per deep layer (the wide bias
+        with the first)."""
         if self._n is None:
             raise RuntimeError("WideDeep.backward called before forward")
         n = self._n
         dy = _as(dlogits, self.dtype, (n,), "WideDeep dlogits")
-        dx = self.deep._backward(dy.reshape(n, 1), "buffer")
+        dx = self.deep._backward_dx(dy.reshape(n, 1), "buffer")
         self.grads[-1][0] = dy.sum(dtype=np.float64)
         d_emb = np.ascontiguousarray(dx[:, :self.num_sparse * self.dim]).reshape(
             n, self.num_sparse, self.dim)
         d_wide = np.broadcast_to(dy[:, None], (n, self.num_sparse)).copy()
-        yield list(range(len(self.params)))
-        return d_emb, d_wide
+        yield EmbGrads(d_emb, d_wide)
+        for layer in range(self.deep.num_layers):
+            self.deep._backward_dw(layer)
+            yield [2 * layer, 2 * layer + 1] + ([len(self.params) - 1] if layer == 0 else [])

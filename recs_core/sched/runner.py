@@ -6,10 +6,13 @@ Per step t the loop runs these tasks (see ``DESIGN.md``, scheduling model):
   run, the exchange plan, the count and id exchanges, then -- once the owners applied
   step t-1's update of p -- the owner gather and the row exchange, and the fill of the
   batch's embedding block;
-* ``train t``: the dense features, the MLP forward and backward, then the posts of the
-  dense allreduce and of every pipeline's gradient push;
-* ``apply t/p`` and ``dense t``: the owners' sparse update and the dense update, each
-  once its exchange completes.
+* ``train t``: the dense features, the MLP forward, the backward as far as the
+  embedding gradients, and the post of every pipeline's gradient push;
+* ``apply t/p``: the owners' sparse update, once the push completes;
+* ``dense t``: the rest of backward (the weight gradients, each bucket's allreduce posted
+  as soon as it is final), then the dense update once every bucket is summed. It runs
+  after the applies and lookups that are ready: the sparse chain (push, apply, rows) of
+  step t+1 is the longer one, and the weight gradients fill its windows.
 
 Exactness: step t+1's rows are served only after step t's update of that pipeline, and
 its forward only after step t's dense update, so every mode computes the same model.
@@ -36,12 +39,14 @@ from recs_core.comm.pending import Pending
 from recs_core.comm.progress import ProgressThread, over_network
 from recs_core.data.parse import RawBatch
 from recs_core.features.graph import BatchState, FeatureBatch, OpNode
+from recs_core.model.presets import EmbGrads
 from recs_core.sched.costs import Costs, PipelinePlan
 from recs_core.sched.loop import Loop, Task
 from recs_core.sched.trace import WORKER, Timeline
 from recs_core.sched.workers import OperatorWorkers
 
 REPLAN_EVERY = 16  # steps between cost agreements (a tiny allreduce); also at step 2
+DENSE_PRIO = 50  # after the applies (2 + i) and lookups (10 + i), before feature filling
 
 
 @dataclass(frozen=True)
@@ -301,15 +306,22 @@ class ScheduledPass:
         record(b.fb, probs)
         yield None  # a poll between forward and backward: exchanges progress
         stages, summed = self.model.backward_stages(dlogits), []
-        while True:  # each bucket's allreduce starts while the rest of backward runs
-            try:
-                summed.append(self.model.post_dense_allreduce(next(stages)))
-            except StopIteration as done:
-                d_emb, d_wide = done.value
+        for stage in stages:  # each bucket's allreduce starts while the rest of backward runs
+            if isinstance(stage, EmbGrads):
+                self._push(t, stage)
                 break
+            summed.append(self.model.post_dense_allreduce(stage))
             yield None
-        self._dense = self.loop.spawn(self._dense_update(summed), f"dense {t}", 1)
-        for si, d in enumerate((d_emb, d_wide)[:len(self.sets)]):
+        # The weight gradients are computed by their own task, after this one ends: step
+        # t+1's lookups wait for this task, and serve their rows once the pushes above
+        # are applied, while the weight gradients and their allreduce fill the window.
+        self._dense = self.loop.spawn(self._dense_grads(stages, summed), f"dense {t}",
+                                      DENSE_PRIO)
+
+    def _push(self, t: int, grads: EmbGrads) -> None:
+        """Post step t's embedding gradients to their owners; spawn the owners' updates."""
+        b = self.batches[t]
+        for si, d in enumerate((grads.d_emb, grads.d_wide)[:len(self.sets)]):
             emb = self.sets[si]
             for i, p in enumerate(self.plan.order):
                 pushed = emb.lookups[p].post_grads(b.plans[(si, p)],
@@ -321,7 +333,12 @@ class ScheduledPass:
         yield pushed
         emb.lookups[p].apply(emb.optimizer)
 
-    def _dense_update(self, summed: list[Pending]) -> Iterator[Any]:
+    def _dense_grads(self, stages: Iterator[Any], summed: list[Pending]) -> Iterator[Any]:
+        """The rest of backward (the weight gradients, a poll after each bucket, whose
+        allreduce starts at once), then the dense update once every bucket is summed."""
+        for bucket in stages:
+            summed.append(self.model.post_dense_allreduce(bucket))
+            yield None
         yield from summed
         self.model.dense_update(summed)
 

@@ -13,7 +13,7 @@ from recs_core.features.graph import FeatureBatch
 from recs_core.features.spec import Spec
 from recs_core.model.loss import bce_with_logits, sigmoid
 from recs_core.model.optim import make_dense_optimizer
-from recs_core.model.presets import DLRM, WideDeep
+from recs_core.model.presets import DLRM, EmbGrads, Stage, WideDeep
 from recs_core.train.config import TrainConfig
 from recs_core.train.embeddings import LocalEmbeddings, ShardedEmbeddings, slots_of
 
@@ -117,15 +117,15 @@ class Model:
             dlogits *= np.float32(len(fb) / global_rows)
         return sigmoid(logits).astype(np.float32), loss, dlogits
 
-    def backward_stages(self, dlogits: np.ndarray) -> Generator[
-            list[int], None, tuple[np.ndarray, np.ndarray | None]]:
-        """Backward of the dense network in stages: yields the indices of the dense
-        gradients final after each stage (a bucket for the allreduce; every mode uses the
-        same buckets, so sums come out identical) and returns (d z, d wide_z or None)."""
-        if self.wide is None:
-            return (yield from self.net.backward_stages(dlogits)), None
-        d_emb, d_wide = yield from self.net.backward_stages(dlogits)
-        return d_emb, d_wide[:, :, None]
+    def backward_stages(self, dlogits: np.ndarray) -> Generator[Stage, None, None]:
+        """Backward of the dense network in stages: yields, once, the :class:`EmbGrads`
+        (d z, and d wide_z or None, shaped like the looked-up blocks), and the indices of
+        the dense gradients final after each stage (a bucket for the allreduce; every mode
+        uses the same buckets, so sums come out identical)."""
+        for stage in self.net.backward_stages(dlogits):
+            if isinstance(stage, EmbGrads) and stage.d_wide is not None:
+                stage = EmbGrads(stage.d_emb, stage.d_wide[:, :, None])
+            yield stage
 
     def train_step(self, fb: FeatureBatch, global_rows: int | None = None) -> tuple[
             np.ndarray, float]:
@@ -137,21 +137,18 @@ class Model:
         z = self.emb.lookup(fb)
         wide_z = self.wide.lookup(fb) if self.wide is not None else None
         probs, loss, dlogits = self.forward_loss(fb, z, wide_z, global_rows)
-        stages, summed = self.backward_stages(dlogits), []
-        while True:
-            try:
-                bucket = next(stages)
-            except StopIteration as done:
-                d_emb, d_wide = done.value
-                break
-            if self._dense_comm is not None:  # blocking: this is the unscheduled step
-                summed.append(self.post_dense_allreduce(bucket))
+        summed, emb_grads = [], None
+        for stage in self.backward_stages(dlogits):
+            if isinstance(stage, EmbGrads):
+                emb_grads = stage
+            elif self._dense_comm is not None:  # blocking: this is the unscheduled step
+                summed.append(self.post_dense_allreduce(stage))
                 summed[-1].wait()
                 self.dense_wait_seconds += summed[-1].waited
         if self.wide is not None:
-            self.wide.update(fb, d_wide)
+            self.wide.update(fb, emb_grads.d_wide)
         self.dense_update(summed)
-        self.emb.update(fb, d_emb)
+        self.emb.update(fb, emb_grads.d_emb)
         return probs, loss
 
     def state(self) -> dict[str, np.ndarray]:
