@@ -10,9 +10,9 @@ Per step t the loop runs these tasks (see ``DESIGN.md``, scheduling model):
   embedding gradients, and the post of every pipeline's gradient push;
 * ``apply t/p``: the owners' sparse update, once the push completes;
 * ``dense t``: the rest of backward (the weight gradients, each bucket's allreduce posted
-  as soon as it is final), then the dense update once every bucket is summed. It runs
-  after the applies and lookups that are ready: the sparse chain (push, apply, rows) of
-  step t+1 is the longer one, and the weight gradients fill its windows.
+  as soon as it is final), then the dense update once every bucket is summed. The
+  weight gradients run while the pushes are on the wire: step t+1's lookups wait for
+  the pushes and updates (the longer chain), not for them.
 
 Exactness: step t+1's rows are served only after step t's update of that pipeline, and
 its forward only after step t's dense update, so every mode computes the same model.
@@ -46,7 +46,10 @@ from recs_core.sched.trace import WORKER, Timeline
 from recs_core.sched.workers import OperatorWorkers
 
 REPLAN_EVERY = 16  # steps between cost agreements (a tiny allreduce); also at step 2
-DENSE_PRIO = 50  # after the applies (2 + i) and lookups (10 + i), before feature filling
+# Task priorities, lower first: train 0; dense 1 (its weight gradients fill the window of
+# the gradient pushes, which the applies wait for anyway, and its allreduces go out
+# early); apply 2 + i; admit 5; lookups 10 + i of the current step, 30 + i of the next.
+DENSE_PRIO = 1
 
 
 @dataclass(frozen=True)
@@ -281,7 +284,8 @@ class ScheduledPass:
             for si in range(len(self.sets)):
                 before = prev.lookups.get((si, p)) if prev is not None else None
                 b.lookups[(si, p)] = self.loop.spawn(self._lookup(t, si, p, before),
-                                                     f"lookup {t}/{p}", 10 + i)
+                                                     f"lookup {t}/{p}",
+                                                     (10 if t == self._current else 30) + i)
 
     def _early_lookups(self, t: int) -> Iterator[Any]:
         """Start step t's lookups while step t-1 trains: their id exchanges overlap its
