@@ -147,7 +147,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--progress-thread", choices=("auto", "on", "off"), default="auto",
                    help="in modes recs*, a thread that lets MPI progress every ms during "
                    "long tasks; auto: when messages cross a network (several nodes, or MPI "
-                   "forced over TCP)")
+                   "forced over TCP) and the rank has a spare core (--threads >= 2)")
     _add_policy_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_train)

@@ -245,7 +245,7 @@ class Job:
         there; ``lookahead``: batches prepared ahead (prefetch, recs*); ``workers``:
         operator worker threads of the task loop (default: the rank's cores - 1);
         ``progress_thread``: poke MPI every ms during long tasks ("auto": when messages
-        cross a network);
+        cross a network and the rank has a spare core, i.e. ``workers`` > 0);
         ``hook.fn(steps_done)`` runs after every ``hook.every`` steps, in every mode, with
         the model up to date (for periodic checkpoints). After :meth:`resume` the pass
         skips the steps the checkpoint had done and continues its progressive metrics;
