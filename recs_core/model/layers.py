@@ -3,8 +3,23 @@ and their gradients in fused Numba kernels, activations kept in reused per-layer
 
 from __future__ import annotations
 
+from collections.abc import Generator
+from typing import TypeVar
+
 import numpy as np
 from numba import njit
+
+T = TypeVar("T")
+
+
+def drive(stages: Generator[object, None, T]) -> T:
+    """Run a staged computation (a generator whose yields are points where a scheduler
+    may run other work) to the end; its return value."""
+    while True:
+        try:
+            next(stages)
+        except StopIteration as done:
+            return done.value
 
 
 @njit(nogil=True, cache=True)
@@ -101,6 +116,10 @@ class MLP:
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         """forward into the internal buffer (valid until the next forward)."""
+        return drive(self._forward_stages(x))
+
+    def _forward_stages(self, x: np.ndarray) -> Generator[None, None, np.ndarray]:
+        """:meth:`_forward`, yielding between layers."""
         x = np.ascontiguousarray(x, dtype=self.dtype)
         if x.ndim != 2 or x.shape[1] != self.sizes[0]:
             raise ValueError(f"MLP input must be [n, {self.sizes[0]}], got {x.shape}")
@@ -109,6 +128,8 @@ class MLP:
         self._x, self._n = x, n
         a = x
         for layer in range(self.num_layers):
+            if layer:
+                yield None
             y = self._acts[layer][:n]
             np.matmul(a, self.params[2 * layer], out=y)
             _bias_act(y, self.params[2 * layer + 1], self._relu(layer))
@@ -131,6 +152,11 @@ class MLP:
         """First part of backward: bias gradients and d input through every layer. The
         weight gradients follow with :meth:`_backward_dw` (per layer, in any order), so a
         caller can send what depends on d input before it computes them."""
+        return drive(self._backward_dx_stages(dy, dx))
+
+    def _backward_dx_stages(self, dy: np.ndarray, dx: str = "new") -> Generator[
+            None, None, np.ndarray | None]:
+        """:meth:`_backward_dx`, yielding between layers."""
         if self._x is None:
             raise RuntimeError("MLP.backward called before forward")
         n = self._n
@@ -152,6 +178,7 @@ class MLP:
             self._dzs[layer] = g
             if layer > 0:
                 g = np.matmul(g, self.params[2 * layer].T, out=self._dxs[layer][:n])
+                yield None
         if dx == "none":
             return None
         if dx == "buffer":

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recs_core.model.interaction import interact_backward_kernel, interact_kernel, num_pairs
-from recs_core.model.layers import MLP
+from recs_core.model.layers import MLP, drive
 
 
 @dataclass
@@ -26,7 +26,9 @@ class EmbGrads:
     d_wide: np.ndarray | None = None
 
 
-Stage = list[int] | EmbGrads  # a bucket of final ``grads`` indices, or the embedding grads
+# A bucket of final ``grads`` indices, the embedding gradients, or None: a point where a
+# scheduler may run other work (poll its exchanges) before the next stage.
+Stage = list[int] | EmbGrads | None
 
 
 def run_backward(stages: Iterable[Stage]) -> EmbGrads:
@@ -76,6 +78,11 @@ class DLRM:
 
     def forward(self, dense: np.ndarray, emb: np.ndarray) -> np.ndarray:
         """dense [n, num_dense], emb [n, num_sparse, dim] -> logits [n]."""
+        return drive(self.forward_stages(dense, emb))
+
+    def forward_stages(self, dense: np.ndarray, emb: np.ndarray) -> Generator[
+            None, None, np.ndarray]:
+        """:meth:`forward`, yielding between its parts."""
         dense = np.ascontiguousarray(dense, dtype=self.dtype)
         n = dense.shape[0]
         emb = _as(emb, self.dtype, (n, self.num_sparse, self.dim), "DLRM emb")
@@ -87,7 +94,8 @@ class DLRM:
         top_in[:, :self.dim] = x0
         interact_kernel(x0, emb, top_in[:, self.dim:])
         self._x0, self._emb = x0, emb
-        return self.top._forward(top_in)[:, 0].copy()
+        yield None
+        return (yield from self.top._forward_stages(top_in))[:, 0].copy()
 
     def backward(self, dlogits: np.ndarray) -> np.ndarray:
         """d loss / d logits [n] -> d loss / d emb [n, num_sparse, dim]; fills grads."""
@@ -102,7 +110,8 @@ class DLRM:
             raise RuntimeError("DLRM.backward called before forward")
         n = self._emb.shape[0]
         dy = _as(dlogits, self.dtype, (n,), "DLRM dlogits").reshape(n, 1)
-        d_top_in = self.top._backward_dx(dy, "buffer")
+        d_top_in = yield from self.top._backward_dx_stages(dy, "buffer")
+        yield None
         d_x0 = np.empty((n, self.dim), self.dtype)
         d_emb = np.empty((n, self.num_sparse, self.dim), self.dtype)
         interact_backward_kernel(self._x0, self._emb, d_top_in[:, self.dim:], d_x0, d_emb)
@@ -142,6 +151,11 @@ class WideDeep:
 
     def forward(self, dense: np.ndarray, emb: np.ndarray, wide: np.ndarray) -> np.ndarray:
         """dense [n, num_dense], emb [n, num_sparse, dim], wide [n, num_sparse] -> logits [n]."""
+        return drive(self.forward_stages(dense, emb, wide))
+
+    def forward_stages(self, dense: np.ndarray, emb: np.ndarray, wide: np.ndarray
+                       ) -> Generator[None, None, np.ndarray]:
+        """:meth:`forward`, yielding between layers."""
         dense = np.asarray(dense)
         n = dense.shape[0]
         dense = _as(dense, self.dtype, (n, self.num_dense), "WideDeep dense")
@@ -160,7 +174,7 @@ class WideDeep:
         fd = self.num_sparse * self.dim
         x[:, :fd] = emb.reshape(n, fd)
         x[:, fd:] = dense
-        deep = self.deep._forward(x)[:, 0]
+        deep = (yield from self.deep._forward_stages(x))[:, 0]
         self._n = n
         return deep + wide.sum(axis=1, dtype=self.dtype) + self.bias[0]
 
@@ -178,7 +192,7 @@ class WideDeep:
             raise RuntimeError("WideDeep.backward called before forward")
         n = self._n
         dy = _as(dlogits, self.dtype, (n,), "WideDeep dlogits")
-        dx = self.deep._backward_dx(dy.reshape(n, 1), "buffer")
+        dx = yield from self.deep._backward_dx_stages(dy.reshape(n, 1), "buffer")
         self.grads[-1][0] = dy.sum(dtype=np.float64)
         d_emb = np.ascontiguousarray(dx[:, :self.num_sparse * self.dim]).reshape(
             n, self.num_sparse, self.dim)

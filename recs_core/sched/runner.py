@@ -309,15 +309,17 @@ class ScheduledPass:
         if self._dense is not None and not self._dense.done:
             yield self._dense  # the forward uses step t-1's dense parameters
         wide = b.blocks[1] if len(b.blocks) > 1 else None
-        probs, _, dlogits = self.model.forward_loss(b.fb, b.blocks[0], wide, global_rows)
+        probs, _, dlogits = yield from self.model.forward_loss_stages(b.fb, b.blocks[0], wide,
+                                                                      global_rows)
         record(b.fb, probs)
         yield None  # a poll between forward and backward: exchanges progress
         stages, summed = self.model.backward_stages(dlogits), []
         for stage in stages:  # each bucket's allreduce starts while the rest of backward runs
             if isinstance(stage, EmbGrads):
-                self._push(t, stage)
+                yield from self._push(t, stage)
                 break
-            summed.append(self.model.post_dense_allreduce(stage))
+            if stage is not None:
+                summed.append(self.model.post_dense_allreduce(stage))
             yield None
         # The weight gradients are computed by their own task, after this one ends: step
         # t+1's lookups wait for this task, and serve their rows once the pushes above
@@ -325,8 +327,9 @@ class ScheduledPass:
         self._dense = self.loop.spawn(self._dense_grads(stages, summed), f"dense {t}",
                                       DENSE_PRIO)
 
-    def _push(self, t: int, grads: EmbGrads) -> None:
-        """Post step t's embedding gradients to their owners; spawn the owners' updates."""
+    def _push(self, t: int, grads: EmbGrads) -> Iterator[None]:
+        """Post step t's embedding gradients to their owners (a poll after each pipeline);
+        spawn the owners' updates."""
         b = self.batches[t]
         for si, d in enumerate((grads.d_emb, grads.d_wide)[:len(self.sets)]):
             emb = self.sets[si]
@@ -335,6 +338,7 @@ class ScheduledPass:
                                                    emb.pipeline_grads(b.fb, p, d))
                 self._applied[(si, p)] = self.loop.spawn(self._apply(emb, p, pushed),
                                                          f"apply {t}/{p}", 2 + i)
+                yield None
 
     def _apply(self, emb: Any, p: str, pushed: Pending) -> Iterator[Any]:
         yield pushed
@@ -344,7 +348,8 @@ class ScheduledPass:
         """The rest of backward (the weight gradients, a poll after each bucket, whose
         allreduce starts at once), then the dense update once every bucket is summed."""
         for bucket in stages:
-            summed.append(self.model.post_dense_allreduce(bucket))
+            if bucket is not None:
+                summed.append(self.model.post_dense_allreduce(bucket))
             yield None
         yield from summed
         self.model.dense_update(summed)

@@ -11,6 +11,7 @@ from recs_core.comm.world import World
 from recs_core.embedding.sparse_optim import make_sparse_optimizer
 from recs_core.features.graph import FeatureBatch
 from recs_core.features.spec import Spec
+from recs_core.model.layers import drive
 from recs_core.model.loss import bce_with_logits, sigmoid
 from recs_core.model.optim import make_dense_optimizer
 from recs_core.model.presets import DLRM, EmbGrads, Stage, WideDeep
@@ -110,8 +111,14 @@ class Model:
                      global_rows: int | None) -> tuple[np.ndarray, float, np.ndarray]:
         """Forward of the dense network on looked-up vectors ``z`` (and ``wide_z``), and
         the loss. Returns (probabilities, loss, d loss / d logits) for :meth:`backward`."""
-        logits = (self.net.forward(fb.dense, z) if self.wide is None
-                  else self.net.forward(fb.dense, z, wide_z[:, :, 0]))
+        return drive(self.forward_loss_stages(fb, z, wide_z, global_rows))
+
+    def forward_loss_stages(self, fb: FeatureBatch, z: np.ndarray, wide_z: np.ndarray | None,
+                            global_rows: int | None) -> Generator[
+                                None, None, tuple[np.ndarray, float, np.ndarray]]:
+        """:meth:`forward_loss`, yielding between layers (points to poll exchanges)."""
+        logits = yield from (self.net.forward_stages(fb.dense, z) if self.wide is None
+                             else self.net.forward_stages(fb.dense, z, wide_z[:, :, 0]))
         loss, dlogits = bce_with_logits(logits, fb.labels)
         if global_rows is not None and global_rows != len(fb):
             dlogits *= np.float32(len(fb) / global_rows)
@@ -141,7 +148,7 @@ class Model:
         for stage in self.backward_stages(dlogits):
             if isinstance(stage, EmbGrads):
                 emb_grads = stage
-            elif self._dense_comm is not None:  # blocking: this is the unscheduled step
+            elif stage is not None and self._dense_comm is not None:  # blocking: unscheduled
                 summed.append(self.post_dense_allreduce(stage))
                 summed[-1].wait()
                 self.dense_wait_seconds += summed[-1].waited
