@@ -284,3 +284,26 @@ def test_workers_run_jobs_in_parallel_threads_and_hand_back_errors() -> None:
         while time.perf_counter() < deadline:
             list(w.completed())
     w.close()
+
+
+def test_pending_keeps_buffers_alive_until_completion() -> None:
+    """mpi4py keeps no reference to an Iallreduce's send buffer; a Pending must, or the
+    freed memory is reused (or unmapped) while MPI still reads it (seen with Open MPI)."""
+    import gc
+    import weakref
+
+    from mpi4py import MPI
+
+    comm = MPI.COMM_SELF
+    inbox = np.zeros(4, np.float32)
+    send = np.arange(4, dtype=np.float32)
+    gone = weakref.ref(send)
+    recv_req = comm.Irecv([inbox, MPI.FLOAT], source=0, tag=7)
+    p = Pending([recv_req], lambda: inbox, "test exchange", comm, keep=(send,))
+    del send
+    gc.collect()
+    assert gone() is not None and not p.test()
+    comm.Isend([gone(), MPI.FLOAT], dest=0, tag=7).Wait()
+    np.testing.assert_array_equal(p.wait(), np.arange(4, dtype=np.float32))
+    gc.collect()
+    assert gone() is None  # released once complete

@@ -27,8 +27,13 @@ class Pending(Generic[T]):
     """MPI requests in flight and the step that turns their buffers into a result."""
 
     def __init__(self, requests: list[Any], finish: Callable[[], T], what: str, comm: Any,
-                 timeout: float = DEFAULT_TIMEOUT_S) -> None:
+                 timeout: float = DEFAULT_TIMEOUT_S, keep: tuple[Any, ...] = ()) -> None:
+        """``keep``: buffers MPI may still read or write until completion. mpi4py keeps
+        none alive for some non-blocking collectives (``Iallreduce``), and a freed send
+        buffer would be reused by the next allocation while the MPI library (Open MPI
+        over TCP, say) still sends from it."""
         self.requests, self._finish, self.what, self.comm = requests, finish, what, comm
+        self._keep = keep
         self.timeout = timeout
         self.posted = time.perf_counter()
         self.completed: float | None = None
@@ -43,6 +48,7 @@ class Pending(Generic[T]):
 
             if MPI.Request.Testall(self.requests):
                 self.completed = time.perf_counter()
+                self._keep = ()
                 if on_complete is not None:
                     on_complete(self.what, self.posted, self.completed)
         return self.completed is not None

@@ -136,7 +136,7 @@ class ScheduledPass:
         state = self.graph.start(raw)
         b = _Batch(raw, part is None, state, self.graph.start_batch(state),
                    {p: deque(self.graph.nodes(p)) for p in self.graph.pipelines},
-                   Pending([req], lambda: total, "step agreement", comm))
+                   Pending([req], lambda: total, "step agreement", comm, keep=(local,)))
         self.batches[self._admitted] = b
         self._admitted += 1
         self.most_held = max(self.most_held, len(self.batches))

@@ -99,7 +99,8 @@ class Model:
                 g.ravel()[:] = total[start:start + g.size]
                 start += g.size
 
-        return Pending([req], finish, "dense gradient allreduce", self._dense_comm)
+        return Pending([req], finish, "dense gradient allreduce", self._dense_comm,
+                       keep=(flat,))
 
     def dense_update(self, summed: list[Pending[None]]) -> None:
         """Apply the dense optimizer once the replicas' gradients are summed (if any)."""
