@@ -78,6 +78,8 @@ class Flight(Pending):
             self.completed = time.perf_counter()
         return self.completed is not None
 
+    settled = test  # the loop's check after its one Testsome over every exchange
+
 
 def test_ready_tasks_run_by_priority_then_arrival() -> None:
     tl = Timeline()

@@ -47,11 +47,22 @@ class Pending(Generic[T]):
             from mpi4py import MPI
 
             if MPI.Request.Testall(self.requests):
-                self.completed = time.perf_counter()
-                self._keep = ()
-                if on_complete is not None:
-                    on_complete(self.what, self.posted, self.completed)
+                self._complete()
         return self.completed is not None
+
+    def settled(self) -> bool:
+        """Whether every request has completed, judged without an MPI call: after one
+        ``Request.Testsome`` over many exchanges' requests (as the task loop polls), the
+        completed ones are null."""
+        if self.completed is None and not any(self.requests):
+            self._complete()
+        return self.completed is not None
+
+    def _complete(self) -> None:
+        self.completed = time.perf_counter()
+        self._keep = ()
+        if on_complete is not None:
+            on_complete(self.what, self.posted, self.completed)
 
     def check_deadline(self, now: float) -> None:
         """Abort the job if the exchange is past its deadline (a peer died or hung)."""
