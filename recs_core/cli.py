@@ -20,6 +20,10 @@ def _add_gen(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output file (.gz for gzip)")
     p.add_argument("--heavy", action="store_true",
                    help="add the H1 (item history) and H2 (tags) multi-valued columns")
+    p.add_argument("--max-history", type=int, metavar="N",
+                   help="with --heavy: longest H1 item history (default 200); every history "
+                   "length scales by N/200, so larger N means more feature work per row "
+                   "(labels keep their distribution)")
     p.add_argument("--probs-out", help="also write the true click probability of each row")
     p.add_argument("--window", type=int, default=0,
                    help="time window index, for drift across consecutive windows (default 0)")
@@ -30,12 +34,19 @@ def _add_gen(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_gen(a: argparse.Namespace) -> int:
-    from recs_core.data.synth import generate
+    from recs_core.data.synth import MAX_HISTORY, MAX_HISTORY_LIMIT, generate
     from recs_core.progress import Progress
 
+    if a.max_history is not None:
+        if not a.heavy:
+            raise RecsError("--max-history applies to --heavy files only (H1 history)")
+        if not 1 <= a.max_history <= MAX_HISTORY_LIMIT:
+            raise RecsError(f"--max-history must be in 1..{MAX_HISTORY_LIMIT}, "
+                            f"got {a.max_history}")
     prog = Progress("gen", a.rows, quiet=a.quiet)
     stats = generate(a.out, a.rows, a.seed, heavy=a.heavy, probs_out=a.probs_out,
-                     window=a.window, drift=a.drift, progress=prog.update)
+                     window=a.window, drift=a.drift, progress=prog.update,
+                     max_history=MAX_HISTORY if a.max_history is None else a.max_history)
     prog.close()
     print(json.dumps({"rows": stats.rows, "bytes": stats.bytes_written,
                       "seconds": round(stats.seconds, 4),

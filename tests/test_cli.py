@@ -64,6 +64,20 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path, criteo_sample) ->
     assert "Traceback" not in r.stderr
 
 
+def test_gen_max_history_needs_heavy_and_a_positive_length(tmp_path: Path) -> None:
+    out = str(tmp_path / "h.txt")
+    r = recs("gen", "--rows", "10", "--out", out, "--max-history", "2000")
+    assert r.returncode == 2 and "recs: error: --max-history" in r.stderr and "--heavy" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = recs("gen", "--rows", "10", "--out", out, "--heavy", "--max-history", "0")
+    assert r.returncode == 2 and "recs: error: --max-history must be" in r.stderr
+    assert not os.path.exists(out)
+    r = recs("gen", "--rows", "10", "--out", out, "--heavy", "--max-history", "300", "--quiet")
+    assert r.returncode == 0, r.stderr
+    lens = [len(ln.split("\t")[40].split("|")) for ln in Path(out).read_text().splitlines()]
+    assert len(lens) == 10 and max(lens) <= 300
+
+
 def bad_copy(tmp_path: Path, criteo_sample: Path) -> Path:
     lines = criteo_sample.read_text().splitlines(keepends=True)
     lines[99] = "2" + lines[99][1:]  # label 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import re
 
 import numpy as np
@@ -187,6 +188,43 @@ def test_heavy_format(tmp_path):
     assert mixed > 0.1 * sum(ntags)
 
 
+def _history_lengths(rows) -> np.ndarray:
+    return np.array([len(f[40].split(b"|")) if f[40] else 0 for f in rows])
+
+
+def test_heavy_max_history_scales_lengths_not_labels(tmp_path):
+    generate(tmp_path / "d.tsv", 3000, seed=2, heavy=True)
+    stats = generate(tmp_path / "l.tsv", 3000, seed=2, heavy=True, max_history=2000)
+    base, long_ = read_lines(tmp_path / "d.tsv"), read_lines(tmp_path / "l.tsv")
+    assert len(long_) == 3000 == stats.rows
+    for f in long_:
+        assert len(f) == 42
+        if f[40]:
+            assert all(HEX8.match(i) for i in f[40].split(b"|"))
+    lb, ll = _history_lengths(base), _history_lengths(long_)
+    assert ll.max() == 2000 and lb.max() == 200
+    assert 7.0 <= np.median(ll) / np.median(lb) <= 13.0, (np.median(ll), np.median(lb))
+    yb = np.mean([f[0] == b"1" for f in base])
+    yl = np.mean([f[0] == b"1" for f in long_])
+    assert abs(yl - yb) < 0.03 and abs(yl - 0.25) < 0.03, (yb, yl)
+
+
+# sha256 of generate(_, 400, seed=2, heavy=True, probs_out=_) before max_history existed
+HEAVY_400_SHA = "aa9e146fa767ab96f133085e15fa1b77cea695406856acc66f9f758dbaa6aaa4"
+HEAVY_400_PROBS_SHA = "f0626137b787316115a9bf2fd7252b72f24c27f2527c4151915bd9ee3c91626b"
+
+
+def test_heavy_default_max_history_bytes_unchanged(tmp_path):
+    generate(tmp_path / "a.tsv", 400, seed=2, heavy=True, probs_out=tmp_path / "a.p")
+    generate(tmp_path / "b.tsv", 400, seed=2, heavy=True, probs_out=tmp_path / "b.p",
+             max_history=200)
+    a, b = (tmp_path / "a.tsv").read_bytes(), (tmp_path / "b.tsv").read_bytes()
+    assert a == b
+    assert (tmp_path / "a.p").read_bytes() == (tmp_path / "b.p").read_bytes()
+    assert hashlib.sha256(a).hexdigest() == HEAVY_400_SHA
+    assert hashlib.sha256((tmp_path / "a.p").read_bytes()).hexdigest() == HEAVY_400_PROBS_SHA
+
+
 def test_missing_rates_and_ints(big_cols):
     y, ints, miss, cats, _ = big_cols
     n = 50_000
@@ -331,6 +369,10 @@ def test_progress_and_empty(tmp_path):
         ({"rows": 10, "chunk_rows": 0}, "chunk_rows"),
         ({"rows": 1.5}, "rows"),
         ({"rows": 10, "seed": -2}, "seed"),
+        ({"rows": 10, "heavy": True, "max_history": 0}, "max_history"),
+        ({"rows": 10, "heavy": True, "max_history": 100_001}, "max_history"),
+        ({"rows": 10, "heavy": True, "max_history": 2.5}, "max_history"),
+        ({"rows": 10, "max_history": 400}, "max_history"),
     ],
 )
 def test_bad_arguments(tmp_path, kwargs, match):

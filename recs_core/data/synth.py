@@ -9,7 +9,8 @@ Each line is ``label \\t I1..I13 \\t C1..C26`` (40 fields; plus ``H1 \\t H2`` wi
   from a bounded power law (exponent 1.1, continuous inverse-CDF, O(1) per draw) over
   the Criteo Kaggle cardinality of the field; rank -> item by a rotation (drift) and
   item -> id by a 64-bit mixing hash cut to 32 bits. About 4% are empty.
-* ``H1`` (heavy): ``|``-separated list of 0-200 item ids (Zipf over 1,000,000 items);
+* ``H1`` (heavy): ``|``-separated list of 0-200 item ids by default, 0-``max_history``
+  in general (lengths scale by ``max_history / 200``; Zipf over 1,000,000 items);
   ``H2`` (heavy): ``,``-separated list of 1-20 tag words (Zipf over a 50,000-word
   vocabulary; each word's letters are fixed by its index, its case varies per
   occurrence: lower, Capitalized or UPPER, so lowercasing matters).
@@ -19,17 +20,17 @@ Each line is ``label \\t I1..I13 \\t C1..C26`` (40 fields; plus ``H1 \\t H2`` wi
   the top ranks only), so the signal is learnable by hashed embeddings; the bias is
   calibrated at start-up for about 25% positives.
 
-The hidden model depends only on (heavy, window, drift), never on ``seed``: files
-generated with different seeds are independent samples of the same distribution
-(so one may be used to train and another to evaluate). ``window``/``drift`` model an
-incremental stream: window ``w`` rotates which items are popular by
+The hidden model depends only on (heavy, max_history, window, drift), never on
+``seed``: files generated with different seeds are independent samples of the same
+distribution (so one may be used to train and another to evaluate). ``window``/``drift``
+model an incremental stream: window ``w`` rotates which items are popular by
 ``floor(w * drift * 0.1 * N)`` ranks and blends every weight as
 ``sqrt(1 - d) * base + sqrt(d) * window_specific`` with ``d = 1 - (1 - drift) ** w``.
 With ``drift = 0`` all windows share one distribution but hold different rows.
 
 Randomness is counter-based (splitmix64 of seed, window, row and draw number), so
-the output bytes depend only on (rows, seed, heavy, window, drift), not on the
-chunking.
+the output bytes depend only on (rows, seed, heavy, max_history, window, drift), not
+on the chunking.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ ZIPF_S = 1.1
 N_ITEMS = 1_000_000
 N_TAGS = 50_000
 MAX_HISTORY = 200
+MAX_HISTORY_LIMIT = 100_000  # bound of ``max_history`` (a row must fit the write buffer)
 MAX_TAGS = 20
 
 # Per-column missing rates of I1..I13 (Criteo's) and C1..C26 (~4% on average).
@@ -124,6 +126,7 @@ _P_ITEM_ROT = 0
 _P_TAG_ROT = 1
 _P_HEAVY = 2
 _P_BLEND = 3  # 1 if window-specific weights are blended in
+_P_MAX_HIST = 4  # longest H1 history (MAX_HISTORY by default)
 # Index of the float parameter array.
 _F_A = 0  # sqrt(1 - d)
 _F_B = 1  # sqrt(d)
@@ -266,10 +269,14 @@ def _kernel(row0, nrows, rowkey0, write, bias, ip, fp, card, cat_za, cat_miss, c
     tag_za = fp[_F_TAG_ZA]
     item_rot = ip[_P_ITEM_ROT]
     tag_rot = ip[_P_TAG_ROT]
+    max_h = ip[_P_MAX_HIST]
+    # History lengths scale with max_h; the hidden model sees nl / hscale, so the label
+    # distribution does not depend on max_h (hscale = 1.0 exactly by default).
+    hscale = np.float64(max_h) / np.float64(MAX_HISTORY)
     want_probs = pbuf.shape[0] > 0
     max_row = 2 + 13 * 8 + 26 * 9 + 1
     if heavy:
-        max_row += 200 * 9 + 1 + 20 * 13 + 2
+        max_row += max_h * 9 + 1 + 20 * 13 + 2
     cap = buf.shape[0]
     ivals = np.zeros(13, np.int64)
     imiss = np.zeros(13, np.bool_)
@@ -277,7 +284,7 @@ def _kernel(row0, nrows, rowkey0, write, bias, ip, fp, card, cat_za, cat_miss, c
     cmiss = np.zeros(26, np.bool_)
     ranks = np.zeros(26, np.int64)
     items = np.zeros(26, np.int64)
-    hist = np.zeros(200, np.uint64)
+    hist = np.zeros(max_h, np.uint64)
     tags = np.zeros(20, np.int64)
     tcase = np.zeros(20, np.int64)
     pos = 0
@@ -360,8 +367,8 @@ def _kernel(row0, nrows, rowkey0, write, bias, ip, fp, card, cat_za, cat_miss, c
                 nl = 0
             else:
                 uo = (uo - 0.04) / 0.96
-                t = 72.0 * np.exp(0.5 * np.log(uo / (1.0 - uo)))
-                nl = 200 if t >= 200.0 else np.int64(t)
+                t = 72.0 * hscale * np.exp(0.5 * np.log(uo / (1.0 - uo)))
+                nl = max_h if t >= np.float64(max_h) else np.int64(t)
             hs = 0.0
             for k in range(nl):
                 r = _zipf_rank(_u01(_draw(rk, c)), item_za, N_ITEMS)
@@ -375,7 +382,7 @@ def _kernel(row0, nrows, rowkey0, write, bias, ip, fp, card, cat_za, cat_miss, c
                                   fb, blend)
             if nl > 0:
                 logit += hs / np.sqrt(np.float64(nl))
-            logit += _HIST_LEN_COEF * (np.log1p(np.float64(nl)) - 4.0)
+            logit += _HIST_LEN_COEF * (np.log1p(np.float64(nl) / hscale) - 4.0)
             u = _u01(_draw(rk, c))
             c += 1
             nt = 1 + np.int64(20.0 * u * u)
@@ -490,8 +497,8 @@ def _za(n: int) -> float:
 
 
 @lru_cache(maxsize=64)
-def _model(heavy: bool, window: int, drift: float) -> tuple:
-    """Kernel arguments describing the hidden model of one (heavy, window, drift)."""
+def _model(heavy: bool, window: int, drift: float, max_history: int = MAX_HISTORY) -> tuple:
+    """Kernel arguments describing the hidden model of one (heavy, window, drift, max_history)."""
     d = 1.0 - (1.0 - drift) ** window if window > 0 else 0.0
     frac = window * drift * 0.1
 
@@ -523,11 +530,12 @@ def _model(heavy: bool, window: int, drift: float) -> tuple:
     int_spread = np.asarray(_INT_SPREAD, dtype=np.float64)
     int_cap = np.asarray(_INT_CAP, dtype=np.float64)
     int_center = np.log1p(np.asarray(_INT_MEDIAN, dtype=np.float64))
-    ip = np.zeros(4, dtype=np.int64)
+    ip = np.zeros(5, dtype=np.int64)
     ip[_P_ITEM_ROT] = rot(N_ITEMS)
     ip[_P_TAG_ROT] = rot(N_TAGS)
     ip[_P_HEAVY] = int(heavy)
     ip[_P_BLEND] = int(d > 0)
+    ip[_P_MAX_HIST] = max_history
     fp = np.zeros(4, dtype=np.float64)
     fp[_F_A] = math.sqrt(1 - d)
     fp[_F_B] = math.sqrt(d)
@@ -555,9 +563,9 @@ def _row_key(seed: int, window: int, salt: int = 0) -> np.uint64:
 
 
 @lru_cache(maxsize=64)
-def _bias(heavy: bool, window: int, drift: float) -> float:
+def _bias(heavy: bool, window: int, drift: float, max_history: int = MAX_HISTORY) -> float:
     """Bias giving a mean true click probability of 0.25 on a fixed calibration sample."""
-    model = _model(heavy, window, drift)
+    model = _model(heavy, window, drift, max_history)
     logits = np.empty(_CALIB_ROWS, dtype=np.float64)
     empty = np.zeros(0, dtype=np.uint8)
     _kernel(0, _CALIB_ROWS, _row_key(0x0CA1_1B4A7E, window, salt=1), False, 0.0, *model,
@@ -594,13 +602,20 @@ def _open_tmp(path: str, gz: bool):  # noqa: ANN202 - a binary file object
 
 def generate(out: str | os.PathLike, rows: int, seed: int = 0, *, heavy: bool = False,
              probs_out: str | os.PathLike | None = None, window: int = 0, drift: float = 0.0,
-             chunk_rows: int = 65536, progress: Callable[[int], None] | None = None) -> GenStats:
+             chunk_rows: int = 65536, progress: Callable[[int], None] | None = None,
+             max_history: int = MAX_HISTORY) -> GenStats:
     """Write ``rows`` synthetic Criteo-format lines to ``out`` (gzip level 1 if it ends in .gz).
 
     ``probs_out`` (optional, plain text) receives the true click probability of every
     row, one ``0.dddddd`` per line in row order. ``window``/``drift`` select a window of
-    a drifting stream (see the module docstring). The bytes written depend only on
-    (rows, seed, heavy, window, drift). ``progress(rows_done)`` is called after each
+    a drifting stream (see the module docstring). ``max_history`` (heavy files only) is
+    the longest ``H1`` history, 1..100,000 (default 200): all history lengths scale by
+    ``max_history / 200`` (median 72 * that, capped at ``max_history``) while the hidden
+    model sees the length divided by that factor, so the labels keep their distribution;
+    the default gives exactly the bytes of earlier versions. A value other than 200
+    without ``heavy`` raises ValueError (it is not silently ignored), as does one outside
+    1..100,000. The bytes written depend only on (rows, seed, heavy, max_history, window,
+    drift). ``progress(rows_done)`` is called after each
     chunk of ``chunk_rows`` rows. Both files are written to ``<path>.tmp`` and renamed
     into place when complete.
     """
@@ -608,6 +623,7 @@ def generate(out: str | os.PathLike, rows: int, seed: int = 0, *, heavy: bool = 
     seed = _check_int("seed", seed)
     window = _check_int("window", window)
     chunk_rows = _check_int("chunk_rows", chunk_rows)
+    max_history = _check_int("max_history", max_history)
     if rows < 0:
         raise ValueError(f"rows must be >= 0, got {rows}")
     if window < 0:
@@ -623,14 +639,19 @@ def generate(out: str | os.PathLike, rows: int, seed: int = 0, *, heavy: bool = 
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     heavy = bool(heavy)
+    if not 1 <= max_history <= MAX_HISTORY_LIMIT:
+        raise ValueError(f"max_history must be in [1, {MAX_HISTORY_LIMIT}], got {max_history}")
+    if max_history != MAX_HISTORY and not heavy:
+        raise ValueError(f"max_history ({max_history}) applies to heavy files only "
+                         f"(heavy=True); plain files have no H1 history")
     out_s = os.fspath(out)
     probs_s = os.fspath(probs_out) if probs_out is not None else None
     if probs_s is not None and os.path.abspath(probs_s) == os.path.abspath(out_s):
         raise ValueError(f"probs_out must differ from out ({out_s})")
 
     t0 = time.perf_counter()
-    model = _model(heavy, window, drift)
-    bias = _bias(heavy, window, drift)
+    model = _model(heavy, window, drift, max_history)
+    bias = _bias(heavy, window, drift, max_history)
     rowkey = _row_key(seed, window)
     # Two buffer pairs: the kernel (nogil) fills one while a writer thread writes the other.
     bufs = [np.empty(_BUF_BYTES, dtype=np.uint8) for _ in range(2)]
