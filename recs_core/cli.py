@@ -142,6 +142,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="at the end, write the embedding rows this window changed and the "
                    "dense parameters to DIR (a delta for serving copies, see README)")
     from recs_core.sched import MODES
+    from recs_core.sched.runner import CHUNK_MS
 
     p.add_argument("--mode", default="recs", choices=MODES,
                    help="schedule: sequential (features, lookup, train, all blocking), "
@@ -151,6 +152,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "compute the same model (default: recs)")
     p.add_argument("--lookahead", type=int, default=2,
                    help="batches prepared ahead in modes prefetch and recs* (default 2)")
+    p.add_argument("--chunk-ms", type=float, default=CHUNK_MS,
+                   help="in modes recs and recs-intra, a feature chain that takes longer on "
+                   "a batch runs on row chunks of about this cost, so it fits exchange "
+                   f"windows (0: never; default {CHUNK_MS:g})")
     p.add_argument("--trace", help="write a Chrome trace (JSON, one track per rank) here")
     p.add_argument("--workers", type=int,
                    help="operator worker threads per rank in modes recs* (default: the "
@@ -182,6 +187,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
         raise RecsError(f"--keep-checkpoints must be at least 1, got {a.keep_checkpoints}")
     if a.lookahead < 1:
         raise RecsError(f"--lookahead must be at least 1, got {a.lookahead}")
+    if not a.chunk_ms >= 0:
+        raise RecsError(f"--chunk-ms must be >= 0, got {a.chunk_ms}")
     job = Job(spec, world=world)
     job.config_text = config_text(a.config)
     resumed = None
@@ -202,7 +209,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     out = job.run(a.data, eval_fraction=a.eval_fraction, policy=_policy(a, spec),
                   quiet=a.quiet or world.rank != 0, mode=a.mode, trace=a.trace,
                   lookahead=a.lookahead, workers=a.workers, hook=hook,
-                  progress_thread=a.progress_thread)
+                  progress_thread=a.progress_thread, chunk_ms=a.chunk_ms)
     if save_root:
         out["saved"] = job.save_step(save_root, keep=a.keep_checkpoints)
     if a.export_delta:

@@ -16,7 +16,16 @@ import numpy as np
 from recs_core.data.parse import RawBatch
 from recs_core.features.ops import Operator
 from recs_core.features.spec import FeatureSpec, Spec
-from recs_core.features.values import IdValues, IntValues, ListIdValues, StrValues, Value
+from recs_core.features.values import (
+    IdValues,
+    IntValues,
+    ListIdValues,
+    StrValues,
+    Value,
+    concat_rows,
+)
+
+RowRange = tuple[int, int] | None  # rows lo..hi-1 of a batch; None: the whole batch
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,9 @@ class BatchState:
     raw: RawBatch
     values: dict[int, Value] = field(default_factory=dict)  # feature index -> current value
     done: set[int] = field(default_factory=set)  # finished feature indices
+    # feature index -> first row of a chunk -> the chunk's value after the chain's last
+    # run operator (chains run chunk by chunk; joined after the last chunk's last node)
+    parts: dict[int, dict[int, Value]] = field(default_factory=dict)
 
 
 @dataclass
@@ -108,25 +120,61 @@ class FeatureGraph:
             return list(self._nodes[pipeline])
         return [n for p in self.pipelines for n in self._nodes[p]]
 
+    def chain(self, feature: int) -> list[OpNode]:
+        """The nodes of one feature's chain, in order."""
+        return [n for n in self._nodes[self.features[feature].pipeline] if n.feature == feature]
+
+    def row_wise(self, feature: int) -> bool:
+        """Whether every operator of the feature's chain maps each row on its own (now:
+        an operator that still has to fit on the first batch does not), so that the chain
+        may run on row chunks."""
+        return all(op.order_free() for op in self.features[feature].ops)
+
+    def runs(self, pipeline: str, rows: int,
+             chunk_rows: Callable[[int], int | None]) -> list[tuple[OpNode, RowRange]]:
+        """The node runs of ``pipeline`` on a batch of ``rows`` rows, in an order that
+        respects the chains: a feature's chain runs on the whole batch, or, where
+        ``chunk_rows(feature)`` gives a size (row-wise chains only), chunk by chunk
+        (every node on rows 0..c-1, then on c..2c-1, ...)."""
+        out: list[tuple[OpNode, RowRange]] = []
+        nodes = self._nodes[pipeline]
+        for fi in dict.fromkeys(n.feature for n in nodes):
+            chain = self.chain(fi)
+            size = chunk_rows(fi) if self.row_wise(fi) else None
+            if not size or size >= rows:
+                out += [(n, None) for n in chain]
+                continue
+            for lo in range(0, rows, size):
+                out += [(n, (lo, min(rows, lo + size))) for n in chain]
+        return out
+
     def start(self, raw: RawBatch) -> BatchState:
         """A fresh state for one raw batch."""
         return BatchState(raw)
 
-    def _source_value(self, raw: RawBatch, fi: int) -> Value:
+    def _source_value(self, raw: RawBatch, fi: int, rows: slice = slice(None)) -> Value:
         kind, cols = self._source[fi]
         if kind == "int":
-            return IntValues(raw.ints[:, cols], raw.int_missing[:, cols])
-        return StrValues(raw.arena, raw.str_start[:, cols], raw.str_len[:, cols])
+            return IntValues(raw.ints[rows, cols], raw.int_missing[rows, cols])
+        return StrValues(raw.arena, raw.str_start[rows, cols], raw.str_len[rows, cols])
 
-    def run_node(self, state: BatchState, node: OpNode) -> None:
-        """Run one node on one batch (its predecessor in the chain must have run)."""
+    def run_node(self, state: BatchState, node: OpNode, rows: RowRange = None) -> None:
+        """Run one node on one batch, or on its rows ``rows`` (its predecessor in the
+        chain must have run on the same rows; see :meth:`runs`)."""
         fi = node.feature
-        if node.step == 0:
-            v = self._source_value(state.raw, fi)
-        else:
-            v = state.values[fi]
-        state.values[fi] = node.op.apply(v)
-        if node.last:
+        if rows is None:
+            v = self._source_value(state.raw, fi) if node.step == 0 else state.values[fi]
+            state.values[fi] = node.op.apply(v)
+            if node.last:
+                state.done.add(fi)
+            return
+        lo, hi = rows
+        parts = state.parts.setdefault(fi, {})
+        v = self._source_value(state.raw, fi, slice(lo, hi)) if node.step == 0 else parts[lo]
+        parts[lo] = node.op.apply(v)
+        if node.last and hi == len(state.raw):  # the last chunk's last node: join them
+            state.values[fi] = concat_rows([parts[k] for k in sorted(parts)])
+            del state.parts[fi]
             state.done.add(fi)
 
     def finish(self, state: BatchState) -> FeatureBatch:

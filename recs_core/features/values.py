@@ -71,3 +71,22 @@ TYPE_OF = {
     IdValues: "id",
     ListIdValues: "list_id",
 }
+
+
+def concat_rows(parts: list[Value]) -> Value:
+    """The rows of ``parts`` one after another, as one value: what a feature chain run on
+    row chunks joins at its end (chains end in float, id or id-list values; list offsets
+    of each part start at 0)."""
+    v = parts[0]
+    if len(parts) == 1:
+        return v
+    if isinstance(v, FloatValues):
+        return FloatValues(np.concatenate([p.values for p in parts]))
+    if isinstance(v, IdValues):
+        return IdValues(np.concatenate([p.ids for p in parts]))
+    if isinstance(v, ListIdValues):
+        shift = np.cumsum([0] + [int(p.offsets[-1]) for p in parts])
+        offsets = [p.offsets[:-1] + s for p, s in zip(parts, shift[:-1])]
+        return ListIdValues(np.concatenate([p.ids for p in parts]),
+                            np.concatenate(offsets + [shift[-1:]]).astype(np.int64))
+    raise TypeError(f"a feature chain cannot end in {type(v).__name__}")

@@ -21,8 +21,11 @@ lookups in step order (lookup t+1 starts after lookup t), its gradient pushes on
 own communicator, the dense allreduces on theirs.
 
 ``recs-intra`` fills exchange windows with feature operators of the next batches, chosen
-one by one so that their estimated cost fits the window; ``recs-inter`` orders the
-pipelines by Johnson's rule on costs agreed across ranks; ``recs`` does both.
+one by one so that their estimated cost fits the window; a feature chain whose operators
+take longer than ``chunk_ms`` on a batch runs on row chunks of about that cost (its
+operators are row-wise), so it fits short windows and the loop polls between chunks.
+``recs-inter`` orders the pipelines by Johnson's rule on costs agreed across ranks;
+``recs`` does both.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import numpy as np
 from recs_core.comm.pending import Pending
 from recs_core.comm.progress import ProgressThread, over_network
 from recs_core.data.parse import RawBatch
-from recs_core.features.graph import BatchState, FeatureBatch, OpNode
+from recs_core.features.graph import BatchState, FeatureBatch, OpNode, RowRange
 from recs_core.model.presets import EmbGrads
 from recs_core.sched.costs import Costs, PipelinePlan
 from recs_core.sched.loop import Loop, Task
@@ -50,6 +53,8 @@ REPLAN_EVERY = 16  # steps between cost agreements (a tiny allreduce); also at s
 # the gradient pushes, which the applies wait for anyway, and its allreduces go out
 # early); apply 2 + i; admit 5; lookups 10 + i of the current step, 30 + i of the next.
 DENSE_PRIO = 1
+CHUNK_MS = 5.0  # default row-chunk cost of long feature chains (recs, recs-intra)
+MIN_CHUNK_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ class _Batch:
     exhausted: bool
     state: BatchState
     fb: FeatureBatch
-    remaining: dict[str, deque[OpNode]]
+    remaining: dict[str, deque[tuple[OpNode, RowRange]]]  # node runs left, in order
     agreement: Pending | None
     finished: set[str] = field(default_factory=set)
     busy: set[str] = field(default_factory=set)  # pipelines with an operator on a worker
@@ -83,7 +88,7 @@ class ScheduledPass:
 
     def __init__(self, job: Any, mode: str, timeline: Timeline, lookahead: int = 2,
                  replan_every: int = REPLAN_EVERY, workers: int = 0,
-                 progress_thread: str = "auto") -> None:
+                 progress_thread: str = "auto", chunk_ms: float = CHUNK_MS) -> None:
         self.job, self.model, self.graph = job, job.model, job.graph
         self.world = job.world
         self.intra = mode in ("recs", "recs-intra")
@@ -97,6 +102,7 @@ class ScheduledPass:
                      and over_network(self.world.comm))
         self.timeline = timeline
         self.lookahead = max(1, lookahead)
+        self.chunk_seconds = chunk_ms / 1e3 if self.intra else 0.0
         self.replan_every = max(1, replan_every)
         self.sets = [self.model.emb] + ([self.model.wide] if self.model.wide is not None else [])
         self.sparse = list(self.model.emb.pipelines)
@@ -119,6 +125,7 @@ class ScheduledPass:
         self._current = 0
         self.feature_seconds = 0.0
         self.most_held = 0  # most batches held at once (bounded by the look-ahead)
+        self.chunk_runs = 0  # operator runs on a row chunk rather than a whole batch
 
     # ---- admission and features -------------------------------------------------------
 
@@ -134,8 +141,10 @@ class ScheduledPass:
         comm = self._agree_comm
         req = comm.Iallreduce([local, MPI.INT64_T], [total, MPI.INT64_T], op=MPI.SUM)
         state = self.graph.start(raw)
-        b = _Batch(raw, part is None, state, self.graph.start_batch(state),
-                   {p: deque(self.graph.nodes(p)) for p in self.graph.pipelines},
+        rows = len(raw)
+        runs = {p: deque(self.graph.runs(p, rows, lambda fi: self._chunk_rows(fi, rows)))
+                for p in self.graph.pipelines}
+        b = _Batch(raw, part is None, state, self.graph.start_batch(state), runs,
                    Pending([req], lambda: total, "step agreement", comm, keep=(local,)))
         self.batches[self._admitted] = b
         self._admitted += 1
@@ -143,20 +152,40 @@ class ScheduledPass:
         self.costs.add("admit", time.perf_counter() - t0)
         return b
 
+    def _chunk_rows(self, feature: int, rows: int) -> int | None:
+        """Rows per chunk for a feature chain expected to take longer than the chunk
+        cost on ``rows`` rows (None: the whole batch at once, also while unmeasured)."""
+        if self.chunk_seconds <= 0 or rows < 2 * MIN_CHUNK_ROWS:
+            return None
+        per_row = [self.costs.get(n.name) for n in self.graph.chain(feature)]
+        if any(c is None for c in per_row):
+            return None
+        chunks = int(sum(per_row) * rows / self.chunk_seconds)  # type: ignore[arg-type]
+        return max(MIN_CHUNK_ROWS, -(-rows // chunks)) if chunks > 1 else None
+
     def _batch(self, t: int) -> _Batch:
         while self._admitted <= t:
             self._admit()
         return self.batches[t]
 
     def _run_node(self, b: _Batch, p: str) -> None:
-        """Run the next operator of pipeline ``p`` on batch ``b`` in this thread."""
-        node = b.remaining[p].popleft()
+        """Run the next operator of pipeline ``p`` on batch ``b`` (or on its next row
+        chunk) in this thread."""
+        node, rows = b.remaining[p].popleft()
         t0 = time.perf_counter()
-        self.graph.run_node(b.state, node)
-        self._node_done(b, p, node, time.perf_counter() - t0)
+        self.graph.run_node(b.state, node, rows)
+        self._node_done(b, p, node, rows, time.perf_counter() - t0)
 
-    def _node_done(self, b: _Batch, p: str, node: OpNode, seconds: float) -> None:
-        self.costs.add(node.name, seconds)
+    @staticmethod
+    def _rows(b: _Batch, rows: RowRange) -> int:
+        return len(b.raw) if rows is None else rows[1] - rows[0]
+
+    def _node_done(self, b: _Batch, p: str, node: OpNode, rows: RowRange,
+                   seconds: float) -> None:
+        n = self._rows(b, rows)
+        self.chunk_runs += rows is not None
+        if n:
+            self.costs.add(node.name, seconds / n)  # per row: batches and chunks differ
         self.feature_seconds += seconds
         if not b.remaining[p] and p not in b.busy:
             if p in self.sparse:
@@ -172,19 +201,19 @@ class ScheduledPass:
                     self._run_node(b, p)
                 yield None
 
-    def _work(self, job: tuple[_Batch, str, OpNode]) -> None:
-        """On a worker thread: one operator on one batch."""
-        b, _, node = job
-        self.graph.run_node(b.state, node)
+    def _work(self, job: tuple[_Batch, str, tuple[OpNode, RowRange]]) -> None:
+        """On a worker thread: one operator on one batch (or row chunk)."""
+        b, _, (node, rows) = job
+        self.graph.run_node(b.state, node, rows)
 
     def _feed(self) -> None:
         """Collect the workers' finished operators and give idle workers the next ones:
         this step's batch first, then the next ``lookahead`` batches."""
         assert self.workers is not None
-        for (b, p, node), start, end in self.workers.completed():
+        for (b, p, (node, rows)), start, end in self.workers.completed():
             b.busy.discard(p)
             self.timeline.add(f"worker {node.name}", WORKER, start, end)
-            self._node_done(b, p, node, end - start)
+            self._node_done(b, p, node, rows, end - start)
         for w in self.workers.idle():
             job = self._next_job()
             if job is None:
@@ -192,7 +221,7 @@ class ScheduledPass:
             job[0].busy.add(job[1])
             self.workers.submit(w, job)
 
-    def _next_job(self) -> tuple[_Batch, str, OpNode] | None:
+    def _next_job(self) -> tuple[_Batch, str, tuple[OpNode, RowRange]] | None:
         for t in range(self._current, min(self._admitted, self._current + 1 + self.lookahead)):
             b = self.batches.get(t)
             if b is None:
@@ -200,7 +229,7 @@ class ScheduledPass:
             for p in self.plan.order + self.dense_pipes:
                 if p in b.busy or not b.remaining.get(p):
                     continue
-                node = b.remaining[p][0]
+                node = b.remaining[p][0][0]
                 if t == self._current or node.op.order_free():
                     return b, p, b.remaining[p].popleft()
         return None
@@ -219,12 +248,13 @@ class ScheduledPass:
             for p in self.plan.order + self.dense_pipes:
                 if not b.remaining.get(p) or p in b.busy:
                     continue
-                node = b.remaining[p][0]
+                node, rows = b.remaining[p][0]
                 if not node.op.order_free():
                     continue  # it fits on the first batch: that batch goes first
-                est = self.costs.get(node.name)
-                if window is None or est is None or est <= window:
-                    with self.timeline.cpu(f"prefetch {node.name} b{t}"):
+                per_row = self.costs.get(node.name)
+                if window is None or per_row is None or per_row * self._rows(b, rows) <= window:
+                    where = "" if rows is None else f" rows {rows[0]}-{rows[1] - 1}"
+                    with self.timeline.cpu(f"prefetch {node.name} b{t}{where}"):
                         self._run_node(b, p)
                     return True
         return False
@@ -271,8 +301,9 @@ class ScheduledPass:
     def _pipeline_costs(self) -> tuple[list[float], list[float]]:
         """This rank's (CPU, comm) estimate per sparse pipeline, for the plan."""
         get = self.costs.get
-        cpu = [sum(get(n.name) or 0.0 for n in self.graph.nodes(p)) + (get(f"exchange_cpu/{p}")
-               or 0.0) for p in self.sparse]
+        rows = len(self.batches[self._current].raw)
+        cpu = [rows * sum(get(n.name) or 0.0 for n in self.graph.nodes(p))
+               + (get(f"exchange_cpu/{p}") or 0.0) for p in self.sparse]
         return cpu, [get(f"comm/{p}") or 0.0 for p in self.sparse]
 
     def _spawn_lookups(self, t: int) -> None:
@@ -439,4 +470,5 @@ class ScheduledPass:
             "replans": self.plan.replans,
             "progress_thread": self.poke,
             "most_batches_held": self.most_held,
+            "chunk_runs": self.chunk_runs,
         }

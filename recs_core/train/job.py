@@ -36,7 +36,7 @@ from recs_core.features.spec import Spec, load_spec
 from recs_core.metrics.auc import ProgressiveMetrics, auc, logloss
 from recs_core.progress import Progress
 from recs_core.sched import MODES
-from recs_core.sched.runner import REPLAN_EVERY, ScheduledPass, StepHook
+from recs_core.sched.runner import CHUNK_MS, REPLAN_EVERY, ScheduledPass, StepHook
 from recs_core.sched.trace import WORKER, Timeline, summarize, write_trace
 from recs_core.train import checkpointing as ckpt
 from recs_core.train.config import TrainConfig, train_config
@@ -238,7 +238,7 @@ class Job:
                     lookahead: int = 2, replan_every: int = REPLAN_EVERY,
                     hook: StepHook | None = None, workers: int | None = None,
                     window: dict[str, Any] | None = None,
-                    progress_thread: str = "auto") -> dict[str, Any]:
+                    progress_thread: str = "auto", chunk_ms: float = CHUNK_MS) -> dict[str, Any]:
         """The pass of :meth:`run` over given raw batches (this rank's part of each global
         batch); rows from ``holdout_at`` on are held out and scored after the pass.
         ``mode``: one of :data:`recs_core.sched.MODES`; ``trace``: write a Chrome trace
@@ -246,6 +246,8 @@ class Job:
         operator worker threads of the task loop (default: the rank's cores - 1);
         ``progress_thread``: poke MPI every ms during long tasks ("auto": when messages
         cross a network and the rank has a spare core, i.e. ``workers`` > 0);
+        ``chunk_ms``: in modes recs and recs-intra, a feature chain that takes longer on a
+        batch runs on row chunks of about this cost (0: never);
         ``hook.fn(steps_done)`` runs after every ``hook.every`` steps, in every mode, with
         the model up to date (for periodic checkpoints). After :meth:`resume` the pass
         skips the steps the checkpoint had done and continues its progressive metrics;
@@ -292,7 +294,7 @@ class Job:
                 if workers is None:  # the rank's other cores (mpi_launch.sh sets the count)
                     workers = int(os.environ.get("RECS_THREADS_PER_RANK", "1")) - 1
                 sched = ScheduledPass(self, mode, timeline, lookahead, replan_every,
-                                      max(0, workers), progress_thread)
+                                      max(0, workers), progress_thread, chunk_ms)
                 t0 = time.perf_counter()
                 sched.run(source, empty, record, hook)
                 timer["input"] += sched.feature_seconds

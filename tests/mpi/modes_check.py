@@ -21,7 +21,7 @@ from mpi4py import MPI
 
 from recs_core.comm.world import mpi_world
 from recs_core.sched import MODES
-from recs_core.sched.runner import StepHook
+from recs_core.sched.runner import CHUNK_MS, StepHook
 from recs_core.train.job import Job
 from tests.mpi.train_equivalence_check import spec_for
 from tests.test_dynamic_train import DYN
@@ -29,7 +29,7 @@ from tests.test_dynamic_train import spec as dyn_spec
 
 
 def train(path: str, placement: str, preset: str, mode: str, trace: str | None,
-          workers: int = 0) -> tuple:
+          workers: int = 0, chunk_ms: float = CHUNK_MS) -> tuple:
     world = mpi_world()
     if preset.endswith("-dyn"):  # the categorical tables dynamic (hash-keyed)
         job = Job(dyn_spec(preset[:-4], dynamic=DYN, placement=placement), world=world)
@@ -42,7 +42,7 @@ def train(path: str, placement: str, preset: str, mode: str, trace: str | None,
                       job.model.emb.shards.local.copy()))
 
     out = job.run([path], mode=mode, trace=trace, replan_every=3, lookahead=2,
-                  hook=StepHook(5, snapshot), workers=workers)
+                  hook=StepHook(5, snapshot), workers=workers, chunk_ms=chunk_ms)
     out["snapshots"] = snaps
     tables = [job.model.emb.gather_tables(world.comm)]
     if job.model.wide is not None:
@@ -60,11 +60,17 @@ def main(path: str, placement: str, preset: str, trace: str) -> None:
     ref_out, ref_probs, ref_dense, ref_tables = train(path, placement, preset, "sequential",
                                                      None)
     assert bool(ref_out["dynamic_rows"]) == preset.endswith("-dyn")
-    # the task loop also with two operator worker threads (lock-free rings)
-    for mode, workers in [(m, 0) for m in MODES[1:]] + [("recs", 2), ("recs-intra", 1)]:
+    # the task loop also with operator worker threads (lock-free rings), and with every
+    # row-wise feature chain run on row chunks (a tiny chunk cost: chunks of 16 rows)
+    tiny = 1e-6
+    for mode, workers, chunk_ms in ([(m, 0, CHUNK_MS) for m in MODES[1:]]
+                                    + [("recs", 2, CHUNK_MS), ("recs", 0, tiny),
+                                       ("recs-intra", 1, tiny)]):
+        traced = (mode, workers, chunk_ms) == ("recs", 0, CHUNK_MS)
         out, probs, dense, tables = train(path, placement, preset, mode,
-                                          trace if mode == "recs" and not workers else None,
-                                          workers)
+                                          trace if traced else None, workers, chunk_ms)
+        if chunk_ms == tiny:
+            assert out["scheduler"]["chunk_runs"] > 0, (mode, out["scheduler"])
         assert out["train_rows"] == ref_out["train_rows"], (mode, out, ref_out)
         assert len(probs) == len(ref_probs), mode
         assert [k for k, *_ in out["snapshots"]] == [k for k, *_ in ref_out["snapshots"]]
