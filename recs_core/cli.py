@@ -142,7 +142,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="at the end, write the embedding rows this window changed and the "
                    "dense parameters to DIR (a delta for serving copies, see README)")
     from recs_core.sched import MODES
-    from recs_core.sched.runner import CHUNK_MS
+    from recs_core.sched.runner import CHUNK_MS, LOOKAHEAD
 
     p.add_argument("--mode", default="recs", choices=MODES,
                    help="schedule: sequential (features, lookup, train, all blocking), "
@@ -150,8 +150,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "exchanges), recs (operators of upcoming batches fill exchange windows + "
                    "pipeline priority), recs-intra / recs-inter (one of the two). All modes "
                    "compute the same model (default: recs)")
-    p.add_argument("--lookahead", type=int, default=2,
-                   help="batches prepared ahead in modes prefetch and recs* (default 2)")
+    p.add_argument("--lookahead", type=int, default=LOOKAHEAD,
+                   help="batches prepared ahead in modes prefetch and recs* (default "
+                   f"{LOOKAHEAD})")
     p.add_argument("--chunk-ms", type=float, default=CHUNK_MS,
                    help="in modes recs and recs-intra, a feature chain that takes longer on "
                    "a batch runs on row chunks of about this cost, so it fits exchange "

@@ -36,7 +36,7 @@ from recs_core.features.spec import Spec, load_spec
 from recs_core.metrics.auc import ProgressiveMetrics, auc, logloss
 from recs_core.progress import Progress
 from recs_core.sched import MODES
-from recs_core.sched.runner import CHUNK_MS, REPLAN_EVERY, ScheduledPass, StepHook
+from recs_core.sched.runner import CHUNK_MS, LOOKAHEAD, REPLAN_EVERY, ScheduledPass, StepHook
 from recs_core.sched.trace import WORKER, Timeline, summarize, write_trace
 from recs_core.train import checkpointing as ckpt
 from recs_core.train.config import TrainConfig, train_config
@@ -235,7 +235,7 @@ class Job:
     def run_batches(self, batches: Iterator[RawBatch], *, holdout_at: int | None = None,
                     quiet: bool = True, timer: dict[str, float] | None = None,
                     mode: str = "sequential", trace: str | None = None,
-                    lookahead: int = 2, replan_every: int = REPLAN_EVERY,
+                    lookahead: int = LOOKAHEAD, replan_every: int = REPLAN_EVERY,
                     hook: StepHook | None = None, workers: int | None = None,
                     window: dict[str, Any] | None = None,
                     progress_thread: str = "auto", chunk_ms: float = CHUNK_MS) -> dict[str, Any]:
