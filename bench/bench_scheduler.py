@@ -145,8 +145,10 @@ def timelines(network: str, config: Path, data: str, ranks: int, path: str) -> N
             trace = f"{d}/{m}.json"
             run_once(network, config, data, m, ranks, trace)
             pairs.append(f"{m}={trace}")
-        subprocess.run([str(HOST_BIN / "recs"), "timeline", *pairs, "--out", path, "--first", "8",
-                        "--steps", "2"], check=True, capture_output=True)
+        r = subprocess.run([str(HOST_BIN / "recs"), "timeline", *pairs, "--out", path,
+                            "--first", "8", "--steps", "2"], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"bench_scheduler: recs timeline failed:\n{r.stderr[-3000:]}")
 
 
 def chart(result: dict, path: str) -> None:
@@ -190,6 +192,9 @@ def main() -> None:
     if not workloads:
         ap.error("give --canonical and/or --heavy")
     networks = a.networks.split(",")
+    for out in (a.out, a.png, a.timeline):  # before an hour of runs, not after
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
     use_mpi(a.mpi)
     mpi = {"mpi": a.mpi, **mpi_library()}
     print(f"MPI: {mpi['mpi_library']} ({mpi['mpiexec'] or 'mpiexec from mpi_launch.sh'})",
@@ -210,16 +215,15 @@ def main() -> None:
               "networks": networks, "workloads": list(workloads), "table": table,
               "feature_share_one_core": {w: feature_share(CONFIGS[w], f)
                                          for w, f in workloads.items()}}
+    text = json.dumps(result, indent=1)
+    if a.out:
+        Path(a.out).write_text(text + "\n")
+    print(text, flush=True)
+    if a.png:
+        chart(result, a.png)
     if a.timeline:
         w = "heavy" if "heavy" in workloads else "canonical"
         timelines(networks[0], CONFIGS[w], workloads[w], a.ranks, a.timeline)
-    text = json.dumps(result, indent=1)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text + "\n")
-    if a.png:
-        chart(result, a.png)
-    print(text)
 
 
 if __name__ == "__main__":
