@@ -313,16 +313,20 @@ class ScheduledPass:
                + (get(f"exchange_cpu/{p}") or 0.0) for p in self.sparse]
         return cpu, [get(f"comm/{p}") or 0.0 for p in self.sparse]
 
-    def _spawn_lookups(self, t: int) -> None:
-        """Spawn step t's lookup tasks (once; each after the previous step's lookup of the
-        same pipeline and embedding set)."""
+    def _spawn_lookups(self, t: int, featured_only: bool = False) -> None:
+        """Spawn step t's lookup tasks not spawned yet (each after the previous step's
+        lookup of the same pipeline and embedding set); ``featured_only``: only those of
+        pipelines whose operators have all run."""
         b = self.batches[t]
-        if b.lookups:
-            return
-        b.blocks = [e.new_block(len(b.raw)) for e in self.sets]
+        if not b.blocks:
+            b.blocks = [e.new_block(len(b.raw)) for e in self.sets]
         prev = self.batches.get(t - 1)
         for i, p in enumerate(self.plan.order):
+            if featured_only and p not in b.finished:
+                continue
             for si in range(len(self.sets)):
+                if (si, p) in b.lookups:
+                    continue
                 before = prev.lookups.get((si, p)) if prev is not None else None
                 b.lookups[(si, p)] = self.loop.spawn(self._lookup(t, si, p, before),
                                                      f"lookup {t}/{p}",
@@ -330,12 +334,15 @@ class ScheduledPass:
 
     def _early_lookups(self, t: int) -> Iterator[Any]:
         """Start step t's lookups while step t-1 trains: their id exchanges overlap its
-        MLP, and each pipeline's rows are served as soon as its update is applied.
-        Ranks may decide at different times; the step agreement decides for all."""
+        MLP, and each pipeline's rows are served as soon as its update is applied. Only
+        pipelines whose operators have run: the others' operators stay with the filler,
+        sized to the exchange windows (as lookup tasks they ran whenever nothing else was
+        ready, regardless of the window). Ranks may decide at different times; the step
+        agreement decides for all."""
         b = self._batch(t)
         yield b.agreement
         if int(b.agreement.result()[0]):
-            self._spawn_lookups(t)
+            self._spawn_lookups(t, featured_only=True)
 
     def _train(self, t: int, global_rows: int, record: Callable) -> Iterator[Any]:
         b = self.batches[t]
