@@ -126,11 +126,15 @@ def test_open_mpi_flags(tmp_path, version, nranks, expected):
         "#!/bin/sh\n"
         f'if [ "$1" = "--version" ]; then echo "mpiexec (Open MPI) {version}"; exit 0; fi\n'
         'echo "ARGS $*"\n'
+        'echo "EAGER $OMPI_MCA_btl_tcp_eager_limit SNDBUF $OMPI_MCA_btl_tcp_sndbuf"\n'
     )
     fake.chmod(0o755)
-    res = _run("-n", nranks, "--threads", "2", "echo", "hi", env=_env(MPIEXEC=str(fake)))
+    res = _run("-n", nranks, "--threads", "2", "echo", "hi",
+               env=_env(MPIEXEC=str(fake), OMPI_MCA_btl_tcp_sndbuf="65536"))
     assert res.returncode == 0, res.stderr
-    args = res.stdout.split()
+    args_line, tcp_line = res.stdout.splitlines()
+    assert tcp_line.split() == ["EAGER", "4194304", "SNDBUF", "65536"]  # the user's kept
+    args = args_line.split()
     assert args[0] == "ARGS"
     assert args[-4:] == ["-n", nranks, "echo", "hi"]
     assert ("--allow-run-as-root" in args) == (os.geteuid() == 0)
@@ -138,4 +142,5 @@ def test_open_mpi_flags(tmp_path, version, nranks, expected):
         assert flag in args
     if not expected:
         assert "--oversubscribe" not in args and ":OVERSUBSCRIBE" not in args
-    assert args.count("-x") == 5 and "RECS_THREADS_PER_RANK" in args
+    assert args.count("-x") == 10 and "RECS_THREADS_PER_RANK" in args
+    assert "OMPI_MCA_btl_tcp_eager_limit" in args
