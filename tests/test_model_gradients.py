@@ -3,11 +3,13 @@ Python, every backward against central finite differences in float64."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import pytest
 
+from recs_core.model import layers
 from recs_core.model.interaction import (
     interact,
     interact_backward,
@@ -339,11 +341,15 @@ def test_widedeep_construction() -> None:
     assert d_emb.shape == (N, NS, DIM) and d_wide.shape == (N, NS)
 
 
+@pytest.mark.parametrize("pieces", [False, True], ids=["whole-gemms", "gemm-pieces"])
 @pytest.mark.parametrize("preset", ["dlrm", "widedeep"])
-def test_backward_stages_give_emb_grads_before_weight_grads(preset: str) -> None:
+def test_backward_stages_give_emb_grads_before_weight_grads(
+        preset: str, pieces: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """The staged backward the scheduler runs: the embedding gradients come first, before
     any weight gradient is written (their pushes go out while the weights' GEMMs run);
-    the buckets after it cover every dense gradient once; the results equal backward()."""
+    the buckets after it cover every row of every dense gradient once; the results equal
+    backward() (with GEMMs in one piece each; split into row pieces, to float32 rounding
+    at most)."""
 
     def build():
         if preset == "dlrm":
@@ -355,6 +361,9 @@ def test_backward_stages_give_emb_grads_before_weight_grads(preset: str) -> None
     whole, extra = build()
     whole.forward(dense, emb, *extra)
     expected = whole.backward(c)
+    if pieces:  # every GEMM in one-row pieces, a bucket per weight-gradient row
+        monkeypatch.setattr(layers, "GEMM_PIECE_FLOPS", 1.0)
+        monkeypatch.setattr(layers, "GRAD_PIECE_ELEMS", 1)
     staged, extra = build()
     staged.forward(dense, emb, *extra)
     for g in staged.grads:
@@ -366,9 +375,40 @@ def test_backward_stages_give_emb_grads_before_weight_grads(preset: str) -> None
     assert all(np.isnan(staged.grads[i]).all() for i in weights)  # no weight grad yet
     buckets = [s for s in stages if s is not None]
     assert not any(isinstance(s, EmbGrads) for s in buckets)
-    assert sorted(i for b in buckets for i in b) == list(range(len(staged.grads)))
+    covered = [np.zeros(len(g), np.int64) for g in staged.grads]  # per row of each grad
+    for part in (i for b in buckets for i in b):
+        if isinstance(part, int):
+            covered[part] += 1
+        else:
+            covered[part[0]][part[1]:part[2]] += 1
+    assert all((c == 1).all() for c in covered)  # every row of every gradient, once
+    assert any(isinstance(i, tuple) for b in buckets for i in b) == pieces
+    same = (functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-7) if pieces
+            else np.testing.assert_array_equal)
     got = [first.d_emb] + ([first.d_wide] if preset == "widedeep" else [])
     for x, y in zip(got, expected if preset == "widedeep" else [expected], strict=True):
-        np.testing.assert_array_equal(x, y)
+        same(x, y)
     for g, h in zip(staged.grads, whole.grads, strict=True):
-        np.testing.assert_array_equal(g, h)
+        same(g, h)
+
+
+@pytest.mark.parametrize("preset", ["dlrm", "widedeep"])
+def test_gradient_buckets_do_not_depend_on_batch_rows(
+        preset: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranks may hold batches of different sizes, yet must post the same allreduce
+    buckets: with weight gradients split into row pieces, the pieces follow the weights'
+    shapes only."""
+    monkeypatch.setattr(layers, "GEMM_PIECE_FLOPS", 40.0)  # pieces by rows: N and 2 differ
+    monkeypatch.setattr(layers, "GRAD_PIECE_ELEMS", 3)
+    seen = []
+    for rows in (N, 2):
+        dense, emb, wide = (x[:rows] for x in _inputs(2, np.float32))
+        if preset == "dlrm":
+            net, extra = DLRM(ND, NS, DIM, [4, DIM], [5, 3], seed=3), ()
+        else:
+            net, extra = WideDeep(ND, NS, DIM, [6, 4], seed=3), (wide,)
+        net.forward(dense, emb, *extra)
+        seen.append([s for s in net.backward_stages(np.ones(rows, np.float32))
+                     if isinstance(s, list)])
+    assert seen[0] == seen[1]
+    assert any(isinstance(i, tuple) for b in seen[0] for i in b)  # split: a real check

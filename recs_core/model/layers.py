@@ -11,6 +11,18 @@ from numba import njit
 
 T = TypeVar("T")
 
+# Most floating-point operations one GEMM runs between two yields (about 1.5 ms at 70
+# GFLOP/s): a scheduler polls its exchanges there, and MPI over TCP moves data only inside
+# MPI calls. Pieces are row ranges of the output, so every element's sum is unchanged.
+GEMM_PIECE_FLOPS = 1e8
+# Most elements of a weight gradient in one allreduce bucket. Buckets are row ranges of
+# the weight, fixed by its shape alone: every rank must post the same buckets, whatever
+# its batch size.
+GRAD_PIECE_ELEMS = 1 << 16
+
+# A part of an MLP's gradients: index into ``grads``, or (index, first row, end row).
+GradPart = int | tuple[int, int, int]
+
 
 def drive(stages: Generator[object, None, T]) -> T:
     """Run a staged computation (a generator whose yields are points where a scheduler
@@ -20,6 +32,31 @@ def drive(stages: Generator[object, None, T]) -> T:
             next(stages)
         except StopIteration as done:
             return done.value
+
+
+def shift_parts(parts: list[GradPart], by: int) -> list[GradPart]:
+    """``parts`` of one MLP's grads as parts of a list where that MLP's start at ``by``."""
+    return [i + by if isinstance(i, int) else (i[0] + by, i[1], i[2]) for i in parts]
+
+
+def row_pieces(rows: int, per_row: float, most: float) -> list[tuple[int, int]]:
+    """Split ``rows`` rows into about equal ranges of at most ``most`` (counted at
+    ``per_row`` a row; one range if all of them fit)."""
+    pieces = max(1, min(rows, int(np.ceil(rows * per_row / most))))
+    bounds = np.linspace(0, rows, pieces + 1).astype(np.int64)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def matmul_pieces(a: np.ndarray, b: np.ndarray, out: np.ndarray,
+                  pieces: list[tuple[int, int]] | None = None) -> Generator[
+                      tuple[int, int], None, None]:
+    """``out = a @ b`` by row ranges ``pieces`` (default: of at most
+    :data:`GEMM_PIECE_FLOPS`), yielding each one once it is done."""
+    if pieces is None:
+        pieces = row_pieces(a.shape[0], 2.0 * a.shape[1] * b.shape[1], GEMM_PIECE_FLOPS)
+    for r0, r1 in pieces:
+        np.matmul(a[r0:r1], b, out=out[r0:r1])
+        yield r0, r1
 
 
 @njit(nogil=True, cache=True)
@@ -119,7 +156,7 @@ class MLP:
         return drive(self._forward_stages(x))
 
     def _forward_stages(self, x: np.ndarray) -> Generator[None, None, np.ndarray]:
-        """:meth:`_forward`, yielding between layers."""
+        """:meth:`_forward`, yielding after each GEMM piece."""
         x = np.ascontiguousarray(x, dtype=self.dtype)
         if x.ndim != 2 or x.shape[1] != self.sizes[0]:
             raise ValueError(f"MLP input must be [n, {self.sizes[0]}], got {x.shape}")
@@ -128,11 +165,10 @@ class MLP:
         self._x, self._n = x, n
         a = x
         for layer in range(self.num_layers):
-            if layer:
-                yield None
             y = self._acts[layer][:n]
-            np.matmul(a, self.params[2 * layer], out=y)
-            _bias_act(y, self.params[2 * layer + 1], self._relu(layer))
+            for r0, r1 in matmul_pieces(a, self.params[2 * layer], y):
+                _bias_act(y[r0:r1], self.params[2 * layer + 1], self._relu(layer))
+                yield None
             a = y
         return a
 
@@ -156,7 +192,7 @@ class MLP:
 
     def _backward_dx_stages(self, dy: np.ndarray, dx: str = "new") -> Generator[
             None, None, np.ndarray | None]:
-        """:meth:`_backward_dx`, yielding between layers."""
+        """:meth:`_backward_dx`, yielding after each GEMM piece."""
         if self._x is None:
             raise RuntimeError("MLP.backward called before forward")
         n = self._n
@@ -176,19 +212,29 @@ class MLP:
             else:
                 _colsum(g, gb)
             self._dzs[layer] = g
-            if layer > 0:
-                g = np.matmul(g, self.params[2 * layer].T, out=self._dxs[layer][:n])
-                yield None
-        if dx == "none":
-            return None
-        if dx == "buffer":
-            return np.matmul(g, self.params[0].T, out=self._dxs[0][:n])
-        return np.matmul(g, self.params[0].T)
+            if layer > 0 or dx != "none":
+                out = (self._dxs[layer][:n] if layer > 0 or dx == "buffer"
+                       else np.empty((n, self.sizes[0]), self.dtype))
+                for _ in matmul_pieces(g, self.params[2 * layer].T, out):
+                    yield None
+                g = out
+        return None if dx == "none" else g
 
     def _backward_dw(self, layer: int) -> None:
         """The weight gradient of one layer, after :meth:`_backward_dx`."""
+        drive(self._backward_dw_stages(layer))
+
+    def _backward_dw_stages(self, layer: int) -> Generator[list[GradPart], None, None]:
+        """:meth:`_backward_dw` by GEMM pieces, yielding the parts of ``grads`` each one
+        finished: a row range of the weight gradient, with the bias gradient (final since
+        :meth:`_backward_dx`) on the last."""
         a_in = self._x if layer == 0 else self._acts[layer - 1][:self._n]
-        np.matmul(a_in.T, self._dzs[layer], out=self.grads[2 * layer])
+        w = 2 * layer
+        rows, cols = self.grads[w].shape
+        pieces = row_pieces(rows, cols, GRAD_PIECE_ELEMS)
+        for r0, r1 in matmul_pieces(a_in.T, self._dzs[layer], self.grads[w], pieces):
+            last = r1 == self.sizes[layer]
+            yield [w if r0 == 0 and last else (w, r0, r1)] + ([w + 1] if last else [])
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         """dy = d loss / d output [n, sizes[-1]] -> d loss / d input [n, sizes[0]]; fills

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recs_core.model.interaction import interact_backward_kernel, interact_kernel, num_pairs
-from recs_core.model.layers import MLP, drive
+from recs_core.model.layers import MLP, GradPart, drive, shift_parts
 
 
 @dataclass
@@ -26,9 +26,10 @@ class EmbGrads:
     d_wide: np.ndarray | None = None
 
 
-# A bucket of final ``grads`` indices, the embedding gradients, or None: a point where a
-# scheduler may run other work (poll its exchanges) before the next stage.
-Stage = list[int] | EmbGrads | None
+# A bucket of final parts of ``grads`` (indices, or row ranges of one, see GradPart), the
+# embedding gradients, or None: a point where a scheduler may run other work (poll its
+# exchanges) before the next stage.
+Stage = list[GradPart] | EmbGrads | None
 
 
 def run_backward(stages: Iterable[Stage]) -> EmbGrads:
@@ -121,8 +122,8 @@ class DLRM:
         self.bottom._backward(d_x0, "none")
         yield list(range(nb))
         for layer in range(self.top.num_layers):
-            self.top._backward_dw(layer)
-            yield [nb + 2 * layer, nb + 2 * layer + 1]
+            for parts in self.top._backward_dw_stages(layer):
+                yield shift_parts(parts, nb)
 
 
 class WideDeep:
@@ -199,5 +200,6 @@ class WideDeep:
         d_wide = np.broadcast_to(dy[:, None], (n, self.num_sparse)).copy()
         yield EmbGrads(d_emb, d_wide)
         for layer in range(self.deep.num_layers):
-            self.deep._backward_dw(layer)
-            yield [2 * layer, 2 * layer + 1] + ([len(self.params) - 1] if layer == 0 else [])
+            for parts in self.deep._backward_dw_stages(layer):
+                last = parts[-1] == 2 * layer + 1  # the layer's bias: its last piece
+                yield parts + ([len(self.params) - 1] if layer == 0 and last else [])
