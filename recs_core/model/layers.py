@@ -39,6 +39,11 @@ def shift_parts(parts: list[GradPart], by: int) -> list[GradPart]:
     return [i + by if isinstance(i, int) else (i[0] + by, i[1], i[2]) for i in parts]
 
 
+def grad_part(grads: list[np.ndarray], part: GradPart) -> np.ndarray:
+    """The array ``part`` names in ``grads`` (a view for a row range)."""
+    return grads[part] if isinstance(part, int) else grads[part[0]][part[1]:part[2]]
+
+
 def row_pieces(rows: int, per_row: float, most: float) -> list[tuple[int, int]]:
     """Split ``rows`` rows into about equal ranges of at most ``most`` (counted at
     ``per_row`` a row; one range if all of them fit)."""

@@ -11,7 +11,7 @@ from recs_core.comm.world import World
 from recs_core.embedding.sparse_optim import make_sparse_optimizer
 from recs_core.features.graph import FeatureBatch
 from recs_core.features.spec import Spec
-from recs_core.model.layers import GradPart, drive
+from recs_core.model.layers import GradPart, drive, grad_part
 from recs_core.model.loss import bce_with_logits, sigmoid
 from recs_core.model.optim import make_dense_optimizer
 from recs_core.model.presets import DLRM, EmbGrads, Stage, WideDeep
@@ -89,8 +89,7 @@ class Model:
         :meth:`dense_update`."""
         from mpi4py import MPI
 
-        grads = [self.net.grads[i] if isinstance(i, int) else self.net.grads[i[0]][i[1]:i[2]]
-                 for i in which]
+        grads = [grad_part(self.net.grads, part) for part in which]
         flat = np.concatenate([g.ravel() for g in grads])
         total = np.empty_like(flat)
         req = self._dense_comm.Iallreduce([flat, MPI.FLOAT], [total, MPI.FLOAT], op=MPI.SUM)
