@@ -412,3 +412,43 @@ def test_gradient_buckets_do_not_depend_on_batch_rows(
                      if isinstance(s, list)])
     assert seen[0] == seen[1]
     assert any(isinstance(i, tuple) for b in seen[0] for i in b)  # split: a real check
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["whole-weights", "split-weights"])
+@pytest.mark.parametrize("preset", ["dlrm", "widedeep"])
+def test_forward_reads_each_bucket_only_after_asking_for_it(
+        preset: str, split: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scheduler applies the previous step's dense update bucket by bucket and lets
+    the next forward run as far as the buckets applied so far allow: the staged forward
+    must announce every gradient bucket (in backward's order) before it reads any of its
+    parameters. Checked by handing it NaN parameters and filling in each bucket only when
+    asked: the logits must come out exactly as with every parameter in place."""
+    if split:
+        monkeypatch.setattr(layers, "GRAD_PIECE_ELEMS", 3)
+        monkeypatch.setattr(layers, "GEMM_PIECE_FLOPS", 40.0)
+    dense, emb, wide = _inputs(2, np.float32)
+    if preset == "dlrm":
+        net, extra = DLRM(ND, NS, DIM, [4, DIM], [5, 3], seed=3), ()
+    else:
+        net, extra = WideDeep(ND, NS, DIM, [6, 4], seed=3), (wide,)
+        net.bias[0] = 0.25  # not its initial zero: a NaN read would show
+    expected = net.forward(dense, emb, *extra)
+    buckets = [s for s in net.backward_stages(np.ones(N, np.float32)) if isinstance(s, list)]
+    assert any(isinstance(i, tuple) for b in buckets for i in b) == split
+    true = [p.copy() for p in net.params]
+    for p in net.params:
+        p[...] = np.nan
+    asked = []
+    stages = net.forward_stages(dense, emb, *extra)
+    while True:
+        try:
+            need = next(stages)
+        except StopIteration as done:
+            got = done.value
+            break
+        if isinstance(need, layers.NeedBucket):
+            asked.append(need.index)
+            for part in buckets[need.index]:
+                layers.grad_part(net.params, part)[...] = layers.grad_part(true, part)
+    assert asked == list(range(len(buckets)))
+    np.testing.assert_array_equal(got, expected)

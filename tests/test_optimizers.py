@@ -131,6 +131,24 @@ def test_deterministic(name: str) -> None:
     assert once() == once()
 
 
+@pytest.mark.parametrize("name", ["sgd", "adagrad", "adam"])
+def test_step_by_parts_is_bit_identical(name: str) -> None:
+    """A step applied part by part (row ranges and whole parameters, in any order, as
+    allreduce buckets complete) leaves parameters and state exactly as one step."""
+    def run(by_parts: bool) -> list[bytes]:
+        params = _params()
+        opt = make_dense_optimizer(name, params, 0.03)
+        for gs in _grad_seq():
+            if not by_parts:
+                opt.step(gs)
+                continue
+            opt.start_step()
+            for part in [3, (2, 1, 3), (0, 4, 7), 1, (2, 0, 1), (0, 0, 1), (0, 1, 4)]:
+                opt.update_part(gs, part)
+        return [p.tobytes() for p in params] + [a.tobytes() for a in opt.state.values()]
+    assert run(by_parts=True) == run(by_parts=False)
+
+
 def test_make_dense_optimizer_and_checks() -> None:
     params = _params()
     assert isinstance(make_dense_optimizer("sgd", params, 0.1), SGD)

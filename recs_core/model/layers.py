@@ -24,6 +24,21 @@ GRAD_PIECE_ELEMS = 1 << 16
 GradPart = int | tuple[int, int, int]
 
 
+class NeedBucket:
+    """Yielded by a staged forward just before it first reads the parameters of gradient
+    bucket ``index`` (numbered in the order backward yields the buckets): a scheduler that
+    applies the previous step's update bucket by bucket makes sure that one is applied.
+    Plain drivers ignore it."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __repr__(self) -> str:
+        return f"NeedBucket({self.index})"
+
+
 def drive(stages: Generator[object, None, T]) -> T:
     """Run a staged computation (a generator whose yields are points where a scheduler
     may run other work) to the end; its return value."""
@@ -152,6 +167,7 @@ class MLP:
             return
         cap = max(n, 2 * self._cap)
         self._acts = [np.empty((cap, m), self.dtype) for m in self.sizes[1:]]
+        self._partial = np.empty(cap * max(self.sizes[1:]), self.dtype)  # split products
         self._dxs = [np.empty((cap, m), self.dtype) for m in self.sizes[:-1]]
         self._dz_last = np.empty((cap, self.sizes[-1]), self.dtype)
         self._cap = cap
@@ -160,8 +176,13 @@ class MLP:
         """forward into the internal buffer (valid until the next forward)."""
         return drive(self._forward_stages(x))
 
-    def _forward_stages(self, x: np.ndarray) -> Generator[None, None, np.ndarray]:
-        """:meth:`_forward`, yielding after each GEMM piece."""
+    def _forward_stages(self, x: np.ndarray, bucket: int | None = None) -> Generator[
+            NeedBucket | None, None, np.ndarray]:
+        """:meth:`_forward`, yielding after each GEMM piece. A layer whose weight gradient
+        comes in several buckets (row ranges, :meth:`weight_rows`) multiplies by those row
+        ranges of its weight one after the other, summing (every caller, so every mode,
+        sums in this order). ``bucket``: the index of this MLP's first gradient bucket; a
+        :class:`NeedBucket` is yielded before each bucket's parameters are read."""
         x = np.ascontiguousarray(x, dtype=self.dtype)
         if x.ndim != 2 or x.shape[1] != self.sizes[0]:
             raise ValueError(f"MLP input must be [n, {self.sizes[0]}], got {x.shape}")
@@ -170,12 +191,33 @@ class MLP:
         self._x, self._n = x, n
         a = x
         for layer in range(self.num_layers):
+            w, b = self.params[2 * layer], self.params[2 * layer + 1]
             y = self._acts[layer][:n]
-            for r0, r1 in matmul_pieces(a, self.params[2 * layer], y):
-                _bias_act(y[r0:r1], self.params[2 * layer + 1], self._relu(layer))
-                yield None
+            ranges = self.weight_rows(layer)
+            for k, (k0, k1) in enumerate(ranges):
+                if bucket is not None:
+                    yield NeedBucket(bucket)
+                    bucket += 1
+                last = k == len(ranges) - 1
+                out = y if k == 0 else self._partial[:n * y.shape[1]].reshape(y.shape)
+                for r0, r1 in matmul_pieces(a[:, k0:k1], w[k0:k1], out):
+                    if k:
+                        y[r0:r1] += out[r0:r1]
+                    if last:
+                        _bias_act(y[r0:r1], b, self._relu(layer))
+                    yield None
             a = y
         return a
+
+    def weight_rows(self, layer: int) -> list[tuple[int, int]]:
+        """The row ranges of a layer's weight that its gradient buckets cover (fixed by the
+        weight's shape, see :data:`GRAD_PIECE_ELEMS`)."""
+        rows, cols = self.sizes[layer], self.sizes[layer + 1]
+        return row_pieces(rows, cols, GRAD_PIECE_ELEMS)
+
+    def num_buckets(self) -> int:
+        """How many gradient buckets :meth:`_backward_dw_stages` yields over all layers."""
+        return sum(len(self.weight_rows(layer)) for layer in range(self.num_layers))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """[n, sizes[0]] -> [n, sizes[-1]] (a new array); keeps what backward needs."""
@@ -235,8 +277,7 @@ class MLP:
         :meth:`_backward_dx`) on the last."""
         a_in = self._x if layer == 0 else self._acts[layer - 1][:self._n]
         w = 2 * layer
-        rows, cols = self.grads[w].shape
-        pieces = row_pieces(rows, cols, GRAD_PIECE_ELEMS)
+        pieces = self.weight_rows(layer)
         for r0, r1 in matmul_pieces(a_in.T, self._dzs[layer], self.grads[w], pieces):
             last = r1 == self.sizes[layer]
             yield [w if r0 == 0 and last else (w, r0, r1)] + ([w + 1] if last else [])

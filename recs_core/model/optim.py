@@ -1,15 +1,19 @@
 """Optimizers for the dense parameters, updating them in place.
 
 Each walks every parameter as a flat view in one compiled pass, in the parameter's dtype
-and a fixed order (bit-deterministic). ``state`` holds every array the optimizer keeps
-(accumulators, moments, the Adam step count as a 0-d array); a checkpoint restores it by
-writing into those arrays in place.
+and a fixed order (bit-deterministic). The update is elementwise, so a step may also be
+applied part by part (:meth:`start_step`, then :meth:`update_part` for every part of every
+parameter, e.g. as each gradient bucket's allreduce completes) with the same result.
+``state`` holds every array the optimizer keeps (accumulators, moments, the Adam step
+count as a 0-d array); a checkpoint restores it by writing into those arrays in place.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+from recs_core.model.layers import GradPart
 
 
 @njit(nogil=True, cache=True)
@@ -65,7 +69,8 @@ def _check_lr(lr: float) -> float:
 
 
 class _Dense:
-    """Shared parts: the parameter list, its flat views and the gradient checks."""
+    """Shared parts: the parameter list, its flat views, the gradient checks and the step
+    split into parts."""
 
     def __init__(self, params: list[np.ndarray], lr: float) -> None:
         self.params = list(params)
@@ -73,15 +78,31 @@ class _Dense:
         self._flat = [_flat(p) for p in self.params]
         self.state: dict[str, np.ndarray] = {}
 
-    def _grads(self, grads: list[np.ndarray]) -> list[np.ndarray]:
+    def step(self, grads: list[np.ndarray]) -> None:
+        """One update of every parameter from its gradient."""
         if len(grads) != len(self.params):
             raise ValueError(f"{len(grads)} gradients for {len(self.params)} parameters")
-        out = []
-        for i, (p, g) in enumerate(zip(self.params, grads)):
-            if g.shape != p.shape:
-                raise ValueError(f"gradient {i} has shape {g.shape}, parameter {p.shape}")
-            out.append(np.ascontiguousarray(g, dtype=p.dtype).reshape(-1))
-        return out
+        self.start_step()
+        for i in range(len(self.params)):
+            self.update_part(grads, i)
+
+    def start_step(self) -> None:
+        """Begin one step; :meth:`update_part` then updates each part once."""
+
+    def update_part(self, grads: list[np.ndarray], part: GradPart) -> None:
+        """The current step's update of one part (a parameter index, or a row range of one)
+        from its gradient in ``grads``."""
+        i, r0, r1 = (part, None, None) if isinstance(part, int) else part
+        p, g = self.params[i], grads[i]
+        if g.shape != p.shape:
+            raise ValueError(f"gradient {i} has shape {g.shape}, parameter {p.shape}")
+        per_row = p.size // p.shape[0] if p.ndim and p.shape[0] else 1
+        lo, hi = (0, p.size) if r0 is None else (r0 * per_row, r1 * per_row)
+        g = np.ascontiguousarray(g, dtype=p.dtype).reshape(-1)[lo:hi]
+        self._update(i, lo, hi, g)
+
+    def _update(self, i: int, lo: int, hi: int, g: np.ndarray) -> None:
+        raise NotImplementedError
 
     def _zeros(self, prefix: str, fill: float = 0.0) -> list[np.ndarray]:
         views = []
@@ -95,10 +116,8 @@ class _Dense:
 class SGD(_Dense):
     """p -= lr * g."""
 
-    def step(self, grads: list[np.ndarray]) -> None:
-        """One update of every parameter from its gradient."""
-        for p, g in zip(self._flat, self._grads(grads)):
-            _sgd(p, g, self.lr)
+    def _update(self, i: int, lo: int, hi: int, g: np.ndarray) -> None:
+        _sgd(self._flat[i][lo:hi], g, self.lr)
 
 
 class Adagrad(_Dense):
@@ -114,10 +133,8 @@ class Adagrad(_Dense):
         self.eps = float(eps)
         self._acc = self._zeros("acc", initial_accumulator)
 
-    def step(self, grads: list[np.ndarray]) -> None:
-        """One update of every parameter from its gradient."""
-        for p, a, g in zip(self._flat, self._acc, self._grads(grads)):
-            _adagrad(p, a, g, self.lr, self.eps)
+    def _update(self, i: int, lo: int, hi: int, g: np.ndarray) -> None:
+        _adagrad(self._flat[i][lo:hi], self._acc[i][lo:hi], g, self.lr, self.eps)
 
 
 class Adam(_Dense):
@@ -134,15 +151,18 @@ class Adam(_Dense):
         self._m = self._zeros("m")
         self._v = self._zeros("v")
         self.state["step"] = np.zeros((), dtype=np.int64)
+        self._corrections = (1.0, 1.0)
 
-    def step(self, grads: list[np.ndarray]) -> None:
-        """One update of every parameter from its gradient."""
-        gs = self._grads(grads)
+    def start_step(self) -> None:
+        """Advance the step count (and so the bias corrections of this step's parts)."""
         self.state["step"] += 1
         t = int(self.state["step"])
-        c1, c2 = 1.0 - self.beta1 ** t, 1.0 - self.beta2 ** t
-        for p, m, v, g in zip(self._flat, self._m, self._v, gs):
-            _adam(p, m, v, g, self.lr, self.beta1, self.beta2, self.eps, c1, c2)
+        self._corrections = (1.0 - self.beta1 ** t, 1.0 - self.beta2 ** t)
+
+    def _update(self, i: int, lo: int, hi: int, g: np.ndarray) -> None:
+        c1, c2 = self._corrections
+        _adam(self._flat[i][lo:hi], self._m[i][lo:hi], self._v[i][lo:hi], g, self.lr,
+              self.beta1, self.beta2, self.eps, c1, c2)
 
 
 DENSE_OPTIMIZERS = {"sgd": SGD, "adagrad": Adagrad, "adam": Adam}

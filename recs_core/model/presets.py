@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recs_core.model.interaction import interact_backward_kernel, interact_kernel, num_pairs
-from recs_core.model.layers import MLP, GradPart, drive, shift_parts
+from recs_core.model.layers import MLP, GradPart, NeedBucket, drive, shift_parts
 
 
 @dataclass
@@ -82,21 +82,24 @@ class DLRM:
         return drive(self.forward_stages(dense, emb))
 
     def forward_stages(self, dense: np.ndarray, emb: np.ndarray) -> Generator[
-            None, None, np.ndarray]:
-        """:meth:`forward`, yielding between its parts."""
+            NeedBucket | None, None, np.ndarray]:
+        """:meth:`forward`, yielding between its parts and a :class:`NeedBucket` before it
+        reads each gradient bucket's parameters (bucket 0: the bottom MLP, then the top
+        MLP's, as :meth:`backward_stages` yields them)."""
         dense = np.ascontiguousarray(dense, dtype=self.dtype)
         n = dense.shape[0]
         emb = _as(emb, self.dtype, (n, self.num_sparse, self.dim), "DLRM emb")
         if n > self._cap:
             self._cap = max(n, 2 * self._cap)
             self._top_in = np.empty((self._cap, self.dim + self.num_pairs), self.dtype)
+        yield NeedBucket(0)
         x0 = self.bottom._forward(dense)  # [n, dim], internal buffer
         top_in = self._top_in[:n]
         top_in[:, :self.dim] = x0
         interact_kernel(x0, emb, top_in[:, self.dim:])
         self._x0, self._emb = x0, emb
         yield None
-        return (yield from self.top._forward_stages(top_in))[:, 0].copy()
+        return (yield from self.top._forward_stages(top_in, bucket=1))[:, 0].copy()
 
     def backward(self, dlogits: np.ndarray) -> np.ndarray:
         """d loss / d logits [n] -> d loss / d emb [n, num_sparse, dim]; fills grads."""
@@ -155,8 +158,10 @@ class WideDeep:
         return drive(self.forward_stages(dense, emb, wide))
 
     def forward_stages(self, dense: np.ndarray, emb: np.ndarray, wide: np.ndarray
-                       ) -> Generator[None, None, np.ndarray]:
-        """:meth:`forward`, yielding between layers."""
+                       ) -> Generator[NeedBucket | None, None, np.ndarray]:
+        """:meth:`forward`, yielding between layers and a :class:`NeedBucket` before it
+        reads each gradient bucket's parameters (numbered as :meth:`backward_stages` yields
+        them; the wide bias is read last)."""
         dense = np.asarray(dense)
         n = dense.shape[0]
         dense = _as(dense, self.dtype, (n, self.num_dense), "WideDeep dense")
@@ -175,7 +180,7 @@ class WideDeep:
         fd = self.num_sparse * self.dim
         x[:, :fd] = emb.reshape(n, fd)
         x[:, fd:] = dense
-        deep = (yield from self.deep._forward_stages(x))[:, 0]
+        deep = (yield from self.deep._forward_stages(x, bucket=0))[:, 0]
         self._n = n
         return deep + wide.sum(axis=1, dtype=self.dtype) + self.bias[0]
 

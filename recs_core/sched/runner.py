@@ -10,12 +10,17 @@ Per step t the loop runs these tasks (see ``DESIGN.md``, scheduling model):
   embedding gradients, and the post of every pipeline's gradient push;
 * ``apply t/p``: the owners' sparse update, once the push completes;
 * ``dense t``: the rest of backward (the weight gradients in GEMM pieces, each bucket's
-  allreduce posted as soon as it is final), then the dense update once every bucket is
-  summed. Its pieces run around the critical chain -- the pushes, the updates and step
-  t+1's row exchanges -- which goes first whenever it has work ready.
+  allreduce posted as soon as it is final). Its pieces run around the critical chain --
+  the pushes, the updates and step t+1's row exchanges -- which goes first whenever it
+  has work ready;
+* ``update t``: per dense gradient bucket, the dense optimizer on that bucket's
+  parameters once its allreduce completes.
 
 Exactness: step t+1's rows are served only after step t's update of that pipeline, and
-its forward only after step t's dense update, so every mode computes the same model.
+its forward reads each dense bucket's parameters only after step t's update of that
+bucket (the forward announces each bucket before it reads it, and multiplies by a
+weight's buckets one after another in every mode), so every mode computes the same model:
+the last buckets' allreduces overlap the start of the next forward.
 Each communicator sees its collectives in one fixed order on every rank: a pipeline's
 lookups in step order (lookup t+1 starts after lookup t), its gradient pushes on their
 own communicator, the dense allreduces on theirs.
@@ -42,6 +47,7 @@ from recs_core.comm.pending import Pending
 from recs_core.comm.progress import ProgressThread, over_network
 from recs_core.data.parse import RawBatch
 from recs_core.features.graph import BatchState, FeatureBatch, OpNode, RowRange
+from recs_core.model.layers import GradPart, NeedBucket
 from recs_core.model.presets import EmbGrads
 from recs_core.sched.costs import Costs, PipelinePlan
 from recs_core.sched.loop import Loop, Task
@@ -57,6 +63,7 @@ REPLAN_EVERY = 16  # steps between cost agreements (a tiny allreduce); also at s
 # pairs, CPU idle while exchanges were in flight (ms per step): 4.7-9.0 with whole GEMMs
 # and dense first (then the applies), 4.5-5.6 with pieces and dense first, 2.0-2.8 now.
 APPLY_PRIO = 1.0
+UPDATE_PRIO = 1.5  # a dense bucket's update: the next forward may be waiting for it
 DENSE_PRIO = 50.0
 # Default row-chunk cost of long feature chains (recs, recs-intra). Measured on the
 # feature-heavy workload, emulated network, 2 ranks x 1 core, interleaved runs: recs median
@@ -134,6 +141,7 @@ class ScheduledPass:
         self._applied: dict[tuple[int, str], Task] = {}
         self._trains: dict[int, Task] = {}
         self._dense: Task | None = None
+        self._updates: list[Task] | None = None  # the last step's dense bucket updates
         self._current = 0
         self.feature_seconds = 0.0
         self.most_held = 0  # most batches held at once (bounded by the look-ahead)
@@ -357,25 +365,42 @@ class ScheduledPass:
             if not task.done:
                 yield task
         if self._dense is not None and not self._dense.done:
-            yield self._dense  # the forward uses step t-1's dense parameters
+            yield self._dense  # its weight gradients read the activations the forward writes
         wide = b.blocks[1] if len(b.blocks) > 1 else None
-        probs, _, dlogits = yield from self.model.forward_loss_stages(b.fb, b.blocks[0], wide,
-                                                                      global_rows)
+        probs, _, dlogits = yield from self._gated(
+            self.model.forward_loss_stages(b.fb, b.blocks[0], wide, global_rows))
+        for task in self._updates or ():
+            if not task.done:
+                yield task  # (the forward asked for every bucket) backward writes the grads
         record(b.fb, probs)
         yield None  # a poll between forward and backward: exchanges progress
-        stages, summed = self.model.backward_stages(dlogits), []
+        stages, posted = self.model.backward_stages(dlogits), []
         for stage in stages:  # each bucket's allreduce starts while the rest of backward runs
             if isinstance(stage, EmbGrads):
                 yield from self._push(t, stage)
                 break
             if stage is not None:
-                summed.append(self.model.post_dense_allreduce(stage))
+                posted.append((self.model.post_dense_allreduce(stage), stage))
             yield None
         # The weight gradients are computed by their own task, after this one ends: step
         # t+1's lookups wait for this task, and serve their rows once the pushes above
         # are applied, while the weight gradients and their allreduce fill the window.
-        self._dense = self.loop.spawn(self._dense_grads(stages, summed), f"dense {t}",
+        self._dense = self.loop.spawn(self._dense_grads(t, stages, posted), f"dense {t}",
                                       DENSE_PRIO)
+
+    def _gated(self, forward: Iterator[Any]) -> Iterator[Any]:
+        """The staged forward, waiting at each :class:`NeedBucket` until the last step's
+        update of that bucket is applied. Returns the forward's value."""
+        while True:
+            try:
+                need = next(forward)
+            except StopIteration as done:
+                return done.value
+            if isinstance(need, NeedBucket):
+                if self._updates is not None and not self._updates[need.index].done:
+                    yield self._updates[need.index]
+            else:
+                yield need
 
     def _push(self, t: int, grads: EmbGrads) -> Iterator[None]:
         """Post step t's embedding gradients to their owners (a poll after each pipeline);
@@ -394,15 +419,28 @@ class ScheduledPass:
         yield pushed
         emb.lookups[p].apply(emb.optimizer)
 
-    def _dense_grads(self, stages: Iterator[Any], summed: list[Pending]) -> Iterator[Any]:
+    def _dense_grads(self, t: int, stages: Iterator[Any],
+                     posted: list[tuple[Pending, list[GradPart]]]) -> Iterator[Any]:
         """The rest of backward (the weight gradients, a poll after each bucket, whose
-        allreduce starts at once), then the dense update once every bucket is summed."""
+        allreduce starts at once); spawns each bucket's update, to run once it is summed."""
+        self.model.start_dense_update()  # every update of step t-1 is applied by now
+        updates: list[Task] = []
+        self._updates = updates
+
+        def spawn(summed: Pending, which: list[GradPart]) -> None:
+            updates.append(self.loop.spawn(self._update_bucket(summed, which), f"update {t}",
+                                           UPDATE_PRIO))
+
+        for summed, which in posted:
+            spawn(summed, which)
         for bucket in stages:
             if bucket is not None:
-                summed.append(self.model.post_dense_allreduce(bucket))
+                spawn(self.model.post_dense_allreduce(bucket), bucket)
             yield None
-        yield from summed
-        self.model.dense_update(summed)
+
+    def _update_bucket(self, summed: Pending, which: list[GradPart]) -> Iterator[Any]:
+        yield summed
+        self.model.dense_update_bucket(summed, which)
 
     # ---- the pass -----------------------------------------------------------------------
 
@@ -448,6 +486,8 @@ class ScheduledPass:
                 for task in [*self._applied.values(), self._dense]:
                     if task is not None:
                         self.loop.run_until(task)  # step t-1's updates, applied
+                for task in self._updates or ():  # (all spawned once its dense task is done)
+                    self.loop.run_until(task)
                 hook.fn(t)
         self.loop.drain()
         self._close()

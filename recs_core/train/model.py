@@ -109,6 +109,18 @@ class Model:
             p.result()
         self.dense_opt.step(self.net.grads)
 
+    def start_dense_update(self) -> None:
+        """Begin a dense update applied bucket by bucket (:meth:`dense_update_bucket` for
+        every bucket): the same result as :meth:`dense_update`, which is elementwise."""
+        self.dense_opt.start_step()
+
+    def dense_update_bucket(self, summed: Pending[None], which: list[GradPart]) -> None:
+        """Apply the dense optimizer to the parts ``which`` once ``summed`` (their
+        allreduce, from :meth:`post_dense_allreduce`) completed."""
+        summed.result()
+        for part in which:
+            self.dense_opt.update_part(self.net.grads, part)
+
     def forward_loss(self, fb: FeatureBatch, z: np.ndarray, wide_z: np.ndarray | None,
                      global_rows: int | None) -> tuple[np.ndarray, float, np.ndarray]:
         """Forward of the dense network on looked-up vectors ``z`` (and ``wide_z``), and
