@@ -159,13 +159,18 @@ class Job:
         """Mode "sequential": process a batch's features, then look up, then train."""
         steps = 0
         while True:
-            part, rows = self._agree(next(source), empty)
+            # the step starts with reading its batch, as in the other modes (there the
+            # reading of later batches falls inside the steps)
+            start = time.perf_counter()
+            with timeline.cpu("read"):
+                raw = next(source)
+            part, rows = self._agree(raw, empty)
             if part is None:
                 return
-            start = time.perf_counter()
+            t0 = time.perf_counter()
             with timeline.cpu("features"):
                 fb = self.graph.process(part)
-            timer["input"] += time.perf_counter() - start
+            timer["input"] += time.perf_counter() - t0
             steps = self._blocking_step(fb, rows, start, steps, timeline, train, timer, hook)
 
     @staticmethod
