@@ -7,7 +7,9 @@ Per mode it reports samples/s and, per step (medians over steps, slowest rank = 
 view), CPU busy time, comm time in flight, CPU idle while comm was in flight. The bound
 of a step is max(CPU work, comm) with both taken from the sequential mode (where neither
 overlaps the other); overlap efficiency = (sequential step - recs step) /
-(sequential step - bound).
+(sequential step - bound). "ratios" compares the modes' medians; "paired" computes the
+same figures within each repetition (runs minutes apart see the same machine: its speed
+drifts by 10-20% over the runs here) and reports their medians.
 
     python bench/bench_scheduler.py --canonical c.txt --heavy h.txt --reps 3 \
         --out bench/results/scheduler.json --png bench/results/scheduler.png
@@ -97,9 +99,30 @@ def summarize(runs: list[dict]) -> dict:
         s = [r["scheduler"] for r in runs]
         out["consumer_late_ms"] = {q: med(x["consumer_late_ms"][q] for x in s)
                                    for q in ("median", "p95")}
-        out["overhead_us_per_task"] = med(x["overhead_us_per_task"] for x in s)
+        for k in ("overhead_us_per_task", "overhead_mpi_us_per_task"):
+            out[k] = med(x[k] for x in s)
         out["pipeline_order"] = s[-1]["pipeline_order"]
     out["train_logloss"] = runs[0]["train_logloss"]
+    return out
+
+
+def paired(runs: dict[str, list[dict]]) -> dict:
+    """:func:`ratios` of each repetition's runs (side by side in time); their medians."""
+    per_rep = []
+    for i in range(len(runs["recs"])):
+        cell = {m: {"samples_per_sec": r[i]["samples_per_sec"],
+                    "train_logloss": r[i]["train_logloss"],
+                    **{f"step_{k}": r[i]["step"][k] for k in ("wall_ms", "cpu_busy_ms",
+                                                              "comm_ms")}}
+                for m, r in runs.items()}
+        per_rep.append(ratios(cell))
+    keys = ("recs_vs_prefetch", "recs_vs_sequential", "recs_share_of_bound",
+            "overlap_efficiency")
+    out = {}
+    for k in keys:
+        got = [r[k] for r in per_rep if r[k] is not None]
+        out[k] = {"median": round(statistics.median(got), 3) if got else None,
+                  "reps": [r[k] for r in per_rep]}
     return out
 
 
@@ -210,6 +233,7 @@ def main() -> None:
                           f"{runs[m][-1]['samples_per_sec']} samples/s", file=sys.stderr)
             cell = {m: summarize(r) for m, r in runs.items()}
             cell["ratios"] = ratios(cell)
+            cell["paired"] = paired(runs)
             table.setdefault(n, {})[w] = cell
     result = {**mpi, "ranks": a.ranks, "threads_per_rank": 1, "reps": a.reps,
               "networks": networks, "workloads": list(workloads), "table": table,

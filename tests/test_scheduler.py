@@ -137,6 +137,32 @@ def test_filler_runs_only_while_an_exchange_is_in_flight_and_nothing_is_ready() 
     assert len(loop.late) == 1 and loop.late[0] >= 0
 
 
+def test_a_started_task_waits_without_a_turn_of_its_own() -> None:
+    """``spawn(start=True)`` runs the first segment in the caller's: a task that first
+    names the exchange it waits on is filed under it at once, and runs only after it."""
+    tl = Timeline()
+    loop = Loop(tl)
+    flight, log = Flight(), []
+
+    def apply():
+        log.append("wait")
+        yield flight
+        log.append("apply")
+
+    def spawner():
+        started = loop.spawn(apply(), "apply", prio=0, start=True)
+        log.append(f"spawned, waiting: {started.waiting is flight}")
+        yield None
+        flight.ready = True
+        log.append("completed")
+        yield started
+
+    loop.run_until(loop.spawn(spawner(), "spawner", prio=1))
+    tl.close()
+    assert log == ["wait", "spawned, waiting: True", "completed", "apply"]
+    assert [s[0] for s in tl.spans if s[1] == 0] == ["spawner", "spawner", "apply", "spawner"]
+
+
 def test_join_on_another_task_and_deadlock_is_an_error() -> None:
     tl = Timeline()
     loop = Loop(tl)

@@ -58,11 +58,17 @@ class Loop:
         self.fill_seconds = 0.0  # time inside the filler
         self.idle_seconds = 0.0  # time in polls and pauses with nothing to run
         self.overhead_seconds = 0.0  # the loop's own time (poll, queue) before each task
+        self.overhead_mpi_seconds = 0.0  # the part of it inside MPI (moving the exchanges)
 
-    def spawn(self, gen: TaskGen, name: str, prio: float = 0.0) -> Task:
-        """Add a task; it first runs when it is the ready task of lowest priority."""
+    def spawn(self, gen: TaskGen, name: str, prio: float = 0.0, start: bool = False) -> Task:
+        """Add a task; it first runs when it is the ready task of lowest priority.
+        ``start``: run its first segment now, in the caller's -- for a task that first
+        just yields what it waits on (saves a turn of the loop)."""
         task = Task(gen, name, prio)
-        self._push(task)
+        if start:
+            self._file(task, self._next(task))
+        else:
+            self._push(task)
         return task
 
     def _push(self, task: Task) -> None:
@@ -78,15 +84,24 @@ class Loop:
             last = self._last_poll.pop(id(waited), waited.completed)
             self.late.append(t - last)
         task.waiting = None
-        try:
-            need = next(task.gen)
-        except StopIteration:
-            need = None
-            task.done = True
+        need = self._next(task)
         end = time.perf_counter()
         self.timeline.add(task.name, CPU, t, end)
         self.tasks_run += 1
         self.task_seconds += end - t
+        self._file(task, need)
+
+    @staticmethod
+    def _next(task: Task) -> Any:
+        """Run one segment of ``task``; what it waits on next."""
+        try:
+            return next(task.gen)
+        except StopIteration:
+            task.done = True
+            return None
+
+    def _file(self, task: Task, need: Any) -> None:
+        """Queue a task after a segment: ready, waiting on an exchange or on a task."""
         if task.done:
             return
         task.waiting = need
@@ -98,7 +113,11 @@ class Loop:
         else:
             self._joins.append(task)
 
-    def _poll(self) -> None:
+    def _poll(self) -> float:
+        """Progress every exchange in flight, queue the tasks now ready; returns the
+        seconds spent inside MPI (where it copies, reduces and sends: the exchanges' own
+        CPU work, which a blocking wait would do while the CPU is otherwise idle)."""
+        inside = 0.0
         if self._comm:
             from mpi4py import MPI
 
@@ -106,7 +125,9 @@ class Loop:
             # per exchange more); completed requests come back null
             live = [r for task in self._comm for r in task.waiting.requests if r]
             if live:
+                t = time.perf_counter()
                 MPI.Request.Testsome(live)
+                inside = time.perf_counter() - t
         now = time.perf_counter()
         still = []
         for task in self._comm:
@@ -127,6 +148,7 @@ class Loop:
                 else:
                     joins.append(task)
             self._joins = joins
+        return inside
 
     def window(self) -> float | None:
         """Estimated seconds until the first exchange in flight completes."""
@@ -150,10 +172,11 @@ class Loop:
             t_iter = time.perf_counter()
             if self.background is not None:
                 self.background()
-            self._poll()
+            inside_mpi = self._poll()
             if self._ready:
                 task = heapq.heappop(self._ready)[2]
                 self.overhead_seconds += time.perf_counter() - t_iter
+                self.overhead_mpi_seconds += inside_mpi
                 self._run(task)
                 idle_since = time.perf_counter()
                 continue

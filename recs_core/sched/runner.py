@@ -411,8 +411,9 @@ class ScheduledPass:
             for i, p in enumerate(self.plan.order):
                 pushed = emb.lookups[p].post_grads(b.plans[(si, p)],
                                                    emb.pipeline_grads(b.fb, p, d))
-                self._applied[(si, p)] = self.loop.spawn(self._apply(emb, p, pushed),
-                                                         f"apply {t}/{p}", APPLY_PRIO + i / 100)
+                self._applied[(si, p)] = self.loop.spawn(
+                    self._apply(emb, p, pushed), f"apply {t}/{p}", APPLY_PRIO + i / 100,
+                    start=True)
                 yield None
 
     def _apply(self, emb: Any, p: str, pushed: Pending) -> Iterator[Any]:
@@ -429,7 +430,7 @@ class ScheduledPass:
 
         def spawn(summed: Pending, which: list[GradPart]) -> None:
             updates.append(self.loop.spawn(self._update_bucket(summed, which), f"update {t}",
-                                           UPDATE_PRIO))
+                                           UPDATE_PRIO, start=True))
 
         for summed, which in posted:
             spawn(summed, which)
@@ -520,6 +521,8 @@ class ScheduledPass:
                                  "p95": round(float(np.percentile(late, 95)) * 1e3, 3)},
             "tasks": lp.tasks_run,
             "overhead_us_per_task": round(lp.overhead_seconds / max(1, lp.tasks_run) * 1e6, 2),
+            "overhead_mpi_us_per_task": round(lp.overhead_mpi_seconds / max(1, lp.tasks_run)
+                                              * 1e6, 2),
             "idle_seconds": round(lp.idle_seconds, 4),
             "prefetch_seconds": round(lp.fill_seconds, 4),
             "pipeline_order": list(self.plan.order),
