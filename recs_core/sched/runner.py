@@ -55,15 +55,16 @@ from recs_core.sched.trace import WORKER, Timeline
 from recs_core.sched.workers import OperatorWorkers
 
 REPLAN_EVERY = 16  # steps between cost agreements (a tiny allreduce); also at step 2
-# Task priorities, lower first: train 0; apply 1 + i / 100; admit 5; lookups 10 + i of the
-# current step, 30 + i of the next; dense 50, last: the pushes, the applies and the row
+# Task priorities, lower first: a dense bucket's update -1 (tens of us; the forward may be
+# waiting for it); train 0; apply 1 + i / 100; admit 5; lookups 10 + i of the current
+# step, 30 + i of the next; dense 50, last: the pushes, the applies and the row
 # exchanges that wait for them are the critical chain to the next forward, and the weight
 # gradients (GEMM pieces of about a ms, each bucket's allreduce posted as it is done) fill
 # the time around it. Measured on the canonical workload, emulated network, 5 interleaved
 # pairs, CPU idle while exchanges were in flight (ms per step): 4.7-9.0 with whole GEMMs
 # and dense first (then the applies), 4.5-5.6 with pieces and dense first, 2.0-2.8 now.
 APPLY_PRIO = 1.0
-UPDATE_PRIO = 1.5  # a dense bucket's update: the next forward may be waiting for it
+UPDATE_PRIO = -1.0
 DENSE_PRIO = 50.0
 # Default row-chunk cost of long feature chains (recs, recs-intra). Measured on the
 # feature-heavy workload, emulated network, 2 ranks x 1 core, interleaved runs: recs median

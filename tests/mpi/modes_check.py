@@ -2,7 +2,10 @@
 
 Each mode trains a fresh job on the same data; the scores of every step, the dense
 parameters and the full embedding tables must be bit-identical to mode "sequential",
-also mid-pass, when the step hook (periodic checkpoints) sees the model.
+also mid-pass, when the step hook (periodic checkpoints) sees the model. The dense
+weights are split into several gradient buckets (so the task loop's bucket-by-bucket
+dense update and the forward that waits for each bucket are exercised), with Adam as the
+dense optimizer for "wdl" (its step count advances once per step, however many buckets).
 The pipeline plans must be the same on every rank, and the Chrome trace must hold
 every rank's track.
 
@@ -20,10 +23,11 @@ import numpy as np
 from mpi4py import MPI
 
 from recs_core.comm.world import mpi_world
+from recs_core.model import layers
 from recs_core.sched import MODES
 from recs_core.sched.runner import CHUNK_MS, StepHook
 from recs_core.train.job import Job
-from tests.mpi.train_equivalence_check import spec_for
+from tests.conftest import small_test_spec
 from tests.test_dynamic_train import DYN
 from tests.test_dynamic_train import spec as dyn_spec
 
@@ -34,7 +38,11 @@ def train(path: str, placement: str, preset: str, mode: str, trace: str | None,
     if preset.endswith("-dyn"):  # the categorical tables dynamic (hash-keyed)
         job = Job(dyn_spec(preset[:-4], dynamic=DYN, placement=placement), world=world)
     else:
-        job = Job(spec_for(placement, preset, fitted=True), world=world)
+        job = Job(small_test_spec(preset, fitted=True, placement=placement,
+                                  optimizer="adam" if preset == "wdl" else None), world=world)
+    net = job.model.net
+    first = net.top if hasattr(net, "top") else net.deep
+    assert len(first.weight_rows(0)) > 1, "the first dense layer should span several buckets"
     snaps: list = []
 
     def snapshot(steps: int) -> None:  # mid-pass state, as a periodic checkpoint sees it
@@ -55,6 +63,7 @@ def train(path: str, placement: str, preset: str, mode: str, trace: str | None,
 
 
 def main(path: str, placement: str, preset: str, trace: str) -> None:
+    layers.GRAD_PIECE_ELEMS = 4096  # the small test MLPs' weights: several buckets each
     world = mpi_world()
     comm = world.comm
     ref_out, ref_probs, ref_dense, ref_tables = train(path, placement, preset, "sequential",
