@@ -155,7 +155,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    f"{LOOKAHEAD})")
     p.add_argument("--chunk-ms", type=float, default=CHUNK_MS,
                    help="in modes recs and recs-intra, a feature chain that takes longer on "
-                   "a batch runs on row chunks of about this cost, so it fits exchange "
+                   "a batch runs on row chunks of at most this cost, so it fits exchange "
                    f"windows (0: never; default {CHUNK_MS:g})")
     p.add_argument("--trace", help="write a Chrome trace (JSON, one track per rank) here")
     p.add_argument("--workers", type=int,

@@ -3,10 +3,12 @@ and, under mpiexec, that every mode trains the bit-identical model with agreed p
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from recs_core.comm.pending import Pending
 from recs_core.sched.costs import Costs
 from recs_core.sched.flowshop import best_order, johnson_order, makespan
 from recs_core.sched.loop import Loop
+from recs_core.sched.runner import ScheduledPass
 from recs_core.sched.trace import Timeline, _difference, _intersect, _union, summarize
 from tests.conftest import ROOT, run_mpi
 
@@ -61,6 +64,25 @@ def test_costs_are_moving_averages() -> None:
     c.add("x", 4.0)
     c.add("x", 2.0)
     assert c.get("x") == 3.0
+
+
+def test_a_chain_longer_than_the_chunk_cost_runs_on_chunks_within_it() -> None:
+    """``--chunk-ms``: a feature chain expected to take longer on a batch runs on as many
+    row chunks as keep each within the chunk cost; a shorter or unmeasured one whole."""
+    costs = Costs()
+    costs.add("split", 10e-6)
+    costs.add("hash", 15e-6)  # the chain: 25 us a row
+    chain = [SimpleNamespace(name="split"), SimpleNamespace(name="hash")]
+    sched = SimpleNamespace(chunk_seconds=0.02, costs=costs,
+                            graph=SimpleNamespace(chain=lambda feature: chain))
+    rows_per_chunk = functools.partial(ScheduledPass._chunk_rows, sched, 0)
+    assert rows_per_chunk(600) is None  # 15 ms: whole
+    assert rows_per_chunk(1000) == 500  # 25 ms: two chunks of 12.5 ms
+    assert rows_per_chunk(2000) == 667  # 50 ms: three
+    sched.chunk_seconds = 0.0  # chunking off
+    assert rows_per_chunk(2000) is None
+    sched.chunk_seconds, chain[1] = 0.02, SimpleNamespace(name="unmeasured")
+    assert rows_per_chunk(2000) is None
 
 
 # ---- the task loop -----------------------------------------------------------------------

@@ -252,7 +252,7 @@ class Job:
         ``progress_thread``: poke MPI every ms during long tasks ("auto": when messages
         cross a network and the rank has a spare core, i.e. ``workers`` > 0);
         ``chunk_ms``: in modes recs and recs-intra, a feature chain that takes longer on a
-        batch runs on row chunks of about this cost (0: never);
+        batch runs on row chunks of at most this cost (0: never);
         ``hook.fn(steps_done)`` runs after every ``hook.every`` steps, in every mode, with
         the model up to date (for periodic checkpoints). After :meth:`resume` the pass
         skips the steps the checkpoint had done and continues its progressive metrics;
