@@ -215,10 +215,6 @@ class MLP:
         rows, cols = self.sizes[layer], self.sizes[layer + 1]
         return row_pieces(rows, cols, GRAD_PIECE_ELEMS)
 
-    def num_buckets(self) -> int:
-        """How many gradient buckets :meth:`_backward_dw_stages` yields over all layers."""
-        return sum(len(self.weight_rows(layer)) for layer in range(self.num_layers))
-
     def forward(self, x: np.ndarray) -> np.ndarray:
         """[n, sizes[0]] -> [n, sizes[-1]] (a new array); keeps what backward needs."""
         return self._forward(x).copy()

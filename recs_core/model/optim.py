@@ -10,6 +10,8 @@ count as a 0-d array); a checkpoint restores it by writing into those arrays in 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 from numba import njit
 
@@ -68,7 +70,7 @@ def _check_lr(lr: float) -> float:
     return float(lr)
 
 
-class _Dense:
+class _Dense(ABC):
     """Shared parts: the parameter list, its flat views, the gradient checks and the step
     split into parts."""
 
@@ -88,6 +90,7 @@ class _Dense:
 
     def start_step(self) -> None:
         """Begin one step; :meth:`update_part` then updates each part once."""
+        return None  # no per-step state (SGD, Adagrad); Adam advances its step count
 
     def update_part(self, grads: list[np.ndarray], part: GradPart) -> None:
         """The current step's update of one part (a parameter index, or a row range of one)
@@ -101,8 +104,9 @@ class _Dense:
         g = np.ascontiguousarray(g, dtype=p.dtype).reshape(-1)[lo:hi]
         self._update(i, lo, hi, g)
 
+    @abstractmethod
     def _update(self, i: int, lo: int, hi: int, g: np.ndarray) -> None:
-        raise NotImplementedError
+        """Update the flat elements [lo, hi) of parameter i (and its state) from ``g``."""
 
     def _zeros(self, prefix: str, fill: float = 0.0) -> list[np.ndarray]:
         views = []
