@@ -10,9 +10,12 @@ overlaps the other); overlap efficiency = (sequential step - recs step) /
 (sequential step - bound). "ratios" compares the modes' medians; "paired" computes the
 same figures within each repetition (runs minutes apart see the same machine: its speed
 drifts by 10-20% over the runs here) and reports their medians. With one core per rank
-the exchanges' own CPU work (MPI's copies and reductions, done by the blocking modes inside
-their waits) cannot overlap the tasks: "bound_with_exchange_cpu_ms" adds recs' time
-inside MPI per step to the CPU work, with the overlap efficiency against that bound.
+the exchanges' own CPU work (MPI's copies, the kernel's network stack: done by the blocking
+modes inside their waits, or on their idle cores) cannot overlap the tasks:
+"bound_with_network_cpu_ms" adds it to the CPU work -- the bytes a rank sends per step
+(the job's "sent_mib_per_step") times the CPU per MiB that bench/bench_network_cpu.py
+measures on that network (the lower of its two poll intervals) -- with the overlap
+efficiency against that bound. "step_mpi_cpu_ms" is recs' time inside MPI per step.
 
     python bench/bench_scheduler.py --canonical c.txt --heavy h.txt --reps 3 \
         --out bench/results/scheduler.json --png bench/results/scheduler.png
@@ -31,6 +34,8 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from bench_network_cpu import measure as measure_network_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST_BIN = Path(sys.executable).parent  # non-MPI tools (recs timeline needs matplotlib)
@@ -110,16 +115,17 @@ def summarize(runs: list[dict]) -> dict:
                                            / max(1, r["window_steps"]) / 1e3
                                            for r, x in zip(runs, s)), 3)
         out["pipeline_order"] = s[-1]["pipeline_order"]
+    out["sent_mib_per_step"] = med(r["sent_mib_per_step"]["total"] for r in runs)
     out["train_logloss"] = runs[0]["train_logloss"]
     return out
 
 
-def paired(runs: dict[str, list[dict]]) -> dict:
+def paired(runs: dict[str, list[dict]], cpu_ms_per_mib: float | None) -> dict:
     """:func:`ratios` of each repetition's runs (side by side in time); their medians."""
-    per_rep = [ratios({m: summarize([r[i]]) for m, r in runs.items()})
+    per_rep = [ratios({m: summarize([r[i]]) for m, r in runs.items()}, cpu_ms_per_mib)
                for i in range(len(runs["recs"]))]
     keys = ("recs_vs_prefetch", "recs_vs_sequential", "recs_share_of_bound",
-            "overlap_efficiency", "overlap_efficiency_with_exchange_cpu")
+            "overlap_efficiency", "overlap_efficiency_with_network_cpu")
     out = {}
     for k in keys:
         got = [r[k] for r in per_rep if r.get(k) is not None]
@@ -128,37 +134,35 @@ def paired(runs: dict[str, list[dict]]) -> dict:
     return out
 
 
-def ratios(table: dict) -> dict:
-    """recs against the baselines, the bound and the overlap efficiency."""
+def ratios(table: dict, cpu_ms_per_mib: float | None = None) -> dict:
+    """recs against the baselines, the bound and the overlap efficiency; with
+    ``cpu_ms_per_mib``, also against the bound with the exchanges' CPU work."""
     seq, pre, recs = (table[m] for m in ("sequential", "prefetch", "recs"))
     seq_step, recs_step = seq["step_wall_ms"], recs["step_wall_ms"]
     bound = max(seq["step_cpu_busy_ms"], seq["step_comm_ms"])
-    hideable = seq_step - bound
-    return {
+    out = {
         "recs_vs_prefetch": round(recs["samples_per_sec"] / pre["samples_per_sec"], 3),
         "recs_vs_sequential": round(recs["samples_per_sec"] / seq["samples_per_sec"], 3),
         "bound_step_ms": round(bound, 3),
         "bound_vs_prefetch": round(pre["step_wall_ms"] / bound, 3) if bound else None,
         "recs_share_of_bound": round(bound / recs_step, 3) if recs_step else None,
-        "overlap_efficiency": round((seq_step - recs_step) / hideable, 3) if hideable > 0
-        else None,
+        "overlap_efficiency": _efficiency(seq_step, recs_step, bound),
         "same_model_in_every_mode": len({table[m]["train_logloss"] for m in MODES}) == 1,
-        # the bound again with recs' CPU time inside MPI added to the CPU work: with one
-        # core per rank, the exchanges' own CPU work cannot overlap the tasks
-        **_with_exchange_cpu(seq, recs),
     }
+    if cpu_ms_per_mib is not None:
+        net = seq["sent_mib_per_step"] * cpu_ms_per_mib
+        with_net = max(seq["step_cpu_busy_ms"] + net, seq["step_comm_ms"])
+        out.update({"network_cpu_ms_per_step": round(net, 3),
+                    "bound_with_network_cpu_ms": round(with_net, 3),
+                    "overlap_efficiency_with_network_cpu":
+                        _efficiency(seq_step, recs_step, with_net)})
+    return out
 
 
-def _with_exchange_cpu(seq: dict, recs: dict) -> dict:
-    mpi = recs.get("step_mpi_cpu_ms")
-    if mpi is None:
-        return {}
-    bound = max(seq["step_cpu_busy_ms"] + mpi, seq["step_comm_ms"])
-    hideable = seq["step_wall_ms"] - bound
-    return {"bound_with_exchange_cpu_ms": round(bound, 3),
-            "overlap_efficiency_with_exchange_cpu":
-                round((seq["step_wall_ms"] - recs["step_wall_ms"]) / hideable, 3)
-                if hideable > 0 else None}
+def _efficiency(seq_step: float, recs_step: float, bound: float) -> float | None:
+    """The share of the hideable time (sequential step - bound) that recs hides."""
+    hideable = seq_step - bound
+    return round((seq_step - recs_step) / hideable, 3) if hideable > 0 else None
 
 
 def feature_share(config: Path, data: str) -> dict:
@@ -240,7 +244,14 @@ def main() -> None:
     print(f"MPI: {mpi['mpi_library']} ({mpi['mpiexec'] or 'mpiexec from mpi_launch.sh'})",
           file=sys.stderr)
     table: dict = {}
+    network_cpu: dict = {}
     for n in networks:
+        # the CPU cost of moving a MiB on this network (the cheaper poll interval)
+        measured = [measure_network_cpu(n, BIN, ENV, poll_ms=p) for p in (0.2, 1.0)]
+        network_cpu[n] = {"runs": measured, "cpu_ms_per_mib": min(
+            m["machine_cpu_ms_per_mib"] for m in measured)}
+        print(f"{n}: {network_cpu[n]['cpu_ms_per_mib']} ms of CPU per MiB sent",
+              file=sys.stderr)
         for w, data in workloads.items():
             runs: dict[str, list] = {m: [] for m in MODES}
             for rep in range(a.reps):
@@ -249,11 +260,12 @@ def main() -> None:
                     print(f"{n} {w} rep {rep + 1}/{a.reps} {m}: "
                           f"{runs[m][-1]['samples_per_sec']} samples/s", file=sys.stderr)
             cell = {m: summarize(r) for m, r in runs.items()}
-            cell["ratios"] = ratios(cell)
-            cell["paired"] = paired(runs)
+            cell["ratios"] = ratios(cell, network_cpu[n]["cpu_ms_per_mib"])
+            cell["paired"] = paired(runs, network_cpu[n]["cpu_ms_per_mib"])
             table.setdefault(n, {})[w] = cell
     result = {**mpi, "ranks": a.ranks, "threads_per_rank": 1, "reps": a.reps,
               "networks": networks, "workloads": list(workloads), "table": table,
+              "network_cpu": network_cpu,
               "feature_share_one_core": {w: feature_share(CONFIGS[w], f)
                                          for w, f in workloads.items()}}
     text = json.dumps(result, indent=1)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from recs_core.comm import volume
 from recs_core.comm.pending import DEFAULT_TIMEOUT_S, Pending
 from recs_core.embedding.table import AHEAD, dedup_grads, gather, init_table, prefetch
 from recs_core.features.hashing import fmix64
@@ -195,6 +196,7 @@ class ShardedLookup:
         sd = np.concatenate([[0], np.cumsum(sc)[:-1]])
         rd = np.concatenate([[0], np.cumsum(rc)[:-1]])
         req = comm.Ialltoallv([send, (sc, sd), dtype], [recv, (rc, rd), dtype])
+        volume.add_alltoallv(what, sc, comm.Get_rank(), send.itemsize)
         return Pending([req], lambda: recv, what, comm, self.timeout), recv
 
     def post_ids(self, ids: list[np.ndarray]) -> Pending[_Plan]:
@@ -218,6 +220,7 @@ class ShardedLookup:
         send_keys, send_counts, position = _plan_exchange(all_keys, all_dest, t_.world)
         recv_counts = np.empty(t_.world, dtype=np.int64)
         req = self.comm.Ialltoall([send_counts, MPI.INT64_T], [recv_counts, MPI.INT64_T])
+        volume.add("id count exchange", (t_.world - 1) * send_counts.itemsize)
         counted = _Counted([len(i) for i in ids], position, send_keys, send_counts, recv_counts)
         pending: Pending[_Counted] = Pending([req], lambda: counted, "id count exchange",
                                              self.comm, self.timeout)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from recs_core.comm import volume
 from recs_core.comm.world import World
 from recs_core.data.bad_rows import BadRowPolicy
 from recs_core.data.parse import RawBatch
@@ -290,6 +291,7 @@ class Job:
             record(fb, self.model.train_step(fb, rows)[0])
 
         sched = None
+        volume.reset()
         try:
             if mode == "prefetch":
                 self._pass_prefetch(source, empty, timeline, train, timer, lookahead, hook)
@@ -306,6 +308,7 @@ class Job:
                 timer["train"] += time.perf_counter() - t0 - sched.feature_seconds
         finally:
             timeline.close()
+        sent = volume.sent()  # the pass's traffic, before scoring's lookups add to it
         held = [self.graph.process(r) for r in held_raw]
         progress.close()
         t_eval = time.perf_counter()
@@ -350,6 +353,7 @@ class Job:
             "model": self.cfg.preset,
             "mode": mode,
             "step": summarize(timeline.step_figures()),
+            "sent_mib_per_step": _per_step_mib(sent, self.window_steps),
             "window_steps": self.window_steps,
             "global_step": self.base_step + self.window_steps,
         }
@@ -494,6 +498,13 @@ def config_text(path: str | os.PathLike) -> str | None:
             return f.read()
     except (OSError, UnicodeDecodeError):
         return None
+
+
+def _per_step_mib(sent: dict[str, int], steps: int) -> dict[str, float]:
+    """MiB this rank sent to the others per step, per exchange and in total."""
+    per = {k: v / 2**20 / max(1, steps) for k, v in sorted(sent.items())}
+    return {**{k: round(v, 4) for k, v in per.items()},
+            "total": round(float(sum(per.values())), 4)}
 
 
 def _round(x: float) -> float | None:

@@ -6,6 +6,7 @@ from collections.abc import Generator
 
 import numpy as np
 
+from recs_core.comm import volume
 from recs_core.comm.pending import Pending
 from recs_core.comm.world import World
 from recs_core.embedding.sparse_optim import make_sparse_optimizer
@@ -93,6 +94,7 @@ class Model:
         flat = np.concatenate([g.ravel() for g in grads])
         total = np.empty_like(flat)
         req = self._dense_comm.Iallreduce([flat, MPI.FLOAT], [total, MPI.FLOAT], op=MPI.SUM)
+        volume.add("dense gradient allreduce", flat.nbytes)
 
         def finish() -> None:
             start = 0

@@ -69,6 +69,9 @@ def main(path: str, placement: str, preset: str, trace: str) -> None:
     ref_out, ref_probs, ref_dense, ref_tables = train(path, placement, preset, "sequential",
                                                      None)
     assert bool(ref_out["dynamic_rows"]) == preset.endswith("-dyn")
+    # every step sums every dense gradient once: its payload is the parameters' bytes
+    dense_mib = 4 * sum(p.size for p in ref_dense) / 2**20
+    assert abs(ref_out["sent_mib_per_step"]["dense gradient allreduce"] - dense_mib) < 1e-4
     # the task loop also with operator worker threads (lock-free rings), and with every
     # row-wise feature chain run on row chunks (a tiny chunk cost: chunks of 16 rows)
     tiny = 1e-6
@@ -81,6 +84,8 @@ def main(path: str, placement: str, preset: str, trace: str) -> None:
         if chunk_ms == tiny:
             assert out["scheduler"]["chunk_runs"] > 0, (mode, out["scheduler"])
         assert out["train_rows"] == ref_out["train_rows"], (mode, out, ref_out)
+        # the same exchanges carry the same bytes, whenever they run
+        assert out["sent_mib_per_step"] == ref_out["sent_mib_per_step"], mode
         assert len(probs) == len(ref_probs), mode
         assert [k for k, *_ in out["snapshots"]] == [k for k, *_ in ref_out["snapshots"]]
         for (k, d1, e1), (_, d2, e2) in zip(out["snapshots"], ref_out["snapshots"]):

@@ -8,9 +8,31 @@ import sys
 import numpy as np
 from mpi4py import MPI
 
-from recs_core.embedding.sharded import ShardedLookup, ShardedTables
+from recs_core.comm import volume
+from recs_core.embedding.sharded import ShardedLookup, ShardedTables, owners
 from recs_core.embedding.sparse_optim import RowwiseAdagrad
 from recs_core.embedding.table import dedup_grads, gather, init_table
+
+
+def check_volume(all_ids: list[list[np.ndarray]], rows: list[int], dim: int, rank: int,
+                 world: int, placement: str) -> None:
+    """The bytes the exchanges counted equal the distinct (table, row) pairs that cross
+    ranks: this rank's ids owned elsewhere (ids out, gradients out) and the other ranks'
+    ids this rank owns (rows back)."""
+    def distinct(r: int, mine: bool) -> int:
+        n = 0
+        for t in range(len(rows)):
+            u = np.unique(all_ids[r][t])
+            own = owners(t, u, world, placement)
+            n += int(np.sum(own == rank) if mine else np.sum(own != r))
+        return n
+
+    out = distinct(rank, mine=False)
+    served = sum(distinct(r, mine=True) for r in range(world) if r != rank)
+    got = volume.sent()
+    want = {"id count exchange": 8 * (world - 1), "id exchange": 8 * out,
+            "row exchange": 4 * dim * served, "gradient exchange": 4 * dim * out}
+    assert {k: got.get(k, 0) for k in want} == want, (rank, got, want)
 
 
 def main(placement: str) -> None:
@@ -26,6 +48,7 @@ def main(placement: str) -> None:
         n = int(rng.integers(0, 40)) if rank else 33  # unequal, possibly empty batches
         ids = [rng.integers(0, r, n) for r in rows]
         ids[1][: n // 2] = 3  # many duplicates
+        volume.reset()
         plan = lookup.post_ids(ids).wait()
         got = lookup.serve_rows(plan).wait()
         for t, (g, i) in enumerate(zip(got, ids)):
@@ -37,6 +60,7 @@ def main(placement: str) -> None:
         lookup.apply(opt)
         # reference: the global batch's gradients applied to full tables on one "rank"
         all_ids = comm.allgather(ids)
+        check_volume(all_ids, rows, dim, rank, world, placement)
         all_grads = comm.allgather(grads)
         for t in range(len(rows)):
             i = np.concatenate([a[t] for a in all_ids])

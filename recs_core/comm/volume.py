@@ -1,0 +1,34 @@
+"""Bytes this rank sends to other ranks, per kind of exchange: the traffic behind a step's
+comm time (the job's summary reports it per step).
+
+Exchanges record when they are posted. For an all-to-all the figure is exact (what this
+rank sends to the others); for an allreduce it is the payload (one rank's buffer: on two
+ranks both a ring and recursive doubling send about that much per rank).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_sent: dict[str, int] = {}
+
+
+def add(kind: str, nbytes: int) -> None:
+    """Count ``nbytes`` sent by this rank under ``kind`` (an exchange's name)."""
+    _sent[kind] = _sent.get(kind, 0) + int(nbytes)
+
+
+def add_alltoallv(kind: str, send_counts: np.ndarray, rank: int, item_bytes: int) -> None:
+    """Count an all-to-all's bytes to the other ranks (``send_counts`` in items per rank;
+    what a rank sends itself never leaves the process)."""
+    add(kind, (int(send_counts.sum()) - int(send_counts[rank])) * item_bytes)
+
+
+def sent() -> dict[str, int]:
+    """Bytes sent per kind since the last :func:`reset`."""
+    return dict(_sent)
+
+
+def reset() -> None:
+    """Start counting from zero (e.g. at the start of a training pass)."""
+    _sent.clear()
