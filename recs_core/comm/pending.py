@@ -6,7 +6,6 @@ naming the exchange and the rank, so that no rank waits forever on a dead peer.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -67,12 +66,11 @@ class Pending(Generic[T]):
     def check_deadline(self, now: float) -> None:
         """Abort the job if the exchange is past its deadline (a peer died or hung)."""
         if now > self.posted + self.timeout:
-            rank = self.comm.Get_rank()
-            sys.stderr.write(f"recs: error: rank {rank}: {self.what} did not complete "
-                             f"within {self.timeout:.0f} s (a peer rank died or hung); "
-                             "aborting the job\n")
-            sys.stderr.flush()
-            self.comm.Abort(3)
+            from recs_core.comm.world import abort_ranks
+
+            abort_ranks(self.comm, 3, f"recs: error: rank {self.comm.Get_rank()}: {self.what} "
+                        f"did not complete within {self.timeout:.0f} s (a peer rank died or "
+                        "hung); aborting the job")
 
     def result(self) -> T:
         """The result of a completed exchange (runs its finishing step once)."""
