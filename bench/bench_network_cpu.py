@@ -4,13 +4,16 @@ the machine's own cores).
 
 The scheduler's bound max(CPU work, comm) counts communication as free CPU-wise; with one
 core per rank that is not so here, and this figure says how far. Two ranks exchange
-``--mib`` MiB each way in ``--msg-mib`` messages (a step's exchanges are 0.1-2.6 MiB),
-waiting with Test and a sleep of ``--poll-ms`` (no spinning, so the CPU counted is the
-transfer's). Per poll interval it reports the wire rate, each rank's process CPU (user +
-system) and the machine's (every core's non-idle time from /proc/stat, which also holds
-the kernel's softirq work charged to no process), per MiB one rank sends (and receives).
+``--mib`` MiB each way in ``--msg-mib`` messages (a heavy step sends 0.2-2.6 MiB per kind
+of exchange), waiting with Test and a sleep of ``--poll-ms`` (no spinning, so the CPU
+counted is the transfer's). Per poll interval it reports the wire rate, each rank's
+process CPU (user + system) and the machine's (every core's non-idle time from /proc/stat,
+which also holds the kernel's softirq work charged to no process), per MiB one rank sends
+(and receives).
 
-    python bench/bench_network_cpu.py --mpi openmpi --out bench/results/network_cpu.json
+    python bench/bench_network_cpu.py --mpi openmpi --out network_cpu.json
+
+bench/bench_scheduler.py runs the same measurement per network (in its JSON: network_cpu).
 """
 
 from __future__ import annotations
