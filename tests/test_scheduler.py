@@ -66,6 +66,20 @@ def test_costs_are_moving_averages() -> None:
     assert c.get("x") == 3.0
 
 
+def test_exchange_estimates_scale_with_the_message_size() -> None:
+    """Per message size: an exchange's estimate is the averaged time scaled by its size
+    against the averaged size (dense buckets of one key differ in size)."""
+    c = Costs(alpha=0.5)
+    c.add("comm/dense", 4e-3, nbytes=4000)
+    c.add("comm/dense", 2e-3, nbytes=2000)  # averages: 3 ms, 3000 bytes
+    assert c.get("comm/dense") == pytest.approx(3e-3)
+    assert c.get("comm/dense", nbytes=6000) == pytest.approx(6e-3)
+    assert c.get("comm/dense", nbytes=0) == 0.0
+    c.add("x", 1.0)  # measured without a size: estimates ignore sizes
+    assert c.get("x", nbytes=10) == 1.0
+    assert c.get("unmeasured", nbytes=10) is None
+
+
 def test_a_chain_longer_than_the_chunk_cost_runs_on_chunks_within_it() -> None:
     """``--chunk-ms``: a feature chain expected to take longer on a batch runs on as many
     row chunks as keep each within the chunk cost; a shorter or unmeasured one whole."""

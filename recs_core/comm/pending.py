@@ -26,12 +26,17 @@ class Pending(Generic[T]):
     """MPI requests in flight and the step that turns their buffers into a result."""
 
     def __init__(self, requests: list[Any], finish: Callable[[], T], what: str, comm: Any,
-                 timeout: float = DEFAULT_TIMEOUT_S, keep: tuple[Any, ...] = ()) -> None:
+                 timeout: float = DEFAULT_TIMEOUT_S, keep: tuple[Any, ...] = (),
+                 nbytes: int | None = None) -> None:
         """``keep``: buffers MPI may still read or write until completion. mpi4py keeps
         none alive for some non-blocking collectives (``Iallreduce``), and a freed send
         buffer would be reused by the next allocation while the MPI library (Open MPI
-        over TCP, say) still sends from it."""
+        over TCP, say) still sends from it. ``nbytes``: the exchange's size (bytes this
+        rank moves to and from the others; an allreduce's payload), which cost estimates
+        scale by."""
         self.requests, self._finish, self.what, self.comm = requests, finish, what, comm
+        self.nbytes = nbytes
+        self.expected: float | None = None  # estimated seconds from post to completion
         self._keep = keep
         self.timeout = timeout
         self.posted = time.perf_counter()

@@ -196,8 +196,10 @@ class ShardedLookup:
         sd = np.concatenate([[0], np.cumsum(sc)[:-1]])
         rd = np.concatenate([[0], np.cumsum(rc)[:-1]])
         req = comm.Ialltoallv([send, (sc, sd), dtype], [recv, (rc, rd), dtype])
-        volume.add_alltoallv(what, sc, comm.Get_rank(), send.itemsize)
-        return Pending([req], lambda: recv, what, comm, self.timeout), recv
+        me = comm.Get_rank()
+        volume.add_alltoallv(what, sc, me, send.itemsize)
+        moved = (int(sc.sum() - sc[me]) + int(rc.sum() - rc[me])) * send.itemsize
+        return Pending([req], lambda: recv, what, comm, self.timeout, nbytes=moved), recv
 
     def post_ids(self, ids: list[np.ndarray]) -> Pending[_Plan]:
         """Post the id exchange for one batch: ``ids[j]`` are the global ids of field j.
@@ -237,7 +239,8 @@ class ShardedLookup:
         def finish() -> _Plan:
             return _Plan(c.lengths, c.position, c.send_counts, c.recv_counts, recv, count_s)
 
-        return Pending(pending.requests, finish, "id exchange", self.comm, self.timeout)
+        return Pending(pending.requests, finish, "id exchange", self.comm, self.timeout,
+                       nbytes=pending.nbytes)
 
     def serve_rows(self, plan: _Plan) -> Pending[list[np.ndarray]]:
         """Owner side: gather the asked rows and post them back; the result is each
@@ -254,7 +257,8 @@ class ShardedLookup:
             ends = np.cumsum(plan.lengths)
             return [every[e - n:e] for e, n in zip(ends.tolist(), plan.lengths)]
 
-        return Pending(pending.requests, finish, "row exchange", self.comm, self.timeout)
+        return Pending(pending.requests, finish, "row exchange", self.comm, self.timeout,
+                       nbytes=pending.nbytes)
 
     def _serve_mixed(self, plan: _Plan) -> np.ndarray:
         """Rows of fixed and dynamic tables; the dynamic tables' ids are observed (one
@@ -287,7 +291,7 @@ class ShardedLookup:
                                         self.tables.dim, "gradient exchange", self.grad_comm)
         self._last = (plan, recv)
         return Pending(pending.requests, lambda: None, "gradient exchange", self.grad_comm,
-                       self.timeout)
+                       self.timeout, nbytes=pending.nbytes)
 
     def apply(self, optimizer: Any) -> None:
         """Owner side: sum the gradients received for each owned row (in source-rank order)

@@ -10,18 +10,32 @@ from recs_core.sched.flowshop import johnson_order
 
 
 class Costs:
-    """Exponential moving averages of measured seconds, by key (operator, exchange, ...)."""
+    """Exponential moving averages of measured seconds, by key (operator, exchange, ...);
+    for an exchange also of its size, so that an estimate scales with the message size."""
 
     def __init__(self, alpha: float = 0.25) -> None:
         self.alpha = alpha
         self.mean: dict[str, float] = {}
 
-    def add(self, key: str, seconds: float) -> None:
-        old = self.mean.get(key)
-        self.mean[key] = seconds if old is None else old + self.alpha * (seconds - old)
+    def add(self, key: str, seconds: float, nbytes: int | None = None) -> None:
+        """Record one measurement (of a message of ``nbytes``, if given)."""
+        self._average(key, seconds)
+        if nbytes is not None:
+            self._average(key + " bytes", float(nbytes))
 
-    def get(self, key: str) -> float | None:
-        return self.mean.get(key)
+    def _average(self, key: str, value: float) -> None:
+        old = self.mean.get(key)
+        self.mean[key] = value if old is None else old + self.alpha * (value - old)
+
+    def get(self, key: str, nbytes: int | None = None) -> float | None:
+        """The average seconds of ``key``; with ``nbytes``, scaled to a message of that
+        size (in proportion to the averaged size: the exchanges of one key differ in size
+        by the batch's ids, or, for dense buckets, by their parameters)."""
+        seconds = self.mean.get(key)
+        size = self.mean.get(key + " bytes")
+        if seconds is None or nbytes is None or not size:
+            return seconds
+        return seconds * nbytes / size
 
 
 class PipelinePlan:

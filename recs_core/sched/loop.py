@@ -155,7 +155,7 @@ class Loop:
         now, best = time.perf_counter(), None
         for task in self._comm:
             p = task.waiting
-            expected = getattr(p, "expected", None)
+            expected = p.expected  # type: ignore[union-attr]
             if expected is None:
                 return None
             left = p.posted + expected - now  # type: ignore[union-attr]

@@ -287,8 +287,15 @@ class ScheduledPass:
     # ---- tasks ------------------------------------------------------------------------
 
     def _expect(self, pending: Pending, key: str) -> Pending:
-        pending.expected = self.costs.get(key)  # type: ignore[attr-defined]
+        """Set the exchange's estimated time in flight (for the filler's window)."""
+        pending.expected = self.costs.get(key, pending.nbytes)
         return pending
+
+    def _measured(self, pending: Pending, key: str) -> float:
+        """Record a completed exchange's time in flight, by size; returns it."""
+        seconds = pending.completed - pending.posted  # type: ignore[operator]
+        self.costs.add(key, seconds, pending.nbytes)
+        return seconds
 
     def _lookup(self, t: int, si: int, p: str, before: Task | None) -> Iterator[Any]:
         b = self.batches[t]
@@ -316,9 +323,8 @@ class ScheduledPass:
         t_cpu += time.perf_counter() - t0
         yield rows
         emb.fill_block(b.blocks[si], b.fb, p, rows.result())
-        comm = sum((x.completed - x.posted) for x in (counted, keys, rows))  # type: ignore
-        for kind, x in (("counts", counted), ("keys", keys), ("rows", rows)):
-            self.costs.add(f"comm/{p}/{kind}", x.completed - x.posted)  # type: ignore
+        comm = sum(self._measured(x, f"comm/{p}/{kind}")
+                   for kind, x in (("counts", counted), ("keys", keys), ("rows", rows)))
         if si == 0:
             self.costs.add(f"exchange_cpu/{p}", t_cpu)
             self.costs.add(f"comm/{p}", comm)
@@ -385,7 +391,7 @@ class ScheduledPass:
                 yield from self._push(t, stage)
                 break
             if stage is not None:
-                posted.append((self.model.post_dense_allreduce(stage), stage))
+                posted.append((self._post_dense(stage), stage))
             yield None
         # The weight gradients are computed by their own task, after this one ends: step
         # t+1's lookups wait for this task, and serve their rows once the pushes above
@@ -414,8 +420,8 @@ class ScheduledPass:
         for si, d in enumerate((grads.d_emb, grads.d_wide)[:len(self.sets)]):
             emb = self.sets[si]
             for i, p in enumerate(self.plan.order):
-                pushed = emb.lookups[p].post_grads(b.plans[(si, p)],
-                                                   emb.pipeline_grads(b.fb, p, d))
+                pushed = self._expect(emb.lookups[p].post_grads(
+                    b.plans[(si, p)], emb.pipeline_grads(b.fb, p, d)), f"comm/{p}/grads")
                 self._applied[(si, p)] = self.loop.spawn(
                     self._apply(emb, p, pushed), f"apply {t}/{p}", APPLY_PRIO + i / 100,
                     start=True)
@@ -423,7 +429,12 @@ class ScheduledPass:
 
     def _apply(self, emb: Any, p: str, pushed: Pending) -> Iterator[Any]:
         yield pushed
+        self._measured(pushed, f"comm/{p}/grads")
         emb.lookups[p].apply(emb.optimizer)
+
+    def _post_dense(self, which: list[GradPart]) -> Pending:
+        """Post one bucket's allreduce, with its estimated time in flight."""
+        return self._expect(self.model.post_dense_allreduce(which), "comm/dense")
 
     def _dense_grads(self, t: int, stages: Iterator[Any],
                      posted: list[tuple[Pending, list[GradPart]]]) -> Iterator[Any]:
@@ -441,11 +452,12 @@ class ScheduledPass:
             spawn(summed, which)
         for bucket in stages:
             if bucket is not None:
-                spawn(self.model.post_dense_allreduce(bucket), bucket)
+                spawn(self._post_dense(bucket), bucket)
             yield None
 
     def _update_bucket(self, summed: Pending, which: list[GradPart]) -> Iterator[Any]:
         yield summed
+        self._measured(summed, "comm/dense")
         self.model.dense_update_bucket(summed, which)
 
     # ---- the pass -----------------------------------------------------------------------

@@ -103,7 +103,7 @@ class Model:
                 start += g.size
 
         return Pending([req], finish, "dense gradient allreduce", self._dense_comm,
-                       keep=(flat,))
+                       keep=(flat,), nbytes=flat.nbytes)
 
     def dense_update(self, summed: list[Pending[None]]) -> None:
         """Apply the dense optimizer once the replicas' gradients are summed (if any)."""
