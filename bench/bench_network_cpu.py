@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -40,8 +41,6 @@ def _machine_jiffies() -> tuple[int, int]:
 
 def worker(mib: float, msg_mib: float, poll_s: float) -> None:
     """Under mpiexec (2 ranks): the exchange; one JSON line per rank."""
-    import os
-
     import numpy as np
     from mpi4py import MPI
 

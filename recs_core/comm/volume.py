@@ -8,20 +8,12 @@ ranks both a ring and recursive doubling send about that much per rank).
 
 from __future__ import annotations
 
-import numpy as np
-
 _sent: dict[str, int] = {}
 
 
 def add(kind: str, nbytes: int) -> None:
     """Count ``nbytes`` sent by this rank under ``kind`` (an exchange's name)."""
     _sent[kind] = _sent.get(kind, 0) + int(nbytes)
-
-
-def add_alltoallv(kind: str, send_counts: np.ndarray, rank: int, item_bytes: int) -> None:
-    """Count an all-to-all's bytes to the other ranks (``send_counts`` in items per rank;
-    what a rank sends itself never leaves the process)."""
-    add(kind, (int(send_counts.sum()) - int(send_counts[rank])) * item_bytes)
 
 
 def sent() -> dict[str, int]:

@@ -72,7 +72,7 @@ class World:
     def abort(self, code: int, message: str) -> None:
         """Print ``message`` and end every rank (no rank is left waiting)."""
         if self.comm is not None and self.size > 1:
-            abort_ranks(self.comm, code, message)
+            abort_ranks(self.comm, code, message)  # does not return
         sys.stderr.write(message + "\n")
         sys.stderr.flush()
         raise SystemExit(code)

@@ -196,9 +196,10 @@ class ShardedLookup:
         sd = np.concatenate([[0], np.cumsum(sc)[:-1]])
         rd = np.concatenate([[0], np.cumsum(rc)[:-1]])
         req = comm.Ialltoallv([send, (sc, sd), dtype], [recv, (rc, rd), dtype])
-        me = comm.Get_rank()
-        volume.add_alltoallv(what, sc, me, send.itemsize)
-        moved = (int(sc.sum() - sc[me]) + int(rc.sum() - rc[me])) * send.itemsize
+        me = comm.Get_rank()  # what a rank sends itself never leaves the process
+        sent = int(sc.sum() - sc[me]) * send.itemsize
+        volume.add(what, sent)
+        moved = sent + int(rc.sum() - rc[me]) * send.itemsize
         return Pending([req], lambda: recv, what, comm, self.timeout, nbytes=moved), recv
 
     def post_ids(self, ids: list[np.ndarray]) -> Pending[_Plan]:
