@@ -35,10 +35,10 @@ def exchange_worker(data: str, reps: int) -> None:
 
     from recs_core.comm.world import mpi_world
     from recs_core.data.reader import ShardReader
+    from recs_core.embedding.layer import _field_ids, slots_of
     from recs_core.embedding.sharded import ShardedLookup, ShardedTables
     from recs_core.features.graph import FeatureGraph
     from recs_core.features.spec import load_spec
-    from recs_core.train.embeddings import _field_ids, slots_of
 
     world = mpi_world()
     comm = world.comm
@@ -58,7 +58,7 @@ def exchange_worker(data: str, reps: int) -> None:
     for _ in range(reps):
         comm.Barrier()
         t0 = time.perf_counter()
-        posted = lookup.post_ids(ids)
+        posted = lookup.post_keys(lookup.post_counts(ids).wait())
         plan = posted.wait()
         served = lookup.serve_rows(plan)
         served.wait()

@@ -13,7 +13,7 @@ from recs_core.errors import RecsError
 def _add_gen(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("gen", help="write a synthetic Criteo-format file",
                        description="Write deterministic synthetic Criteo-format TSV data "
-                       "(see WORKLOAD.md): Zipf categoricals, missing values, heavy-tailed "
+                       "(see docs/WORKLOAD.md): Zipf categoricals, missing values, heavy-tailed "
                        "ints, labels from a hidden logistic model.")
     p.add_argument("--rows", type=int, required=True, help="number of rows")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -140,9 +140,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "(from --init-from when given)")
     p.add_argument("--export-delta", metavar="DIR",
                    help="at the end, write the embedding rows this window changed and the "
-                   "dense parameters to DIR (a delta for serving copies, see README)")
+                   "dense parameters to DIR (a delta for serving copies; format: "
+                   "docs/CHECKPOINT_FORMAT.md)")
     from recs_core.sched import MODES
-    from recs_core.sched.runner import CHUNK_MS, LOOKAHEAD
+    from recs_core.sched.policy import CHUNK_MS, LOOKAHEAD
 
     p.add_argument("--mode", default="recs", choices=MODES,
                    help="schedule: sequential (features, lookup, train, all blocking), "

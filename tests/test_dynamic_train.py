@@ -1,6 +1,6 @@
 """Dynamic (hash-keyed) embedding tables in training: spec option, 1-rank training,
 exact resume, reload on other world sizes, and the delta by key (see
-recs_core/train/dynamic_tables.py)."""
+recs_core/embedding/dynamic_store.py)."""
 
 from __future__ import annotations
 

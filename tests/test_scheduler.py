@@ -17,8 +17,8 @@ from recs_core.comm.pending import Pending
 from recs_core.sched.costs import Costs
 from recs_core.sched.flowshop import best_order, johnson_order, makespan
 from recs_core.sched.loop import Loop
-from recs_core.sched.runner import ScheduledPass
 from recs_core.sched.trace import Timeline, _difference, _intersect, _union, summarize
+from recs_core.sched.training_pass import TrainingPass
 from tests.conftest import ROOT, run_mpi
 
 MODES_CHECK = str(ROOT / "tests" / "mpi" / "modes_check.py")
@@ -89,7 +89,7 @@ def test_a_chain_longer_than_the_chunk_cost_runs_on_chunks_within_it() -> None:
     chain = [SimpleNamespace(name="split"), SimpleNamespace(name="hash")]
     sched = SimpleNamespace(chunk_seconds=0.02, costs=costs,
                             graph=SimpleNamespace(chain=lambda feature: chain))
-    rows_per_chunk = functools.partial(ScheduledPass._chunk_rows, sched, 0)
+    rows_per_chunk = functools.partial(TrainingPass._chunk_rows, sched, 0)
     assert rows_per_chunk(600) is None  # 15 ms: whole
     assert rows_per_chunk(1000) == 500  # 25 ms: two chunks of 12.5 ms
     assert rows_per_chunk(2000) == 667  # 50 ms: three
@@ -314,6 +314,58 @@ def test_every_mode_trains_the_identical_model(sample_1200: Path, tmp_path: Path
                 timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert sorted(r.stdout.split("\n")[:-1]) == [f"OK rank {i}" for i in range(n)]
+
+
+def _one_rank_job(preset: str):
+    from recs_core.train.job import Job
+    from tests.conftest import small_test_spec
+    from tests.test_dynamic_train import DYN
+    from tests.test_dynamic_train import spec as dyn_spec
+
+    if preset.endswith("-dyn"):
+        return Job(dyn_spec(preset[:-4], dynamic=DYN))
+    return Job(small_test_spec(preset, fitted=True,
+                               optimizer="adam" if preset == "wdl" else None))
+
+
+def _one_rank_state(job) -> dict[str, np.ndarray]:
+    state = {k: v.copy() for k, v in job.model.state().items()}
+    for si, e in enumerate(job.model.sets):
+        for t in e.dynamic.tables:
+            state.update({f"dyn{si}/{t}/{k}": np.copy(v) for k, v in e.dynamic.arrays(t).items()})
+    return state
+
+
+@pytest.mark.parametrize("preset", ["dlrm", "wdl", "dlrm-dyn"])
+def test_every_mode_trains_the_identical_model_on_one_rank(sample_1200: Path, preset: str,
+                                                           monkeypatch) -> None:
+    """One rank runs the same task loop (the stages move nothing): every mode, also with
+    operator workers and row chunks, gives bit-identical scores and parameters -- equal
+    to the model's own train_step driven batch by batch (the independent reference)."""
+    from recs_core.data.reader import ShardReader
+    from recs_core.model import layers
+    from recs_core.sched import MODES
+
+    monkeypatch.setattr(layers, "GRAD_PIECE_ELEMS", 4096)  # several dense buckets
+    ref = _one_rank_job(preset)
+    ref_probs = []
+    for raw in ShardReader([str(sample_1200)], ref.spec.schema, batch_rows=ref.local_batch):
+        ref_probs.append(ref.model.train_step(ref.graph.process(raw))[0])
+    ref_state = _one_rank_state(ref)
+    assert any(k.startswith("dyn") for k in ref_state) == preset.endswith("-dyn")
+    for mode, workers, chunk_ms in [(m, 0, None) for m in MODES] + [("recs", 1, 1e-6)]:
+        job = _one_rank_job(preset)
+        out = job.run([sample_1200], mode=mode, workers=workers, chunk_ms=chunk_ms)
+        assert out["train_rows"] == 1200
+        assert len(job.step_probs) == len(ref_probs), mode
+        for s, (a, b) in enumerate(zip(job.step_probs, ref_probs)):
+            assert np.array_equal(a, b), f"{mode}: step {s} scores differ"
+        state = _one_rank_state(job)
+        assert state.keys() == ref_state.keys()
+        for k, v in ref_state.items():
+            assert np.array_equal(state[k], v), f"{mode}: {k} differs"
+        if chunk_ms:
+            assert out["scheduler"]["chunk_runs"] > 0
 
 
 # ---- operator worker threads -------------------------------------------------------------

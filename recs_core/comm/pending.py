@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+import numpy as np
+
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 300.0
@@ -44,6 +46,13 @@ class Pending(Generic[T]):
         self._result: T | None = None
         self._done = False
         self.waited = 0.0  # seconds spent blocked in wait()
+
+    @classmethod
+    def ready(cls, value: T, what: str) -> Pending[T]:
+        """An exchange with nothing to move (one rank): complete from the start."""
+        done: Pending[T] = cls([], lambda: value, what, None)
+        done.completed = done.posted
+        return done
 
     def test(self) -> bool:
         """Progress MPI and tell whether every request has completed (never blocks)."""
@@ -103,3 +112,21 @@ class Pending(Generic[T]):
             if on_wait is not None:
                 on_wait(self.what, t0, end)
         return self.result()
+
+
+def post_allreduce(comm: Any, local: np.ndarray, what: str, op: str = "sum",
+                   finish: Callable[[np.ndarray], T] | None = None,
+                   timeout: float = DEFAULT_TIMEOUT_S) -> Pending:
+    """Post the element-wise ``op`` ("sum" or "max") of ``local`` over the ranks of
+    ``comm``; the result is the reduced array, or ``finish(reduced)``. With no
+    communicator (one rank) it is complete at once."""
+    local = np.ascontiguousarray(local)
+    done = finish or (lambda total: total)
+    if comm is None or comm.Get_size() == 1:
+        return Pending.ready(done(local.copy()), what)
+    from mpi4py import MPI
+
+    total = np.empty_like(local)
+    req = comm.Iallreduce(local, total, op={"sum": MPI.SUM, "max": MPI.MAX}[op])
+    return Pending([req], lambda: done(total), what, comm, timeout, keep=(local,),
+                   nbytes=local.nbytes)

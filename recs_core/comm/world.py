@@ -54,16 +54,9 @@ class World:
 
     def sum_ints(self, values: list[int], what: str) -> np.ndarray:
         """Element-wise sum over ranks of a few integers (posted; the wait has a deadline)."""
-        local = np.asarray(values, dtype=np.int64)
-        if self.comm is None:
-            return local
-        from mpi4py import MPI
+        from recs_core.comm.pending import post_allreduce
 
-        from recs_core.comm.pending import Pending
-
-        total = np.empty_like(local)
-        req = self.comm.Iallreduce([local, MPI.INT64_T], [total, MPI.INT64_T], op=MPI.SUM)
-        return Pending([req], lambda: total, what, self.comm).wait()
+        return post_allreduce(self.comm, np.asarray(values, dtype=np.int64), what).wait()
 
     def barrier(self) -> None:
         if self.comm is not None:

@@ -23,8 +23,11 @@ from numba import njit
 
 from recs_core.comm import volume
 from recs_core.comm.pending import DEFAULT_TIMEOUT_S, Pending
+from recs_core.embedding.dynamic_store import DynamicStore
+from recs_core.embedding.sparse_optim import SparseOptimizer
 from recs_core.embedding.table import AHEAD, dedup_grads, gather, init_table, prefetch
 from recs_core.features.hashing import fmix64
+from recs_core.stages import NeedRows, Stage
 
 DYN_SHIFT = 52  # a dynamic table's id travels as ((t + 1) << DYN_SHIFT) | id
 ID_MASK = (1 << DYN_SHIFT) - 1
@@ -81,9 +84,9 @@ class ShardedTables:
             self._spans.append((start, start + len(mine)))
             start += len(mine)
         self.local = (np.concatenate(parts) if parts else np.zeros((0, dim), np.float32))
-        # this rank's dynamic tables (recs_core.train.dynamic_tables.DynamicStore), if any:
-        # their ids travel as ((t + 1) << 52) | id and are served by it
-        self.dynamic: Any = None
+        # this rank's dynamic tables, if any: their ids travel as ((t + 1) << 52) | id and
+        # are served by it
+        self.dynamic: DynamicStore | None = None
 
     def owned_rows(self, t: int) -> np.ndarray:
         """Global row numbers of table ``t`` this rank stores (in local order)."""
@@ -171,8 +174,8 @@ class ShardedLookup:
     """Lookups and gradient pushes for one pipeline's fields over its own communicator."""
 
     def __init__(self, tables: ShardedTables, fields: list[int], comm: Any,
-                 timeout: float = DEFAULT_TIMEOUT_S) -> None:
-        self.tables, self.fields = tables, fields
+                 timeout: float = DEFAULT_TIMEOUT_S, name: str = "") -> None:
+        self.tables, self.fields, self.name = tables, fields, name
         # Pipelines never share a communicator, and a pipeline's gradient push has its
         # own: a scheduler may post the next batch's lookup before this batch's push, and
         # each communicator still sees its collectives in the same order on every rank.
@@ -202,14 +205,31 @@ class ShardedLookup:
         moved = sent + int(rc.sum() - rc[me]) * send.itemsize
         return Pending([req], lambda: recv, what, comm, self.timeout, nbytes=moved), recv
 
-    def post_ids(self, ids: list[np.ndarray]) -> Pending[_Plan]:
-        """Post the id exchange for one batch: ``ids[j]`` are the global ids of field j.
-        (The count exchange before it is waited on here; see :meth:`post_counts`.)"""
-        return self.post_keys(self.post_counts(ids).wait())
+    def lookup(self, ids: list[np.ndarray]) -> Stage[tuple[_Plan, list[np.ndarray]]]:
+        """The lookup of one batch as a stage: the count and id exchanges, then (after
+        a :class:`NeedRows` marker) the owners' rows. ``ids[j]``: the global ids of field j.
+        Returns the plan (for :meth:`push`) and each field's rows for every id."""
+        counted = self.post_counts(ids)
+        yield counted
+        keys = self.post_keys(counted.result())
+        yield keys
+        plan = keys.result()
+        yield NeedRows(self.name)
+        rows = self.serve_rows(plan)
+        yield rows
+        return plan, rows.result()
+
+    def push(self, plan: _Plan, grads: list[np.ndarray], optimizer: SparseOptimizer) -> Stage[
+            None]:
+        """The gradient push of one batch as a stage: post each field's per-id gradients
+        (``grads[j]`` [n_j, dim]) to the owners, then the owners' update."""
+        pushed = self.post_grads(plan, grads)
+        yield pushed
+        self.apply(plan, pushed.result(), optimizer)
 
     def post_counts(self, ids: list[np.ndarray]) -> Pending[_Counted]:
         """De-duplicate and bucket one batch's ids by owner, and post the count exchange;
-        its result goes to :meth:`post_keys`."""
+        its result goes to :meth:`post_keys` (the first exchange of :meth:`lookup`)."""
         from mpi4py import MPI
 
         t_ = self.tables
@@ -281,23 +301,21 @@ class ShardedLookup:
                 plan.dynamic[t] = (sel, r)
         return rows
 
-    def post_grads(self, plan: _Plan, grads: list[np.ndarray]) -> Pending[None]:
+    def post_grads(self, plan: _Plan, grads: list[np.ndarray]) -> Pending[np.ndarray]:
         """Send each field's per-id gradient sums to the owners (``grads[j]`` is [n_j, dim],
-        one row per id of the batch); ``apply`` runs the owner update once they arrive."""
+        one row per id of the batch); the result, the gradients this rank owns, goes to
+        :meth:`apply`."""
         sums = np.zeros((int(plan.send_counts.sum()), self.tables.dim), dtype=np.float32)
         if grads:
             every = np.concatenate([np.asarray(g, dtype=np.float32) for g in grads])
             _segment_sum(plan.position, every, sums)
-        pending, recv = self._alltoallv(sums, plan.send_counts, plan.recv_counts,
-                                        self.tables.dim, "gradient exchange", self.grad_comm)
-        self._last = (plan, recv)
-        return Pending(pending.requests, lambda: None, "gradient exchange", self.grad_comm,
-                       self.timeout, nbytes=pending.nbytes)
+        return self._alltoallv(sums, plan.send_counts, plan.recv_counts, self.tables.dim,
+                               "gradient exchange", self.grad_comm)[0]
 
-    def apply(self, optimizer: Any) -> None:
-        """Owner side: sum the gradients received for each owned row (in source-rank order)
-        and apply ``optimizer.update(0, local rows, local ids, grads)``."""
-        plan, recv = self._last
+    def apply(self, plan: _Plan, recv: np.ndarray, optimizer: SparseOptimizer) -> None:
+        """Owner side: sum the gradients ``recv`` (the push's result) for each owned row
+        (in source-rank order) and apply ``optimizer.update(0, local rows, local ids,
+        grads)``."""
         if plan.dynamic is None:
             ids, g = dedup_grads(_local_ids(self.tables.to_local, plan.recv_keys), recv)
             optimizer.update(0, self.tables.local, ids, g)

@@ -133,7 +133,13 @@ class SparseSGD(_Touched):
         """Updates table number t in place at the (unique) rows ids."""
         ids, grads = _check(table, ids, grads)
         mark = self.touched_rows(t, table)
-        _raise_bad(_sgd(table, mark, ids, grads, self.lr), ids, t, table.shape[0])
+        _raise_bad(self.apply_rows(table, mark, ids, grads, None), ids, t, table.shape[0])
+
+    def apply_rows(self, table: np.ndarray, touched: np.ndarray, ids: np.ndarray,
+                   grads: np.ndarray, acc: np.ndarray | None) -> int:
+        """The kernel on rows held elsewhere (a dynamic table's); the first bad id's
+        position, or -1."""
+        return _sgd(table, touched, ids, grads, self.lr)
 
 
 class RowwiseAdagrad(_Touched):
@@ -167,16 +173,23 @@ class RowwiseAdagrad(_Touched):
     def update(self, t: int, table: np.ndarray, ids: np.ndarray, grads: np.ndarray) -> None:
         """Updates table number t in place at the (unique) rows ids."""
         ids, grads = _check(table, ids, grads)
-        acc = self.accumulator(t, table)
         mark = self.touched_rows(t, table)
-        bad = _rowwise_adagrad(table, acc, mark, ids, grads, self.lr, self.eps)
+        bad = self.apply_rows(table, mark, ids, grads, self.accumulator(t, table))
         _raise_bad(bad, ids, t, table.shape[0])
+
+    def apply_rows(self, table: np.ndarray, touched: np.ndarray, ids: np.ndarray,
+                   grads: np.ndarray, acc: np.ndarray | None) -> int:
+        """The kernel on rows held elsewhere (a dynamic table's, ``acc`` its
+        accumulator); the first bad id's position, or -1."""
+        assert acc is not None
+        return _rowwise_adagrad(table, acc, touched, ids, grads, self.lr, self.eps)
 
 
 SPARSE_OPTIMIZERS = ("sgd", "adagrad")
+SparseOptimizer = SparseSGD | RowwiseAdagrad
 
 
-def make_sparse_optimizer(name: str, lr: float, **kw) -> SparseSGD | RowwiseAdagrad:
+def make_sparse_optimizer(name: str, lr: float, **kw) -> SparseOptimizer:
     """"sgd" (:class:`SparseSGD`) or "adagrad" (:class:`RowwiseAdagrad`, row-wise);
     ``kw`` goes to the constructor."""
     if name == "sgd":

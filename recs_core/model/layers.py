@@ -4,12 +4,11 @@ and their gradients in fused Numba kernels, activations kept in reused per-layer
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import TypeVar
 
 import numpy as np
 from numba import njit
 
-T = TypeVar("T")
+from recs_core.stages import drive
 
 # Most floating-point operations one GEMM runs between two yields (about 1.5 ms at 70
 # GFLOP/s): a scheduler polls its exchanges there, and MPI over TCP moves data only inside
@@ -37,16 +36,6 @@ class NeedBucket:
 
     def __repr__(self) -> str:
         return f"NeedBucket({self.index})"
-
-
-def drive(stages: Generator[object, None, T]) -> T:
-    """Run a staged computation (a generator whose yields are points where a scheduler
-    may run other work) to the end; its return value."""
-    while True:
-        try:
-            next(stages)
-        except StopIteration as done:
-            return done.value
 
 
 def shift_parts(parts: list[GradPart], by: int) -> list[GradPart]:

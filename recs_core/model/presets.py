@@ -29,10 +29,10 @@ class EmbGrads:
 # A bucket of final parts of ``grads`` (indices, or row ranges of one, see GradPart), the
 # embedding gradients, or None: a point where a scheduler may run other work (poll its
 # exchanges) before the next stage.
-Stage = list[GradPart] | EmbGrads | None
+BackwardItem = list[GradPart] | EmbGrads | None
 
 
-def run_backward(stages: Iterable[Stage]) -> EmbGrads:
+def run_backward(stages: Iterable[BackwardItem]) -> EmbGrads:
     """Run backward stages to the end; the embedding gradients they gave."""
     out = [s for s in stages if isinstance(s, EmbGrads)]
     if len(out) != 1:
@@ -105,7 +105,7 @@ class DLRM:
         """d loss / d logits [n] -> d loss / d emb [n, num_sparse, dim]; fills grads."""
         return run_backward(self.backward_stages(dlogits)).d_emb
 
-    def backward_stages(self, dlogits: np.ndarray) -> Generator[Stage, None, None]:
+    def backward_stages(self, dlogits: np.ndarray) -> Generator[BackwardItem, None, None]:
         """:meth:`backward` in stages, in critical-path order: first d emb (the sparse
         updates wait for it, and the next step's lookups for them), then the weight
         gradients, each bucket of ``grads`` indices yielded once final (its allreduce may
@@ -190,7 +190,7 @@ class WideDeep:
         g = run_backward(self.backward_stages(dlogits))
         return g.d_emb, g.d_wide
 
-    def backward_stages(self, dlogits: np.ndarray) -> Generator[Stage, None, None]:
+    def backward_stages(self, dlogits: np.ndarray) -> Generator[BackwardItem, None, None]:
         """:meth:`backward` in stages, in the order of :meth:`DLRM.backward_stages`: the
         embedding and wide gradients first, then one bucket per deep layer (the wide bias
         with the first)."""

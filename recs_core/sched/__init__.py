@@ -1,3 +1,3 @@
 """The RECS scheduler: per-rank task loop, intra-pipeline prefetch, inter-pipeline priority."""
 
-MODES = ("sequential", "prefetch", "recs", "recs-intra", "recs-inter")  # `recs train --mode`
+from recs_core.sched.policy import MODES  # noqa: F401  (`recs train --mode`)

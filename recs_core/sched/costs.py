@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from recs_core.comm.pending import post_allreduce
 from recs_core.sched.flowshop import johnson_order
 
 
@@ -58,14 +59,7 @@ class PipelinePlan:
         allreduce) and re-plan."""
         local = np.array([cpu, comm_s], dtype=np.float64)
         if comm is not None:
-            from mpi4py import MPI
-
-            from recs_core.comm.pending import Pending
-
-            total = np.empty_like(local)
-            req = comm.Iallreduce(local, total, op=MPI.SUM)
-            Pending([req], lambda: None, "cost agreement", comm).wait()
-            local = total / comm.Get_size()
+            local = post_allreduce(comm, local, "cost agreement").wait() / comm.Get_size()
         self.agreed = local
         if self.use_priority:
             order = [self.pipelines[i] for i in johnson_order(local[0], local[1])]

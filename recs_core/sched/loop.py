@@ -26,10 +26,10 @@ TaskGen = Generator[Any, None, None]
 class Task:
     """A generator run by the loop, with a priority and the thing it waits on."""
 
-    __slots__ = ("gen", "name", "prio", "done", "waiting", "result")
+    __slots__ = ("gen", "name", "prio", "group", "done", "waiting", "result")
 
-    def __init__(self, gen: TaskGen, name: str, prio: float) -> None:
-        self.gen, self.name, self.prio = gen, name, prio
+    def __init__(self, gen: TaskGen, name: str, prio: float, group: str | None = None) -> None:
+        self.gen, self.name, self.prio, self.group = gen, name, prio, group
         self.done = False
         self.waiting: Pending | Task | None = None
 
@@ -40,13 +40,15 @@ class Loop:
     ``filler(window)`` is called when exchanges are in flight and no task is ready;
     ``window`` is the estimated seconds until the first of them completes (None when
     unknown). It returns True if it ran something. ``background()`` is called on every
-    turn of the loop (it feeds worker threads).
+    turn of the loop (it feeds worker threads). ``overlap=False``: no task runs while an
+    exchange is in flight (each is waited on, as in a blocking trainer).
     """
 
     def __init__(self, timeline: Timeline,
                  filler: Callable[[float | None], bool] | None = None,
-                 background: Callable[[], None] | None = None) -> None:
+                 background: Callable[[], None] | None = None, overlap: bool = True) -> None:
         self.timeline, self.filler, self.background = timeline, filler, background
+        self.overlap = overlap
         self._ready: list[tuple[float, int, Task]] = []
         self._seq = 0
         self._comm: list[Task] = []  # waiting on an exchange
@@ -59,12 +61,16 @@ class Loop:
         self.idle_seconds = 0.0  # time in polls and pauses with nothing to run
         self.overhead_seconds = 0.0  # the loop's own time (poll, queue) before each task
         self.overhead_mpi_seconds = 0.0  # the part of it inside MPI (moving the exchanges)
+        # idle seconds by the group of the first task waiting on an exchange meanwhile
+        self.waits: dict[str, float] = {}
 
-    def spawn(self, gen: TaskGen, name: str, prio: float = 0.0, start: bool = False) -> Task:
+    def spawn(self, gen: TaskGen, name: str, prio: float = 0.0, start: bool = False,
+              group: str | None = None) -> Task:
         """Add a task; it first runs when it is the ready task of lowest priority.
         ``start``: run its first segment now, in the caller's -- for a task that first
-        just yields what it waits on (saves a turn of the loop)."""
-        task = Task(gen, name, prio)
+        just yields what it waits on (saves a turn of the loop). ``group``: what idle time
+        spent waiting on its exchanges is counted under (:attr:`waits`)."""
+        task = Task(gen, name, prio, group)
         if start:
             self._file(task, self._next(task))
         else:
@@ -119,12 +125,12 @@ class Loop:
         CPU work, which a blocking wait would do while the CPU is otherwise idle)."""
         inside = 0.0
         if self._comm:
-            from mpi4py import MPI
-
             # one progress pass for every exchange in flight (a Testall each costs ~1 us
             # per exchange more); completed requests come back null
             live = [r for task in self._comm for r in task.waiting.requests if r]
             if live:
+                from mpi4py import MPI
+
                 t = time.perf_counter()
                 MPI.Request.Testsome(live)
                 inside = time.perf_counter() - t
@@ -173,7 +179,7 @@ class Loop:
             if self.background is not None:
                 self.background()
             inside_mpi = self._poll()
-            if self._ready:
+            if self._ready and (self.overlap or not self._comm):
                 task = heapq.heappop(self._ready)[2]
                 self.overhead_seconds += time.perf_counter() - t_iter
                 self.overhead_mpi_seconds += inside_mpi
@@ -190,7 +196,11 @@ class Loop:
                 continue
             if time.perf_counter() - idle_since > SPIN_S:
                 time.sleep(POLL_SLEEP_S)
-            self.idle_seconds += time.perf_counter() - t_iter
+            idle = time.perf_counter() - t_iter
+            self.idle_seconds += idle
+            group = next((t.group for t in self._comm if t.group is not None), None)
+            if group is not None:
+                self.waits[group] = self.waits.get(group, 0.0) + idle
 
     def _fill(self, window: float | None) -> bool:
         if self.filler is None:

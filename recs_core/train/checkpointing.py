@@ -66,12 +66,12 @@ from recs_core.checkpoint import (
     save_step,
 )
 from recs_core.checkpoint.manifest import MANIFEST, Manifest, read_entry, to_jsonable
+from recs_core.embedding.dynamic_store import merge_shards
 from recs_core.embedding.sharded import owners
 from recs_core.errors import RecsError
 from recs_core.features.hashing import HASH_VERSION
 from recs_core.features.ops import Standardize, Vocab
 from recs_core.features.spec import Spec
-from recs_core.train.dynamic_tables import merge_shards
 
 TRAINER_FORMAT = "recs-model v1"
 T = TypeVar("T")

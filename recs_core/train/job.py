@@ -15,16 +15,15 @@ Checkpoint layout and semantics: ``recs_core/train/checkpointing.py``.
 from __future__ import annotations
 
 import os
-import queue
 import resource
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from recs_core.comm import volume
+from recs_core.comm.pending import post_allreduce
 from recs_core.comm.world import World
 from recs_core.data.bad_rows import BadRowPolicy
 from recs_core.data.parse import RawBatch
@@ -36,12 +35,11 @@ from recs_core.features.job import warm_up
 from recs_core.features.spec import Spec, load_spec
 from recs_core.metrics.auc import ProgressiveMetrics, auc, logloss
 from recs_core.progress import Progress
-from recs_core.sched import MODES
-from recs_core.sched.runner import CHUNK_MS, LOOKAHEAD, REPLAN_EVERY, ScheduledPass, StepHook
-from recs_core.sched.trace import WORKER, Timeline, summarize, write_trace
+from recs_core.sched.policy import policy
+from recs_core.sched.trace import Timeline, summarize, write_trace
+from recs_core.sched.training_pass import StepHook, TrainingPass
 from recs_core.train import checkpointing as ckpt
 from recs_core.train.config import TrainConfig, train_config
-from recs_core.train.embeddings import ShardedEmbeddings
 from recs_core.train.model import Model
 
 
@@ -120,14 +118,8 @@ class Job:
     def _sum_over_ranks(self, a: np.ndarray) -> np.ndarray:
         """Element-wise float64 sum of ``a`` over the ranks (posted, waited with a
         deadline)."""
-        from mpi4py import MPI
-
-        from recs_core.comm.pending import Pending
-
-        local = np.ascontiguousarray(a, dtype=np.float64)
-        total = np.empty_like(local)
-        req = self._fit_comm.Iallreduce(local, total, op=MPI.SUM)
-        return Pending([req], lambda: total, "fit statistics allreduce", self._fit_comm).wait()
+        return post_allreduce(self._fit_comm, np.asarray(a, dtype=np.float64),
+                              "fit statistics allreduce").wait()
 
     def _local_parts(self, batches: Iterator[RawBatch], holdout_at: int | None,
                      held: list[RawBatch]) -> Iterator[RawBatch | None]:
@@ -145,106 +137,14 @@ class Job:
         while True:
             yield None
 
-    def _agree(self, part: RawBatch | None, empty: RawBatch) -> tuple[RawBatch | None, int]:
-        """(this rank's part, global rows) of the next step, or (None, 0) when every rank
-        is done; with several ranks every rank joins every step (shards may be ragged)."""
-        if self.world.size == 1:
-            return part, 0 if part is None else len(part)
-        active, rows = self.world.sum_ints([part is not None, 0 if part is None else len(part)],
-                                           "step agreement")
-        return (None, 0) if active == 0 else (empty if part is None else part, int(rows))
-
-    def _pass_sequential(self, source: Iterator[RawBatch | None], empty: RawBatch,
-                         timeline: Timeline, train: Callable[[FeatureBatch, int], None],
-                         timer: dict[str, float], hook: StepHook | None) -> None:
-        """Mode "sequential": process a batch's features, then look up, then train."""
-        steps = 0
-        while True:
-            # the step starts with reading its batch, as in the other modes (there the
-            # reading of later batches falls inside the steps)
-            start = time.perf_counter()
-            with timeline.cpu("read"):
-                raw = next(source)
-            part, rows = self._agree(raw, empty)
-            if part is None:
-                return
-            t0 = time.perf_counter()
-            with timeline.cpu("features"):
-                fb = self.graph.process(part)
-            timer["input"] += time.perf_counter() - t0
-            steps = self._blocking_step(fb, rows, start, steps, timeline, train, timer, hook)
-
-    @staticmethod
-    def _blocking_step(fb: FeatureBatch, rows: int, start: float, steps: int,
-                       timeline: Timeline, train: Callable[[FeatureBatch, int], None],
-                       timer: dict[str, float], hook: StepHook | None) -> int:
-        """Train one step that blocks on its exchanges (modes sequential, prefetch), time
-        it, run the hook when due; returns the steps done."""
-        t1 = time.perf_counter()
-        with timeline.cpu("train step"):
-            train(fb, rows)
-        timer["train"] += time.perf_counter() - t1
-        timeline.step(start, time.perf_counter())
-        steps += 1
-        if hook is not None and steps % hook.every == 0:
-            hook.fn(steps)
-        return steps
-
-    def _pass_prefetch(self, source: Iterator[RawBatch | None], empty: RawBatch,
-                       timeline: Timeline, train: Callable[[FeatureBatch, int], None],
-                       timer: dict[str, float], lookahead: int,
-                       hook: StepHook | None) -> None:
-        """Mode "prefetch": a background thread prepares whole batches ahead (as tf.data's
-        prefetch does); the trainer blocks on its exchanges."""
-        ready: queue.Queue = queue.Queue(maxsize=max(1, lookahead))
-        stop = threading.Event()
-
-        def produce() -> None:
-            try:
-                while not stop.is_set():
-                    part = next(source)
-                    t0 = time.perf_counter()
-                    fb = None if part is None else self.graph.process(part)
-                    timeline.add("features", WORKER, t0, time.perf_counter())
-                    timer["input"] += time.perf_counter() - t0
-                    ready.put((part, fb))
-                    if part is None:
-                        return
-            except BaseException as e:  # handed to the trainer, which raises it
-                ready.put(e)
-
-        worker = threading.Thread(target=produce, name="recs-prefetch", daemon=True)
-        worker.start()
-        empty_fb: FeatureBatch | None = None
-        steps = 0
-        try:
-            done = False
-            while True:
-                start = time.perf_counter()
-                if not done:
-                    got = ready.get()
-                    if isinstance(got, BaseException):
-                        raise got
-                    part, fb = got
-                    done = part is None
-                part_, rows = self._agree(None if done else part, empty)
-                if part_ is None:
-                    return
-                if done:
-                    empty_fb = empty_fb or self.graph.process(empty)
-                    fb = empty_fb
-                steps = self._blocking_step(fb, rows, start, steps, timeline, train, timer,
-                                            hook)
-        finally:
-            stop.set()
-
     def run_batches(self, batches: Iterator[RawBatch], *, holdout_at: int | None = None,
                     quiet: bool = True, timer: dict[str, float] | None = None,
                     mode: str = "sequential", trace: str | None = None,
-                    lookahead: int = LOOKAHEAD, replan_every: int = REPLAN_EVERY,
+                    lookahead: int | None = None, replan_every: int | None = None,
                     hook: StepHook | None = None, workers: int | None = None,
                     window: dict[str, Any] | None = None,
-                    progress_thread: str = "auto", chunk_ms: float = CHUNK_MS) -> dict[str, Any]:
+                    progress_thread: str | None = None,
+                    chunk_ms: float | None = None) -> dict[str, Any]:
         """The pass of :meth:`run` over given raw batches (this rank's part of each global
         batch); rows from ``holdout_at`` on are held out and scored after the pass.
         ``mode``: one of :data:`recs_core.sched.MODES`; ``trace``: write a Chrome trace
@@ -257,9 +157,12 @@ class Job:
         ``hook.fn(steps_done)`` runs after every ``hook.every`` steps, in every mode, with
         the model up to date (for periodic checkpoints). After :meth:`resume` the pass
         skips the steps the checkpoint had done and continues its progressive metrics;
-        otherwise it starts a new window. ``window``: the data arguments (:meth:`run`)."""
-        if mode not in MODES:
-            raise RecsError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        otherwise it starts a new window. ``window``: the data arguments (:meth:`run`).
+        Every mode is a :class:`~recs_core.sched.policy.Policy` over the same task loop."""
+        if workers is None:  # the rank's other cores (mpi_launch.sh sets the count)
+            workers = max(0, int(os.environ.get("RECS_THREADS_PER_RANK", "1")) - 1)
+        pol = policy(mode, lookahead=lookahead, replan_every=replan_every, workers=workers,
+                     progress_thread=progress_thread, chunk_ms=chunk_ms)
         jit_seconds = warm_up(self.spec)
         timer = timer if timer is not None else {"input": 0.0, "train": 0.0}
         point, self._resume = self._resume, None
@@ -287,25 +190,13 @@ class Job:
             self.step_probs.append(probs)
             progress.update(prog.rows * self.world.size, f"logloss {prog.running_logloss:.4f}")
 
-        def train(fb: FeatureBatch, rows: int) -> None:
-            record(fb, self.model.train_step(fb, rows)[0])
-
-        sched = None
         volume.reset()
+        sched = TrainingPass(self.model, self.graph, self.world, pol, timeline)
         try:
-            if mode == "prefetch":
-                self._pass_prefetch(source, empty, timeline, train, timer, lookahead, hook)
-            elif mode == "sequential" or self.world.size == 1:  # no exchange to schedule
-                self._pass_sequential(source, empty, timeline, train, timer, hook)
-            else:
-                if workers is None:  # the rank's other cores (mpi_launch.sh sets the count)
-                    workers = int(os.environ.get("RECS_THREADS_PER_RANK", "1")) - 1
-                sched = ScheduledPass(self, mode, timeline, lookahead, replan_every,
-                                      max(0, workers), progress_thread, chunk_ms)
-                t0 = time.perf_counter()
-                sched.run(source, empty, record, hook)
-                timer["input"] += sched.feature_seconds
-                timer["train"] += time.perf_counter() - t0 - sched.feature_seconds
+            t0 = time.perf_counter()
+            sched.run(source, empty, record, hook)
+            timer["input"] += sched.feature_seconds + sched.thread_feature_seconds
+            timer["train"] += time.perf_counter() - t0 - sched.feature_seconds
         finally:
             timeline.close()
         sent = volume.sent()  # the pass's traffic, before scoring's lookups add to it
@@ -362,18 +253,15 @@ class Job:
             out["dynamic_tables"] = dyn
         if self.checkpoint_figures:
             out["checkpoint"] = self.checkpoint_report()
-        if sched is not None:
-            out["scheduler"] = sched.figures()
+        out["scheduler"] = sched.figures()
         if trace:
             events = timeline.events()
             every = world.comm.gather(events, root=0) if world.size > 1 else [events]
             if world.rank == 0:
                 write_trace(trace, every)
-        emb = self.model.emb
-        if isinstance(emb, ShardedEmbeddings) and sched is None:  # blocked on each exchange
-            waits = dict(emb.wait_seconds, dense=self.model.dense_wait_seconds)
+        if world.size > 1:  # idle while each pipeline's (and the dense) exchanges were out
             out["comm_wait_seconds"] = {p: round(world.allreduce_max(v), 4)
-                                        for p, v in waits.items()}
+                                        for p, v in sched.comm_waits().items()}
             out["comm_wait_fraction"] = {p: round(v / seconds, 4) if seconds else 0.0
                                          for p, v in out["comm_wait_seconds"].items()}
         return out
@@ -410,7 +298,7 @@ class Job:
 
     def _end_dynamic_window(self) -> dict[str, Any]:
         """End the window of every dynamic table (eviction, see
-        ``recs_core.train.dynamic_tables``); their figures summed over the ranks:
+        ``recs_core.embedding.dynamic_store``); their figures summed over the ranks:
         ``{set/field: {rows, admitted, evicted, bytes}}``."""
         names = [n for n, _ in self.spec.sparse_fields]
         out: dict[str, Any] = {}

@@ -7,17 +7,18 @@ from collections.abc import Generator
 import numpy as np
 
 from recs_core.comm import volume
-from recs_core.comm.pending import Pending
+from recs_core.comm.pending import Pending, post_allreduce
 from recs_core.comm.world import World
+from recs_core.embedding.layer import Embeddings, LocalEmbeddings, ShardedEmbeddings, slots_of
 from recs_core.embedding.sparse_optim import make_sparse_optimizer
 from recs_core.features.graph import FeatureBatch
 from recs_core.features.spec import Spec
-from recs_core.model.layers import GradPart, drive, grad_part
+from recs_core.model.layers import GradPart, grad_part
 from recs_core.model.loss import bce_with_logits, sigmoid
 from recs_core.model.optim import make_dense_optimizer
-from recs_core.model.presets import DLRM, EmbGrads, Stage, WideDeep
+from recs_core.model.presets import DLRM, BackwardItem, EmbGrads, WideDeep
+from recs_core.stages import Stage, drive
 from recs_core.train.config import TrainConfig
-from recs_core.train.embeddings import LocalEmbeddings, ShardedEmbeddings, slots_of
 
 
 def _optimizer_kwargs(name: str, cfg: TrainConfig, sparse: bool) -> dict[str, float]:
@@ -31,7 +32,9 @@ class Model:
     """Embeddings and the DLRM / Wide&Deep network of a spec, with their optimizers.
 
     ``train_step`` scores a batch with the current model, then updates on it
-    (test-then-train) and returns those scores.
+    (test-then-train) and returns those scores: :meth:`step` driven to the end. A
+    scheduler composes the same stages itself (the embedding sets' ``lookup`` / ``push``,
+    :meth:`forward_loss_stages`, :meth:`backward_stages`, :meth:`post_dense_allreduce`).
     """
 
     def __init__(self, spec: Spec, cfg: TrainConfig, world: World | None = None) -> None:
@@ -45,7 +48,7 @@ class Model:
         slots = slots_of(spec)
         skw = _optimizer_kwargs(cfg.sparse_optimizer, cfg, sparse=True)
 
-        def embeddings(dim: int, seed: int) -> LocalEmbeddings | ShardedEmbeddings:
+        def embeddings(dim: int, seed: int) -> Embeddings:
             opt = make_sparse_optimizer(cfg.sparse_optimizer, cfg.sparse_lr, **skw)
             if self.world.size == 1:
                 return LocalEmbeddings(rows, dim, seed, slots, opt, dynamic)
@@ -63,47 +66,46 @@ class Model:
             self.wide = embeddings(1, cfg.seed + 1)
         kw = _optimizer_kwargs(cfg.optimizer, cfg, sparse=False)
         self.dense_opt = make_dense_optimizer(cfg.optimizer, self.net.params, cfg.lr, **kw)
+        self.sets: list[Embeddings] = [self.emb] + ([self.wide] if self.wide is not None
+                                                      else [])
         self._dense_comm = self.world.comm.Dup() if self.world.size > 1 else None
-        self.dense_wait_seconds = 0.0
 
     def forward(self, fb: FeatureBatch) -> np.ndarray:
         """Logits of a batch (a collective when the tables are sharded)."""
-        z = self.emb.lookup(fb)
+        z = self.emb.read(fb)
         if self.wide is None:
             return self.net.forward(fb.dense, z)
-        return self.net.forward(fb.dense, z, self.wide.lookup(fb)[:, :, 0])
+        return self.net.forward(fb.dense, z, self.wide.read(fb)[:, :, 0])
 
     def predict(self, fb: FeatureBatch) -> np.ndarray:
         """Click probabilities of a batch (no update; dynamic tables count nothing)."""
-        sets = [self.emb] + ([self.wide] if self.wide is not None else [])
-        for e in sets:
+        for e in self.sets:
             e.dynamic.counting = False
         try:
             return sigmoid(self.forward(fb)).astype(np.float32)
         finally:
-            for e in sets:
+            for e in self.sets:
                 e.dynamic.counting = True
 
     def post_dense_allreduce(self, which: list[GradPart]) -> Pending[None]:
         """Post the sum over the data-parallel replicas of the dense gradients ``which``
         (indices into ``net.grads``, or row ranges of one); finish it with
-        :meth:`dense_update`."""
-        from mpi4py import MPI
-
+        :meth:`dense_update`. With one rank there is nothing to sum: it is complete."""
         grads = [grad_part(self.net.grads, part) for part in which]
         flat = np.concatenate([g.ravel() for g in grads])
-        total = np.empty_like(flat)
-        req = self._dense_comm.Iallreduce([flat, MPI.FLOAT], [total, MPI.FLOAT], op=MPI.SUM)
-        volume.add("dense gradient allreduce", flat.nbytes)
+        if self._dense_comm is not None:
+            volume.add("dense gradient allreduce", flat.nbytes)
 
-        def finish() -> None:
+        def finish(total: np.ndarray) -> None:
             start = 0
             for g in grads:
                 g.ravel()[:] = total[start:start + g.size]
                 start += g.size
 
-        return Pending([req], finish, "dense gradient allreduce", self._dense_comm,
-                       keep=(flat,), nbytes=flat.nbytes)
+        if self._dense_comm is None:  # nothing to sum (and nothing to copy back)
+            return Pending.ready(None, "dense gradient allreduce")
+        return post_allreduce(self._dense_comm, flat, "dense gradient allreduce",
+                              finish=finish)
 
     def dense_update(self, summed: list[Pending[None]]) -> None:
         """Apply the dense optimizer once the replicas' gradients are summed (if any)."""
@@ -140,7 +142,7 @@ class Model:
             dlogits *= np.float32(len(fb) / global_rows)
         return sigmoid(logits).astype(np.float32), loss, dlogits
 
-    def backward_stages(self, dlogits: np.ndarray) -> Generator[Stage, None, None]:
+    def backward_stages(self, dlogits: np.ndarray) -> Generator[BackwardItem, None, None]:
         """Backward of the dense network in stages: yields, once, the :class:`EmbGrads`
         (d z, and d wide_z or None, shaped like the looked-up blocks), and the indices of
         the dense gradients final after each stage (a bucket for the allreduce; every mode
@@ -157,21 +159,30 @@ class Model:
         ``global_rows``: rows of the global batch this rank's batch is part of (the loss
         is the global batch's mean); defaults to this batch's rows.
         """
-        z = self.emb.lookup(fb)
-        wide_z = self.wide.lookup(fb) if self.wide is not None else None
-        probs, loss, dlogits = self.forward_loss(fb, z, wide_z, global_rows)
+        return drive(self.step(fb, global_rows))
+
+    def step(self, fb: FeatureBatch, global_rows: int | None = None) -> Stage[
+            tuple[np.ndarray, float]]:
+        """:meth:`train_step` as one stage: every lookup, the forward and backward, each
+        dense bucket's allreduce, the pushes and the updates, one after another."""
+        blocks, looked = [], {}
+        for si, e in enumerate(self.sets):
+            blocks.append(e.new_block(len(fb)))
+            for p in e.pipelines:
+                looked[si, p] = yield from e.lookup(fb, p, blocks[si])
+        probs, loss, dlogits = yield from self.forward_loss_stages(
+            fb, blocks[0], blocks[1] if self.wide is not None else None, global_rows)
         summed, emb_grads = [], None
         for stage in self.backward_stages(dlogits):
             if isinstance(stage, EmbGrads):
                 emb_grads = stage
-            elif stage is not None and self._dense_comm is not None:  # blocking: unscheduled
+            elif stage is not None:
                 summed.append(self.post_dense_allreduce(stage))
-                summed[-1].wait()
-                self.dense_wait_seconds += summed[-1].waited
-        if self.wide is not None:
-            self.wide.update(fb, emb_grads.d_wide)
+                yield summed[-1]
+        for si, (e, d) in enumerate(zip(self.sets, (emb_grads.d_emb, emb_grads.d_wide))):
+            for p in e.pipelines:
+                yield from e.push(fb, p, looked[si, p], d)
         self.dense_update(summed)
-        self.emb.update(fb, emb_grads.d_emb)
         return probs, loss
 
     def state(self) -> dict[str, np.ndarray]:

@@ -23,7 +23,7 @@ from tests.test_dynamic_train import DYN, spec
 
 def gathered(job: Job, comm) -> dict:
     """{(set, t): merged arrays} of the job's dynamic tables (on rank 0)."""
-    from recs_core.train.dynamic_tables import merge_shards
+    from recs_core.embedding.dynamic_store import merge_shards
 
     out = {}
     for prefix, emb in (("emb", job.model.emb), ("wide", job.model.wide)):

@@ -25,7 +25,8 @@ from mpi4py import MPI
 from recs_core.comm.world import mpi_world
 from recs_core.model import layers
 from recs_core.sched import MODES
-from recs_core.sched.runner import CHUNK_MS, StepHook
+from recs_core.sched.policy import CHUNK_MS
+from recs_core.sched.training_pass import StepHook
 from recs_core.train.job import Job
 from tests.conftest import small_test_spec
 from tests.test_dynamic_train import DYN

@@ -12,6 +12,7 @@ from recs_core.comm import volume
 from recs_core.embedding.sharded import ShardedLookup, ShardedTables, owners
 from recs_core.embedding.sparse_optim import RowwiseAdagrad
 from recs_core.embedding.table import dedup_grads, gather, init_table
+from recs_core.stages import drive
 
 
 def check_volume(all_ids: list[list[np.ndarray]], rows: list[int], dim: int, rank: int,
@@ -49,15 +50,13 @@ def main(placement: str) -> None:
         ids = [rng.integers(0, r, n) for r in rows]
         ids[1][: n // 2] = 3  # many duplicates
         volume.reset()
-        plan = lookup.post_ids(ids).wait()
-        got = lookup.serve_rows(plan).wait()
+        plan, got = drive(lookup.lookup(ids))
         for t, (g, i) in enumerate(zip(got, ids)):
             # exact before any update; after, sums of gradients differ in order only
             np.testing.assert_allclose(g, gather(ref[t], i), rtol=1e-5, atol=1e-6,
                                        err_msg=f"rank {rank} step {step} table {t}")
         grads = [rng.standard_normal((n, dim)).astype(np.float32) for _ in rows]
-        lookup.post_grads(plan, grads).wait()
-        lookup.apply(opt)
+        drive(lookup.push(plan, grads, opt))
         # reference: the global batch's gradients applied to full tables on one "rank"
         all_ids = comm.allgather(ids)
         check_volume(all_ids, rows, dim, rank, world, placement)

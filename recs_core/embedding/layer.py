@@ -1,18 +1,24 @@
-"""The model's embedding lookups and sparse updates, on one rank or sharded across ranks.
+"""The model's embedding layer: its tables on one rank or sharded across ranks.
 
-Both backends take a :class:`FeatureBatch` and give the ``[n, F, dim]`` block of its
-fields' vectors (pooled for list fields), and take that block's gradient back.
+Both backends offer the same stages per pipeline (see ``recs_core.stages``):
+``lookup(fb, p, block)`` fills pipeline ``p``'s fields of a batch's ``[n, F, dim]`` block
+(pooled for list fields), yielding its exchanges (none on one rank) and a
+:class:`NeedRows` marker before it reads rows; ``push(fb, p, looked, d)`` takes that
+block's gradient back and applies the sparse update. A scheduler composes the stages;
+``read`` drives every lookup to the end (scoring).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from recs_core.comm.pending import Pending
+from recs_core.embedding.dynamic_store import DynamicStore
 from recs_core.embedding.sharded import ShardedLookup, ShardedTables
+from recs_core.embedding.sparse_optim import SparseOptimizer
 from recs_core.embedding.table import (
     EmbeddingSet,
     dedup_grads,
@@ -22,7 +28,7 @@ from recs_core.embedding.table import (
 )
 from recs_core.features.graph import FeatureBatch
 from recs_core.features.spec import DynamicSpec, Spec
-from recs_core.train.dynamic_tables import DynamicStore
+from recs_core.stages import NeedRows, Stage, drive
 
 
 @dataclass(frozen=True)
@@ -64,17 +70,69 @@ def _field_grads(fb: FeatureBatch, s: Slot, d: np.ndarray) -> list[np.ndarray]:
     return [np.ascontiguousarray(d[:, s.first + j, :]) for j in range(s.width)]
 
 
-class LocalEmbeddings:
-    """Every table on this rank."""
+class _Layer(ABC):
+    """What both backends share: the slots, the block, the per-pipeline ids and grads."""
+
+    def __init__(self, dim: int, slots: list[Slot], optimizer: SparseOptimizer,
+                 dynamic: DynamicStore) -> None:
+        self.dim, self.slots, self.optimizer, self.dynamic = dim, slots, optimizer, dynamic
+        self.pipelines = list(dict.fromkeys(s.pipeline for s in slots))
+        self._slots_of = {p: [s for s in slots if s.pipeline == p] for p in self.pipelines}
+
+    def new_block(self, n: int) -> np.ndarray:
+        """An uninitialized [n, F, dim] block for a batch's vectors."""
+        return np.empty((n, sum(s.width for s in self.slots), self.dim), dtype=np.float32)
+
+    def pipeline_ids(self, fb: FeatureBatch, p: str) -> list[np.ndarray]:
+        """The ids of pipeline ``p``'s fields, one array per field (tokens for lists)."""
+        return [i for s in self._slots_of[p] for i in _field_ids(fb, s)]
+
+    def pipeline_grads(self, fb: FeatureBatch, p: str, d: np.ndarray) -> list[np.ndarray]:
+        """Per-id gradient rows of pipeline ``p``'s fields from the block gradient ``d``."""
+        return [g for s in self._slots_of[p] for g in _field_grads(fb, s, d)]
+
+    def fill_block(self, out: np.ndarray, fb: FeatureBatch, p: str,
+                   rows: list[np.ndarray]) -> None:
+        """Put the rows of every id of pipeline ``p``'s fields (one array per field, in
+        :meth:`pipeline_ids` order) into its fields of ``out``, pooling list fields."""
+        got = iter(rows)
+        for s in self._slots_of[p]:
+            if s.pooled is None:
+                for j in range(s.width):
+                    out[:, s.first + j, :] = next(got)
+            else:
+                o = fb.sparse[s.pipeline][s.index]
+                tok = next(got)
+                out[:, s.first, :] = gather_pooled(tok, np.arange(len(tok)), o.offsets,
+                                                   s.pooled == "mean")
+
+    @abstractmethod
+    def lookup(self, fb: FeatureBatch, p: str, block: np.ndarray) -> Stage[Any]:
+        """Fill pipeline ``p``'s fields of ``block``; returns what :meth:`push` needs."""
+
+    @abstractmethod
+    def push(self, fb: FeatureBatch, p: str, looked: Any, d: np.ndarray) -> Stage[None]:
+        """Apply the block gradient ``d`` of pipeline ``p``'s fields."""
+
+    def read(self, fb: FeatureBatch) -> np.ndarray:
+        """The batch's [n, F, dim] block, every pipeline's lookup driven to the end."""
+        out = self.new_block(len(fb))
+        for p in self.pipelines:  # every rank looks the pipelines up in the same order
+            drive(self.lookup(fb, p, out))
+        return out
+
+
+class LocalEmbeddings(_Layer):
+    """Every table on this rank: the stages move nothing."""
 
     def __init__(self, rows: list[int], dim: int, seed: int, slots: list[Slot],
-                 optimizer: Any, dynamic: dict[int, DynamicSpec] | None = None) -> None:
+                 optimizer: SparseOptimizer, dynamic: dict[int, DynamicSpec] | None = None
+                 ) -> None:
         dynamic = dynamic or {}
         self.set = EmbeddingSet([max(r, 1) for r in rows], [dim] * len(rows), seed)
         for t in dynamic:  # a dynamic table has no fixed rows (its DynamicTable holds them)
             self.set.tables[t] = np.zeros((0, dim), dtype=np.float32)
-        self.dim, self.slots, self.optimizer = dim, slots, optimizer
-        self.dynamic = DynamicStore(dynamic, dim, seed, optimizer)
+        super().__init__(dim, slots, optimizer, DynamicStore(dynamic, dim, seed, optimizer))
 
     @property
     def tables(self) -> list[np.ndarray]:
@@ -100,28 +158,31 @@ class LocalEmbeddings:
         """uint8 map of those rows: 1 where the optimizer updated the row (a view)."""
         return self.optimizer.touched_rows(t, self.set.tables[t])
 
-    def lookup(self, fb: FeatureBatch) -> np.ndarray:
-        out = np.empty((len(fb), len(self.set.tables), self.dim), dtype=np.float32)
+    # ---- stages ---------------------------------------------------------------------------
+
+    def lookup(self, fb: FeatureBatch, p: str, block: np.ndarray) -> Stage[None]:
+        """Gather pipeline ``p``'s rows into ``block`` (after :class:`NeedRows`)."""
+        yield NeedRows(p)
         dyn = self.dynamic
-        for s in self.slots:
+        for s in self._slots_of[p]:
             o = fb.sparse[s.pipeline][s.index]
             if s.first in dyn:
                 for j, ids in enumerate(_field_ids(fb, s)):
                     vec, _ = dyn.vectors(s.first + j, ids)
                     if s.pooled is None:
-                        out[:, s.first + j, :] = vec
+                        block[:, s.first + j, :] = vec
                     else:
-                        out[:, s.first, :] = gather_pooled(vec, np.arange(len(vec)), o.offsets,
-                                                           s.pooled == "mean")
+                        block[:, s.first, :] = gather_pooled(vec, np.arange(len(vec)),
+                                                             o.offsets, s.pooled == "mean")
             elif s.pooled is None:
-                gather_fields(self.set.tables, o.ids, out, s.first)
+                gather_fields(self.set.tables, o.ids, block, s.first)
             else:
-                out[:, s.first, :] = gather_pooled(self.set.tables[s.first], o.ids, o.offsets,
-                                                   s.pooled == "mean")
-        return out
+                block[:, s.first, :] = gather_pooled(self.set.tables[s.first], o.ids,
+                                                     o.offsets, s.pooled == "mean")
 
-    def update(self, fb: FeatureBatch, d: np.ndarray) -> None:
-        for s in self.slots:
+    def push(self, fb: FeatureBatch, p: str, looked: None, d: np.ndarray) -> Stage[None]:
+        """The sparse update of pipeline ``p``'s tables from the block gradient ``d``."""
+        for s in self._slots_of[p]:
             for j, (ids, g) in enumerate(zip(_field_ids(fb, s), _field_grads(fb, s, d))):
                 u, summed = dedup_grads(ids, g)
                 t = s.first + j
@@ -129,26 +190,25 @@ class LocalEmbeddings:
                     self.dynamic.update(t, self.dynamic.tables[t].rows_of(u), summed)
                 else:
                     self.optimizer.update(t, self.set.tables[t], u, summed)
+        return
+        yield  # a stage that moves nothing
 
 
-class ShardedEmbeddings:
+class ShardedEmbeddings(_Layer):
     """Tables sharded over the ranks of ``comm``; one exchange (communicator) per pipeline."""
 
     def __init__(self, rows: list[int], dim: int, seed: int, slots: list[Slot],
-                 optimizer: Any, comm: Any, placement: str = "row",
+                 optimizer: SparseOptimizer, comm: Any, placement: str = "row",
                  dynamic: dict[int, DynamicSpec] | None = None) -> None:
         self.shards = ShardedTables(rows, dim, seed, comm.Get_rank(), comm.Get_size(),
                                     placement)
-        self.dynamic = DynamicStore(dynamic or {}, dim, seed, optimizer, comm.Get_size())
-        self.shards.dynamic = self.dynamic if dynamic else None
-        self.dim, self.slots, self.optimizer = dim, slots, optimizer
-        self.pipelines = list(dict.fromkeys(s.pipeline for s in slots))
+        store = DynamicStore(dynamic or {}, dim, seed, optimizer, comm.Get_size())
+        self.shards.dynamic = store if dynamic else None
+        super().__init__(dim, slots, optimizer, store)
         self.lookups = {}
         for p in self.pipelines:
-            fields = [s.first + j for s in slots if s.pipeline == p for j in range(s.width)]
-            self.lookups[p] = ShardedLookup(self.shards, fields, comm)
-        self._plans: dict[str, Any] = {}
-        self.wait_seconds: dict[str, float] = {p: 0.0 for p in self.pipelines}
+            fields = [s.first + j for s in self._slots_of[p] for j in range(s.width)]
+            self.lookups[p] = ShardedLookup(self.shards, fields, comm, name=p)
         counts = [len(self.shards.owned_rows(t)) for t in range(len(rows))]
         ends = np.cumsum(counts).tolist()
         self._spans = [(e - c, e) for c, e in zip(counts, ends)]  # table t in ``local``
@@ -175,55 +235,19 @@ class ShardedEmbeddings:
         a, b = self._spans[t]
         return self.optimizer.touched_rows(0, self.shards.local)[a:b]
 
-    def pipeline_ids(self, fb: FeatureBatch, p: str) -> list[np.ndarray]:
-        """The ids of pipeline ``p``'s fields, one array per field (tokens for lists)."""
-        return [i for s in self.slots if s.pipeline == p for i in _field_ids(fb, s)]
+    # ---- stages ---------------------------------------------------------------------------
 
-    def new_block(self, n: int) -> np.ndarray:
-        """An uninitialized [n, F, dim] block for a batch's vectors."""
-        return np.empty((n, sum(s.width for s in self.slots), self.dim), dtype=np.float32)
+    def lookup(self, fb: FeatureBatch, p: str, block: np.ndarray) -> Stage[Any]:
+        """Pipeline ``p``'s exchange (counts, ids, then the owners' rows) into ``block``;
+        returns what the push needs."""
+        plan, rows = yield from self.lookups[p].lookup(self.pipeline_ids(fb, p))
+        self.fill_block(block, fb, p, rows)
+        return plan
 
-    def fill_block(self, out: np.ndarray, fb: FeatureBatch, p: str,
-                   rows: list[np.ndarray]) -> None:
-        """Put the rows looked up for pipeline ``p`` into its fields of ``out`` (pooling
-        list fields)."""
-        got = iter(rows)
-        for s in (s for s in self.slots if s.pipeline == p):
-            if s.pooled is None:
-                for j in range(s.width):
-                    out[:, s.first + j, :] = next(got)
-            else:
-                o = fb.sparse[s.pipeline][s.index]
-                tok = next(got)
-                out[:, s.first, :] = gather_pooled(tok, np.arange(len(tok)), o.offsets,
-                                                   s.pooled == "mean")
-
-    def pipeline_grads(self, fb: FeatureBatch, p: str, d: np.ndarray) -> list[np.ndarray]:
-        """Per-id gradient rows of pipeline ``p``'s fields from the block gradient ``d``."""
-        return [g for s in self.slots if s.pipeline == p for g in _field_grads(fb, s, d)]
-
-    def lookup(self, fb: FeatureBatch) -> np.ndarray:
-        """The batch's [n, F, dim] block (every pipeline's exchange posted, then waited)."""
-        posted = {p: self.lookups[p].post_ids(self.pipeline_ids(fb, p)) for p in self.pipelines}
-        rows: dict[str, Pending] = {}
-        for p in self.pipelines:  # every rank serves the pipelines in the same order
-            self._plans[p] = posted[p].wait()
-            self.wait_seconds[p] += posted[p].waited
-            rows[p] = self.lookups[p].serve_rows(self._plans[p])
-        out = self.new_block(len(fb))
-        for p in self.pipelines:
-            self.fill_block(out, fb, p, rows[p].wait())
-            self.wait_seconds[p] += rows[p].waited
-        return out
-
-    def update(self, fb: FeatureBatch, d: np.ndarray) -> None:
-        """Push the block gradient ``d`` to the owners and apply their sparse updates."""
-        pending = {p: self.lookups[p].post_grads(self._plans[p], self.pipeline_grads(fb, p, d))
-                   for p in self.pipelines}
-        for p in self.pipelines:
-            pending[p].wait()
-            self.wait_seconds[p] += pending[p].waited
-            self.lookups[p].apply(self.optimizer)
+    def push(self, fb: FeatureBatch, p: str, looked: Any, d: np.ndarray) -> Stage[None]:
+        """Push pipeline ``p``'s gradients from the block gradient ``d`` to their owners,
+        which update (``looked``: the lookup's result)."""
+        yield from self.lookups[p].push(looked, self.pipeline_grads(fb, p, d), self.optimizer)
 
     def gather_tables(self, comm: Any) -> list[np.ndarray] | None:
         """Full tables assembled on rank 0 (None elsewhere); for tests and checkpoints."""
@@ -236,3 +260,6 @@ class ShardedEmbeddings:
             for t, (ids, vals) in enumerate(rank_parts):
                 full[t][ids] = vals
         return full
+
+
+Embeddings = LocalEmbeddings | ShardedEmbeddings

@@ -1,4 +1,5 @@
-"""The dynamic (hash-keyed) tables of one embedding set on this rank, wired into training.
+"""The dynamic (hash-keyed) tables of one embedding set on this rank, as the embedding
+layer uses them.
 
 A table with ``embedding = { dim = 16, dynamic = { ... } }`` (:class:`DynamicSpec`) keeps a
 compiled :class:`~recs_core.embedding.dynamic.DynamicTable` per rank (its shard: the ids
@@ -27,13 +28,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
 from recs_core.embedding.dynamic import DynamicTable
-from recs_core.embedding.sharded import DYN_SHIFT, ID_MASK, dyn_flat_keys  # noqa: F401
-from recs_core.embedding.sparse_optim import RowwiseAdagrad, _rowwise_adagrad, _sgd
+from recs_core.embedding.sparse_optim import RowwiseAdagrad, SparseOptimizer
 from recs_core.features.spec import DynamicSpec
 
 
@@ -45,8 +44,8 @@ def table_seed(seed: int, t: int) -> int:
 class DynamicStore:
     """This rank's dynamic tables of one embedding set, by table (field) index."""
 
-    def __init__(self, specs: dict[int, DynamicSpec], dim: int, seed: int, optimizer: Any,
-                 world: int = 1) -> None:
+    def __init__(self, specs: dict[int, DynamicSpec], dim: int, seed: int,
+                 optimizer: SparseOptimizer, world: int = 1) -> None:
         self.specs, self.dim, self.optimizer = specs, dim, optimizer
         self.tables: dict[int, DynamicTable] = {}
         for t, s in specs.items():
@@ -93,12 +92,8 @@ class DynamicStore:
         d = self.tables[t]
         grads = np.ascontiguousarray(grads[keep], dtype=np.float32)
         scratch = np.empty(d.row_capacity, dtype=np.uint8)
-        opt = self.optimizer
-        if isinstance(opt, RowwiseAdagrad):
-            bad = _rowwise_adagrad(d.values, d.row_state("acc"), scratch, rows, grads, opt.lr,
-                                   opt.eps)
-        else:
-            bad = _sgd(d.values, scratch, rows, grads, opt.lr)
+        acc = d.row_state("acc") if isinstance(self.optimizer, RowwiseAdagrad) else None
+        bad = self.optimizer.apply_rows(d.values, scratch, rows, grads, acc)
         assert bad < 0
         d.row_state("touched")[rows] = 1.0
 

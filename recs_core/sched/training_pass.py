@@ -1,83 +1,68 @@
-"""The scheduled training pass (modes ``recs``, ``recs-intra``, ``recs-inter``).
+"""The training pass: every mode runs its steps as tasks of one loop (``sched.loop``).
 
-Per step t the loop runs these tasks (see ``DESIGN.md``, scheduling model):
+Per step t the loop runs these tasks:
 
-* ``lookup t/p`` per pipeline p with embeddings: the pipeline's feature operators not yet
-  run, the exchange plan, the count and id exchanges, then -- once the owners applied
-  step t-1's update of p -- the owner gather and the row exchange, and the fill of the
-  batch's embedding block;
-* ``train t``: the dense features, the MLP forward, the backward as far as the
-  embedding gradients, and the post of every pipeline's gradient push;
-* ``apply t/p``: the owners' sparse update, once the push completes;
+* ``lookup t/p`` per pipeline p and embedding set: the pipeline's feature operators not
+  yet run, then the set's lookup stage (``embedding.layer``): the count and id exchanges,
+  then -- once step t-1's update of p is applied -- the rows, into the batch's block;
+* ``train t``: the dense features, the MLP forward (each dense bucket read once step t-1's
+  update of it is applied), the backward as far as the embedding gradients, and the start
+  of every pipeline's push stage (``push t/p``: the gradient exchange, then the owners'
+  update);
 * ``dense t``: the rest of backward (the weight gradients in GEMM pieces, each bucket's
-  allreduce posted as soon as it is final). Its pieces run around the critical chain --
-  the pushes, the updates and step t+1's row exchanges -- which goes first whenever it
-  has work ready;
-* ``update t``: per dense gradient bucket, the dense optimizer on that bucket's
-  parameters once its allreduce completes.
+  allreduce posted as soon as it is final);
+* ``update t``: per dense gradient bucket, the dense optimizer once its allreduce is summed.
 
-Exactness: step t+1's rows are served only after step t's update of that pipeline, and
-its forward reads each dense bucket's parameters only after step t's update of that
-bucket (the forward announces each bucket before it reads it, and multiplies by a
-weight's buckets one after another in every mode), so every mode computes the same model:
-the last buckets' allreduces overlap the start of the next forward.
-Each communicator sees its collectives in one fixed order on every rank: a pipeline's
-lookups in step order (lookup t+1 starts after lookup t), its gradient pushes on their
-own communicator, the dense allreduces on theirs.
-
-``recs-intra`` fills exchange windows with feature operators of the next batches, chosen
-one by one so that their estimated cost fits the window; a feature chain whose operators
-take longer than ``chunk_ms`` on a batch runs on row chunks of at most that cost (its
-operators are row-wise), so it fits short windows and the loop polls between chunks.
-``recs-inter`` orders the pipelines by Johnson's rule on costs agreed across ranks;
-``recs`` does both.
+A :class:`~recs_core.sched.policy.Policy` says what may run while an exchange is in
+flight (sequential and prefetch: nothing; the recs modes: any ready task, and the filler
+with operators of upcoming batches), whether step t+1's lookups start early, the pipeline
+order and what is prepared ahead. Exactness does not depend on it: step t+1's rows are
+read only after step t's update of that pipeline, and its forward reads each dense
+bucket only after step t's update of that bucket, in every policy. Each communicator sees
+its collectives in one fixed order on every rank: a pipeline's lookups in step order
+(lookup t+1 starts after lookup t), its pushes on their own communicator, the dense
+allreduces on theirs. With one rank the stages move nothing; the same loop runs them.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recs_core.comm.pending import Pending
+from recs_core.comm.pending import Pending, post_allreduce
 from recs_core.comm.progress import ProgressThread, over_network
+from recs_core.comm.world import World
 from recs_core.data.parse import RawBatch
-from recs_core.features.graph import BatchState, FeatureBatch, OpNode, RowRange
+from recs_core.embedding.layer import Embeddings
+from recs_core.features.graph import BatchState, FeatureBatch, FeatureGraph, OpNode, RowRange
 from recs_core.model.layers import GradPart, NeedBucket
 from recs_core.model.presets import EmbGrads
 from recs_core.sched.costs import Costs, PipelinePlan
 from recs_core.sched.loop import Loop, Task
+from recs_core.sched.policy import Policy
 from recs_core.sched.trace import WORKER, Timeline
 from recs_core.sched.workers import OperatorWorkers
+from recs_core.stages import NeedRows, Stage, relay
 
-REPLAN_EVERY = 16  # steps between cost agreements (a tiny allreduce); also at step 2
+if TYPE_CHECKING:
+    from recs_core.train.model import Model
+
 # Task priorities, lower first: a dense bucket's update -1 (tens of us; the forward may be
-# waiting for it); train 0; apply 1 + i / 100; admit 5; lookups 10 + i of the current
-# step, 30 + i of the next; dense 50, last: the pushes, the applies and the row
-# exchanges that wait for them are the critical chain to the next forward, and the weight
-# gradients (GEMM pieces of about a ms, each bucket's allreduce posted as it is done) fill
-# the time around it. Measured on the canonical workload, emulated network, 5 interleaved
-# pairs, CPU idle while exchanges were in flight (ms per step): 4.7-9.0 with whole GEMMs
-# and dense first (then the applies), 4.5-5.6 with pieces and dense first, 2.0-2.8 now.
-APPLY_PRIO = 1.0
+# waiting for it); train 0; push 1 + i / 100; admit 5; lookups 10 + i of the current step,
+# 30 + i of the next; dense 50, last: the pushes, the updates and the row exchanges that
+# wait for them are the critical chain to the next forward; the weight gradients fill the
+# time around it (docs/BENCHMARKS.md: idle in comm 4.5-9 ms/step otherwise, 2-2.8 so).
+PUSH_PRIO = 1.0
 UPDATE_PRIO = -1.0
 DENSE_PRIO = 50.0
-# Default row-chunk cost of long feature chains (recs, recs-intra). Measured on the
-# feature-heavy workload, emulated network, 2 ranks x 1 core, interleaved runs: recs median
-# 6,356-6,705 samples/s at 20 ms vs 6,069 at 5 (per-chunk dispatch and joins), 6,150 whole
-# batches, 6,177 at 40 (consumers start late behind long chunks: p95 76 ms vs 47). A chain
-# longer than this runs on as many chunks as keep each within it: the heavy workload's
-# history chains (~25 ms) whole vs in two chunks, 5-6 interleaved pairs: consumer lateness
-# p95 21 ms vs 12, samples/s medians 12,030 vs 11,840 (within the noise).
-CHUNK_MS = 20.0
-MIN_CHUNK_ROWS = 16
-# Batches admitted ahead of the current step (modes prefetch and recs*). Measured on the
-# feature-heavy workload, 2 ranks x 1 core: 4 gave recs 2-3% more than 2.
-LOOKAHEAD = 4
+MIN_CHUNK_ROWS = 16  # smaller row chunks cost more in dispatch than they save
 
 
 @dataclass(frozen=True)
@@ -95,81 +80,132 @@ class _Batch:
 
     raw: RawBatch
     exhausted: bool
-    state: BatchState
+    state: BatchState | None  # None: prepared whole by the prefetch thread
     fb: FeatureBatch
     remaining: dict[str, deque[tuple[OpNode, RowRange]]]  # node runs left, in order
-    agreement: Pending | None
+    agreement: Pending
     finished: set[str] = field(default_factory=set)
     busy: set[str] = field(default_factory=set)  # pipelines with an operator on a worker
     blocks: list[np.ndarray] = field(default_factory=list)
-    plans: dict[tuple[int, str], Any] = field(default_factory=dict)
+    looked: dict[tuple[int, str], Any] = field(default_factory=dict)  # for the pushes
     lookups: dict[tuple[int, str], Task] = field(default_factory=dict)
 
 
-class ScheduledPass:
-    """Runs a training pass through the task loop (see module docstring)."""
+class _Prefetcher:
+    """A thread that reads and processes whole batches ahead (mode prefetch)."""
 
-    def __init__(self, job: Any, mode: str, timeline: Timeline, lookahead: int = LOOKAHEAD,
-                 replan_every: int = REPLAN_EVERY, workers: int = 0,
-                 progress_thread: str = "auto", chunk_ms: float = CHUNK_MS) -> None:
-        self.job, self.model, self.graph = job, job.model, job.graph
-        self.world = job.world
-        self.intra = mode in ("recs", "recs-intra")
-        self.early = mode in ("recs", "recs-inter")  # next step's exchanges start early
-        if progress_thread not in ("auto", "on", "off"):
-            raise ValueError(f"progress_thread must be auto, on or off, not {progress_thread!r}")
-        # auto: only with a spare core. Measured with 1 core per rank under the emulated
-        # network, the thread's wake-ups cost more CPU than its progress saved (MPICH and
-        # Open MPI alike); polls between tasks move the exchanges instead.
-        self.poke = (progress_thread == "on" or progress_thread == "auto" and workers > 0
-                     and over_network(self.world.comm))
+    def __init__(self, source: Iterator[RawBatch | None], graph: FeatureGraph,
+                 timeline: Timeline, depth: int) -> None:
+        self._ready: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self.seconds = 0.0  # feature processing on the thread
+        self._exhausted = False
+        self._source, self._graph, self._timeline = source, graph, timeline
+        self._thread = threading.Thread(target=self._produce, name="recs-prefetch",
+                                        daemon=True)
+        self._thread.start()
+
+    def _produce(self) -> None:
+        try:
+            while not self._stop.is_set():
+                part = next(self._source)
+                t0 = time.perf_counter()
+                fb = None if part is None else self._graph.process(part)
+                t1 = time.perf_counter()
+                self._timeline.add("features", WORKER, t0, t1)
+                self.seconds += t1 - t0
+                self._ready.put((part, fb))
+                if part is None:
+                    return
+        except BaseException as e:  # handed to the trainer, which raises it
+            self._ready.put(e)
+
+    def next(self) -> tuple[RawBatch | None, FeatureBatch | None]:
+        """The next (part, its features), (None, None) for ever once the shard is done."""
+        if self._exhausted:
+            return None, None
+        got = self._ready.get()
+        if isinstance(got, BaseException):
+            raise got
+        self._exhausted = got[0] is None
+        return got
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+class TrainingPass:
+    """Runs a training pass through the task loop under a policy (module docstring)."""
+
+    def __init__(self, model: Model, graph: FeatureGraph, world: World, policy: Policy,
+                 timeline: Timeline) -> None:
+        self.model, self.graph, self.world, self.policy = model, graph, world, policy
+        multi = world.size > 1
+        # a progress thread only with a spare core: with 1 core per rank under the emulated
+        # network its wake-ups cost more CPU than its progress saved (MPICH and Open MPI)
+        self.poke = multi and (policy.progress_thread == "on" or policy.progress_thread
+                               == "auto" and policy.workers > 0 and over_network(world.comm))
         self.timeline = timeline
-        self.lookahead = max(1, lookahead)
-        self.chunk_seconds = chunk_ms / 1e3 if self.intra else 0.0
-        self.replan_every = max(1, replan_every)
-        self.sets = [self.model.emb] + ([self.model.wide] if self.model.wide is not None else [])
-        self.sparse = list(self.model.emb.pipelines)
-        feats = self.graph.features
+        self.lookahead = policy.lookahead
+        self.chunk_seconds = policy.chunk_seconds
+        self.sets: list[Embeddings] = model.sets
+        self.sparse = list(model.emb.pipelines)
+        feats = graph.features
         self.dense_pipes = list(dict.fromkeys(f.pipeline for f in feats if f.output == "dense"))
         self.costs = Costs()
-        self.plan = PipelinePlan(self.sparse, use_priority=mode in ("recs", "recs-inter"))
-        self._plan_comm = self.world.comm.Dup()
-        self._agree_comm = self.world.comm.Dup()  # step agreements, posted at admission
-        self.loop = Loop(timeline, self._fill if self.intra else None,
-                         self._feed if workers > 0 else None)
+        self.plan = PipelinePlan(self.sparse, use_priority=policy.priority)
+        self._plan_comm = world.comm.Dup() if multi else None
+        self._agree_comm = world.comm.Dup() if multi else None  # step agreements
+        workers = policy.workers
+        self.loop = Loop(timeline, self._fill if policy.fill else None,
+                         self._feed if workers > 0 else None, overlap=policy.overlap)
         self.workers = OperatorWorkers(workers, self._work) if workers > 0 else None
         self.batches: dict[int, _Batch] = {}
         self._source: Iterator[RawBatch | None] | None = None
+        self._prefetcher: _Prefetcher | None = None
         self._empty: RawBatch | None = None
+        self._empty_fb: FeatureBatch | None = None
         self._admitted = 0
-        self._applied: dict[tuple[int, str], Task] = {}
+        self._pushed: dict[tuple[int, str], Task] = {}
         self._trains: dict[int, Task] = {}
         self._dense: Task | None = None
         self._updates: list[Task] | None = None  # the last step's dense bucket updates
         self._current = 0
-        self.feature_seconds = 0.0
+        self.feature_seconds = 0.0  # operators run by the loop's thread and its workers
+        self.thread_feature_seconds = 0.0  # batches processed by the prefetch thread
         self.most_held = 0  # most batches held at once (bounded by the look-ahead)
         self.chunk_runs = 0  # operator runs on a row chunk rather than a whole batch
 
     # ---- admission and features -------------------------------------------------------
 
+    def _agreement(self, part: RawBatch | None, rows: int) -> Pending:
+        """Post the step agreement: (ranks with data, global rows) of this step."""
+        return post_allreduce(self._agree_comm, np.array([part is not None, rows], np.int64),
+                              "step agreement")
+
     def _admit(self) -> _Batch:
         """Read the next local batch and post the step agreement for it."""
-        from mpi4py import MPI
-
         t0 = time.perf_counter()
-        part = next(self._source, None)  # type: ignore[arg-type]
+        if self._prefetcher is not None:
+            part, fb = self._prefetcher.next()
+        else:
+            part, fb = next(self._source, None), None  # type: ignore[arg-type]
         raw = self._empty if part is None else part
-        local = np.array([part is not None, len(raw)], dtype=np.int64)
-        total = np.empty_like(local)
-        comm = self._agree_comm
-        req = comm.Iallreduce([local, MPI.INT64_T], [total, MPI.INT64_T], op=MPI.SUM)
-        state = self.graph.start(raw)
-        rows = len(raw)
-        runs = {p: deque(self.graph.runs(p, rows, lambda fi: self._chunk_rows(fi, rows)))
-                for p in self.graph.pipelines}
-        b = _Batch(raw, part is None, state, self.graph.start_batch(state), runs,
-                   Pending([req], lambda: total, "step agreement", comm, keep=(local,)))
+        assert raw is not None
+        agreement = self._agreement(part, len(raw))
+        if self._prefetcher is not None:
+            if fb is None:
+                self._empty_fb = self._empty_fb or self.graph.process(raw)
+                fb = self._empty_fb
+            b = _Batch(raw, part is None, None, fb, {p: deque() for p in self.graph.pipelines},
+                       agreement, finished=set(self.graph.pipelines))
+        else:
+            state = self.graph.start(raw)
+            rows = len(raw)
+            runs = {p: deque(self.graph.runs(p, rows, lambda fi: self._chunk_rows(fi, rows)))
+                    for p in self.graph.pipelines}
+            b = _Batch(raw, part is None, state, self.graph.start_batch(state), runs,
+                       agreement)
         self.batches[self._admitted] = b
         self._admitted += 1
         self.most_held = max(self.most_held, len(self.batches))
@@ -198,7 +234,7 @@ class ScheduledPass:
         chunk) in this thread."""
         node, rows = b.remaining[p].popleft()
         t0 = time.perf_counter()
-        self.graph.run_node(b.state, node, rows)
+        self.graph.run_node(b.state, node, rows)  # type: ignore[arg-type]
         self._node_done(b, p, node, rows, time.perf_counter() - t0)
 
     @staticmethod
@@ -214,10 +250,10 @@ class ScheduledPass:
         self.feature_seconds += seconds
         if not b.remaining[p] and p not in b.busy:
             if p in self.sparse:
-                self.graph.finish_pipeline(b.state, b.fb, p)
+                self.graph.finish_pipeline(b.state, b.fb, p)  # type: ignore[arg-type]
             b.finished.add(p)
 
-    def _features(self, b: _Batch, pipelines: list[str], t: int) -> Iterator[None]:
+    def _features(self, b: _Batch, pipelines: list[str]) -> Iterator[None]:
         """Run the remaining operators of ``pipelines`` on batch ``b``, one per segment
         (or wait for the one a worker runs)."""
         for p in pipelines:
@@ -229,7 +265,7 @@ class ScheduledPass:
     def _work(self, job: tuple[_Batch, str, tuple[OpNode, RowRange]]) -> None:
         """On a worker thread: one operator on one batch (or row chunk)."""
         b, _, (node, rows) = job
-        self.graph.run_node(b.state, node, rows)
+        self.graph.run_node(b.state, node, rows)  # type: ignore[arg-type]
 
     def _feed(self) -> None:
         """Collect the workers' finished operators and give idle workers the next ones:
@@ -297,36 +333,47 @@ class ScheduledPass:
         self.costs.add(key, seconds, pending.nbytes)
         return seconds
 
+    def _exchanges(self, stage: Stage[Any], p: str, on_rows: Callable[[], Iterator[Any]]
+                   ) -> Stage[tuple[Any, float, float]]:
+        """Run an embedding stage of pipeline ``p``: each exchange it posts gets its
+        estimate and is measured; at :class:`NeedRows`, ``on_rows()``'s waits. Returns
+        (the stage's value, its CPU seconds, its exchanges' seconds in flight)."""
+        cpu = comm = 0.0
+        while True:
+            t0 = time.perf_counter()
+            try:
+                need = next(stage)
+            except StopIteration as done:
+                return done.value, cpu + time.perf_counter() - t0, comm
+            cpu += time.perf_counter() - t0
+            if isinstance(need, Pending):
+                key = f"comm/{p}/{need.what}"
+                yield self._expect(need, key)
+                comm += self._measured(need, key)
+            elif isinstance(need, NeedRows):
+                yield from on_rows()
+            else:
+                yield need
+
     def _lookup(self, t: int, si: int, p: str, before: Task | None) -> Iterator[Any]:
         b = self.batches[t]
         if before is not None and not before.done:
             yield before  # this pipeline's exchanges keep their step order
-        yield from self._features(b, [p], t)
+        yield from self._features(b, [p])
+
+        def previous_update() -> Iterator[Task]:
+            trained = self._trains.get(t - 1)
+            if trained is not None and not trained.done:
+                yield trained  # it starts step t-1's pushes
+            prev = self._pushed.get((si, p))
+            if prev is not None and not prev.done:
+                yield prev  # the rows must include step t-1's update
+
         emb = self.sets[si]
-        lk = emb.lookups[p]
-        t0 = time.perf_counter()
-        counted = self._expect(lk.post_counts(emb.pipeline_ids(b.fb, p)), f"comm/{p}/counts")
-        t_cpu = time.perf_counter() - t0
-        yield counted
-        keys = self._expect(lk.post_keys(counted.result()), f"comm/{p}/keys")
-        yield keys
-        plan = keys.result()
-        b.plans[(si, p)] = plan
-        trained = self._trains.get(t - 1)
-        if trained is not None and not trained.done:
-            yield trained  # it spawns step t-1's updates
-        prev = self._applied.get((si, p))
-        if prev is not None and not prev.done:
-            yield prev  # the owners' rows must include step t-1's update
-        t0 = time.perf_counter()
-        rows = self._expect(lk.serve_rows(plan), f"comm/{p}/rows")
-        t_cpu += time.perf_counter() - t0
-        yield rows
-        emb.fill_block(b.blocks[si], b.fb, p, rows.result())
-        comm = sum(self._measured(x, f"comm/{p}/{kind}")
-                   for kind, x in (("counts", counted), ("keys", keys), ("rows", rows)))
+        b.looked[(si, p)], cpu, comm = yield from self._exchanges(
+            emb.lookup(b.fb, p, b.blocks[si]), p, previous_update)
         if si == 0:
-            self.costs.add(f"exchange_cpu/{p}", t_cpu)
+            self.costs.add(f"exchange_cpu/{p}", cpu)
             self.costs.add(f"comm/{p}", comm)
 
     def _pipeline_costs(self) -> tuple[list[float], list[float]]:
@@ -352,16 +399,15 @@ class ScheduledPass:
                 if (si, p) in b.lookups:
                     continue
                 before = prev.lookups.get((si, p)) if prev is not None else None
-                b.lookups[(si, p)] = self.loop.spawn(self._lookup(t, si, p, before),
-                                                     f"lookup {t}/{p}",
-                                                     (10 if t == self._current else 30) + i)
+                b.lookups[(si, p)] = self.loop.spawn(
+                    self._lookup(t, si, p, before), f"lookup {t}/{p}",
+                    (10 if t == self._current else 30) + i, group=p)
 
     def _early_lookups(self, t: int) -> Iterator[Any]:
         """Start step t's lookups while step t-1 trains: their id exchanges overlap its
         MLP, and each pipeline's rows are served as soon as its update is applied. Only
         pipelines whose operators have run: the others' operators stay with the filler,
-        sized to the exchange windows (as lookup tasks they ran whenever nothing else was
-        ready, regardless of the window). Ranks may decide at different times; the step
+        sized to the exchange windows. Ranks may decide at different times; the step
         agreement decides for all."""
         b = self._batch(t)
         yield b.agreement
@@ -370,8 +416,9 @@ class ScheduledPass:
 
     def _train(self, t: int, global_rows: int, record: Callable) -> Iterator[Any]:
         b = self.batches[t]
-        yield from self._features(b, self.dense_pipes, t)
-        self.graph.finish_dense(b.state, b.fb)
+        yield from self._features(b, self.dense_pipes)
+        if b.state is not None:
+            self.graph.finish_dense(b.state, b.fb)
         for task in b.lookups.values():
             if not task.done:
                 yield task
@@ -397,40 +444,31 @@ class ScheduledPass:
         # t+1's lookups wait for this task, and serve their rows once the pushes above
         # are applied, while the weight gradients and their allreduce fill the window.
         self._dense = self.loop.spawn(self._dense_grads(t, stages, posted), f"dense {t}",
-                                      DENSE_PRIO)
+                                      DENSE_PRIO, group="dense")
 
-    def _gated(self, forward: Iterator[Any]) -> Iterator[Any]:
+    def _gated(self, forward: Stage[Any]) -> Stage[Any]:
         """The staged forward, waiting at each :class:`NeedBucket` until the last step's
         update of that bucket is applied. Returns the forward's value."""
-        while True:
-            try:
-                need = next(forward)
-            except StopIteration as done:
-                return done.value
-            if isinstance(need, NeedBucket):
-                if self._updates is not None and not self._updates[need.index].done:
-                    yield self._updates[need.index]
-            else:
+        def wait(need: object) -> Iterator[object]:
+            if not isinstance(need, NeedBucket):
                 yield need
+            elif self._updates is not None and not self._updates[need.index].done:
+                yield self._updates[need.index]
+
+        return (yield from relay(forward, wait))
 
     def _push(self, t: int, grads: EmbGrads) -> Iterator[None]:
-        """Post step t's embedding gradients to their owners (a poll after each pipeline);
-        spawn the owners' updates."""
+        """Start step t's push stage of every pipeline (its gradient exchange is posted at
+        once; the owners' update runs when it completes), a poll after each."""
         b = self.batches[t]
         for si, d in enumerate((grads.d_emb, grads.d_wide)[:len(self.sets)]):
             emb = self.sets[si]
             for i, p in enumerate(self.plan.order):
-                pushed = self._expect(emb.lookups[p].post_grads(
-                    b.plans[(si, p)], emb.pipeline_grads(b.fb, p, d)), f"comm/{p}/grads")
-                self._applied[(si, p)] = self.loop.spawn(
-                    self._apply(emb, p, pushed), f"apply {t}/{p}", APPLY_PRIO + i / 100,
-                    start=True)
+                stage = self._exchanges(emb.push(b.fb, p, b.looked[(si, p)], d), p,
+                                        lambda: iter(()))
+                self._pushed[(si, p)] = self.loop.spawn(
+                    stage, f"push {t}/{p}", PUSH_PRIO + i / 100, start=True, group=p)
                 yield None
-
-    def _apply(self, emb: Any, p: str, pushed: Pending) -> Iterator[Any]:
-        yield pushed
-        self._measured(pushed, f"comm/{p}/grads")
-        emb.lookups[p].apply(emb.optimizer)
 
     def _post_dense(self, which: list[GradPart]) -> Pending:
         """Post one bucket's allreduce, with its estimated time in flight."""
@@ -446,7 +484,7 @@ class ScheduledPass:
 
         def spawn(summed: Pending, which: list[GradPart]) -> None:
             updates.append(self.loop.spawn(self._update_bucket(summed, which), f"update {t}",
-                                           UPDATE_PRIO, start=True))
+                                           UPDATE_PRIO, start=True, group="dense"))
 
         for summed, which in posted:
             spawn(summed, which)
@@ -469,6 +507,8 @@ class ScheduledPass:
         ``record(fb, probs)`` gets each batch's scores; ``hook`` runs after every
         ``hook.every`` steps, with those steps' updates applied. Returns the step count."""
         self._source, self._empty = source, empty
+        if self.policy.prefetch_thread:
+            self._prefetcher = _Prefetcher(source, self.graph, self.timeline, self.lookahead)
         progress_thread = ProgressThread(self.world.comm).start() if self.poke else None
         try:
             return self._run(record, hook)
@@ -477,6 +517,17 @@ class ScheduledPass:
                 progress_thread.stop()
             if self.workers is not None:
                 self.workers.close()
+            if self._prefetcher is not None:
+                self._prefetcher.close()
+                self.thread_feature_seconds = self._prefetcher.seconds
+
+    def _settle(self) -> None:
+        """Run until the last step's pushes, dense gradients and updates are applied."""
+        for task in [*self._pushed.values(), self._dense]:
+            if task is not None:
+                self.loop.run_until(task)
+        for task in self._updates or ():  # (all spawned once its dense task is done)
+            self.loop.run_until(task)
 
     def _run(self, record: Callable[[FeatureBatch, np.ndarray], None],
              hook: StepHook | None) -> int:
@@ -489,23 +540,21 @@ class ScheduledPass:
             active, global_rows = (int(x) for x in b.agreement.result())
             if active == 0:
                 break
-            if t and t % self.replan_every == 0 or t == 2:
+            if t and t % self.policy.replan_every == 0 or t == 2:
                 self.plan.agree(*self._pipeline_costs(), self._plan_comm)
             self._spawn_lookups(t)
             train = self.loop.spawn(self._train(t, global_rows, record), f"train {t}", 0)
             self._trains = {t: train}  # step t+1's lookups wait for it (it posts the updates)
-            if self.early:
+            if self.policy.early:
                 self.loop.spawn(self._early_lookups(t + 1), f"admit {t + 1}", 5)
             self.loop.run_until(train)
+            if not self.policy.overlap:
+                self._settle()  # a blocking step ends with its updates applied
             self.timeline.step(start, time.perf_counter())
             self.batches.pop(t - 1, None)
             t += 1
             if hook is not None and t % hook.every == 0:
-                for task in [*self._applied.values(), self._dense]:
-                    if task is not None:
-                        self.loop.run_until(task)  # step t-1's updates, applied
-                for task in self._updates or ():  # (all spawned once its dense task is done)
-                    self.loop.run_until(task)
+                self._settle()
                 hook.fn(t)
         self.loop.drain()
         self._close()
@@ -514,26 +563,23 @@ class ScheduledPass:
     def _close(self) -> None:
         """Match the step agreements ranks posted ahead (the filler may have admitted
         more batches on one rank than on another), complete them, free the communicators."""
-        from mpi4py import MPI
-
-        mine = np.array([self._admitted], dtype=np.int64)
-        most = np.empty_like(mine)
-        req = self._plan_comm.Iallreduce(mine, most, op=MPI.MAX)
-        Pending([req], lambda: None, "admission count", self._plan_comm).wait()
+        most = post_allreduce(self._plan_comm, np.array([self._admitted]), "admission count",
+                              op="max").wait()
         while self._admitted < int(most[0]):
             self._admit()
         for b in self.batches.values():
-            if b.agreement is not None:
-                b.agreement.wait()
+            b.agreement.wait()
         self.batches.clear()
-        self._plan_comm.Free()
-        self._agree_comm.Free()
+        for comm in (self._plan_comm, self._agree_comm):
+            if comm is not None:
+                comm.Free()
 
     def figures(self) -> dict[str, Any]:
-        """The scheduler's own figures: consumer lateness, loop overhead, plan."""
+        """The loop's own figures: consumer lateness, loop overhead, plan."""
         lp = self.loop
         late = np.array(lp.late) if lp.late else np.zeros(1)
         return {
+            "policy": {k: v for k, v in vars(self.policy).items() if k != "name"},
             "consumer_late_ms": {"median": round(float(np.median(late)) * 1e3, 3),
                                  "p95": round(float(np.percentile(late, 95)) * 1e3, 3)},
             "tasks": lp.tasks_run,
@@ -551,3 +597,8 @@ class ScheduledPass:
             "most_batches_held": self.most_held,
             "chunk_runs": self.chunk_runs,
         }
+
+    def comm_waits(self) -> dict[str, float]:
+        """Seconds the loop idled waiting on each pipeline's exchanges and the dense
+        allreduces (this rank)."""
+        return {g: self.loop.waits.get(g, 0.0) for g in [*self.sparse, "dense"]}

@@ -1,0 +1,80 @@
+"""A mode (``recs train --mode``) as a policy over the one task loop of a training pass.
+
+Every policy runs the same tasks on the same stages, so every policy computes the same
+model; they differ only in what may run while an exchange is in flight and in what is
+prepared ahead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from recs_core.errors import RecsError
+
+REPLAN_EVERY = 16  # steps between cost agreements (a tiny allreduce); also at step 2
+# Default row-chunk cost of long feature chains (docs/BENCHMARKS.md: 20 ms beat 5 and 40)
+CHUNK_MS = 20.0
+LOOKAHEAD = 4  # batches admitted ahead (4 gave recs 2-3% more than 2, feature-heavy)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How the task loop runs a pass.
+
+    ``overlap``: ready tasks run while exchanges are in flight (off: every exchange is
+    waited on before any other work, as a blocking trainer does); ``fill``: the filler
+    runs operators of upcoming batches that fit the exchange windows, on row chunks of
+    at most ``chunk_ms`` (intra-pipeline prefetch); ``early``: step t+1's lookups start
+    while step t trains; ``priority``: pipelines in Johnson's order on costs agreed across
+    ranks (inter-pipeline priority); ``prefetch_thread``: a thread prepares whole batches
+    ahead (tf.data's prefetch); ``lookahead``: batches prepared ahead; ``workers``: operator
+    worker threads; ``progress_thread``: "on", "off" or "auto" (a thread pokes MPI during
+    long tasks when messages cross a network and the rank has a spare core).
+    """
+
+    name: str
+    overlap: bool = True
+    fill: bool = True
+    early: bool = True
+    priority: bool = True
+    prefetch_thread: bool = False
+    lookahead: int = LOOKAHEAD
+    chunk_ms: float = CHUNK_MS
+    workers: int = 0
+    progress_thread: str = "auto"
+    replan_every: int = REPLAN_EVERY
+
+    def __post_init__(self) -> None:
+        if self.progress_thread not in ("auto", "on", "off"):
+            raise RecsError(f"progress_thread must be auto, on or off, not "
+                            f"{self.progress_thread!r}")
+        if self.lookahead < 1:
+            raise RecsError(f"lookahead must be at least 1, got {self.lookahead}")
+        if not self.chunk_ms >= 0:
+            raise RecsError(f"chunk_ms must be >= 0, got {self.chunk_ms}")
+
+    @property
+    def chunk_seconds(self) -> float:
+        """Row-chunk cost of long feature chains (only the filler chunks: 0 otherwise)."""
+        return self.chunk_ms / 1e3 if self.fill else 0.0
+
+
+_BLOCKING = {"overlap": False, "fill": False, "early": False, "priority": False,
+             "workers": 0, "progress_thread": "off"}
+_MODES = {
+    "sequential": _BLOCKING,  # features, lookups, train: each exchange waited on
+    "prefetch": {**_BLOCKING, "prefetch_thread": True},
+    "recs": {},
+    "recs-intra": {"early": False, "priority": False},
+    "recs-inter": {"fill": False},
+}
+MODES = tuple(_MODES)
+
+
+def policy(mode: str, **options: object) -> Policy:
+    """The policy of ``mode`` with ``options`` (Policy's fields; a blocking mode keeps no
+    workers and no progress thread)."""
+    if mode not in _MODES:
+        raise RecsError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    given = {k: v for k, v in options.items() if v is not None}
+    return replace(Policy(mode, **given), **_MODES[mode])  # type: ignore[arg-type]
