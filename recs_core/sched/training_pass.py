@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from recs_core.comm.pending import SPIN_S as BLOCKING_SPIN_S
 from recs_core.comm.pending import Pending, post_allreduce
 from recs_core.comm.progress import ProgressThread, over_network
 from recs_core.comm.world import World
@@ -45,7 +46,7 @@ from recs_core.features.graph import BatchState, FeatureBatch, FeatureGraph, OpN
 from recs_core.model.layers import GradPart, NeedBucket
 from recs_core.model.presets import EmbGrads
 from recs_core.sched.costs import Costs, PipelinePlan
-from recs_core.sched.loop import Loop, Task
+from recs_core.sched.loop import SPIN_S, Loop, Task
 from recs_core.sched.policy import Policy
 from recs_core.sched.trace import WORKER, Timeline
 from recs_core.sched.workers import OperatorWorkers
@@ -158,7 +159,8 @@ class TrainingPass:
         self._agree_comm = world.comm.Dup() if multi else None  # step agreements
         workers = policy.workers
         self.loop = Loop(timeline, self._fill if policy.fill else None,
-                         self._feed if workers > 0 else None, overlap=policy.overlap)
+                         self._feed if workers > 0 else None, overlap=policy.overlap,
+                         spin_s=SPIN_S if policy.overlap else BLOCKING_SPIN_S)
         self.workers = OperatorWorkers(workers, self._work) if workers > 0 else None
         self.batches: dict[int, _Batch] = {}
         self._source: Iterator[RawBatch | None] | None = None
@@ -401,7 +403,7 @@ class TrainingPass:
                 before = prev.lookups.get((si, p)) if prev is not None else None
                 b.lookups[(si, p)] = self.loop.spawn(
                     self._lookup(t, si, p, before), f"lookup {t}/{p}",
-                    (10 if t == self._current else 30) + i, group=p)
+                    (10 if t == self._current else 30) + i, group=p, phase=f"lookup {t}")
 
     def _early_lookups(self, t: int) -> Iterator[Any]:
         """Start step t's lookups while step t-1 trains: their id exchanges overlap its
