@@ -126,7 +126,7 @@ if grep -qiE 'open mpi|openrte' <<<"$version"; then
     # ranks call into MPI (a handshake, then fragments), so an exchange stalls while its
     # ranks compute between polls. Eager sends up to 4 MiB and 4 MiB socket buffers let
     # the kernel carry it meanwhile (measured: CPU idle while exchanges are in flight
-    # down by half in every mode, README). Values already set are kept.
+    # down by half in every mode, docs/BENCHMARKS.md). Values already set are kept.
     for mca in btl_tcp_eager_limit btl_tcp_rndv_eager_limit btl_tcp_max_send_size \
         btl_tcp_sndbuf btl_tcp_rcvbuf; do
         var=OMPI_MCA_$mca

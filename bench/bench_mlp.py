@@ -1,4 +1,4 @@
-"""Dense-model microbenchmarks on the canonical DLRM shapes (batch 2048, WORKLOAD.md).
+"""Dense-model microbenchmarks on the canonical DLRM shapes (batch 2048, docs/WORKLOAD.md).
 
 - MLP: bottom 13→64→16 (ReLU after each) + top 1144→256→128→1 (ReLU between), forward +
   backward through ``MLP``, against exactly their GEMMs alone (same shapes, preallocated:

@@ -1,6 +1,6 @@
 """Microbenchmark: the compiled TSV parser vs a NumPy/Python reference on one ~4 MB chunk.
 
-The chunk is the real Criteo sample (``shared/data/criteo/train.txt``) repeated to
+The chunk is the real Criteo sample (``data/samples/criteo/train.txt``) repeated to
 ~4 MB of whole lines, parsed with the canonical spec's schema (label, I1..I13 int,
 C1..C26 str). The reference splits with ``bytes.split`` and converts columns with
 ``np.array(..., dtype=...)``; its output is checked against the parser's once.
@@ -20,7 +20,7 @@ from recs_core.data.parse import COL_INT, COL_LABEL, ChunkParser
 from recs_core.features.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT.parent / "shared" / "data" / "criteo" / "train.txt"
+SAMPLE = ROOT / "data" / "samples" / "criteo" / "train.txt"
 CHUNK_BYTES = 4 << 20
 
 

@@ -2,7 +2,7 @@
 the previous window's checkpoint, against a model trained on the latest window alone.
 
     python examples/incremental_chain.py --ranks 2 --rows 200000        # synthetic, drifting
-    python examples/incremental_chain.py --ranks 2 --criteo ../shared/data/criteo/train.txt
+    python examples/incremental_chain.py --ranks 2 --criteo data/samples/criteo/train.txt
 
 Synthetic: `recs gen --window w --drift D` writes window w (the hidden model and the
 popular ids move from window to window). Real: consecutive thirds of a time-ordered

@@ -13,7 +13,7 @@ Typical library use::
     job = recs_core.Job.from_config("configs/criteo_dlrm.toml")
     figures = job.run(["day1.txt"], eval_fraction=0.1)   # test-then-train, one pass
     probs = job.score(["day2.txt"])
-    job.save("model.npz")
+    job.save_step("models")                               # models/step-<N>, sharded
 """
 
 from recs_core.data.bad_rows import BadRowPolicy

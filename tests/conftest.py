@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-CRITEO_SAMPLE = SHARED / "data" / "criteo" / "train.txt"
+SAMPLES = ROOT / "data" / "samples"  # real public logs, see data/samples/README.md
+CRITEO_SAMPLE = SAMPLES / "criteo" / "train.txt"
 CONFIGS = ROOT / "configs"
 
 
@@ -39,14 +39,14 @@ def run_mpi(n: int, args: list[str], timeout: float = 120, **kw) -> subprocess.C
 @pytest.fixture
 def criteo_sample() -> Path:
     if not CRITEO_SAMPLE.exists():
-        pytest.fail(f"real sample missing: {CRITEO_SAMPLE} (shared/ is laid beside the repo)")
+        pytest.fail(f"real sample missing: {CRITEO_SAMPLE} (part of the repository)")
     return CRITEO_SAMPLE
 
 
 @pytest.fixture(scope="module")
 def sample_1200(tmp_path_factory) -> Path:
     """The first 1,200 rows of the real Criteo sample (time-ordered), as a file."""
-    src = ROOT.parent / "shared" / "data" / "criteo" / "train.txt"
+    src = CRITEO_SAMPLE
     p = tmp_path_factory.mktemp("data") / "head.txt"
     p.write_text("".join(src.read_text().splitlines(keepends=True)[:1200]))
     return p

@@ -1,4 +1,4 @@
-"""The shipped canonical spec (WORKLOAD.md) run end to end on the real Criteo sample,
+"""The shipped canonical spec (docs/WORKLOAD.md) run end to end on the real Criteo sample,
 against a line-by-line pure-Python reference implementation of the same features."""
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ from numba import njit
 
 __all__ = ["CARDINALITIES", "GenStats", "generate", "n_fields"]
 
-#: Criteo Kaggle per-field cardinalities of C1..C26 (see WORKLOAD.md).
+#: Criteo Kaggle per-field cardinalities of C1..C26 (see docs/WORKLOAD.md).
 CARDINALITIES = (
     1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
     27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
