@@ -40,7 +40,8 @@ def _machine_jiffies() -> tuple[int, int]:
 
 
 def worker(mib: float, msg_mib: float, poll_s: float) -> None:
-    """Under mpiexec (2 ranks): the exchange; one JSON line per rank."""
+    """Under mpiexec (2 ranks): the exchange; rank 0 prints every rank's figures, one JSON
+    line each (one writer: the launcher may interleave two ranks' output)."""
     import numpy as np
     from mpi4py import MPI
 
@@ -63,9 +64,12 @@ def worker(mib: float, msg_mib: float, poll_s: float) -> None:
     proc = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     tick = os.sysconf("SC_CLK_TCK")
     busy = (m1[0] - m0[0]) / tick
-    print(json.dumps({"rank": rank, "mib_each_way": round(sent, 1), "seconds": round(t1 - t0, 4),
-                      "process_cpu_s": round(proc, 4), "machine_busy_s": round(busy, 3),
-                      "machine_idle_s": round((m1[1] - m0[1]) / tick, 3)}), flush=True)
+    mine = {"rank": rank, "mib_each_way": round(sent, 1), "seconds": round(t1 - t0, 4),
+            "process_cpu_s": round(proc, 4), "machine_busy_s": round(busy, 3),
+            "machine_idle_s": round((m1[1] - m0[1]) / tick, 3)}
+    every = comm.gather(mine, root=0)
+    if rank == 0:
+        print("\n".join(json.dumps(x) for x in every), flush=True)
 
 
 def measure(network: str, bin_dir: Path, env: dict | None, mib: float = 200.0,

@@ -195,7 +195,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     job.config_text = config_text(a.config)
     resumed = None
     if a.resume:
-        from recs_core.train.checkpointing import find_checkpoint
+        from recs_core.train.saving import find_checkpoint
 
         found = find_checkpoint(a.resume, world)
         if found is not None:

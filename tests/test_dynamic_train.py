@@ -12,8 +12,8 @@ import tomllib
 
 from recs_core.errors import ConfigError
 from recs_core.features.spec import DYNAMIC_ID_LIMIT, DynamicSpec, parse_spec
-from recs_core.train.checkpointing import apply_dynamic_delta, merged_dynamic
 from recs_core.train.job import Job
+from recs_core.train.merge_tools import apply_dynamic_delta, merged_dynamic
 from tests.conftest import CONFIGS, ROOT, run_mpi, small_test_spec
 
 
@@ -140,7 +140,7 @@ def test_delta_by_key_reproduces_the_new_rows(windows, tmp_path: Path) -> None:
         assert got.tobytes() == v["values"].tobytes(), k
     # the fixed tables and the dense parameters still apply with apply_delta
     from recs_core.checkpoint import apply_delta
-    from recs_core.train.checkpointing import merged_checkpoint
+    from recs_core.train.merge_tools import merged_checkpoint
     fixed, dense, _ = merged_checkpoint(base)
     new_fixed, new_dense, _ = merged_checkpoint(new)
     apply_delta(fixed, dense, delta)
@@ -167,5 +167,5 @@ def test_two_ranks_equal_one_and_reshard(windows, tmp_path: Path) -> None:
 
 
 def _stem(job: Job, t: int) -> str:
-    from recs_core.train.checkpointing import table_stems
+    from recs_core.train.compat import table_stems
     return table_stems(job.spec, "emb")[t].split(".", 1)[1]

@@ -18,8 +18,9 @@ import pytest
 from recs_core.checkpoint import apply_delta, load_manifest, read_delta
 from recs_core.cli import main
 from recs_core.errors import RecsError
-from recs_core.train.checkpointing import merged_checkpoint, table_stems
+from recs_core.train.compat import table_stems
 from recs_core.train.job import Job
+from recs_core.train.merge_tools import merged_checkpoint
 from tests.conftest import CONFIGS, ROOT, mpiexec, run_mpi, small_test_spec
 
 FIGURES = ("rows", "train_rows", "eval_rows", "progressive_auc", "train_logloss", "eval_auc",
@@ -63,8 +64,8 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(head, tmp_path: Path,
         assert got["checkpoint"]["resumed_at_step"] == at
         assert len(job.step_probs) == 12 - at  # only the remaining steps were trained
         assert {k: got[k] for k in FIGURES} == {k: out[k] for k in FIGURES}
-        assert np.array_equal(job.progressive.labels(), full.progressive.labels())
-        assert np.array_equal(job.progressive.probs(), full.progressive.probs())
+        assert np.array_equal(job.window.progressive.labels(), full.window.progressive.labels())
+        assert np.array_equal(job.window.progressive.probs(), full.window.progressive.probs())
         again = job.save_step(tmp_path / f"b{at}")
         assert hashes(again) == hashes(final)
     m = load_manifest(final)
@@ -105,7 +106,8 @@ def test_resume_refuses_other_data(head, tmp_path: Path) -> None:
     (moved / head[0].name).write_text("".join(lines))
     other = Job(spec())
     other.resume(tmp_path / "a")
-    other._resume.window["data"][0][0] = str(moved / head[0].name)  # as if the file moved
+    point = other.window.resume_point
+    point.window["data"][0][0] = str(moved / head[0].name)  # as if the file moved
     with pytest.raises(RecsError, match="the data differs from the checkpoint's"):
         other.run([moved / head[0].name])
 

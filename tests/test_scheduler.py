@@ -131,7 +131,6 @@ def test_ready_tasks_run_by_priority_then_arrival() -> None:
     loop.spawn(task("high", 2), "high", prio=1)
     last = loop.spawn(task("mid", 1), "mid", prio=3)
     loop.drain()
-    tl.close()
     assert last.done
     assert ran == ["high0", "high1", "mid0", "low0", "low1"]
     assert [s[0] for s in tl.spans] == ["high", "high", "high", "mid", "mid", "low", "low",
@@ -166,7 +165,6 @@ def test_filler_runs_only_while_an_exchange_is_in_flight_and_nothing_is_ready() 
     c = loop.spawn(consumer(), "consumer", prio=0)
     loop.spawn(other(), "other", prio=1)
     loop.run_until(c)
-    tl.close()
     # the ready task runs before any filling; the consumer resumes right after completion
     assert log == ["post", "other", "fill", "fill", "fill", "consume"]
     assert all(w is not None and 9.0 < w <= 10.0 for w in windows)
@@ -194,7 +192,6 @@ def test_a_started_task_waits_without_a_turn_of_its_own() -> None:
         yield started
 
     loop.run_until(loop.spawn(spawner(), "spawner", prio=1))
-    tl.close()
     assert log == ["wait", "spawned, waiting: True", "completed", "apply"]
     assert [s[0] for s in tl.spans if s[1] == 0] == ["spawner", "spawner", "apply", "spawner"]
 
@@ -231,7 +228,6 @@ def test_join_on_another_task_and_deadlock_is_an_error() -> None:
     y_holder.append(y)
     with pytest.raises(RuntimeError, match="deadlock"):
         loop.run_until(y)
-    tl.close()
 
 
 def test_a_task_error_propagates() -> None:
@@ -245,7 +241,6 @@ def test_a_task_error_propagates() -> None:
     t = loop.spawn(bad(), "bad")
     with pytest.raises(ValueError, match="boom"):
         loop.run_until(t)
-    tl.close()
 
 
 # ---- timeline ----------------------------------------------------------------------------
@@ -296,7 +291,6 @@ def test_step_figures_count_idle_while_comm_in_flight(tmp_path: Path) -> None:
     assert f["idle_in_comm"] == pytest.approx(0.0035)
     assert summarize([f])["cpu_busy_ms"] == pytest.approx(4.5)
     events = tl.events()
-    tl.close()
     spans = [e for e in events if e["ph"] == "X"]
     assert {e["tid"] for e in spans} == {0, 1, 2, 3}
     assert json.loads(json.dumps(events)) == events

@@ -17,11 +17,6 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 300.0
 SPIN_S = 0.05  # busy-poll this long before backing off to short sleeps
 
-# Called as on_complete(what, posted, completed) when an exchange is seen complete; the
-# scheduler's timeline sets it (one hook per process: the trace is per rank).
-on_complete: Callable[[str, float, float], None] | None = None
-# Called as on_wait(what, start, end) after a blocking wait (the CPU idled meanwhile).
-on_wait: Callable[[str, float, float], None] | None = None
 
 
 class Pending(Generic[T]):
@@ -29,15 +24,17 @@ class Pending(Generic[T]):
 
     def __init__(self, requests: list[Any], finish: Callable[[], T], what: str, comm: Any,
                  timeout: float = DEFAULT_TIMEOUT_S, keep: tuple[Any, ...] = (),
-                 nbytes: int | None = None) -> None:
+                 nbytes: int | None = None, sent: int = 0, traced: bool = True) -> None:
         """``keep``: buffers MPI may still read or write until completion. mpi4py keeps
         none alive for some non-blocking collectives (``Iallreduce``), and a freed send
         buffer would be reused by the next allocation while the MPI library (Open MPI
         over TCP, say) still sends from it. ``nbytes``: the exchange's size (bytes this
         rank moves to and from the others; an allreduce's payload), which cost estimates
-        scale by."""
+        scale by. ``sent``: the bytes this rank sends to the others (its traffic).
+        ``traced``: a timeline shows its time in flight (not for one posted far ahead,
+        which is no window to fill)."""
         self.requests, self._finish, self.what, self.comm = requests, finish, what, comm
-        self.nbytes = nbytes
+        self.nbytes, self.sent, self.traced = nbytes, sent, traced
         self.expected: float | None = None  # estimated seconds from post to completion
         self._keep = keep
         self.timeout = timeout
@@ -74,8 +71,6 @@ class Pending(Generic[T]):
     def _complete(self) -> None:
         self.completed = time.perf_counter()
         self._keep = ()
-        if on_complete is not None:
-            on_complete(self.what, self.posted, self.completed)
 
     def check_deadline(self, now: float) -> None:
         """Abort the job if the exchange is past its deadline (a peer died or hung)."""
@@ -107,16 +102,13 @@ class Pending(Generic[T]):
                 if now - t0 > SPIN_S:
                     time.sleep(pause)
                     pause = min(1e-3, pause + 2e-5)
-            end = time.perf_counter()
-            self.waited = end - t0
-            if on_wait is not None:
-                on_wait(self.what, t0, end)
+            self.waited = time.perf_counter() - t0
         return self.result()
 
 
 def post_allreduce(comm: Any, local: np.ndarray, what: str, op: str = "sum",
                    finish: Callable[[np.ndarray], T] | None = None,
-                   timeout: float = DEFAULT_TIMEOUT_S) -> Pending:
+                   timeout: float = DEFAULT_TIMEOUT_S, traced: bool = True) -> Pending:
     """Post the element-wise ``op`` ("sum" or "max") of ``local`` over the ranks of
     ``comm``; the result is the reduced array, or ``finish(reduced)``. With no
     communicator (one rank) it is complete at once."""
@@ -129,4 +121,4 @@ def post_allreduce(comm: Any, local: np.ndarray, what: str, op: str = "sum",
     total = np.empty_like(local)
     req = comm.Iallreduce(local, total, op={"sum": MPI.SUM, "max": MPI.MAX}[op])
     return Pending([req], lambda: done(total), what, comm, timeout, keep=(local,),
-                   nbytes=local.nbytes)
+                   nbytes=local.nbytes, sent=local.nbytes, traced=traced)

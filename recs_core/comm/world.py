@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -14,9 +15,13 @@ import numpy as np
 # drop a message it had not forwarded yet (seen: a test's expected error text missing
 # once in ~650 runs).
 ABORT_GRACE_S = 0.3
+T = TypeVar("T")
+# An mpi4py communicator (mpi4py.MPI.Intracomm), imported lazily: single-process commands
+# need no MPI.
+Comm = Any
 
 
-def abort_ranks(comm: Any, code: int, message: str) -> None:
+def abort_ranks(comm: Comm, code: int, message: str) -> None:
     """Print ``message`` on stderr, then end every rank of ``comm`` with ``code``."""
     sys.stderr.write(message + "\n")
     sys.stderr.flush()
@@ -30,7 +35,7 @@ class World:
 
     rank: int = 0
     size: int = 1
-    comm: Any = None
+    comm: Comm = None
 
     def allreduce_sum(self, value: Any) -> Any:
         return value if self.comm is None else self.comm.allreduce(value)
@@ -57,6 +62,29 @@ class World:
         from recs_core.comm.pending import post_allreduce
 
         return post_allreduce(self.comm, np.asarray(values, dtype=np.int64), what).wait()
+
+    def everyone(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on every rank; if it raises on any rank, raise on every rank (the
+        failing rank its own error, the others a RecsError naming it): no rank is left
+        waiting in a collective."""
+        from recs_core.errors import RecsError
+
+        try:
+            value, err = fn(), None
+        except Exception as e:  # shared with the other ranks, then re-raised here
+            value, err = None, e
+        if self.size > 1:
+            msgs = self.comm.allgather(None if err is None else f"rank {self.rank}: {err}")
+            first = next((m for m in msgs if m), None)
+            if err is None and first is not None:
+                raise RecsError(first)
+        if err is not None:
+            raise err
+        return value  # type: ignore[return-value]
+
+    def bcast(self, value: T) -> T:
+        """Rank 0's ``value`` on every rank."""
+        return value if self.size == 1 else self.comm.bcast(value, root=0)
 
     def barrier(self) -> None:
         if self.comm is not None:

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from recs_core.comm import volume
 from recs_core.comm.pending import DEFAULT_TIMEOUT_S, Pending
 from recs_core.embedding.dynamic_store import DynamicStore
 from recs_core.embedding.sparse_optim import SparseOptimizer
@@ -201,9 +200,9 @@ class ShardedLookup:
         req = comm.Ialltoallv([send, (sc, sd), dtype], [recv, (rc, rd), dtype])
         me = comm.Get_rank()  # what a rank sends itself never leaves the process
         sent = int(sc.sum() - sc[me]) * send.itemsize
-        volume.add(what, sent)
         moved = sent + int(rc.sum() - rc[me]) * send.itemsize
-        return Pending([req], lambda: recv, what, comm, self.timeout, nbytes=moved), recv
+        return Pending([req], lambda: recv, what, comm, self.timeout, nbytes=moved,
+                       sent=sent), recv
 
     def lookup(self, ids: list[np.ndarray]) -> Stage[tuple[_Plan, list[np.ndarray]]]:
         """The lookup of one batch as a stage: the count and id exchanges, then (after
@@ -243,10 +242,10 @@ class ShardedLookup:
         send_keys, send_counts, position = _plan_exchange(all_keys, all_dest, t_.world)
         recv_counts = np.empty(t_.world, dtype=np.int64)
         req = self.comm.Ialltoall([send_counts, MPI.INT64_T], [recv_counts, MPI.INT64_T])
-        volume.add("id count exchange", (t_.world - 1) * send_counts.itemsize)
         counted = _Counted([len(i) for i in ids], position, send_keys, send_counts, recv_counts)
         pending: Pending[_Counted] = Pending([req], lambda: counted, "id count exchange",
-                                             self.comm, self.timeout)
+                                             self.comm, self.timeout,
+                                             sent=(t_.world - 1) * send_counts.itemsize)
         counted.pending = pending
         return pending
 
@@ -261,7 +260,7 @@ class ShardedLookup:
             return _Plan(c.lengths, c.position, c.send_counts, c.recv_counts, recv, count_s)
 
         return Pending(pending.requests, finish, "id exchange", self.comm, self.timeout,
-                       nbytes=pending.nbytes)
+                       nbytes=pending.nbytes, sent=pending.sent)
 
     def serve_rows(self, plan: _Plan) -> Pending[list[np.ndarray]]:
         """Owner side: gather the asked rows and post them back; the result is each
@@ -279,7 +278,7 @@ class ShardedLookup:
             return [every[e - n:e] for e, n in zip(ends.tolist(), plan.lengths)]
 
         return Pending(pending.requests, finish, "row exchange", self.comm, self.timeout,
-                       nbytes=pending.nbytes)
+                       nbytes=pending.nbytes, sent=pending.sent)
 
     def _serve_mixed(self, plan: _Plan) -> np.ndarray:
         """Rows of fixed and dynamic tables; the dynamic tables' ids are observed (one

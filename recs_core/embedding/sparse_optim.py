@@ -6,7 +6,7 @@ bit-deterministic (fixed loop order, no threads).
 Each optimizer also marks the rows it updated: ``touched_rows(t, table)`` is a uint8
 [rows] map (1 = updated since the last :meth:`clear_touched`), set inside the update
 kernels at no measurable cost; a delta export lists those rows (see
-``recs_core.train.checkpointing``)."""
+``recs_core.train.saving``)."""
 
 from __future__ import annotations
 

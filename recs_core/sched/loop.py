@@ -15,7 +15,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from recs_core.comm.pending import Pending
-from recs_core.sched.trace import CPU, Timeline
+from recs_core.sched.trace import COMM, CPU, Timeline
 
 POLL_SLEEP_S = 50e-6  # pause between polls once idle for SPIN_S (not a busy wait)
 SPIN_S = 200e-6  # poll without pausing this long: MPI progresses only inside Test
@@ -147,6 +147,8 @@ class Loop:
             assert isinstance(p, Pending)
             if p.settled():
                 self._push(task)
+                if p.requests and p.traced:  # its time in flight
+                    self.timeline.add(p.what, COMM, p.posted, p.completed)
             else:
                 self._last_poll[id(p)] = now
                 p.check_deadline(now)
@@ -200,13 +202,33 @@ class Loop:
             if self._fill(None if not self._comm else self.window()):
                 idle_since = time.perf_counter()
                 continue
-            if time.perf_counter() - idle_since > self.spin_s:
+            if not self.overlap and self._comm:
+                self._wait_some()
+            elif time.perf_counter() - idle_since > self.spin_s:
                 time.sleep(POLL_SLEEP_S)
             idle = time.perf_counter() - t_iter
             self.idle_seconds += idle
             group = next((t.group for t in self._comm if t.group is not None), None)
             if group is not None:
                 self.waits[group] = self.waits.get(group, 0.0) + idle
+
+    def _wait_some(self) -> None:
+        """Wait until an exchange in flight completes, as a blocking wait does: MPI moves
+        the data only inside its calls, so poll it without pause for ``spin_s``, then
+        with pauses growing to 1 ms (a turn of the loop per poll would poll less often)."""
+        live = [r for task in self._comm for r in task.waiting.requests if r]
+        if not live:
+            return
+        from mpi4py import MPI
+
+        t0, pause = time.perf_counter(), 0.0
+        while not MPI.Request.Testsome(live):
+            now = time.perf_counter()
+            for task in self._comm:
+                task.waiting.check_deadline(now)  # type: ignore[union-attr]
+            if now - t0 > self.spin_s:
+                time.sleep(pause)
+                pause = min(1e-3, pause + 2e-5)
 
     def _next_ready(self) -> Task | None:
         """The ready task to run now, taken off the queue (None: none may run)."""

@@ -18,7 +18,7 @@ CPU, COMM, WORKER, WAIT = 0, 1, 2, 3  # tracks (Chrome "tid")
 
 
 class Timeline:
-    """Spans recorded on one rank; installs itself as the exchange-completion hook."""
+    """Spans recorded on one rank (by the task loop that runs the pass)."""
 
     def __init__(self, rank: int = 0) -> None:
         self.rank = rank
@@ -26,11 +26,6 @@ class Timeline:
         self.spans: list[tuple[str, int, float, float]] = []  # name, track, start, end
         self.steps: list[tuple[float, float]] = []  # wall interval of each step
         self._lock = threading.Lock()  # the prefetch thread records too
-        pending.on_complete = self._comm_done
-        pending.on_wait = self._waited
-
-    def close(self) -> None:
-        pending.on_complete = pending.on_wait = None
 
     def sync(self, comm: Any) -> None:
         """Align the ranks' time origins: every rank leaves a barrier, then takes its
@@ -39,13 +34,6 @@ class Timeline:
             pending.Pending([comm.Ibarrier()], lambda: None, "trace clock barrier",
                             comm).wait()
         self.t0 = time.perf_counter()
-
-    def _comm_done(self, what: str, posted: float, completed: float) -> None:
-        if what != "step agreement":  # posted ahead at admission: not a window to fill
-            self.add(what, COMM, posted, completed)
-
-    def _waited(self, what: str, start: float, end: float) -> None:
-        self.add(f"wait {what}", WAIT, start, end)
 
     def add(self, name: str, track: int, start: float, end: float) -> None:
         with self._lock:

@@ -81,7 +81,7 @@ class _Batch:
 
     raw: RawBatch
     exhausted: bool
-    state: BatchState | None  # None: prepared whole by the prefetch thread
+    state: BatchState | None  # None: prepared whole (prefetch thread, blocking steps)
     fb: FeatureBatch
     remaining: dict[str, deque[tuple[OpNode, RowRange]]]  # node runs left, in order
     agreement: Pending
@@ -177,13 +177,14 @@ class TrainingPass:
         self.thread_feature_seconds = 0.0  # batches processed by the prefetch thread
         self.most_held = 0  # most batches held at once (bounded by the look-ahead)
         self.chunk_runs = 0  # operator runs on a row chunk rather than a whole batch
+        self.traffic: dict[str, int] = {}  # bytes this rank sent to the others, by exchange
 
     # ---- admission and features -------------------------------------------------------
 
     def _agreement(self, part: RawBatch | None, rows: int) -> Pending:
         """Post the step agreement: (ranks with data, global rows) of this step."""
         return post_allreduce(self._agree_comm, np.array([part is not None, rows], np.int64),
-                              "step agreement")
+                              "step agreement", traced=False)
 
     def _admit(self) -> _Batch:
         """Read the next local batch and post the step agreement for it."""
@@ -195,7 +196,11 @@ class TrainingPass:
         raw = self._empty if part is None else part
         assert raw is not None
         agreement = self._agreement(part, len(raw))
-        if self._prefetcher is not None:
+        if self._prefetcher is None and not self.policy.overlap and part is not None:
+            t1 = time.perf_counter()  # a blocking step processes its batch whole, first
+            fb = self.graph.process(raw)
+            self.feature_seconds += time.perf_counter() - t1
+        if self._prefetcher is not None or not self.policy.overlap:  # prepared whole
             if fb is None:
                 self._empty_fb = self._empty_fb or self.graph.process(raw)
                 fb = self._empty_fb
@@ -228,7 +233,8 @@ class TrainingPass:
 
     def _batch(self, t: int) -> _Batch:
         while self._admitted <= t:
-            self._admit()
+            with self.timeline.cpu(f"read b{self._admitted}"):
+                self._admit()
         return self.batches[t]
 
     def _run_node(self, b: _Batch, p: str) -> None:
@@ -325,8 +331,11 @@ class TrainingPass:
     # ---- tasks ------------------------------------------------------------------------
 
     def _expect(self, pending: Pending, key: str) -> Pending:
-        """Set the exchange's estimated time in flight (for the filler's window)."""
+        """Set the exchange's estimated time in flight (for the filler's window); count
+        the bytes it sends."""
         pending.expected = self.costs.get(key, pending.nbytes)
+        if pending.sent:
+            self.traffic[pending.what] = self.traffic.get(pending.what, 0) + pending.sent
         return pending
 
     def _measured(self, pending: Pending, key: str) -> float:
@@ -461,7 +470,8 @@ class TrainingPass:
 
     def _push(self, t: int, grads: EmbGrads) -> Iterator[None]:
         """Start step t's push stage of every pipeline (its gradient exchange is posted at
-        once; the owners' update runs when it completes), a poll after each."""
+        once; the owners' update runs when it completes), a poll after each when tasks
+        overlap exchanges."""
         b = self.batches[t]
         for si, d in enumerate((grads.d_emb, grads.d_wide)[:len(self.sets)]):
             emb = self.sets[si]
@@ -470,7 +480,8 @@ class TrainingPass:
                                         lambda: iter(()))
                 self._pushed[(si, p)] = self.loop.spawn(
                     stage, f"push {t}/{p}", PUSH_PRIO + i / 100, start=True, group=p)
-                yield None
+                if self.policy.overlap:  # (a blocking step posts every push, then waits)
+                    yield None
 
     def _post_dense(self, which: list[GradPart]) -> Pending:
         """Post one bucket's allreduce, with its estimated time in flight."""

@@ -9,7 +9,7 @@
     probs = job.score(["day3.txt"])
 
 A killed job continues with ``job.resume("models/day2")`` and the same ``run`` call.
-Checkpoint layout and semantics: ``recs_core/train/checkpointing.py``.
+Checkpoints: ``recs_core.train.saving`` (format: docs/CHECKPOINT_FORMAT.md).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from recs_core.comm import volume
 from recs_core.comm.pending import post_allreduce
 from recs_core.comm.world import World
 from recs_core.data.bad_rows import BadRowPolicy
@@ -33,14 +32,17 @@ from recs_core.errors import RecsError
 from recs_core.features.graph import FeatureBatch, FeatureGraph
 from recs_core.features.job import warm_up
 from recs_core.features.spec import Spec, load_spec
-from recs_core.metrics.auc import ProgressiveMetrics, auc, logloss
+from recs_core.metrics.auc import auc, logloss
 from recs_core.progress import Progress
-from recs_core.sched.policy import policy
+from recs_core.sched.policy import Policy, policy
 from recs_core.sched.trace import Timeline, summarize, write_trace
 from recs_core.sched.training_pass import StepHook, TrainingPass
-from recs_core.train import checkpointing as ckpt
+from recs_core.train.compat import embedding_sets
 from recs_core.train.config import TrainConfig, train_config
+from recs_core.train.delta_export import export_window_delta
 from recs_core.train.model import Model
+from recs_core.train.saving import load_checkpoint, save_checkpoint
+from recs_core.train.window import Window, data_arguments, skip_steps
 
 
 class Job:
@@ -58,18 +60,14 @@ class Job:
         self.local_batch = b // w + (1 if r < b % w else 0)
         if self.local_batch < 1:
             raise RecsError(f"batch_size {b} is smaller than the {w} ranks")
-        # the window (one pass) and what a checkpoint records of it
+        self.window = Window()
         self.config_text: str | None = None  # the config file, kept in checkpoints
-        self.base_step = 0  # global steps of the windows before this one
-        self.window_steps = 0  # global steps of this window done (the input position)
-        self.window: dict[str, Any] = {}  # its data arguments (see checkpointing.window_data)
-        self.progressive = ProgressiveMetrics()
         self.checkpoint_figures: dict[str, Any] = {}
-        self._resume: ckpt.ResumePoint | None = None
-        self._run_skip = 0
+        self.step_probs: list[np.ndarray] = []  # this rank's scores of the last pass's steps
         # the fitted operators' statistics allreduce (its own communicator: fits may run
         # on the prefetch thread while the trainer uses the others)
         self._fit_comm = self.world.comm.Dup() if self.world.size > 1 else None
+        self._reader: ShardReader | None = None
 
     @classmethod
     def from_config(cls, path: str | os.PathLike) -> Job:
@@ -95,25 +93,37 @@ class Job:
 
     def run(self, paths: list[str], *, eval_fraction: float | None = None,
             policy: BadRowPolicy | None = None, quiet: bool = True,
-            **schedule: Any) -> dict[str, Any]:
+            hook: StepHook | None = None, trace: str | None = None, mode: str = "sequential",
+            **options: Any) -> dict[str, Any]:
         """One pass: each batch is scored, then trained on; the last ``eval_fraction`` of
         the rows (of each rank's shard, with several ranks) is held out and scored after
-        the pass. ``schedule``: :meth:`run_batches`' mode, trace, lookahead, replan_every
-        and hook (every mode computes the same model). Returns the job's figures."""
+        the pass. ``mode`` and ``options`` (lookahead, workers, chunk_ms, ...): the
+        schedule's :class:`~recs_core.sched.policy.Policy` (every mode computes the same
+        model); ``hook``, ``trace``: see :meth:`run_batches`. Returns the job's figures."""
         frac = self.cfg.eval_fraction if eval_fraction is None else eval_fraction
         if not 0.0 <= frac < 1.0:
             raise RecsError(f"eval fraction must be in [0, 1), got {frac}")
         paths = [os.fspath(p) for p in paths]
-        window = ckpt.window_data(paths, frac)
-        if self._resume is not None:
-            ckpt.check_window(self._resume, window)
+        schedule = self.schedule(mode, **options)
+        data = data_arguments(paths, frac)
+        self.window.check_resume(data)
         holdout_at = None
         if frac > 0:  # each rank holds out the last share of its own shard
             spans = plan_shards(paths, self.world.size)[self.world.rank]
             holdout_at = int(round(count_lines_in_spans(spans) * (1.0 - frac)))
         timer = {"input": 0.0, "train": 0.0}
-        return self.run_batches(self._batches(paths, policy, timer), holdout_at=holdout_at,
-                                quiet=quiet, timer=timer, window=window, **schedule)
+        return self.run_batches(self._batches(paths, policy, timer), schedule=schedule,
+                                holdout_at=holdout_at, quiet=quiet, timer=timer, hook=hook,
+                                trace=trace, data=data)
+
+    @staticmethod
+    def schedule(mode: str = "sequential", workers: int | None = None,
+                 **options: Any) -> Policy:
+        """The policy of ``mode`` (see :func:`~recs_core.sched.policy.policy`); operator
+        workers default to the rank's other cores (mpi_launch.sh sets the count)."""
+        if workers is None:
+            workers = max(0, int(os.environ.get("RECS_THREADS_PER_RANK", "1")) - 1)
+        return policy(mode, workers=workers, **options)
 
     def _sum_over_ranks(self, a: np.ndarray) -> np.ndarray:
         """Element-wise float64 sum of ``a`` over the ranks (posted, waited with a
@@ -137,99 +147,105 @@ class Job:
         while True:
             yield None
 
-    def run_batches(self, batches: Iterator[RawBatch], *, holdout_at: int | None = None,
-                    quiet: bool = True, timer: dict[str, float] | None = None,
-                    mode: str = "sequential", trace: str | None = None,
-                    lookahead: int | None = None, replan_every: int | None = None,
-                    hook: StepHook | None = None, workers: int | None = None,
-                    window: dict[str, Any] | None = None,
-                    progress_thread: str | None = None,
-                    chunk_ms: float | None = None) -> dict[str, Any]:
+    def run_batches(self, batches: Iterator[RawBatch], *, schedule: Policy | None = None,
+                    hook: StepHook | None = None, trace: str | None = None,
+                    holdout_at: int | None = None, quiet: bool = True,
+                    timer: dict[str, float] | None = None,
+                    data: dict[str, Any] | None = None) -> dict[str, Any]:
         """The pass of :meth:`run` over given raw batches (this rank's part of each global
-        batch); rows from ``holdout_at`` on are held out and scored after the pass.
-        ``mode``: one of :data:`recs_core.sched.MODES`; ``trace``: write a Chrome trace
-        there; ``lookahead``: batches prepared ahead (prefetch, recs*); ``workers``:
-        operator worker threads of the task loop (default: the rank's cores - 1);
-        ``progress_thread``: poke MPI every ms during long tasks ("auto": when messages
-        cross a network and the rank has a spare core, i.e. ``workers`` > 0);
-        ``chunk_ms``: in modes recs and recs-intra, a feature chain that takes longer on a
-        batch runs on row chunks of at most this cost (0: never);
-        ``hook.fn(steps_done)`` runs after every ``hook.every`` steps, in every mode, with
-        the model up to date (for periodic checkpoints). After :meth:`resume` the pass
+        batch) under ``schedule`` (default: sequential); rows from ``holdout_at`` on are
+        held out and scored after the pass. ``hook.fn(steps_done)`` runs after every
+        ``hook.every`` steps, in every mode, with the model up to date (for periodic
+        checkpoints); ``trace``: write a Chrome trace there. After :meth:`resume` the pass
         skips the steps the checkpoint had done and continues its progressive metrics;
-        otherwise it starts a new window. ``window``: the data arguments (:meth:`run`).
-        Every mode is a :class:`~recs_core.sched.policy.Policy` over the same task loop."""
-        if workers is None:  # the rank's other cores (mpi_launch.sh sets the count)
-            workers = max(0, int(os.environ.get("RECS_THREADS_PER_RANK", "1")) - 1)
-        pol = policy(mode, lookahead=lookahead, replan_every=replan_every, workers=workers,
-                     progress_thread=progress_thread, chunk_ms=chunk_ms)
-        jit_seconds = warm_up(self.spec)
+        otherwise it starts a new window. ``data``: its data arguments (:meth:`run`)."""
+        schedule = schedule or self.schedule()
         timer = timer if timer is not None else {"input": 0.0, "train": 0.0}
-        point, self._resume = self._resume, None
-        prog = self._start_window(point, window or {})
-        self.step_probs: list[np.ndarray] = []
+        jit_seconds = warm_up(self.spec)
+        point = self.window.begin_pass(data or {})
+        if point is None:
+            self._clear_touched()
         held_raw: list[RawBatch] = []
-        progress = Progress("train", quiet=quiet)
-        t_start = time.perf_counter()
-        schema = self.spec.schema
-        empty = RawBatch.empty(len(schema.int_names), len(schema.str_names))
-        timeline = Timeline(self.world.rank)
-        timeline.sync(self.world.comm)
-        if self.world.size > 1:  # fitted operators fit on the global first batch
-            self.graph.set_fit_reduction(self._sum_over_ranks)
         source = self._local_parts(batches, holdout_at, held_raw)
         if point is not None:  # the steps the checkpoint had done: read, not trained
             t_skip = time.perf_counter()
-            ckpt.skip_steps(source, point)
+            skip_steps(source, point)
             self.checkpoint_figures["resumed_at_step"] = point.steps
             self.checkpoint_figures["skip_seconds"] = round(time.perf_counter() - t_skip, 4)
+        t_start = time.perf_counter()
+        sched, timeline = self._train(source, schedule, hook, quiet, timer)
+        t_eval = time.perf_counter()
+        eval_y, eval_p = self._evaluate(held_raw)
+        out = self._report(sched, timeline, timer, t_start, t_eval, jit_seconds, eval_y, eval_p)
+        if trace:
+            events = timeline.events()
+            every = self.world.comm.gather(events, root=0) if self.world.size > 1 else [events]
+            if self.world.rank == 0:
+                write_trace(trace, every)
+        return out
+
+    def _empty(self) -> RawBatch:
+        schema = self.spec.schema
+        return RawBatch.empty(len(schema.int_names), len(schema.str_names))
+
+    def _train(self, source: Iterator[RawBatch | None], schedule: Policy,
+               hook: StepHook | None, quiet: bool, timer: dict[str, float]) -> tuple[
+                   TrainingPass, Timeline]:
+        """Train on every step of ``source`` through the task loop."""
+        self.step_probs = []
+        progress = Progress("train", quiet=quiet)
+        window, world = self.window, self.world
+        timeline = Timeline(world.rank)
+        timeline.sync(world.comm)
+        if world.size > 1:  # fitted operators fit on the global first batch
+            self.graph.set_fit_reduction(self._sum_over_ranks)
 
         def record(fb: FeatureBatch, probs: np.ndarray) -> None:
-            self.window_steps += 1
-            prog.add(fb.labels, probs)
+            window.record(fb.labels, probs)
             self.step_probs.append(probs)
-            progress.update(prog.rows * self.world.size, f"logloss {prog.running_logloss:.4f}")
+            rows = window.progressive.rows * world.size
+            progress.update(rows, f"logloss {window.progressive.running_logloss:.4f}")
 
-        volume.reset()
-        sched = TrainingPass(self.model, self.graph, self.world, pol, timeline)
+        sched = TrainingPass(self.model, self.graph, world, schedule, timeline)
         try:
             t0 = time.perf_counter()
-            sched.run(source, empty, record, hook)
+            sched.run(source, self._empty(), record, hook)
             timer["input"] += sched.feature_seconds + sched.thread_feature_seconds
             timer["train"] += time.perf_counter() - t0 - sched.feature_seconds
         finally:
-            timeline.close()
-        sent = volume.sent()  # the pass's traffic, before scoring's lookups add to it
+            progress.close()
+        return sched, timeline
+
+    def _evaluate(self, held_raw: list[RawBatch]) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and scores of the held-out rows of every rank (a collective)."""
         held = [self.graph.process(r) for r in held_raw]
-        progress.close()
-        t_eval = time.perf_counter()
         if self.world.size > 1:  # scoring is a collective: the same count on every rank
             rounds = int(self.world.allreduce_max(len(held)))
-            held += [self.graph.process(empty)] * (rounds - len(held))
-        eval_y = [fb.labels for fb in held]
-        eval_p = [self.model.predict(fb) for fb in held]
+            held += [self.graph.process(self._empty())] * (rounds - len(held))
+        ey = np.concatenate([fb.labels for fb in held]) if held else np.zeros(0)
+        ep = np.concatenate([self.model.predict(fb) for fb in held]) if held else np.zeros(0)
+        return self._gathered(ey), self._gathered(ep)
+
+    def _gathered(self, a: np.ndarray) -> np.ndarray:
+        return np.concatenate(self.world.comm.allgather(a)) if self.world.size > 1 else a
+
+    def _report(self, sched: TrainingPass, timeline: Timeline, timer: dict[str, float],
+                t_start: float, t_eval: float, jit_seconds: float, ey: np.ndarray,
+                ep: np.ndarray) -> dict[str, Any]:
+        """The pass's figures (global over the ranks, on every rank)."""
+        world, window = self.world, self.window
         eval_seconds = time.perf_counter() - t_eval
-        seconds = time.perf_counter() - t_start
-        ey = np.concatenate(eval_y) if held else np.zeros(0)
-        ep = np.concatenate(eval_p) if held else np.zeros(0)
-        if self.world.size > 1:
-            ey = np.concatenate(self.world.comm.allgather(ey))
-            ep = np.concatenate(self.world.comm.allgather(ep))
-        counter = getattr(self, "_reader", None)
-        bad = counter.counter.by_reason if counter is not None else {}
-        world = self.world
-        labels, probs = prog.labels(), prog.probs()
-        if world.size > 1:  # global figures, on every rank
-            labels = np.concatenate(world.comm.allgather(labels))
-            probs = np.concatenate(world.comm.allgather(probs))
-            seconds = world.allreduce_max(seconds)
-        train_rows = len(labels)
-        out = {
-            "rows": train_rows + len(ey),
+        seconds = world.allreduce_max(time.perf_counter() - t_start)
+        labels = self._gathered(window.progressive.labels())
+        probs = self._gathered(window.progressive.probs())
+        bad = self._reader.counter.by_reason if self._reader is not None else {}
+        train_rows, rows = len(labels), len(labels) + len(ey)
+        out: dict[str, Any] = {
+            "rows": rows,
             "train_rows": train_rows,
             "eval_rows": int(len(ey)),
             "seconds": round(seconds, 4),
-            "samples_per_sec": round((train_rows + len(ey)) / seconds, 1) if seconds else 0.0,
+            "samples_per_sec": round(rows / seconds, 1) if seconds else 0.0,
             "train_logloss": _round(logloss(labels, probs)),
             "progressive_auc": _round(auc(labels, probs)),
             "eval_auc": _round(auc(ey, ep)) if len(ey) else None,
@@ -242,11 +258,11 @@ class Job:
             "bad_rows": world.gather_dicts_sum(bad),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "model": self.cfg.preset,
-            "mode": mode,
+            "mode": sched.policy.name,
             "step": summarize(timeline.step_figures()),
-            "sent_mib_per_step": _per_step_mib(sent, self.window_steps),
-            "window_steps": self.window_steps,
-            "global_step": self.base_step + self.window_steps,
+            "sent_mib_per_step": _per_step_mib(sched.traffic, window.steps),
+            "window_steps": window.steps,
+            "global_step": window.global_step,
         }
         dyn = self._end_dynamic_window()
         if dyn:
@@ -254,16 +270,11 @@ class Job:
         if self.checkpoint_figures:
             out["checkpoint"] = self.checkpoint_report()
         out["scheduler"] = sched.figures()
-        if trace:
-            events = timeline.events()
-            every = world.comm.gather(events, root=0) if world.size > 1 else [events]
-            if world.rank == 0:
-                write_trace(trace, every)
         if world.size > 1:  # idle while each pipeline's (and the dense) exchanges were out
-            out["comm_wait_seconds"] = {p: round(world.allreduce_max(v), 4)
-                                        for p, v in sched.comm_waits().items()}
+            waits = {p: round(world.allreduce_max(v), 4) for p, v in sched.comm_waits().items()}
+            out["comm_wait_seconds"] = waits
             out["comm_wait_fraction"] = {p: round(v / seconds, 4) if seconds else 0.0
-                                         for p, v in out["comm_wait_seconds"].items()}
+                                         for p, v in waits.items()}
         return out
 
     def score(self, paths: list[str]) -> np.ndarray:
@@ -273,26 +284,10 @@ class Job:
                for raw in self._batches([os.fspath(p) for p in paths], None, timer)]
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
-    # ---- windows and checkpoints (see recs_core/train/checkpointing.py) ------------------
-
-    def _start_window(self, point: ckpt.ResumePoint | None,
-                      window: dict[str, Any]) -> ProgressiveMetrics:
-        """The progressive metrics of this pass: a resumed window's, or a new window's."""
-        self.window = dict(window)
-        prog = ProgressiveMetrics()
-        if point is None:  # a new window starts where the last one ended
-            self.base_step += self.window_steps
-            self.window_steps = 0
-            self._run_skip = 0
-            self._clear_touched()
-        else:
-            self.window_steps = self._run_skip = point.steps
-            prog.add(point.labels, point.probs)
-        self.progressive = prog
-        return prog
+    # ---- windows and checkpoints ------------------------------------------------------
 
     def _clear_touched(self) -> None:
-        for _, emb in ckpt.embedding_sets(self.model):
+        for _, emb in embedding_sets(self.model):
             emb.optimizer.clear_touched()
             emb.dynamic.clear_touched()
 
@@ -302,7 +297,7 @@ class Job:
         ``{set/field: {rows, admitted, evicted, bytes}}``."""
         names = [n for n, _ in self.spec.sparse_fields]
         out: dict[str, Any] = {}
-        for prefix, emb in ckpt.embedding_sets(self.model):
+        for prefix, emb in embedding_sets(self.model):
             if not emb.dynamic.tables:
                 continue
             emb.dynamic.end_window()
@@ -322,32 +317,47 @@ class Job:
             raise RecsError(f"checkpoint interval must be >= 1 step, got {every}")
 
         def fn(steps_done: int) -> None:
-            if self._run_skip + steps_done != self.window_steps:  # the pass and record agree
-                raise RuntimeError(f"step count {self._run_skip + steps_done} != "
-                                   f"{self.window_steps}")
-            ckpt.save_checkpoint(self, root=os.fspath(root), keep=keep)
+            w = self.window
+            if w.skipped + steps_done != w.steps:  # the pass and record agree
+                raise RuntimeError(f"step count {w.skipped + steps_done} != {w.steps}")
+            self._save(root=os.fspath(root), keep=keep)
 
         return StepHook(every, fn)
+
+    def _save(self, path: str | None = None, *, root: str | None = None,
+              keep: int | None = None, done: bool = False) -> str:
+        t0 = time.perf_counter()
+        out = save_checkpoint(self.model, self.graph, self.window, self.world, path, root=root,
+                              keep=keep, done=done, config_text=self.config_text)
+        figures = self.checkpoint_figures
+        figures["saves"] = figures.get("saves", 0) + 1
+        figures["save_seconds"] = figures.get("save_seconds", 0.0) + time.perf_counter() - t0
+        return out
 
     def save(self, path: str | os.PathLike, done: bool = True) -> str:
         """Write the model, optimizer and window state as a sharded checkpoint directory
         at ``path`` (collective; atomic: the manifest last, then one rename)."""
-        return ckpt.save_checkpoint(self, os.fspath(path), done=done)
+        return self._save(os.fspath(path), done=done)
 
     def save_step(self, root: str | os.PathLike, keep: int | None = None,
                   done: bool = True) -> str:
         """:meth:`save` to ``root/step-<global step>``, keeping the newest ``keep``."""
-        return ckpt.save_checkpoint(self, root=os.fspath(root), keep=keep, done=done)
+        return self._save(root=os.fspath(root), keep=keep, done=done)
+
+    def _load(self, path: str | os.PathLike, resume: bool) -> tuple[str, Any, Any]:
+        t0 = time.perf_counter()
+        found, m, point = load_checkpoint(self.model, self.graph, self.world, path, resume)
+        self.checkpoint_figures["loaded_from"] = found
+        self.checkpoint_figures["load_seconds"] = round(time.perf_counter() - t0, 4)
+        return found, m, point
 
     def load(self, path: str | os.PathLike) -> str:
         """Start from a checkpoint (``--init-from``): a checkpoint directory or a directory
         of ``step-*`` ones (the newest complete), written by any number of ranks. Checks
         the feature spec, hash version and model; the next :meth:`run` is a new window.
         Returns the checkpoint loaded."""
-        found, m, _ = ckpt.load_checkpoint(self, path)
-        self.base_step, self.window_steps, self._resume = int(m.meta.get("step", 0)), 0, None
-        self._run_skip = 0
-        self.progressive = ProgressiveMetrics()
+        found, m, _ = self._load(path, resume=False)
+        self.window = Window(base_step=int(m.meta.get("step", 0)))
         self._clear_touched()
         return found
 
@@ -356,20 +366,15 @@ class Job:
         same number of ranks with the same config: the next :meth:`run`, given the same
         data arguments, skips the steps already done and ends with the model an
         uninterrupted run would have. Returns the checkpoint loaded."""
-        found, m, point = ckpt.load_checkpoint(self, path, resume=True)
+        found, m, point = self._load(path, resume=True)
         assert point is not None
-        window = m.meta.get("window") or {}
-        self.base_step = int(window.get("base_step", 0))
-        self.window_steps = self._run_skip = point.steps
-        self.progressive = ProgressiveMetrics()
-        self.progressive.add(point.labels, point.probs)
-        self._resume = point
+        self.window.resumed(point, int((m.meta.get("window") or {}).get("base_step", 0)))
         return found
 
     def export_delta(self, path: str | os.PathLike) -> str:
         """Write the embedding rows this window changed and the dense parameters as a
         delta directory (collective; see ``recs_core.checkpoint.delta``)."""
-        return ckpt.export_window_delta(self, os.fspath(path))
+        return export_window_delta(self.model, self.window, self.world, os.fspath(path))
 
     def checkpoint_report(self) -> dict[str, Any]:
         """Checkpoint figures of this job: loads, skipped steps, saves and their time."""

@@ -6,7 +6,6 @@ from collections.abc import Generator
 
 import numpy as np
 
-from recs_core.comm import volume
 from recs_core.comm.pending import Pending, post_allreduce
 from recs_core.comm.world import World
 from recs_core.embedding.layer import Embeddings, LocalEmbeddings, ShardedEmbeddings, slots_of
@@ -93,8 +92,6 @@ class Model:
         :meth:`dense_update`. With one rank there is nothing to sum: it is complete."""
         grads = [grad_part(self.net.grads, part) for part in which]
         flat = np.concatenate([g.ravel() for g in grads])
-        if self._dense_comm is not None:
-            volume.add("dense gradient allreduce", flat.nbytes)
 
         def finish(total: np.ndarray) -> None:
             start = 0

@@ -8,15 +8,24 @@ import sys
 import numpy as np
 from mpi4py import MPI
 
-from recs_core.comm import volume
+from recs_core.comm.pending import Pending
 from recs_core.embedding.sharded import ShardedLookup, ShardedTables, owners
 from recs_core.embedding.sparse_optim import RowwiseAdagrad
 from recs_core.embedding.table import dedup_grads, gather, init_table
-from recs_core.stages import drive
+from recs_core.stages import drive, relay
 
 
-def check_volume(all_ids: list[list[np.ndarray]], rows: list[int], dim: int, rank: int,
-                 world: int, placement: str) -> None:
+def counted(stage, sent: dict[str, int]):  # noqa: ANN001, ANN201
+    """``stage``, adding the bytes each exchange it posts sends to ``sent``."""
+    def count(need: object):  # noqa: ANN202
+        if isinstance(need, Pending):
+            sent[need.what] = sent.get(need.what, 0) + need.sent
+        yield need
+    return relay(stage, count)
+
+
+def check_volume(got: dict[str, int], all_ids: list[list[np.ndarray]], rows: list[int],
+                 dim: int, rank: int, world: int, placement: str) -> None:
     """The bytes the exchanges counted equal the distinct (table, row) pairs that cross
     ranks: this rank's ids owned elsewhere (ids out, gradients out) and the other ranks'
     ids this rank owns (rows back)."""
@@ -30,7 +39,6 @@ def check_volume(all_ids: list[list[np.ndarray]], rows: list[int], dim: int, ran
 
     out = distinct(rank, mine=False)
     served = sum(distinct(r, mine=True) for r in range(world) if r != rank)
-    got = volume.sent()
     want = {"id count exchange": 8 * (world - 1), "id exchange": 8 * out,
             "row exchange": 4 * dim * served, "gradient exchange": 4 * dim * out}
     assert {k: got.get(k, 0) for k in want} == want, (rank, got, want)
@@ -49,17 +57,17 @@ def main(placement: str) -> None:
         n = int(rng.integers(0, 40)) if rank else 33  # unequal, possibly empty batches
         ids = [rng.integers(0, r, n) for r in rows]
         ids[1][: n // 2] = 3  # many duplicates
-        volume.reset()
-        plan, got = drive(lookup.lookup(ids))
+        sent: dict[str, int] = {}
+        plan, got = drive(counted(lookup.lookup(ids), sent))
         for t, (g, i) in enumerate(zip(got, ids)):
             # exact before any update; after, sums of gradients differ in order only
             np.testing.assert_allclose(g, gather(ref[t], i), rtol=1e-5, atol=1e-6,
                                        err_msg=f"rank {rank} step {step} table {t}")
         grads = [rng.standard_normal((n, dim)).astype(np.float32) for _ in rows]
-        drive(lookup.push(plan, grads, opt))
+        drive(counted(lookup.push(plan, grads, opt), sent))
         # reference: the global batch's gradients applied to full tables on one "rank"
         all_ids = comm.allgather(ids)
-        check_volume(all_ids, rows, dim, rank, world, placement)
+        check_volume(sent, all_ids, rows, dim, rank, world, placement)
         all_grads = comm.allgather(grads)
         for t in range(len(rows)):
             i = np.concatenate([a[t] for a in all_ids])

@@ -1,0 +1,76 @@
+"""The delta of a window: the embedding rows it changed and the dense parameters, for
+serving copies (format: ``recs_core.checkpoint.delta``, docs/CHECKPOINT_FORMAT.md)."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from recs_core.checkpoint import export_delta
+from recs_core.comm.world import World
+from recs_core.features.hashing import HASH_VERSION
+from recs_core.train.compat import TRAINER_FORMAT, embedding_sets, table_stems
+from recs_core.train.window import Window
+
+if TYPE_CHECKING:
+    from recs_core.train.model import Model
+
+
+def export_window_delta(model: Model, window: Window, world: World,
+                        path: str | os.PathLike) -> str:
+    """Write the rows the window updated (every embedding set and table: the rows whose
+    touched bit is set, their current values) and every dense parameter as a delta
+    (format: ``recs_core.checkpoint.delta``); collective, rank 0 writes. Applied to the
+    window's starting model it gives the current model bit for bit (a touched row whose
+    update left it unchanged is listed too)."""
+    comm = world.comm if world.size > 1 else None
+    deltas: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    fields: dict[str, str] = {}
+    dynamic: list[str] = []  # the dynamic tables' entries (by key; apply_delta skips them)
+    rows = 0
+    for prefix, emb in embedding_sets(model):
+        for t, stem in enumerate(table_stems(model.spec, prefix)):
+            if t in emb.dynamic:  # by key, plus the keys evicted at the window's end
+                a = emb.dynamic.arrays(t)
+                mark = a["touched"].astype(bool)
+                mine = (a["keys"][mark], a["values"][mark])
+                gone = [emb.dynamic.evicted[t]] if comm is None else comm.gather(
+                    emb.dynamic.evicted[t], root=0)
+                parts = [mine] if comm is None else comm.gather(mine, root=0)
+                if parts is None:
+                    continue
+                dynamic += [f"{stem}.dyn", f"{stem}.dyn.evicted"]
+                for name, ids, vals in (
+                        (f"{stem}.dyn", np.concatenate([p[0] for p in parts]),
+                         np.concatenate([p[1] for p in parts])),
+                        (f"{stem}.dyn.evicted", np.concatenate(gone),
+                         np.zeros((sum(len(g) for g in gone), 0), np.float32))):
+                    if len(ids):
+                        deltas[name] = (ids, vals)
+                        fields[name] = model.spec.sparse_fields[t][0]
+                        rows += len(ids)
+                continue
+            mark = emb.touched_view(t).astype(bool)
+            mine = (emb.owned_rows(t)[mark], emb.rows_view(t)[mark])
+            parts = [mine] if comm is None else comm.gather(mine, root=0)
+            if parts is None:
+                continue
+            ids = np.concatenate([p[0] for p in parts])
+            if len(ids):
+                deltas[stem] = (ids, np.concatenate([p[1] for p in parts]))
+                fields[stem] = model.spec.sparse_fields[t][0]
+                rows += len(ids)
+    dense = {str(i): p for i, p in enumerate(model.net.params)}
+    meta = {"trainer": TRAINER_FORMAT, "hash": HASH_VERSION, "base_step": window.base_step,
+            "step": window.global_step, "tables": fields, "rows": rows}
+    if dynamic:
+        meta["dynamic_entries"] = dynamic
+
+    def write() -> str | None:
+        return export_delta(path, deltas, dense, meta) if world.rank == 0 else None
+
+    out = world.bcast(world.everyone(write))
+    assert out is not None
+    return out

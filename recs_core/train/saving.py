@@ -1,0 +1,333 @@
+"""The trainer's checkpoints: what a job saves and how it loads (any world size) and
+resumes (same world size, exact). The on-disk format is docs/CHECKPOINT_FORMAT.md.
+
+A model checkpoint is a checkpoint directory of :mod:`recs_core.checkpoint` (sharded,
+atomic, manifest last, sha256 per file). Each rank writes its shard:
+
+* ``<set>.<table>.values`` float32 [k, dim]: the rows of the table this rank owns, in
+  ascending global row order (``<set>`` is ``emb`` or ``wide``, Wide&Deep's 1-dim set;
+  ``<table>`` the field name with characters other than letters, digits, ``_.-`` made
+  ``.``, e.g. ``emb.cat.C1``). Which rows a rank owns follows from the placement
+  (``meta.placement``, ``manifest.world_size``; see ``recs_core.embedding.sharded``), so
+  the row ids are not stored;
+* ``<set>.<table>.acc`` float32 [k]: the row-wise Adagrad accumulator of those rows
+  (absent for sparse SGD);
+* ``<set>.<table>.touched`` uint8 [ceil(k / 8)]: ``numpy.packbits`` of the rows the
+  window updated so far (what ``--export-delta`` writes);
+* ``feat.<feature>.<step>.mean`` / ``.std`` float64: a ``standardize`` operator's
+  statistics fitted on this rank's first batch (``fit = true``);
+* ``progressive.labels`` / ``progressive.probs`` float32: the window's pre-update scores
+  of this rank's rows so far (a resumed job reports the uninterrupted job's figures);
+* rank 0 only: ``dense.<i>`` (the network's parameters, replicated on every rank) and
+  ``dense_opt.<key>`` (the dense optimizer's state, ``/`` in its keys made ``.``).
+
+``meta`` (rank 0): ``trainer`` (:data:`TRAINER_FORMAT`), ``hash`` (the feature hash's
+version), ``feature_spec`` (the spec's columns, pipelines, operator chains with their
+parameters and tables, as JSON; checked on every load), ``config_text`` (the config
+file, when known), ``model`` (architecture and optimizer names; checked on every load),
+``train_config`` and ``batch_size`` (checked on resume), ``placement``, ``step`` (global
+steps since the first window), ``window`` (``data``: the files and their sizes,
+``eval_fraction``, ``steps``: global steps of this window done = the input position,
+``base_step``, ``done``). ``rank_meta``: per rank ``steps`` and ``train_rows`` (this
+rank's rows trained in the window).
+
+Loading (``--init-from``) takes any world size: with the writer's world size and
+placement each rank reads its own shard; otherwise every rank reads every shard table
+by table and keeps the rows it owns now (:func:`~recs_core.checkpoint.reshard_rows`),
+dense parameters and their optimizer state come from rank 0, fitted ``standardize``
+statistics from the same rank or, across world sizes, from rank 0. Resuming
+(``--resume``) needs the same world size, config and data: each rank restores its shard
+and its progressive scores, re-reads its first ``steps`` local batches without training
+(holding out their held-out rows as before, and checking their labels against the saved
+ones) and continues: the result is bit-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from recs_core.checkpoint import latest_complete, load_manifest, read_rank, reshard_rows, save
+from recs_core.checkpoint import save_step as save_step_dir
+from recs_core.checkpoint.manifest import MANIFEST, Manifest, read_entry
+from recs_core.comm.world import World
+from recs_core.embedding.dynamic_store import merge_shards
+from recs_core.embedding.layer import Embeddings
+from recs_core.embedding.sharded import owners
+from recs_core.errors import RecsError
+from recs_core.features.graph import FeatureGraph
+from recs_core.features.hashing import HASH_VERSION
+from recs_core.train.compat import (
+    TRAINER_FORMAT,
+    check_compatible,
+    embedding_sets,
+    fitted_ops,
+    model_description,
+    spec_description,
+    table_stems,
+    train_description,
+)
+from recs_core.train.window import ResumePoint, Window
+
+if TYPE_CHECKING:
+    from recs_core.train.model import Model
+
+
+def find_checkpoint(path: str | os.PathLike, world: World) -> str | None:
+    """``path`` itself when it is a checkpoint (has a manifest), else the newest complete
+    ``step-*`` checkpoint under it, else None (rank 0 looks, every rank gets the answer)."""
+    def find() -> str | None:
+        if world.rank != 0:
+            return None
+        p = Path(path)
+        return str(p) if (p / MANIFEST).exists() else latest_complete(p)
+
+    return world.bcast(world.everyone(find))
+
+
+def resolve(path: str | os.PathLike, world: World) -> str:
+    """:func:`find_checkpoint`, or RecsError when there is none."""
+    found = find_checkpoint(path, world)
+    if found is None:
+        raise RecsError(f"{path}: no complete checkpoint there")
+    return found
+
+
+# ---- saving ----------------------------------------------------------------------------
+
+def checkpoint_meta(model: Model, window: Window, config_text: str | None,
+                    done: bool) -> dict[str, Any]:
+    """The checkpoint's meta (rank 0's; see the module docstring)."""
+    return {"trainer": TRAINER_FORMAT, "hash": HASH_VERSION,
+            "feature_spec": spec_description(model.spec), "config_text": config_text,
+            "model": model_description(model), "train_config": train_description(model.cfg),
+            "batch_size": model.spec.batch_size, "placement": model.cfg.placement,
+            "step": window.global_step, "window": window.meta(done)}
+
+
+def shard_arrays(model: Model, graph: FeatureGraph, window: Window,
+                 rank: int) -> dict[str, np.ndarray]:
+    """This rank's arrays of the job's checkpoint (names in the module docstring)."""
+    arrays: dict[str, np.ndarray] = {}
+    for prefix, emb in embedding_sets(model):
+        for t, stem in enumerate(table_stems(model.spec, prefix)):
+            arrays[f"{stem}.values"] = emb.rows_view(t)
+            acc = emb.accumulator_view(t)
+            if acc is not None:
+                arrays[f"{stem}.acc"] = acc
+            arrays[f"{stem}.touched"] = np.packbits(emb.touched_view(t))
+            if t in emb.dynamic:
+                for k, a in emb.dynamic.arrays(t).items():
+                    arrays[f"{stem}.dyn.{k}"] = a
+        if emb.dynamic.tables:
+            arrays[f"{prefix}.dyn_window"] = np.array([emb.dynamic.window], dtype=np.int64)
+    if rank == 0:
+        for i, p in enumerate(model.net.params):
+            arrays[f"dense.{i}"] = p
+        for k, a in model.dense_opt.state.items():
+            arrays[f"dense_opt.{k.replace('/', '.')}"] = a
+    for key, op in fitted_ops(graph):
+        state = op.fitted_state()
+        if state is not None:
+            arrays[f"{key}.mean"], arrays[f"{key}.std"] = state["mean"], state["std"]
+    prog = window.progressive
+    arrays["progressive.labels"] = prog.labels()
+    arrays["progressive.probs"] = prog.probs()
+    return arrays
+
+
+def save_checkpoint(model: Model, graph: FeatureGraph, window: Window, world: World,
+                    path: str | os.PathLike | None = None, *,
+                    root: str | os.PathLike | None = None, keep: int | None = None,
+                    done: bool = False, config_text: str | None = None) -> str:
+    """Write the checkpoint (collective) to ``path``, or to ``root/step-<step>`` (pruning
+    ``root`` to ``keep`` checkpoints). Returns where it went."""
+    arrays = shard_arrays(model, graph, window, world.rank)
+    meta = checkpoint_meta(model, window, config_text, done)
+    comm = world.comm if world.size > 1 else None
+    rank_meta = {"steps": window.steps, "train_rows": int(window.progressive.rows)}
+    if root is not None:
+        return save_step_dir(root, window.global_step, arrays, meta, comm, rank_meta=rank_meta,
+                             keep=keep)
+    assert path is not None
+    return save(path, arrays, meta, comm, rank_meta=rank_meta)
+
+
+# ---- loading ---------------------------------------------------------------------------
+
+def _assign(dst: np.ndarray, src: np.ndarray, what: str) -> None:
+    if src.shape != dst.shape or src.dtype != dst.dtype:
+        raise RecsError(f"checkpoint array {what} is {src.shape} {src.dtype}, the model's "
+                        f"{dst.shape} {dst.dtype}")
+    dst[...] = src
+
+
+def old_owner(t: int, rows: int, world: int, placement: str) -> np.ndarray:
+    """The rank owning each row of table ``t`` under a writer's world and placement."""
+    if world == 1:
+        return np.zeros(rows, dtype=np.int64)
+    return owners(t, np.arange(rows, dtype=np.int64), world, placement)
+
+
+def _new_owner(model: Model, world: World, t: int) -> Callable[[np.ndarray], np.ndarray]:
+    w = world.size
+    if w == 1:
+        return lambda ids: np.zeros(len(ids), dtype=np.int64)
+    return lambda ids: owners(t, ids, w, model.cfg.placement)
+
+
+def _load_tables_direct(model: Model, mine: dict[str, np.ndarray], resume: bool) -> None:
+    for prefix, emb in embedding_sets(model):
+        for t, stem in enumerate(table_stems(model.spec, prefix)):
+            _assign(emb.rows_view(t), _need(mine, f"{stem}.values"), f"{stem}.values")
+            acc = emb.accumulator_view(t)
+            if acc is not None:
+                _assign(acc, _need(mine, f"{stem}.acc"), f"{stem}.acc")
+            if resume:
+                mark = emb.touched_view(t)
+                bits = np.unpackbits(_need(mine, f"{stem}.touched"), count=len(mark))
+                _assign(mark, bits, f"{stem}.touched")
+            if t in emb.dynamic:
+                emb.dynamic.load_arrays(t, dynamic_part(mine, stem), touched=resume)
+        if emb.dynamic.tables:
+            emb.dynamic.window = int(_need(mine, f"{prefix}.dyn_window")[0])
+
+
+_DYN_PARTS = ("keys", "values", "freq", "last_seen", "sketch", "acc", "touched")
+
+
+def dynamic_part(arrays: dict[str, np.ndarray], stem: str) -> dict[str, np.ndarray]:
+    """One shard's dynamic-table arrays of table ``stem`` (names without the prefix)."""
+    out = {k: arrays[f"{stem}.dyn.{k}"] for k in _DYN_PARTS if f"{stem}.dyn.{k}" in arrays}
+    for k in ("keys", "values", "freq", "last_seen", "sketch", "touched"):
+        if k not in out:
+            raise RecsError(f"the checkpoint has no {stem}.dyn.{k} for this rank (was the "
+                            "table dynamic when it was written?)")
+    return out
+
+
+def _need(arrays: dict[str, np.ndarray], name: str) -> np.ndarray:
+    a = arrays.get(name)
+    if a is None:
+        raise RecsError(f"the checkpoint has no {name!r} for this rank")
+    return a
+
+
+def _load_tables_resharded(model: Model, world: World, root: str, m: Manifest) -> None:
+    """Every shard, table by table: keep the rows this rank owns under the job's world
+    size and placement."""
+    old_world, old_placement = m.world_size, m.meta.get("placement", "row")
+    entries = [m.rank_files(r) for r in range(old_world)]
+    rank = world.rank
+    for prefix, emb in embedding_sets(model):
+        for t, stem in enumerate(table_stems(model.spec, prefix)):
+            rows = model.spec.sparse_fields[t][1].fixed_rows
+            old = old_owner(t, rows, old_world, old_placement)
+            keys = ["values"] + (["acc"] if emb.accumulator_view(t) is not None else [])
+            shards = []
+            for r in range(old_world):
+                part: dict[str, np.ndarray] = {"ids": np.flatnonzero(old == r)}
+                for k in keys:
+                    e = entries[r].get(f"{stem}.{k}")
+                    if e is None:
+                        raise RecsError(f"{root}: rank {r} has no {stem}.{k}")
+                    part[k] = read_entry(Path(root), e)
+                    if len(part[k]) != len(part["ids"]):
+                        raise RecsError(f"{root}: rank {r}'s {stem}.{k} has {len(part[k])} "
+                                        f"rows, the placement gives it {len(part['ids'])}")
+                shards.append(part)
+            if t in emb.dynamic:
+                _reshard_dynamic(model, world, emb, t, stem, root, entries)
+                continue
+            got = reshard_rows(shards, _new_owner(model, world, t), rank)
+            if not np.array_equal(got["ids"], emb.owned_rows(t)):
+                raise RecsError(f"{root}: {stem}: the resharded rows are not this rank's")
+            _assign(emb.rows_view(t), got["values"], f"{stem}.values")
+            if "acc" in keys:
+                _assign(emb.accumulator_view(t), got["acc"], f"{stem}.acc")
+
+
+def _reshard_dynamic(model: Model, world: World, emb: Embeddings, t: int, stem: str,
+                     root: str, entries: list[dict[str, Any]]) -> None:
+    """A dynamic table on a new world size: every old shard's rows, kept where this rank
+    owns their key under the new world (``owners``), in key order; the sketch is the
+    saturating sum of the old shards' sketches (see ``dynamic_store.merge_shards``).
+    Touched marks are cleared: a load starts a new window."""
+    parts = []
+    for files in entries:
+        part = {}
+        for k in _DYN_PARTS:
+            e = files.get(f"{stem}.dyn.{k}")
+            if e is not None:
+                part[k] = read_entry(Path(root), e)
+        parts.append(dynamic_part({f"{stem}.dyn.{k}": v for k, v in part.items()}, stem))
+    owner, rank = _new_owner(model, world, t), world.rank
+    merged = merge_shards(parts, lambda keys: owner(keys) == rank)
+    emb.dynamic.load_arrays(t, merged, touched=False)
+    window = read_entry(Path(root), entries[0][f"{stem.split('.', 1)[0]}.dyn_window"])
+    emb.dynamic.window = int(window[0])
+
+
+def _read_named(root: str, m: Manifest, rank: int, names: Callable[[str], bool]) -> dict[
+        str, np.ndarray]:
+    return {n: read_entry(Path(root), e) for n, e in m.rank_files(rank).items() if names(n)}
+
+
+def _load_dense(model: Model, arrays: dict[str, np.ndarray]) -> None:
+    for i, p in enumerate(model.net.params):
+        _assign(p, _need(arrays, f"dense.{i}"), f"dense.{i}")
+    for k, a in model.dense_opt.state.items():
+        name = f"dense_opt.{k.replace('/', '.')}"
+        _assign(a, _need(arrays, name), name)
+
+
+def _load_fitted(graph: FeatureGraph, arrays: dict[str, np.ndarray]) -> None:
+    for key, op in fitted_ops(graph):
+        mean, std = arrays.get(f"{key}.mean"), arrays.get(f"{key}.std")
+        if mean is not None and std is not None:
+            try:
+                op.set_fitted_state(mean, std)
+            except ValueError as e:
+                raise RecsError(str(e)) from None
+
+
+def load_checkpoint(model: Model, graph: FeatureGraph, world: World, path: str | os.PathLike,
+                    resume: bool = False) -> tuple[str, Manifest, ResumePoint | None]:
+    """Load a checkpoint (a checkpoint directory, or a directory of ``step-*`` ones: the
+    newest complete) into ``model`` (and the fitted operators of ``graph``), collectively.
+    ``resume``: also restore this rank's input position, progressive scores and touched
+    rows (same world size and config). Returns (the checkpoint loaded, its manifest, the
+    resume point or None)."""
+    path = resolve(path, world)
+    m = world.everyone(lambda: load_manifest(path))
+    world.everyone(lambda: check_compatible(model, world.size, m, path, resume))
+    direct = m.world_size == world.size and (world.size == 1 or
+                                             m.meta.get("placement") == model.cfg.placement)
+    assert direct or not resume  # resume checked the world size and the train config
+
+    def read() -> ResumePoint | None:
+        mine: dict[str, np.ndarray] = {}
+        if direct:
+            mine = read_rank(path, world.rank, manifest=m)
+            _load_tables_direct(model, mine, resume)
+            dense = mine if world.rank == 0 else _read_named(
+                path, m, 0, lambda n: n.startswith("dense"))
+            fitted = mine
+        else:
+            _load_tables_resharded(model, world, path, m)
+            dense = _read_named(path, m, 0, lambda n: n.startswith(("dense", "feat.")))
+            fitted = dense
+        _load_dense(model, dense)
+        _load_fitted(graph, fitted)
+        if not resume:
+            return None
+        rm = m.rank_meta[world.rank] if world.rank < len(m.rank_meta) else {}
+        return ResumePoint(path, int(rm.get("steps", -1)), int(rm.get("train_rows", -1)),
+                           _need(mine, "progressive.labels"), _need(mine, "progressive.probs"),
+                           dict(m.meta.get("window") or {}))
+
+    return path, m, world.everyone(read)
