@@ -23,14 +23,14 @@ import time
 
 import numpy as np
 
-from recs_core.model.interaction import (
+from recs_core.dense.interaction import (
     interact,
     interact_backward,
     interact_backward_numpy,
     interact_numpy,
 )
-from recs_core.model.layers import MLP
-from recs_core.model.presets import DLRM
+from recs_core.dense.layers import MLP
+from recs_core.dense.presets import DLRM
 
 N = 2048
 BOTTOM = [13, 64, 16]

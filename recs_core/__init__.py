@@ -3,7 +3,7 @@
 One batch's journey, module by module: :mod:`recs_core.data` (sharded streaming
 reader, compiled TSV parser, synthetic generator) → :mod:`recs_core.features` (feature
 spec, JIT operators, operator graph) → :mod:`recs_core.embedding` (tables, lookups,
-sparse optimizers) → :mod:`recs_core.model` (MLP, interaction, DLRM / Wide&Deep, loss,
+sparse optimizers) → :mod:`recs_core.dense` (MLP, interaction, DLRM / Wide&Deep, loss,
 dense optimizers) → :mod:`recs_core.train` (the one-pass job) and
 :mod:`recs_core.metrics`.
 
@@ -19,9 +19,9 @@ Typical library use::
 from recs_core.data.bad_rows import BadRowPolicy
 from recs_core.data.reader import ShardReader
 from recs_core.errors import ConfigError, DataError, RecsError
+from recs_core.features.feature_pass import run_features
 from recs_core.features.graph import FeatureBatch, FeatureGraph
 from recs_core.features.hashing import HASH_VERSION, hash_str
-from recs_core.features.job import run_features
 from recs_core.features.spec import Spec, load_spec
 from recs_core.train.config import TrainConfig, train_config
 from recs_core.train.job import Job

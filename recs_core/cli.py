@@ -35,7 +35,7 @@ def _add_gen(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_gen(a: argparse.Namespace) -> int:
     from recs_core.data.synth import MAX_HISTORY, MAX_HISTORY_LIMIT, generate
-    from recs_core.progress import Progress
+    from recs_core.progress_bar import ProgressBar
 
     if a.max_history is not None:
         if not a.heavy:
@@ -43,7 +43,7 @@ def _cmd_gen(a: argparse.Namespace) -> int:
         if not 1 <= a.max_history <= MAX_HISTORY_LIMIT:
             raise RecsError(f"--max-history must be in 1..{MAX_HISTORY_LIMIT}, "
                             f"got {a.max_history}")
-    prog = Progress("gen", a.rows, quiet=a.quiet)
+    prog = ProgressBar("gen", a.rows, quiet=a.quiet)
     stats = generate(a.out, a.rows, a.seed, heavy=a.heavy, probs_out=a.probs_out,
                      window=a.window, drift=a.drift, progress=prog.update,
                      max_history=MAX_HISTORY if a.max_history is None else a.max_history)
@@ -91,7 +91,7 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_features(a: argparse.Namespace) -> int:
     from recs_core.comm.world import mpi_world
-    from recs_core.features.job import run_features
+    from recs_core.features.feature_pass import run_features
     from recs_core.features.spec import load_spec
 
     spec = load_spec(a.config)

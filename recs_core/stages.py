@@ -1,7 +1,7 @@
 """Stages: work written once as generators that yield what they wait on.
 
 A stage yields a :class:`~recs_core.comm.pending.Pending` exchange it needs completed, a
-marker (:class:`NeedRows`, ``model.layers.NeedBucket``) just before it reads state that a
+marker (:class:`NeedRows`, ``dense.layers.NeedBucket``) just before it reads state that a
 scheduler may still be updating, or ``None`` (a point where other work may run), and
 returns its value. The task loop interleaves stages; :func:`drive` runs one to the end.
 """

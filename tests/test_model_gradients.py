@@ -9,16 +9,16 @@ import math
 import numpy as np
 import pytest
 
-from recs_core.model import layers
-from recs_core.model.interaction import (
+from recs_core.dense import layers
+from recs_core.dense.interaction import (
     interact,
     interact_backward,
     interact_backward_numpy,
     interact_numpy,
 )
-from recs_core.model.layers import MLP
-from recs_core.model.loss import bce_with_logits, sigmoid
-from recs_core.model.presets import DLRM, EmbGrads, WideDeep
+from recs_core.dense.layers import MLP
+from recs_core.dense.loss import bce_with_logits, sigmoid
+from recs_core.dense.presets import DLRM, EmbGrads, WideDeep
 
 EPS = 1e-6
 RTOL, ATOL = 1e-6, 1e-8

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recs_core.model.optim import SGD, Adagrad, Adam, make_dense_optimizer
+from recs_core.dense.optim import SGD, Adagrad, Adam, make_dense_optimizer
 
 SHAPES = [(7, 5), (5,), (3, 2, 4), (1,)]
 STEPS = 6

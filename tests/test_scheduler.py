@@ -337,7 +337,7 @@ def test_every_mode_trains_the_identical_model_on_one_rank(sample_1200: Path, pr
     operator workers and row chunks, gives bit-identical scores and parameters -- equal
     to the model's own train_step driven batch by batch (the independent reference)."""
     from recs_core.data.reader import ShardReader
-    from recs_core.model import layers
+    from recs_core.dense import layers
     from recs_core.sched import MODES
 
     monkeypatch.setattr(layers, "GRAD_PIECE_ELEMS", 4096)  # several dense buckets

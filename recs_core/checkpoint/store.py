@@ -28,7 +28,7 @@ import shutil
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from recs_core.checkpoint import manifest as mf
 from recs_core.checkpoint.files import fsync_dir, publish, staging_path
 from recs_core.checkpoint.manifest import Manifest
 from recs_core.errors import RecsError
+
+if TYPE_CHECKING:
+    from mpi4py.MPI import Comm
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -56,7 +59,7 @@ def step_path(root: str | Path, step: int) -> Path:
 class _Collective:
     """gather / bcast over ``comm``, or their 1-rank identities without one."""
 
-    def __init__(self, comm: Any) -> None:
+    def __init__(self, comm: Comm) -> None:
         self.comm = comm
         self.rank = 0 if comm is None else comm.Get_rank()
         self.size = 1 if comm is None else comm.Get_size()
@@ -98,7 +101,7 @@ def _write_shard(staging: Path, rank: int, world: int, arrays: Mapping[str, np.n
 
 
 def save(path: str | Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any],
-         comm: Any = None, rank_meta: Mapping[str, Any] | None = None,
+         comm: Comm | None = None, rank_meta: Mapping[str, Any] | None = None,
          after_publish: Callable[[], None] | None = None, workers: int = WORKERS) -> str:
     """Write a checkpoint to ``path``, replacing any checkpoint already there; return it.
 
@@ -149,7 +152,7 @@ def _finish(staging: Path, final: Path, parts: list, world: int) -> None:
 
 
 def save_step(root: str | Path, step: int, arrays: Mapping[str, np.ndarray],
-              meta: Mapping[str, Any], comm: Any = None,
+              meta: Mapping[str, Any], comm: Comm | None = None,
               rank_meta: Mapping[str, Any] | None = None, keep: int | None = None) -> str:
     """:func:`save` to ``root/step-<step>``; then, when ``keep`` is given, :func:`prune`
     ``root`` to the newest ``keep`` complete checkpoints (rank 0, before returning)."""

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from mpi4py.MPI import Comm
 
 T = TypeVar("T")
 
@@ -22,7 +25,7 @@ SPIN_S = 0.05  # busy-poll this long before backing off to short sleeps
 class Pending(Generic[T]):
     """MPI requests in flight and the step that turns their buffers into a result."""
 
-    def __init__(self, requests: list[Any], finish: Callable[[], T], what: str, comm: Any,
+    def __init__(self, requests: list[Any], finish: Callable[[], T], what: str, comm: Comm,
                  timeout: float = DEFAULT_TIMEOUT_S, keep: tuple[Any, ...] = (),
                  nbytes: int | None = None, sent: int = 0, traced: bool = True) -> None:
         """``keep``: buffers MPI may still read or write until completion. mpi4py keeps
@@ -106,7 +109,7 @@ class Pending(Generic[T]):
         return self.result()
 
 
-def post_allreduce(comm: Any, local: np.ndarray, what: str, op: str = "sum",
+def post_allreduce(comm: Comm, local: np.ndarray, what: str, op: str = "sum",
                    finish: Callable[[np.ndarray], T] | None = None,
                    timeout: float = DEFAULT_TIMEOUT_S, traced: bool = True) -> Pending:
     """Post the element-wise ``op`` ("sum" or "max") of ``local`` over the ranks of

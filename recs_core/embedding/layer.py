@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from recs_core.embedding.dynamic_store import DynamicStore
-from recs_core.embedding.sharded import ShardedLookup, ShardedTables
+from recs_core.embedding.sharded import ExchangePlan, ShardedLookup, ShardedTables
 from recs_core.embedding.sparse_optim import SparseOptimizer
 from recs_core.embedding.table import (
     EmbeddingSet,
@@ -29,6 +29,9 @@ from recs_core.embedding.table import (
 from recs_core.features.graph import FeatureBatch
 from recs_core.features.spec import DynamicSpec, Spec
 from recs_core.stages import NeedRows, Stage, drive
+
+if TYPE_CHECKING:
+    from mpi4py.MPI import Comm
 
 
 @dataclass(frozen=True)
@@ -107,11 +110,12 @@ class _Layer(ABC):
                                                    s.pooled == "mean")
 
     @abstractmethod
-    def lookup(self, fb: FeatureBatch, p: str, block: np.ndarray) -> Stage[Any]:
+    def lookup(self, fb: FeatureBatch, p: str, block: np.ndarray) -> Stage[ExchangePlan | None]:
         """Fill pipeline ``p``'s fields of ``block``; returns what :meth:`push` needs."""
 
     @abstractmethod
-    def push(self, fb: FeatureBatch, p: str, looked: Any, d: np.ndarray) -> Stage[None]:
+    def push(self, fb: FeatureBatch, p: str, looked: ExchangePlan | None,
+             d: np.ndarray) -> Stage[None]:
         """Apply the block gradient ``d`` of pipeline ``p``'s fields."""
 
     def read(self, fb: FeatureBatch) -> np.ndarray:
@@ -198,7 +202,7 @@ class ShardedEmbeddings(_Layer):
     """Tables sharded over the ranks of ``comm``; one exchange (communicator) per pipeline."""
 
     def __init__(self, rows: list[int], dim: int, seed: int, slots: list[Slot],
-                 optimizer: SparseOptimizer, comm: Any, placement: str = "row",
+                 optimizer: SparseOptimizer, comm: Comm, placement: str = "row",
                  dynamic: dict[int, DynamicSpec] | None = None) -> None:
         self.shards = ShardedTables(rows, dim, seed, comm.Get_rank(), comm.Get_size(),
                                     placement)
@@ -237,19 +241,21 @@ class ShardedEmbeddings(_Layer):
 
     # ---- stages ---------------------------------------------------------------------------
 
-    def lookup(self, fb: FeatureBatch, p: str, block: np.ndarray) -> Stage[Any]:
+    def lookup(self, fb: FeatureBatch, p: str, block: np.ndarray) -> Stage[ExchangePlan]:
         """Pipeline ``p``'s exchange (counts, ids, then the owners' rows) into ``block``;
         returns what the push needs."""
         plan, rows = yield from self.lookups[p].lookup(self.pipeline_ids(fb, p))
         self.fill_block(block, fb, p, rows)
         return plan
 
-    def push(self, fb: FeatureBatch, p: str, looked: Any, d: np.ndarray) -> Stage[None]:
+    def push(self, fb: FeatureBatch, p: str, looked: ExchangePlan | None,
+             d: np.ndarray) -> Stage[None]:
         """Push pipeline ``p``'s gradients from the block gradient ``d`` to their owners,
         which update (``looked``: the lookup's result)."""
+        assert looked is not None
         yield from self.lookups[p].push(looked, self.pipeline_grads(fb, p, d), self.optimizer)
 
-    def gather_tables(self, comm: Any) -> list[np.ndarray] | None:
+    def gather_tables(self, comm: Comm) -> list[np.ndarray] | None:
         """Full tables assembled on rank 0 (None elsewhere); for tests and checkpoints."""
         parts = comm.gather([(self.shards.owned_rows(t), self.shards.local_table(t))
                              for t in range(len(self.shards.rows))], root=0)

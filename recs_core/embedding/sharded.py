@@ -16,7 +16,7 @@ between post and wait.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numba import njit
@@ -27,6 +27,9 @@ from recs_core.embedding.sparse_optim import SparseOptimizer
 from recs_core.embedding.table import AHEAD, dedup_grads, gather, init_table, prefetch
 from recs_core.features.hashing import fmix64
 from recs_core.stages import NeedRows, Stage
+
+if TYPE_CHECKING:
+    from mpi4py.MPI import Comm
 
 DYN_SHIFT = 52  # a dynamic table's id travels as ((t + 1) << DYN_SHIFT) | id
 ID_MASK = (1 << DYN_SHIFT) - 1
@@ -157,7 +160,7 @@ class _Counted:
 
 
 @dataclass
-class _Plan:
+class ExchangePlan:
     """What a lookup sent, kept for its backward pass."""
 
     lengths: list[int]  # per field: ids in the batch
@@ -172,7 +175,7 @@ class _Plan:
 class ShardedLookup:
     """Lookups and gradient pushes for one pipeline's fields over its own communicator."""
 
-    def __init__(self, tables: ShardedTables, fields: list[int], comm: Any,
+    def __init__(self, tables: ShardedTables, fields: list[int], comm: Comm,
                  timeout: float = DEFAULT_TIMEOUT_S, name: str = "") -> None:
         self.tables, self.fields, self.name = tables, fields, name
         # Pipelines never share a communicator, and a pipeline's gradient push has its
@@ -187,7 +190,7 @@ class ShardedLookup:
         self.grad_comm.Free()
 
     def _alltoallv(self, send: np.ndarray, send_counts: np.ndarray, recv_counts: np.ndarray,
-                   width: int, what: str, comm: Any = None) -> tuple[Pending, np.ndarray]:
+                   width: int, what: str, comm: Comm | None = None) -> tuple[Pending, np.ndarray]:
         from mpi4py import MPI
 
         comm = comm or self.comm
@@ -204,7 +207,7 @@ class ShardedLookup:
         return Pending([req], lambda: recv, what, comm, self.timeout, nbytes=moved,
                        sent=sent), recv
 
-    def lookup(self, ids: list[np.ndarray]) -> Stage[tuple[_Plan, list[np.ndarray]]]:
+    def lookup(self, ids: list[np.ndarray]) -> Stage[tuple[ExchangePlan, list[np.ndarray]]]:
         """The lookup of one batch as a stage: the count and id exchanges, then (after
         a :class:`NeedRows` marker) the owners' rows. ``ids[j]``: the global ids of field j.
         Returns the plan (for :meth:`push`) and each field's rows for every id."""
@@ -218,8 +221,8 @@ class ShardedLookup:
         yield rows
         return plan, rows.result()
 
-    def push(self, plan: _Plan, grads: list[np.ndarray], optimizer: SparseOptimizer) -> Stage[
-            None]:
+    def push(self, plan: ExchangePlan, grads: list[np.ndarray],
+             optimizer: SparseOptimizer) -> Stage[None]:
         """The gradient push of one batch as a stage: post each field's per-id gradients
         (``grads[j]`` [n_j, dim]) to the owners, then the owners' update."""
         pushed = self.post_grads(plan, grads)
@@ -249,20 +252,20 @@ class ShardedLookup:
         counted.pending = pending
         return pending
 
-    def post_keys(self, c: _Counted) -> Pending[_Plan]:
+    def post_keys(self, c: _Counted) -> Pending[ExchangePlan]:
         """Post the exchange of the de-duplicated ids to their owners (after the counts)."""
         pending, recv = self._alltoallv(c.send_keys, c.send_counts, c.recv_counts, 1,
                                         "id exchange")
         counts = c.pending
         count_s = ((counts.completed or counts.posted) - counts.posted) if counts else 0.0
 
-        def finish() -> _Plan:
-            return _Plan(c.lengths, c.position, c.send_counts, c.recv_counts, recv, count_s)
+        def finish() -> ExchangePlan:
+            return ExchangePlan(c.lengths, c.position, c.send_counts, c.recv_counts, recv, count_s)
 
         return Pending(pending.requests, finish, "id exchange", self.comm, self.timeout,
                        nbytes=pending.nbytes, sent=pending.sent)
 
-    def serve_rows(self, plan: _Plan) -> Pending[list[np.ndarray]]:
+    def serve_rows(self, plan: ExchangePlan) -> Pending[list[np.ndarray]]:
         """Owner side: gather the asked rows and post them back; the result is each
         field's rows for every id of the batch (in the order of ``ids``)."""
         if self.tables.dynamic is None:
@@ -280,7 +283,7 @@ class ShardedLookup:
         return Pending(pending.requests, finish, "row exchange", self.comm, self.timeout,
                        nbytes=pending.nbytes, sent=pending.sent)
 
-    def _serve_mixed(self, plan: _Plan) -> np.ndarray:
+    def _serve_mixed(self, plan: ExchangePlan) -> np.ndarray:
         """Rows of fixed and dynamic tables; the dynamic tables' ids are observed (one
         count per unique id of the batch, ascending) and their rows kept for ``apply``."""
         keys, dyn = plan.recv_keys, self.tables.dynamic
@@ -300,7 +303,7 @@ class ShardedLookup:
                 plan.dynamic[t] = (sel, r)
         return rows
 
-    def post_grads(self, plan: _Plan, grads: list[np.ndarray]) -> Pending[np.ndarray]:
+    def post_grads(self, plan: ExchangePlan, grads: list[np.ndarray]) -> Pending[np.ndarray]:
         """Send each field's per-id gradient sums to the owners (``grads[j]`` is [n_j, dim],
         one row per id of the batch); the result, the gradients this rank owns, goes to
         :meth:`apply`."""
@@ -311,7 +314,7 @@ class ShardedLookup:
         return self._alltoallv(sums, plan.send_counts, plan.recv_counts, self.tables.dim,
                                "gradient exchange", self.grad_comm)[0]
 
-    def apply(self, plan: _Plan, recv: np.ndarray, optimizer: SparseOptimizer) -> None:
+    def apply(self, plan: ExchangePlan, recv: np.ndarray, optimizer: SparseOptimizer) -> None:
         """Owner side: sum the gradients ``recv`` (the push's result) for each owned row
         (in source-rank order) and apply ``optimizer.update(0, local rows, local ids,
         grads)``."""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from recs_core.comm.pending import post_allreduce
 from recs_core.sched.flowshop import johnson_order
+
+if TYPE_CHECKING:
+    from mpi4py.MPI import Comm
 
 
 class Costs:
@@ -54,7 +57,7 @@ class PipelinePlan:
         self.replans = 0
         self.history: list[list[str]] = []  # the order after each agreement
 
-    def agree(self, cpu: list[float], comm_s: list[float], comm: Any) -> list[str]:
+    def agree(self, cpu: list[float], comm_s: list[float], comm: Comm) -> list[str]:
         """Average this rank's per-pipeline (CPU, comm) estimates over ranks (an
         allreduce) and re-plan."""
         local = np.array([cpu, comm_s], dtype=np.float64)

@@ -112,7 +112,7 @@ class Loop:
             task.done = True
             return None
 
-    def _file(self, task: Task, need: Any) -> None:
+    def _file(self, task: Task, need: object) -> None:
         """Queue a task after a segment: ready, waiting on an exchange or on a task."""
         if task.done:
             return

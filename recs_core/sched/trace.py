@@ -8,11 +8,14 @@ import os
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from recs_core.comm import pending
+
+if TYPE_CHECKING:
+    from mpi4py.MPI import Comm
 
 CPU, COMM, WORKER, WAIT = 0, 1, 2, 3  # tracks (Chrome "tid")
 
@@ -27,7 +30,7 @@ class Timeline:
         self.steps: list[tuple[float, float]] = []  # wall interval of each step
         self._lock = threading.Lock()  # the prefetch thread records too
 
-    def sync(self, comm: Any) -> None:
+    def sync(self, comm: Comm) -> None:
         """Align the ranks' time origins: every rank leaves a barrier, then takes its
         origin (good to the barrier's skew, also across machines)."""
         if comm is not None and comm.Get_size() > 1:

@@ -38,13 +38,13 @@ import numpy as np
 
 from recs_core.comm.pending import SPIN_S as BLOCKING_SPIN_S
 from recs_core.comm.pending import Pending, post_allreduce
-from recs_core.comm.progress import ProgressThread, over_network
+from recs_core.comm.progress_thread import ProgressThread, over_network
 from recs_core.comm.world import World
 from recs_core.data.parse import RawBatch
+from recs_core.dense.layers import GradPart, NeedBucket
+from recs_core.dense.presets import EmbGrads
 from recs_core.embedding.layer import Embeddings
 from recs_core.features.graph import BatchState, FeatureBatch, FeatureGraph, OpNode, RowRange
-from recs_core.model.layers import GradPart, NeedBucket
-from recs_core.model.presets import EmbGrads
 from recs_core.sched.costs import Costs, PipelinePlan
 from recs_core.sched.loop import SPIN_S, Loop, Task
 from recs_core.sched.policy import Policy

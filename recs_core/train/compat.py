@@ -17,7 +17,7 @@ from recs_core.embedding.layer import Embeddings
 from recs_core.errors import RecsError
 from recs_core.features.graph import FeatureGraph
 from recs_core.features.hashing import HASH_VERSION
-from recs_core.features.ops import Standardize, Vocab
+from recs_core.features.ops import Operator, Standardize, Vocab
 from recs_core.features.spec import Spec
 from recs_core.train.config import TrainConfig
 
@@ -59,7 +59,7 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def _op_description(op: Any) -> dict[str, Any]:
+def _op_description(op: Operator) -> dict[str, Any]:
     d: dict[str, Any] = {"op": op.name}
     for k, v in vars(op).items():
         if k == "where" or k.startswith("_"):

@@ -29,11 +29,11 @@ from recs_core.data.parse import RawBatch
 from recs_core.data.reader import ShardReader, count_lines_in_spans
 from recs_core.data.shards import plan_shards
 from recs_core.errors import RecsError
+from recs_core.features.feature_pass import warm_up
 from recs_core.features.graph import FeatureBatch, FeatureGraph
-from recs_core.features.job import warm_up
 from recs_core.features.spec import Spec, load_spec
 from recs_core.metrics.auc import auc, logloss
-from recs_core.progress import Progress
+from recs_core.progress_bar import ProgressBar
 from recs_core.sched.policy import Policy, policy
 from recs_core.sched.trace import Timeline, summarize, write_trace
 from recs_core.sched.training_pass import StepHook, TrainingPass
@@ -193,7 +193,7 @@ class Job:
                    TrainingPass, Timeline]:
         """Train on every step of ``source`` through the task loop."""
         self.step_probs = []
-        progress = Progress("train", quiet=quiet)
+        progress = ProgressBar("train", quiet=quiet)
         window, world = self.window, self.world
         timeline = Timeline(world.rank)
         timeline.sync(world.comm)

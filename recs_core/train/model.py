@@ -8,14 +8,14 @@ import numpy as np
 
 from recs_core.comm.pending import Pending, post_allreduce
 from recs_core.comm.world import World
+from recs_core.dense.layers import GradPart, grad_part
+from recs_core.dense.loss import bce_with_logits, sigmoid
+from recs_core.dense.optim import make_dense_optimizer
+from recs_core.dense.presets import DLRM, BackwardItem, EmbGrads, WideDeep
 from recs_core.embedding.layer import Embeddings, LocalEmbeddings, ShardedEmbeddings, slots_of
 from recs_core.embedding.sparse_optim import make_sparse_optimizer
 from recs_core.features.graph import FeatureBatch
 from recs_core.features.spec import Spec
-from recs_core.model.layers import GradPart, grad_part
-from recs_core.model.loss import bce_with_logits, sigmoid
-from recs_core.model.optim import make_dense_optimizer
-from recs_core.model.presets import DLRM, BackwardItem, EmbGrads, WideDeep
 from recs_core.stages import Stage, drive
 from recs_core.train.config import TrainConfig
 

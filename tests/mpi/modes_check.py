@@ -23,7 +23,7 @@ import numpy as np
 from mpi4py import MPI
 
 from recs_core.comm.world import mpi_world
-from recs_core.model import layers
+from recs_core.dense import layers
 from recs_core.sched import MODES
 from recs_core.sched.policy import CHUNK_MS
 from recs_core.sched.training_pass import StepHook

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 from numba import njit
 
-from recs_core.model.layers import GradPart
+from recs_core.dense.layers import GradPart
 
 
 @njit(nogil=True, cache=True)

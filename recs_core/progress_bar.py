@@ -7,7 +7,7 @@ import time
 from typing import TextIO
 
 
-class Progress:
+class ProgressBar:
     """Prints ``label: N rows, R rows/s`` at most every ``every`` seconds on a terminal."""
 
     def __init__(self, label: str, total: int | None = None, *, quiet: bool = False,

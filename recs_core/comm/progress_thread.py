@@ -10,12 +10,15 @@ kernels, which release the GIL. It needs MPI_THREAD_MULTIPLE (mpi4py's default).
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mpi4py.MPI import Comm
 
 INTERVAL_S = 1e-3
 
 
-def over_network(comm: Any) -> bool:
+def over_network(comm: Comm) -> bool:
     """Whether this job's messages go over a network: ranks on several nodes, or MPI
     told to use TCP between local ranks (as bench/emulated_network.sh does). On shared
     memory the thread only costs (ranks copy messages with their own CPUs). Collective."""
@@ -35,7 +38,7 @@ def over_network(comm: Any) -> bool:
 class ProgressThread:
     """Start with :meth:`start`; :meth:`stop` joins it (also usable as a context manager)."""
 
-    def __init__(self, comm: Any, interval: float = INTERVAL_S) -> None:
+    def __init__(self, comm: Comm, interval: float = INTERVAL_S) -> None:
         from mpi4py import MPI
 
         if MPI.Query_thread() < MPI.THREAD_MULTIPLE:

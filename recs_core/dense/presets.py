@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recs_core.model.interaction import interact_backward_kernel, interact_kernel, num_pairs
-from recs_core.model.layers import MLP, GradPart, NeedBucket, drive, shift_parts
+from recs_core.dense.interaction import interact_backward_kernel, interact_kernel, num_pairs
+from recs_core.dense.layers import MLP, GradPart, NeedBucket, drive, shift_parts
 
 
 @dataclass

@@ -15,7 +15,7 @@ from recs_core.data.parse import ChunkParser
 from recs_core.data.reader import ShardReader, find_lf, rfind_lf
 from recs_core.features.graph import FeatureGraph
 from recs_core.features.spec import Spec
-from recs_core.progress import Progress
+from recs_core.progress_bar import ProgressBar
 
 
 @dataclass
@@ -70,7 +70,7 @@ def run_features(spec: Spec, paths: list[str], world: World | None = None, *,
     graph = FeatureGraph(spec)
     reader = ShardReader(paths, spec.schema, rank=world.rank, world=world.size,
                          batch_rows=batch_rows or spec.batch_size, policy=policy or spec.policy)
-    progress = Progress("features", quiet=quiet or world.rank != 0)
+    progress = ProgressBar("features", quiet=quiet or world.rank != 0)
     world.barrier()
     t0 = time.perf_counter()
     rows = 0
