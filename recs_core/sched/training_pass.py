@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -42,7 +42,7 @@ from recs_core.comm.progress_thread import ProgressThread, over_network
 from recs_core.comm.world import World
 from recs_core.data.parse import RawBatch
 from recs_core.dense.layers import GradPart, NeedBucket
-from recs_core.dense.presets import EmbGrads
+from recs_core.dense.presets import BackwardItem, EmbGrads
 from recs_core.embedding.layer import Embeddings
 from recs_core.features.graph import BatchState, FeatureBatch, FeatureGraph, OpNode, RowRange
 from recs_core.sched.costs import Costs, PipelinePlan
@@ -52,8 +52,25 @@ from recs_core.sched.trace import WORKER, Timeline
 from recs_core.sched.workers import OperatorWorkers
 from recs_core.stages import NeedRows, Stage, relay
 
-if TYPE_CHECKING:
-    from recs_core.train.model import Model
+
+class StagedModel(Protocol):
+    """The model as the pass runs it (``recs_core.train.model.Model``): its embedding
+    sets' stages, its staged forward and backward, and its dense bucket updates."""
+
+    sets: list[Embeddings]
+    emb: Embeddings
+
+    def forward_loss_stages(self, fb: FeatureBatch, z: np.ndarray, wide_z: np.ndarray | None,
+                            global_rows: int | None) -> Stage[
+                                tuple[np.ndarray, float, np.ndarray]]: ...
+
+    def backward_stages(self, dlogits: np.ndarray) -> Iterator[BackwardItem]: ...
+
+    def post_dense_allreduce(self, which: list[GradPart]) -> Pending[None]: ...
+
+    def start_dense_update(self) -> None: ...
+
+    def dense_update_bucket(self, summed: Pending[None], which: list[GradPart]) -> None: ...
 
 # Task priorities, lower first: a dense bucket's update -1 (tens of us; the forward may be
 # waiting for it); train 0; push 1 + i / 100; admit 5; lookups 10 + i of the current step,
@@ -138,7 +155,7 @@ class _Prefetcher:
 class TrainingPass:
     """Runs a training pass through the task loop under a policy (module docstring)."""
 
-    def __init__(self, model: Model, graph: FeatureGraph, world: World, policy: Policy,
+    def __init__(self, model: StagedModel, graph: FeatureGraph, world: World, policy: Policy,
                  timeline: Timeline) -> None:
         self.model, self.graph, self.world, self.policy = model, graph, world, policy
         multi = world.size > 1
