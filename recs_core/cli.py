@@ -117,7 +117,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="config TOML with the feature spec and [model]/[optimizer]/[train]")
     p.add_argument("--data", required=True, nargs="+", help="input files (plain or .gz)")
     p.add_argument("--eval-fraction", type=float,
-                   help="hold out this last share of rows (default: train.eval_fraction, 0)")
+                   help="hold out the rows in this last share of each rank's shard (by "
+                   "bytes; approximate in rows for .gz), scored after the pass (default: "
+                   "train.eval_fraction, 0)")
     p.add_argument("--init-from", metavar="DIR",
                    help="start from a checkpoint: a --save directory (its newest complete "
                    "checkpoint) or one step-N checkpoint in it; written by any number of "

@@ -96,3 +96,20 @@ def two_windows(tmp_path_factory) -> tuple[Path, Path]:
     (d / "w1.txt").write_text("".join(lines[:1200]))
     (d / "w2.txt").write_text("".join(lines[1200:2400]))
     return d / "w1.txt", d / "w2.txt"
+
+
+def held_out_rows(path: Path, fraction: float, world: int = 1) -> int:
+    """Rows ``--eval-fraction`` holds out of a plain file, computed from its bytes: per
+    rank, the lines starting in the last ``fraction`` of its byte range (the reader's
+    ranges: ``size * r // world`` on; a line belongs to the range it starts in)."""
+    import numpy as np
+
+    data = np.fromfile(path, dtype=np.uint8)
+    starts = np.concatenate([[0], np.flatnonzero(data == 10) + 1])
+    starts = starts[starts < len(data)]
+    held = 0
+    for r in range(world):
+        a, b = len(data) * r // world, len(data) * (r + 1) // world
+        cut = a + int((1.0 - fraction) * (b - a))
+        held += int(np.sum((starts >= cut) & (starts < b)))
+    return held

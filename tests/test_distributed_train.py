@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONFIGS, ROOT, run_mpi
+from tests.conftest import CONFIGS, ROOT, held_out_rows, run_mpi
 
 CHECK = str(ROOT / "tests" / "mpi" / "train_equivalence_check.py")
 
@@ -127,5 +127,6 @@ def test_eval_fraction_on_two_ranks(sample_1200: Path, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     out = json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("{")][0])
     assert out["train_rows"] + out["eval_rows"] == 1200
-    assert abs(out["eval_rows"] - 300) <= 2  # the last quarter of each rank's shard
+    # the rows in the last quarter of each rank's byte range
+    assert out["eval_rows"] == held_out_rows(sample_1200, 0.25, world=2)
     assert 0.0 < out["eval_auc"] < 1.0

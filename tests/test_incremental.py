@@ -21,7 +21,7 @@ from recs_core.errors import RecsError
 from recs_core.train.compat import table_stems
 from recs_core.train.job import Job
 from recs_core.train.merge_tools import merged_checkpoint
-from tests.conftest import CONFIGS, ROOT, mpiexec, run_mpi, small_test_spec
+from tests.conftest import CONFIGS, ROOT, held_out_rows, mpiexec, run_mpi, small_test_spec
 
 FIGURES = ("rows", "train_rows", "eval_rows", "progressive_auc", "train_logloss", "eval_auc",
            "eval_logloss", "window_steps", "global_step")
@@ -54,22 +54,24 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(head, tmp_path: Path,
     out = full.run([head[0]], eval_fraction=0.2, hook=full.checkpoint_hook(tmp_path / "a", 3,
                                                                             keep=10))
     final = full.save_step(tmp_path / "a")
+    train = 1200 - held_out_rows(head[0], 0.2)
+    n = -(-train // 101)  # global steps: the training rows in batches of 101
     steps = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert steps == [f"step-{s:09d}" for s in (3, 6, 9, 12)]
-    assert out["window_steps"] == 12 and out["train_rows"] == 960
+    assert steps == [f"step-{s:09d}" for s in sorted({*range(3, n + 1, 3), n})]
+    assert out["window_steps"] == n and out["train_rows"] == train
     for at in (3, 9):
         job = Job(make())
         job.resume(tmp_path / "a" / f"step-{at:09d}")
         got = job.run([head[0]], eval_fraction=0.2)
         assert got["checkpoint"]["resumed_at_step"] == at
-        assert len(job.step_probs) == 12 - at  # only the remaining steps were trained
+        assert len(job.step_probs) == n - at  # only the remaining steps were trained
         assert {k: got[k] for k in FIGURES} == {k: out[k] for k in FIGURES}
         assert np.array_equal(job.window.progressive.labels(), full.window.progressive.labels())
         assert np.array_equal(job.window.progressive.probs(), full.window.progressive.probs())
         again = job.save_step(tmp_path / f"b{at}")
         assert hashes(again) == hashes(final)
     m = load_manifest(final)
-    assert m.meta["window"]["done"] and m.meta["step"] == 12
+    assert m.meta["window"]["done"] and m.meta["step"] == n
     names = set(m.rank_files(0))
     assert {"progressive.labels", "dense.0", "emb.cat.C1.values", "emb.cat.C1.touched"} <= names
     if kind == "dlrm":
@@ -157,14 +159,15 @@ def test_init_from_starts_a_new_window_and_its_delta_applies(head, tmp_path: Pat
     job = Job(spec("wdl"))
     assert job.load(tmp_path / "m") == base
     out = job.run([head[1]], eval_fraction=0.1)
-    assert out["window_steps"] == 12 and out["global_step"] == 24
+    n = -(-(1200 - held_out_rows(head[1], 0.1)) // 101)
+    assert out["window_steps"] == n and out["global_step"] == 12 + n
     new = job.save_step(tmp_path / "m")
-    assert new.endswith("step-000000024")
+    assert new.endswith(f"step-{12 + n:09d}")
     delta = job.export_delta(tmp_path / "delta")
     tables, dense, meta = merged_checkpoint(base)
     new_tables, new_dense, _ = merged_checkpoint(new)
     changed, _, dmeta = read_delta(delta)
-    assert dmeta["base_step"] == 12 and dmeta["step"] == 24
+    assert dmeta["base_step"] == 12 and dmeta["step"] == 12 + n
     assert 0 < dmeta["rows"] < sum(len(t) for t in tables.values())
     assert "wide.cat.C1" in changed and dmeta["tables"]["emb.cross.C1xC2"] == "cross:C1xC2"
     apply_delta(tables, dense, delta)

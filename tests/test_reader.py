@@ -182,17 +182,24 @@ def test_memory_stays_bounded_by_the_buffer_pool(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 5])
-def test_count_lines_in_spans_matches_rows_read(tmp_path: Path, world: int) -> None:
-    from recs_core.data.reader import count_lines_in_spans
-
+def test_holdout_splits_each_rank_shard(tmp_path: Path, world: int) -> None:
+    """With ``holdout``, iterating gives a prefix of each rank's rows and ``held_out()`` the
+    rest (more in tests/test_holdout.py)."""
     files = [write_rows(tmp_path / "a.txt", range(0, 301)),
              write_rows(tmp_path / "b.gz", range(301, 400), gz=True)]
-    (tmp_path / "c.txt").write_bytes(b"1\t1\tx\n0\t2\ty")  # no final newline
+    (tmp_path / "c.txt").write_bytes(b"1\t401\tx\n0\t400\t")  # no final newline
     files.append(tmp_path / "c.txt")
-    plan = plan_shards([str(f) for f in files], world)
-    counts = [count_lines_in_spans(plan[r]) for r in range(world)]
-    assert sum(counts) == 402
+    paths = [str(f) for f in files]
+    every = []
     for r in range(world):
-        rows = sum(len(b) for b in ShardReader([str(f) for f in files], SCHEMA, rank=r,
-                                               world=world, chunk_bytes=128))
-        assert rows == counts[r]
+        whole = read_ids(paths, world, r, check=False)
+        for h in (0.0, 0.25, 0.9, 1.0):
+            reader = ShardReader(paths, SCHEMA, rank=r, world=world, batch_rows=7,
+                                 chunk_bytes=128, holdout=h)
+            train = [i for b in reader for i in b.ints[:, 0].tolist()]
+            held = [i for b in reader.held_out() for i in b.ints[:, 0].tolist()]
+            assert train + held == whole
+            assert reader.counter.lines == len(whole)
+            assert (h == 0) <= (held == []) and (h == 1) <= (train == [])
+        every += whole
+    assert sorted(every) == list(range(402))

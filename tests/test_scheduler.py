@@ -344,7 +344,7 @@ def test_every_mode_trains_the_identical_model_on_one_rank(sample_1200: Path, pr
     ref = _one_rank_job(preset)
     ref_probs = []
     for raw in ShardReader([str(sample_1200)], ref.spec.schema, batch_rows=ref.local_batch):
-        ref_probs.append(ref.model.train_step(ref.graph.process(raw))[0])
+        ref_probs.append(ref.model.train_step(ref.graph.process(raw), len(raw))[0])
     ref_state = _one_rank_state(ref)
     assert any(k.startswith("dyn") for k in ref_state) == preset.endswith("-dyn")
     for mode, workers, chunk_ms in [(m, 0, None) for m in MODES] + [("recs", 1, 1e-6)]:

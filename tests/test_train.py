@@ -16,7 +16,7 @@ from recs_core.data.synth import generate
 from recs_core.features.spec import load_spec, parse_spec
 from recs_core.metrics.auc import auc, logloss
 from recs_core.train.job import Job
-from tests.conftest import CONFIGS, ROOT
+from tests.conftest import CONFIGS, ROOT, held_out_rows
 
 SMALL_MODEL = {"model": {"preset": "dlrm", "bottom_mlp": [16, 16], "top_mlp": [32, 16]},
                "optimizer": {"name": "adagrad", "lr": 0.05}}
@@ -41,10 +41,12 @@ def small_spec(batch: int = 256, **extra) -> object:
 def test_real_sample_beats_constant_predictor(criteo_sample) -> None:
     job = Job(small_spec())
     out = job.run([criteo_sample], eval_fraction=0.2)
-    assert out["train_rows"] + out["eval_rows"] == 5760 and out["eval_rows"] == 1152
+    held = held_out_rows(criteo_sample, 0.2)  # the rows in the last 20% of the bytes
+    assert out["train_rows"] + out["eval_rows"] == 5760 and out["eval_rows"] == held
+    assert abs(held - 1152) < 60
     labels = np.loadtxt(criteo_sample, usecols=0, delimiter="\t", dtype=np.float64)
-    base = labels[:4608].mean()
-    const = logloss(labels[4608:], np.full(1152, base))
+    base = labels[:-held].mean()
+    const = logloss(labels[-held:], np.full(held, base))
     assert out["eval_logloss"] < const - 0.005, (out, const)
     assert 0.6 < out["eval_auc"] < 1.0 and 0.55 < out["progressive_auc"] < 1.0
     for key in ("rows", "seconds", "samples_per_sec", "train_logloss", "world_size",
@@ -95,11 +97,12 @@ def test_one_pass_over_a_million_rows_gets_near_the_true_auc(tmp_path: Path) -> 
     generate(data, 1_000_000, seed=11, probs_out=probs)
     job = Job(load_spec(CONFIGS / "criteo_dlrm.toml"))
     out = job.run([data], eval_fraction=0.1)
-    p_true = np.loadtxt(probs, dtype=np.float64)[900_000:]
+    held = held_out_rows(data, 0.1)
+    p_true = np.loadtxt(probs, dtype=np.float64)[-held:]
     with open(data, "rb") as f:
-        y = np.array([ln[:1] == b"1" for ln in f.readlines()[900_000:]], dtype=np.float64)
+        y = np.array([ln[:1] == b"1" for ln in f.readlines()[-held:]], dtype=np.float64)
     best = auc(y, p_true)
-    assert out["eval_rows"] == 100_000
+    assert out["eval_rows"] == held and abs(held - 100_000) < 2_000
     assert out["eval_auc"] > best - 0.05, (out["eval_auc"], best)
 
 
@@ -115,5 +118,6 @@ def test_train_cli_prints_json(criteo_sample, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["rows"] == 5760 and out["world_size"] == 1 and out["eval_auc"] is not None
-    assert out["saved"] == str(tmp_path / "m" / "step-000000012")
-    assert (tmp_path / "m" / "step-000000012" / "manifest.json").exists()
+    steps = -(-(5760 - held_out_rows(criteo_sample, 0.1)) // 512)
+    assert out["saved"] == str(tmp_path / "m" / f"step-{steps:09d}")
+    assert (tmp_path / "m" / f"step-{steps:09d}" / "manifest.json").exists()

@@ -6,11 +6,22 @@ one way, free slots back). A slot is a credit: at most ``_POOL`` chunks are read
 ahead, so reading overlaps parsing and memory stays bounded whatever the file size.
 Each chunk gets a fresh buffer that its parsed rows keep as their string arena
 (no copy); it is freed when the last batch viewing it is dropped.
+
+Hold-out (``ShardReader(..., holdout=h)``): a rank's shard is its spans in order, B bytes
+in all (a plain span counts its byte range, a ``.gz`` span its compressed file size), and
+a line's position is the shard offset of its first byte. The held-out lines are those
+whose position is >= ``cut = floor((1 - h) * B)``; iterating the reader yields the other
+(training) lines, :meth:`ShardReader.held_out` reads the held-out ones again from the
+files. Nothing is counted or kept beforehand: the cut is found from the spans' sizes.
+In a ``.gz`` span the position of a decompressed byte is where zlib was in the
+compressed file when it produced that byte (see :class:`_GzCutStream`), so there the
+split is exact in that measure but only approximate in rows.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import threading
 import zlib
@@ -35,13 +46,16 @@ from recs_core.native import SpscRing
 DEFAULT_CHUNK_BYTES = 4 << 20
 _POOL = 4
 _WAIT_S = 0.5  # poll period of ring waits (the other thread may have died)
+# how a .gz span holding the cut is decompressed (this fixes its byte positions)
+_GZ_READ = 64 << 10  # compressed bytes read from the file at a time
+_GZ_OUT = 256 << 10  # most decompressed bytes one zlib call returns
 
 
 @dataclass
 class _Chunk:
     """What the reading thread fills in before handing a buffer over."""
 
-    span: int = 0
+    part: int = 0
     nbytes: int = 0
     at_eof: bool = False
     skipped_long_lines: int = 0  # overlong lines dropped right before this chunk
@@ -67,42 +81,182 @@ def count_lines_before(path: str, offset: int) -> int:
     return count_line_feeds(path, 0, offset)
 
 
-def count_lines_in_spans(spans: list[Span]) -> int:
-    """Lines that start inside the spans (a final line without newline included)."""
-    total = 0
-    for span in spans:
-        if span.gz:
-            last = b"\n"
-            with gzip.open(span.path, "rb") as f:
-                while block := f.read(1 << 22):
-                    total += block.count(b"\n")
-                    last = block[-1:]
-            total += last != b"\n"
-            continue
-        size = os.path.getsize(span.path)
-        # a line starts at p when p == 0 or byte p-1 is a line feed (and p < size)
-        total += span.start == 0 and size > 0
-        total += count_line_feeds(span.path, max(span.start - 1, 0),
-                                  min(span.end - 1, size - 1))
-    return total
+@dataclass(frozen=True)
+class _Part:
+    """What one stream reads of one span. Plain: the lines that start in [start, end).
+    ``.gz`` with ``gz_cut`` < 0: the whole file; else the lines whose compressed position
+    is < ``gz_cut`` (``held`` False) or >= it (``held`` True)."""
+
+    path: str
+    gz: bool
+    start: int = 0
+    end: int = -1
+    gz_cut: int = -1
+    held: bool = False
+
+
+def split_at_holdout(spans: list[Span], holdout: float) -> tuple[list[_Part], list[_Part], int,
+                                                                  int]:
+    """(training parts, held-out parts, cut, shard bytes) of a rank's spans: the lines
+    whose shard position is >= ``cut = floor((1 - holdout) * bytes)`` are held out."""
+    if not 0.0 <= holdout <= 1.0:
+        raise ValueError(f"holdout must be in [0, 1], got {holdout}")
+    sizes = [os.path.getsize(s.path) if s.gz else s.end - s.start for s in spans]
+    total = sum(sizes)
+    whole = [_Part(s.path, s.gz, s.start, s.end) for s in spans]
+    if holdout == 0.0:
+        return whole, [], total, total
+    cut = min(total, max(0, math.floor((1.0 - holdout) * total)))
+    train: list[_Part] = []
+    held: list[_Part] = []
+    off = 0
+    for span, part, n in zip(spans, whole, sizes):
+        if off + n <= cut:  # every position in the span is < off + n
+            train.append(part)
+        elif off >= cut:
+            held.append(part)
+        elif span.gz:
+            train.append(_Part(span.path, True, gz_cut=cut - off, held=False))
+            held.append(_Part(span.path, True, gz_cut=cut - off, held=True))
+        else:
+            at = span.start + cut - off
+            train.append(_Part(span.path, False, span.start, at))
+            held.append(_Part(span.path, False, at, span.end))
+        off += n
+    return train, held, cut, total
+
+
+class _GzCutStream:
+    """A gzip file (every member) decompressed by zlib on a fixed schedule: ``_GZ_READ``
+    compressed bytes read at a time, at most ``_GZ_OUT`` bytes out of each call. A call
+    that took compressed bytes [c0, c1) and returned decompressed bytes [d0, d1) gives
+    byte d the position ``c0 + (d - d0) * (c1 - c0) // (d1 - d0)`` (< c1), so positions
+    depend on the file alone (not on how the stream is read) and never decrease.
+    ``cut_at``: the offset of the first byte whose position is >= ``cut``; it is known
+    (not None) as soon as a byte at or past it has been decompressed."""
+
+    def __init__(self, f, cut: int) -> None:  # noqa: ANN001
+        self.f, self.cut = f, cut
+        self.z = None  # the current member's decompressor
+        self.pending = b""  # compressed bytes read, not yet taken by zlib
+        self.taken = 0  # compressed bytes zlib has taken
+        self.file_eof = False
+        self.raw = b""  # the last piece zlib returned, and how far it has been read
+        self.view = memoryview(self.raw)
+        self.at = 0
+        self.produced = 0  # decompressed bytes returned by zlib so far
+        self.cut_at: int | None = None
+
+    def _next_piece(self) -> bool:
+        """Decompress the next non-empty piece; False at the end of the file."""
+        while True:
+            if not self.pending and not self.file_eof:
+                self.pending = self.f.read(_GZ_READ)
+                self.file_eof = not self.pending
+            if self.z is not None and self.z.eof:  # zero padding, then maybe another member
+                rest = self.pending.lstrip(b"\0")
+                self.taken += len(self.pending) - len(rest)
+                self.pending = rest
+                if not rest:
+                    if self.file_eof:
+                        return False
+                    continue
+                self.z = None
+            if self.z is None:
+                if not self.pending:  # an empty file
+                    return False
+                self.z = zlib.decompressobj(31)
+            data = self.pending
+            out = self.z.decompress(data, _GZ_OUT)
+            if not data and not out and not self.z.eof:
+                raise EOFError("Compressed file ended before the end-of-stream marker was "
+                               "reached")
+            rest = self.z.unused_data if self.z.eof else self.z.unconsumed_tail
+            c0 = self.taken
+            self.taken += len(data) - len(rest)
+            self.pending = rest
+            if out:
+                self._piece(out, c0, self.taken)
+                return True
+
+    def _piece(self, out: bytes, c0: int, c1: int) -> None:
+        d0, n = self.produced, len(out)
+        if self.cut_at is None:
+            r = self.cut - c0
+            if r <= 0:
+                self.cut_at = d0
+            elif c1 > c0:
+                k = -(-r * n // (c1 - c0))  # the first k with c0 + k*(c1-c0)//n >= cut
+                if k < n:
+                    self.cut_at = d0 + k
+        self.raw, self.view, self.at = out, memoryview(out), 0
+        self.produced = d0 + n
+
+    def readinto(self, mv: memoryview) -> int:
+        if self.at == len(self.raw) and not self._next_piece():
+            return 0
+        n = min(len(mv), len(self.raw) - self.at)
+        mv[:n] = self.view[self.at:self.at + n]
+        self.at += n
+        return n
+
+    def readline(self, limit: int) -> bytes:
+        if self.at == len(self.raw) and not self._next_piece():
+            return b""
+        stop = min(len(self.raw), self.at + limit)
+        k = self.raw.find(b"\n", self.at, stop)
+        if k >= 0:
+            stop = k + 1
+        part = self.raw[self.at:stop]
+        self.at = stop
+        return part
+
+    def skip_to_cut(self) -> tuple[int, int] | None:
+        """Pass the lines that start before ``cut_at``: (line feeds passed, offset of the
+        first line at or after it), or None when no line starts there."""
+        lfs, last = 0, 10
+        while self.cut_at is None or self.cut_at >= self.produced:
+            if not self._next_piece():
+                return None
+            stop = len(self.raw) if self.cut_at is None else self.cut_at - (
+                self.produced - len(self.raw))
+            if stop > 0:
+                lfs += self.raw.count(b"\n", 0, stop)
+                last = self.raw[stop - 1]
+            self.at = stop
+        pos = self.cut_at
+        if last != 10:  # the line holding byte cut_at - 1 started before the cut
+            while True:
+                part = self.readline(1 << 20)
+                pos += len(part)
+                if not part:
+                    return None
+                if part.endswith(b"\n"):
+                    lfs += 1
+                    break
+        return lfs, pos
 
 
 class _ChunkProducer(threading.Thread):
-    """Reads the spans into fresh chunk buffers, each ending at a line boundary."""
+    """Reads the parts into fresh chunk buffers, each ending at a line boundary."""
 
-    def __init__(self, spans: list[Span], chunk_bytes: int, pool: list[np.ndarray | None],
+    def __init__(self, parts: list[_Part], chunk_bytes: int, pool: list[np.ndarray | None],
                  meta: list[_Chunk], full: SpscRing, free: SpscRing) -> None:
         super().__init__(daemon=True, name="recs-reader")
-        self.spans, self.pool, self.meta, self.full, self.free = spans, pool, meta, full, free
+        self.parts, self.pool, self.meta, self.full, self.free = parts, pool, meta, full, free
         self.chunk_bytes = chunk_bytes
         self.error: BaseException | None = None
         self.current_path = ""
         self.stop = False
+        # line feeds before a part's first line, where the reading finds them (a .gz
+        # part from the cut); set before the part's first chunk is handed over
+        self.lines_before: dict[int, int] = {}
 
     def run(self) -> None:
         try:
-            for i, span in enumerate(self.spans):
-                self._read_span(i, span)
+            for i, part in enumerate(self.parts):
+                if not self._read_part(i, part):
+                    break
         except BaseException as e:  # handed to the consumer, which raises it
             self.error = e
         finally:
@@ -115,60 +269,92 @@ class _ChunkProducer(threading.Thread):
                 return slot
         return None
 
-    def _read_span(self, span_index: int, span: Span) -> None:
-        self.current_path = span.path
-        opener = gzip.open if span.gz else open
-        with opener(span.path, "rb") as f:
+    def _read_part(self, index: int, part: _Part) -> bool:
+        """Hand over the part's chunks; False when the consumer has gone."""
+        self.current_path = part.path
+        if part.gz and part.gz_cut >= 0:
+            with open(part.path, "rb") as raw:
+                f = _GzCutStream(raw, part.gz_cut)
+                if not part.held:  # the lines before the cut
+                    return self._read_lines(index, f, 0, lambda: f.cut_at)
+                at = f.skip_to_cut()
+                if at is None:
+                    return True
+                self.lines_before[index] = at[0]
+                return self._read_lines(index, f, at[1], lambda: None)
+        if part.gz:
+            with gzip.open(part.path, "rb") as f:
+                return self._read_lines(index, f, 0, lambda: None)
+        with open(part.path, "rb") as f:
             pos = 0
-            if not span.gz and span.start > 0:
-                f.seek(span.start - 1)
+            if part.start > 0:
+                f.seek(part.start - 1)
                 if f.read(1) != b"\n":  # that line belongs to the previous range
                     _skip_line(f)
                 pos = f.tell()
-            end = None if span.gz else span.end
-            if end is not None and pos >= end:
-                return
-            carry = np.empty(0, dtype=np.uint8)
-            skipped = 0
-            eof = False
-            while not eof:
-                slot = self._take()
-                if slot is None:
-                    return
-                cap = self.chunk_bytes
-                buf = self.pool[slot] = np.empty(cap, dtype=np.uint8)
-                c = len(carry)
-                buf[:c] = carry
-                mv = memoryview(buf)
-                total = c
-                while total < cap:  # fill the buffer unless the file ends
-                    got = f.readinto(mv[total:])
-                    if not got:
-                        eof = True
-                        break
-                    total += got
-                cut = -1
-                done = eof
-                if end is not None and pos + total >= end:
-                    k = find_lf(buf, max(0, end - 1 - pos), total)
+            end = part.end
+            return self._read_lines(index, f, pos, lambda: end)
+
+    def _read_lines(self, index: int, f, pos: int, end_of) -> bool:  # noqa: ANN001
+        """Hand over the lines of ``f`` (at offset ``pos``, a line start) that start before
+        ``end_of()`` (None: to the end of the file; it may become known during reading,
+        always before the bytes at it are read)."""
+        carry = np.empty(0, dtype=np.uint8)
+        skipped = 0
+        eof = False
+        while not eof:
+            end = end_of()
+            if end is not None and pos >= end:  # the line at pos is not this part's
+                break
+            slot = self._take()
+            if slot is None:
+                return False
+            cap = self.chunk_bytes
+            buf = self.pool[slot] = np.empty(cap, dtype=np.uint8)
+            c = len(carry)
+            buf[:c] = carry
+            mv = memoryview(buf)
+            total = c
+            while total < cap:  # fill the buffer unless the file ends
+                got = f.readinto(mv[total:])
+                if not got:
+                    eof = True
+                    break
+                total += got
+            end = end_of()
+            cut = -1
+            done = eof
+            if end is not None and pos + total >= end:
+                if end <= pos:
+                    cut, done = 0, True
+                else:
+                    k = find_lf(buf, end - 1 - pos, total)
                     if k >= 0:
                         cut, done = k + 1, True
-                if cut < 0:
-                    cut = total if eof else rfind_lf(buf, 0, total) + 1
-                if cut == 0 and total == cap:  # one line longer than the whole buffer
-                    pos += total + _skip_line(f)
-                    carry = carry[:0]
-                    skipped += 1
-                    self.free.push(slot, None)
-                    continue
-                carry = buf[cut:total].copy() if not done else carry[:0]
-                self.meta[slot] = _Chunk(span_index, cut, done, skipped)
-                skipped = 0
-                pos += cut
-                if not self.full.push(slot, None):
-                    return
-                if done:
-                    break
+            if cut < 0:
+                cut = total if eof else rfind_lf(buf, 0, total) + 1
+            if cut == 0 and total == cap and not done:  # a line longer than the buffer
+                pos += total + _skip_line(f)
+                carry = carry[:0]
+                skipped += 1
+                self.free.push(slot, None)
+                continue
+            carry = buf[cut:total].copy() if not done else carry[:0]
+            self.meta[slot] = _Chunk(index, cut, done, skipped)
+            skipped = 0
+            pos += cut
+            if not self.full.push(slot, None):
+                return False
+            if done:
+                return True
+        if skipped:  # overlong lines right before the end: an empty chunk counts them
+            slot = self._take()
+            if slot is None:
+                return False
+            self.pool[slot] = np.empty(0, dtype=np.uint8)
+            self.meta[slot] = _Chunk(index, 0, True, skipped)
+            return bool(self.full.push(slot, None))
+        return True
 
 
 def _skip_line(f) -> int:  # noqa: ANN001
@@ -202,33 +388,55 @@ def rfind_lf(buf: np.ndarray, a: int, b: int) -> int:
 class ShardReader:
     """Iterates this rank's share of the input as :class:`RawBatch` es of ``batch_rows`` rows.
 
-    Bad lines follow ``policy``; ``counter`` holds the line and bad-line counts.
+    ``holdout`` (in [0, 1]): iterating yields only the lines before the cut (module
+    docstring) and :meth:`held_out` the lines from it, each a line exactly once; both
+    re-read the files and give the same rows on every call. Bad lines follow ``policy``;
+    ``counter`` holds the line and bad-line counts of both streams (each line is in one).
     """
 
     def __init__(self, paths: list[str], schema: ColumnSchema, *, rank: int = 0, world: int = 1,
                  batch_rows: int = 2048, policy: BadRowPolicy | None = None,
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, holdout: float = 0.0) -> None:
         if batch_rows < 1:
             raise ValueError("batch_rows must be >= 1")
         self.spans = plan_shards([str(p) for p in paths], world)[rank]
+        self.holdout = holdout
+        self._train, self._held, self.cut, self.shard_bytes = split_at_holdout(self.spans,
+                                                                               holdout)
         self.parser = ChunkParser(schema)
         self.schema = schema
         self.batch_rows = batch_rows
         self.chunk_bytes = chunk_bytes
         self.counter = BadRowCounter(policy or BadRowPolicy())
-        self.rows = 0
+        self.rows = 0  # training rows yielded
+        self.held_rows = 0  # held-out rows yielded
 
     def __iter__(self) -> Iterator[RawBatch]:
+        for batch in self._stream(self._train):
+            self.rows += len(batch)
+            yield batch
+
+    def held_out(self) -> Iterator[RawBatch]:
+        """The held-out rows (those from the cut on), read again from the files: a plain
+        span from the cut, a ``.gz`` span decompressed from its start."""
+        for batch in self._stream(self._held):
+            self.held_rows += len(batch)
+            yield batch
+
+    def _stream(self, parts: list[_Part]) -> Iterator[RawBatch]:
+        if not parts:
+            self.counter.check(final=True)
+            return
         pool: list[np.ndarray | None] = [None] * _POOL
         meta = [_Chunk() for _ in range(_POOL)]
         full, free = SpscRing(_POOL), SpscRing(_POOL)
         for i in range(_POOL):
             free.push(i, None)
-        producer = _ChunkProducer(self.spans, self.chunk_bytes, pool, meta, full, free)
+        producer = _ChunkProducer(parts, self.chunk_bytes, pool, meta, full, free)
         producer.start()
         pending: list[RawBatch] = []
         pending_rows = 0
-        lines_in_span: dict[int, int] = {}
+        lines_in_part: dict[int, int] = {}
         try:
             while True:
                 slot = full.pop(_WAIT_S)
@@ -240,15 +448,16 @@ class ShardReader:
                 parsed = self.parser.parse(pool[slot], m.nbytes, m.at_eof, own_buffer=True)
                 pool[slot] = None
                 free.push(slot, None)
-                span = self.spans[m.span]
-                base = lines_in_span.get(m.span, 0)
+                part = parts[m.part]
+                first = producer.lines_before.get(m.part)
+                base = lines_in_part.get(m.part, 0)
                 for _ in range(m.skipped_long_lines):
                     self.counter.lines += 1
-                    self.counter.record(span.path, self._line_of(span, base, 0),
+                    self.counter.record(part.path, self._line_of(part, first, base, 0),
                                         R_LINE_TOO_LONG, None)
                     base += 1
-                self._record_bad(span, base, parsed)
-                lines_in_span[m.span] = base + parsed.n_lines
+                self._record_bad(part, first, base, parsed)
+                lines_in_part[m.part] = base + parsed.n_lines
                 self.counter.lines += parsed.n_lines
                 self.counter.check(final=False)
                 batch = parsed.batch
@@ -261,34 +470,36 @@ class ShardReader:
                     if pending_rows == self.batch_rows:
                         out = RawBatch.concat(pending)
                         pending, pending_rows = [], 0
-                        self.rows += len(out)
                         yield out
             if producer.error is not None:
                 raise _as_data_error(producer.error, producer.current_path)
             self.counter.check(final=True)
             if pending_rows:
-                out = RawBatch.concat(pending)
-                self.rows += len(out)
-                yield out
+                yield RawBatch.concat(pending)
         finally:
             producer.stop = True
             producer.join(timeout=5)
 
-    def _line_of(self, span: Span, base: int, index: int):  # noqa: ANN202
+    @staticmethod
+    def _line_of(part: _Part, first: int | None, base: int, index: int):  # noqa: ANN205
         """A function giving the 1-based file line of line ``index`` of a chunk (lazy: it
-        counts the lines before the span only when an error is reported)."""
+        counts the lines before a plain part only when an error is reported); ``first``:
+        the line feeds before the part's first line, where the reading counted them."""
         def line_of() -> int:
-            # the line holding byte start-1 belongs to an earlier range, whatever its end
-            first = 0 if span.gz or span.start == 0 else count_lines_before(
-                span.path, span.start - 1) + 1
-            return first + base + index + 1
+            before = first
+            if before is None:
+                # the line holding byte start-1 belongs to an earlier part, whatever its end
+                before = 0 if part.gz or part.start == 0 else count_lines_before(
+                    part.path, part.start - 1) + 1
+            return before + base + index + 1
         return line_of
 
-    def _record_bad(self, span: Span, base: int, parsed: ParsedChunk) -> None:
+    def _record_bad(self, part: _Part, first: int | None, base: int,
+                    parsed: ParsedChunk) -> None:
         names = self.schema.names
         for li, code, col in zip(parsed.bad_line.tolist(), parsed.bad_reason.tolist(),
                                  parsed.bad_col.tolist()):
-            self.counter.record(span.path, self._line_of(span, base, li), code,
+            self.counter.record(part.path, self._line_of(part, first, base, li), code,
                                 names[col] if col >= 0 else None)
 
 

@@ -68,6 +68,7 @@ class Loop:
         self.overhead_mpi_seconds = 0.0  # the part of it inside MPI (moving the exchanges)
         # idle seconds by the group of the first task waiting on an exchange meanwhile
         self.waits: dict[str, float] = {}
+        self._wait_group: str | None = None  # of the first task still waiting, at the last poll
 
     def spawn(self, gen: TaskGen, name: str, prio: float = 0.0, start: bool = False,
               group: str | None = None, phase: str | None = None) -> Task:
@@ -142,6 +143,7 @@ class Loop:
                 inside = time.perf_counter() - t
         now = time.perf_counter()
         still = []
+        self._wait_group = None
         for task in self._comm:
             p = task.waiting
             assert isinstance(p, Pending)
@@ -153,6 +155,8 @@ class Loop:
                 self._last_poll[id(p)] = now
                 p.check_deadline(now)
                 still.append(task)
+                if self._wait_group is None:
+                    self._wait_group = task.group
         self._comm = still
         if self._joins:
             joins = []
@@ -208,9 +212,8 @@ class Loop:
                 time.sleep(POLL_SLEEP_S)
             idle = time.perf_counter() - t_iter
             self.idle_seconds += idle
-            group = next((t.group for t in self._comm if t.group is not None), None)
-            if group is not None:
-                self.waits[group] = self.waits.get(group, 0.0) + idle
+            if self._wait_group is not None:
+                self.waits[self._wait_group] = self.waits.get(self._wait_group, 0.0) + idle
 
     def _wait_some(self) -> None:
         """Wait until an exchange in flight completes, as a blocking wait does: MPI moves

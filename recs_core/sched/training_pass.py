@@ -76,7 +76,7 @@ class StagedModel(Protocol):
 # waiting for it); train 0; push 1 + i / 100; admit 5; lookups 10 + i of the current step,
 # 30 + i of the next; dense 50, last: the pushes, the updates and the row exchanges that
 # wait for them are the critical chain to the next forward; the weight gradients fill the
-# time around it (docs/BENCHMARKS.md: idle in comm 4.5-9 ms/step otherwise, 2-2.8 so).
+# time around it (measured: docs/BENCHMARKS.md, scheduler defaults).
 PUSH_PRIO = 1.0
 UPDATE_PRIO = -1.0
 DENSE_PRIO = 50.0

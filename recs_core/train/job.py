@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -26,8 +26,7 @@ from recs_core.comm.pending import post_allreduce
 from recs_core.comm.world import World
 from recs_core.data.bad_rows import BadRowPolicy
 from recs_core.data.parse import RawBatch
-from recs_core.data.reader import ShardReader, count_lines_in_spans
-from recs_core.data.shards import plan_shards
+from recs_core.data.reader import ShardReader
 from recs_core.errors import RecsError
 from recs_core.features.feature_pass import warm_up
 from recs_core.features.graph import FeatureBatch, FeatureGraph
@@ -76,17 +75,23 @@ class Job:
         job.config_text = config_text(path)
         return job
 
-    def _batches(self, paths: list[str], policy: BadRowPolicy | None,
-                 timer: dict[str, float]) -> Iterator[RawBatch]:
-        reader = ShardReader(paths, self.spec.schema, rank=self.world.rank,
-                             world=self.world.size, batch_rows=self.local_batch,
-                             policy=policy or self.spec.policy)
-        self._reader = reader
-        it = iter(reader)
+    def _open(self, paths: list[str], policy: BadRowPolicy | None,
+              holdout: float = 0.0) -> ShardReader:
+        """This rank's reader of ``paths``; the last ``holdout`` of its shard's bytes are
+        the held-out rows (its ``held_out()``)."""
+        self._reader = ShardReader(paths, self.spec.schema, rank=self.world.rank,
+                                   world=self.world.size, batch_rows=self.local_batch,
+                                   policy=policy or self.spec.policy, holdout=holdout)
+        return self._reader
+
+    @staticmethod
+    def _timed(batches: Iterable[RawBatch], timer: dict[str, float],
+               key: str = "input") -> Iterator[RawBatch]:
+        it = iter(batches)
         while True:
             t0 = time.perf_counter()
             raw = next(it, None)
-            timer["input"] += time.perf_counter() - t0
+            timer[key] += time.perf_counter() - t0
             if raw is None:
                 return
             yield raw
@@ -95,11 +100,11 @@ class Job:
             policy: BadRowPolicy | None = None, quiet: bool = True,
             hook: StepHook | None = None, trace: str | None = None, mode: str = "sequential",
             **options: Any) -> dict[str, Any]:
-        """One pass: each batch is scored, then trained on; the last ``eval_fraction`` of
-        the rows (of each rank's shard, with several ranks) is held out and scored after
-        the pass. ``mode`` and ``options`` (lookahead, workers, chunk_ms, ...): the
-        schedule's :class:`~recs_core.sched.policy.Policy` (every mode computes the same
-        model); ``hook``, ``trace``: see :meth:`run_batches`. Returns the job's figures."""
+        """One pass: each batch is scored, then trained on; the rows in the last
+        ``eval_fraction`` of each rank's shard (by bytes: approximate in rows for .gz) are
+        held out, read again after the pass and scored. ``mode`` and ``options``
+        (lookahead, workers, chunk_ms, ...): the schedule's Policy (every mode computes
+        the same model); ``hook``, ``trace``: see :meth:`run_batches`. Returns the job's figures."""
         frac = self.cfg.eval_fraction if eval_fraction is None else eval_fraction
         if not 0.0 <= frac < 1.0:
             raise RecsError(f"eval fraction must be in [0, 1), got {frac}")
@@ -107,14 +112,11 @@ class Job:
         schedule = self.schedule(mode, **options)
         data = data_arguments(paths, frac)
         self.window.check_resume(data)
-        holdout_at = None
-        if frac > 0:  # each rank holds out the last share of its own shard
-            spans = plan_shards(paths, self.world.size)[self.world.rank]
-            holdout_at = int(round(count_lines_in_spans(spans) * (1.0 - frac)))
+        reader = self._open(paths, policy, holdout=frac)
         timer = {"input": 0.0, "train": 0.0}
-        return self.run_batches(self._batches(paths, policy, timer), schedule=schedule,
-                                holdout_at=holdout_at, quiet=quiet, timer=timer, hook=hook,
-                                trace=trace, data=data)
+        return self.run_batches(self._timed(reader, timer), schedule=schedule,
+                                held=reader.held_out() if frac > 0 else (), quiet=quiet,
+                                timer=timer, hook=hook, trace=trace, data=data)
 
     @staticmethod
     def schedule(mode: str = "sequential", workers: int | None = None,
@@ -131,30 +133,21 @@ class Job:
         return post_allreduce(self._fit_comm, np.asarray(a, dtype=np.float64),
                               "fit statistics allreduce").wait()
 
-    def _local_parts(self, batches: Iterator[RawBatch], holdout_at: int | None,
-                     held: list[RawBatch]) -> Iterator[RawBatch | None]:
-        """This rank's training part of each batch (rows from ``holdout_at`` on go to
-        ``held``), then None for ever once the shard is exhausted."""
-        rows_seen = 0
-        for raw in batches:
-            part = raw
-            if holdout_at is not None and rows_seen + len(raw) > holdout_at:
-                k = max(0, holdout_at - rows_seen)
-                part = raw.slice(0, k)
-                held.append(raw.slice(k, len(raw)))
-            rows_seen += len(raw)
-            yield part
+    @staticmethod
+    def _local_parts(batches: Iterator[RawBatch]) -> Iterator[RawBatch | None]:
+        """This rank's batches, then None for ever once the shard is exhausted."""
+        yield from batches
         while True:
             yield None
 
     def run_batches(self, batches: Iterator[RawBatch], *, schedule: Policy | None = None,
                     hook: StepHook | None = None, trace: str | None = None,
-                    holdout_at: int | None = None, quiet: bool = True,
+                    held: Iterable[RawBatch] = (), quiet: bool = True,
                     timer: dict[str, float] | None = None,
                     data: dict[str, Any] | None = None) -> dict[str, Any]:
         """The pass of :meth:`run` over given raw batches (this rank's part of each global
-        batch) under ``schedule`` (default: sequential); rows from ``holdout_at`` on are
-        held out and scored after the pass. ``hook.fn(steps_done)`` runs after every
+        batch) under ``schedule`` (default: sequential); ``held``: this rank's held-out
+        rows, read and scored after the pass. ``hook.fn(steps_done)`` runs after every
         ``hook.every`` steps, in every mode, with the model up to date (for periodic
         checkpoints); ``trace``: write a Chrome trace there. After :meth:`resume` the pass
         skips the steps the checkpoint had done and continues its progressive metrics;
@@ -165,8 +158,7 @@ class Job:
         point = self.window.begin_pass(data or {})
         if point is None:
             self._clear_touched()
-        held_raw: list[RawBatch] = []
-        source = self._local_parts(batches, holdout_at, held_raw)
+        source = self._local_parts(batches)
         if point is not None:  # the steps the checkpoint had done: read, not trained
             t_skip = time.perf_counter()
             skip_steps(source, point)
@@ -175,7 +167,7 @@ class Job:
         t_start = time.perf_counter()
         sched, timeline = self._train(source, schedule, hook, quiet, timer)
         t_eval = time.perf_counter()
-        eval_y, eval_p = self._evaluate(held_raw)
+        eval_y, eval_p = self._evaluate(held)
         out = self._report(sched, timeline, timer, t_start, t_eval, jit_seconds, eval_y, eval_p)
         if trace:
             events = timeline.events()
@@ -216,14 +208,24 @@ class Job:
             progress.close()
         return sched, timeline
 
-    def _evaluate(self, held_raw: list[RawBatch]) -> tuple[np.ndarray, np.ndarray]:
-        """Labels and scores of the held-out rows of every rank (a collective)."""
-        held = [self.graph.process(r) for r in held_raw]
-        if self.world.size > 1:  # scoring is a collective: the same count on every rank
-            rounds = int(self.world.allreduce_max(len(held)))
-            held += [self.graph.process(self._empty())] * (rounds - len(held))
-        ey = np.concatenate([fb.labels for fb in held]) if held else np.zeros(0)
-        ep = np.concatenate([self.model.predict(fb) for fb in held]) if held else np.zeros(0)
+    def _evaluate(self, held: Iterable[RawBatch]) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and scores of every rank's held-out rows, streamed batch by batch
+        (scoring is a collective: a rank with no batch left scores an empty one while
+        another has more)."""
+        ys, ps, it = [], [], iter(held)
+        while True:
+            raw = next(it, None)
+            more = raw is not None
+            if self.world.size > 1:
+                more = bool(post_allreduce(self.world.comm, np.array([int(more)]),
+                                           "evaluation round", op="max").wait()[0])
+            if not more:
+                break
+            fb = self.graph.process(raw if raw is not None else self._empty())
+            ys.append(fb.labels)
+            ps.append(self.model.predict(fb))
+        ey = np.concatenate(ys) if ys else np.zeros(0)
+        ep = np.concatenate(ps) if ps else np.zeros(0)
         return self._gathered(ey), self._gathered(ep)
 
     def _gathered(self, a: np.ndarray) -> np.ndarray:
@@ -280,8 +282,8 @@ class Job:
     def score(self, paths: list[str]) -> np.ndarray:
         """Click probabilities for every (good) row of ``paths`` with the current model."""
         timer = {"input": 0.0, "train": 0.0}
-        out = [self.model.predict(self.graph.process(raw))
-               for raw in self._batches([os.fspath(p) for p in paths], None, timer)]
+        reader = self._open([os.fspath(p) for p in paths], None)
+        out = [self.model.predict(self.graph.process(raw)) for raw in self._timed(reader, timer)]
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     # ---- windows and checkpoints ------------------------------------------------------
