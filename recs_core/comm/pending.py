@@ -45,7 +45,6 @@ class Pending(Generic[T]):
         self.completed: float | None = None
         self._result: T | None = None
         self._done = False
-        self.waited = 0.0  # seconds spent blocked in wait()
 
     @classmethod
     def ready(cls, value: T, what: str) -> Pending[T]:
@@ -95,18 +94,23 @@ class Pending(Generic[T]):
     def wait(self) -> T:
         """The exchange's result; polls with a short back-off and aborts past the deadline."""
         if not self._done:
-            t0 = time.perf_counter()
-            pause = 0.0
-            while not self.test():
-                now = time.perf_counter()
-                self.check_deadline(now)
-                # Poll without sleeping for the first SPIN_S: MPI progresses only inside
-                # Test, and a sleep per poll would add up over the rounds of a collective.
-                if now - t0 > SPIN_S:
-                    time.sleep(pause)
-                    pause = min(1e-3, pause + 2e-5)
-            self.waited = time.perf_counter() - t0
+            poll_until(self.test, [self])
         return self.result()
+
+
+def poll_until(done: Callable[[], bool], pending: list[Pending]) -> None:
+    """Call ``done()`` (it polls MPI) until it is true, aborting the job if one of
+    ``pending`` passes its deadline. Polls without pause for SPIN_S: MPI progresses only
+    inside its calls, and a sleep per poll would add up over the rounds of a collective;
+    then with pauses growing to 1 ms."""
+    t0, pause = time.perf_counter(), 0.0
+    while not done():
+        now = time.perf_counter()
+        for p in pending:
+            p.check_deadline(now)
+        if now - t0 > SPIN_S:
+            time.sleep(pause)
+            pause = min(1e-3, pause + 2e-5)
 
 
 def post_allreduce(comm: Comm, local: np.ndarray, what: str, op: str = "sum",

@@ -8,8 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import numpy as np
-
 # Pause between printing an aborting rank's message and MPI_Abort: the launcher (MPICH's
 # hydra) forwards the ranks' stderr through pipes and, handling the abort first, could
 # drop a message it had not forwarded yet (seen: a test's expected error text missing
@@ -56,12 +54,6 @@ class World:
             for k, v in part.items():
                 out[k] = out.get(k, 0) + v
         return out
-
-    def sum_ints(self, values: list[int], what: str) -> np.ndarray:
-        """Element-wise sum over ranks of a few integers (posted; the wait has a deadline)."""
-        from recs_core.comm.pending import post_allreduce
-
-        return post_allreduce(self.comm, np.asarray(values, dtype=np.int64), what).wait()
 
     def everyone(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on every rank; if it raises on any rank, raise on every rank (the

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any
 
-from recs_core.comm.pending import Pending
+from recs_core.comm.pending import Pending, poll_until
 from recs_core.sched.trace import COMM, CPU, Timeline
 
 POLL_SLEEP_S = 50e-6  # pause between polls once idle for SPIN_S (not a busy wait)
@@ -216,22 +216,15 @@ class Loop:
                 self.waits[self._wait_group] = self.waits.get(self._wait_group, 0.0) + idle
 
     def _wait_some(self) -> None:
-        """Wait until an exchange in flight completes, as a blocking wait does: MPI moves
-        the data only inside its calls, so poll it without pause for ``spin_s``, then
-        with pauses growing to 1 ms (a turn of the loop per poll would poll less often)."""
+        """Wait until an exchange in flight completes, as a blocking wait does (a turn of
+        the loop per poll would poll MPI less often)."""
         live = [r for task in self._comm for r in task.waiting.requests if r]
         if not live:
             return
         from mpi4py import MPI
 
-        t0, pause = time.perf_counter(), 0.0
-        while not MPI.Request.Testsome(live):
-            now = time.perf_counter()
-            for task in self._comm:
-                task.waiting.check_deadline(now)  # type: ignore[union-attr]
-            if now - t0 > self.spin_s:
-                time.sleep(pause)
-                pause = min(1e-3, pause + 2e-5)
+        poll_until(lambda: bool(MPI.Request.Testsome(live)),
+                   [task.waiting for task in self._comm])  # type: ignore[misc]
 
     def _next_ready(self) -> Task | None:
         """The ready task to run now, taken off the queue (None: none may run)."""

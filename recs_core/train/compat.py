@@ -43,7 +43,7 @@ def stems(fields: list[str], prefix: str) -> list[str]:
 
 def embedding_sets(model: Model) -> list[tuple[str, Embeddings]]:
     """(prefix, embeddings) of the model's embedding sets."""
-    return [("emb", model.emb)] + ([("wide", model.wide)] if model.wide is not None else [])
+    return list(zip(("emb", "wide"), model.sets))
 
 
 def _plain(v: Any) -> Any:

@@ -212,7 +212,7 @@ class Job:
         """Labels and scores of every rank's held-out rows, streamed batch by batch
         (scoring is a collective: a rank with no batch left scores an empty one while
         another has more)."""
-        ys, ps, it = [], [], iter(held)
+        ys, ps, it, empty = [], [], iter(held), None
         while True:
             raw = next(it, None)
             more = raw is not None
@@ -221,7 +221,11 @@ class Job:
                                            "evaluation round", op="max").wait()[0])
             if not more:
                 break
-            fb = self.graph.process(raw if raw is not None else self._empty())
+            if raw is None:  # this rank is done: an empty batch, processed once
+                empty = empty or self.graph.process(self._empty())
+                fb = empty
+            else:
+                fb = self.graph.process(raw)
             ys.append(fb.labels)
             ps.append(self.model.predict(fb))
         ey = np.concatenate(ys) if ys else np.zeros(0)

@@ -122,12 +122,6 @@ class Model:
         for part in which:
             self.dense_opt.update_part(self.net.grads, part)
 
-    def forward_loss(self, fb: FeatureBatch, z: np.ndarray, wide_z: np.ndarray | None,
-                     global_rows: int | None) -> tuple[np.ndarray, float, np.ndarray]:
-        """Forward of the dense network on looked-up vectors ``z`` (and ``wide_z``), and
-        the loss. Returns (probabilities, loss, d loss / d logits) for :meth:`backward`."""
-        return drive(self.forward_loss_stages(fb, z, wide_z, global_rows))
-
     def forward_loss_stages(self, fb: FeatureBatch, z: np.ndarray, wide_z: np.ndarray | None,
                             global_rows: int | None) -> Generator[
                                 None, None, tuple[np.ndarray, float, np.ndarray]]:

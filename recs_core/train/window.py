@@ -43,9 +43,9 @@ class Window:
     def global_step(self) -> int:
         return self.base_step + self.steps
 
-    def next_window(self, base_step: int | None = None) -> None:
-        """Start a new window after this one (or at ``base_step``, after a load)."""
-        self.base_step = self.global_step if base_step is None else base_step
+    def next_window(self) -> None:
+        """Start a new window after this one."""
+        self.base_step = self.global_step
         self.steps = self.skipped = 0
         self.resume_point = None
         self.progressive = ProgressiveMetrics()
