@@ -168,6 +168,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="in modes recs*, a thread that lets MPI progress every ms during "
                    "long tasks; auto: when messages cross a network (several nodes, or MPI "
                    "forced over TCP) and the rank has a spare core (--threads >= 2)")
+    p.add_argument("--guard", choices=("on", "off"), default="on",
+                   help="in modes recs*, measure the schedule against the blocking one now "
+                   "and then (a few steps of each) and run the faster (default: on)")
     _add_policy_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_train)
@@ -213,7 +216,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
     out = job.run(a.data, eval_fraction=a.eval_fraction, policy=_policy(a, spec),
                   quiet=a.quiet or world.rank != 0, mode=a.mode, trace=a.trace,
                   lookahead=a.lookahead, workers=a.workers, hook=hook,
-                  progress_thread=a.progress_thread, chunk_ms=a.chunk_ms)
+                  progress_thread=a.progress_thread, chunk_ms=a.chunk_ms,
+                  guard=a.guard == "on")
     if save_root:
         out["saved"] = job.save_step(save_root, keep=a.keep_checkpoints)
     if a.export_delta:

@@ -6,8 +6,9 @@ Placement: ``"row"`` puts global row ``r`` of table ``t`` on rank
 rows, initialized exactly like the corresponding rows of a 1-rank table.
 
 One exchange serves a group of fields (a pipeline) over that pipeline's own
-communicator: ids are de-duplicated per (table, row), sent to their owners (Ialltoallv), the
-owners gather the rows and send them back (Ialltoallv). The backward pass sends the
+communicator: ids are de-duplicated per (table, row), sent to their owners (an all-to-all
+of point-to-point messages, :func:`~recs_core.comm.pending.post_alltoallv`), the owners
+gather the rows and send them back. The backward pass sends the
 per-id gradient sums to the owners, which apply the sparse optimizer. Each step is a
 posted request (:class:`~recs_core.comm.pending.Pending`) so other work can run
 between post and wait.
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numba import njit
 
-from recs_core.comm.pending import DEFAULT_TIMEOUT_S, Pending
+from recs_core.comm.pending import DEFAULT_TIMEOUT_S, Pending, post_alltoallv
 from recs_core.embedding.dynamic_store import DynamicStore
 from recs_core.embedding.sparse_optim import SparseOptimizer
 from recs_core.embedding.table import AHEAD, dedup_grads, gather, init_table, prefetch
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 DYN_SHIFT = 52  # a dynamic table's id travels as ((t + 1) << DYN_SHIFT) | id
 ID_MASK = (1 << DYN_SHIFT) - 1
+TAG_COUNTS, TAG_KEYS, TAG_ROWS, TAG_GRADS = 1, 2, 3, 4  # message tags of the exchanges
 
 
 def dyn_flat_keys(t: int, ids: np.ndarray) -> np.ndarray:
@@ -189,24 +191,6 @@ class ShardedLookup:
         self.comm.Free()
         self.grad_comm.Free()
 
-    def _alltoallv(self, send: np.ndarray, send_counts: np.ndarray, recv_counts: np.ndarray,
-                   width: int, what: str, comm: Comm | None = None) -> tuple[Pending, np.ndarray]:
-        from mpi4py import MPI
-
-        comm = comm or self.comm
-        dtype = MPI.INT64_T if send.dtype == np.int64 else MPI.FLOAT
-        sc = (send_counts * width).astype(np.int64)
-        rc = (recv_counts * width).astype(np.int64)
-        recv = np.empty((int(recv_counts.sum()),) + send.shape[1:], dtype=send.dtype)
-        sd = np.concatenate([[0], np.cumsum(sc)[:-1]])
-        rd = np.concatenate([[0], np.cumsum(rc)[:-1]])
-        req = comm.Ialltoallv([send, (sc, sd), dtype], [recv, (rc, rd), dtype])
-        me = comm.Get_rank()  # what a rank sends itself never leaves the process
-        sent = int(sc.sum() - sc[me]) * send.itemsize
-        moved = sent + int(rc.sum() - rc[me]) * send.itemsize
-        return Pending([req], lambda: recv, what, comm, self.timeout, nbytes=moved,
-                       sent=sent), recv
-
     def lookup(self, ids: list[np.ndarray]) -> Stage[tuple[ExchangePlan, list[np.ndarray]]]:
         """The lookup of one batch as a stage: the count and id exchanges, then (after
         a :class:`NeedRows` marker) the owners' rows. ``ids[j]``: the global ids of field j.
@@ -232,8 +216,6 @@ class ShardedLookup:
     def post_counts(self, ids: list[np.ndarray]) -> Pending[_Counted]:
         """De-duplicate and bucket one batch's ids by owner, and post the count exchange;
         its result goes to :meth:`post_keys` (the first exchange of :meth:`lookup`)."""
-        from mpi4py import MPI
-
         t_ = self.tables
         dyn = t_.dynamic
         keys = [dyn_flat_keys(t, i) if dyn is not None and t in dyn
@@ -243,27 +225,30 @@ class ShardedLookup:
         all_keys = np.concatenate(keys) if keys else np.zeros(0, np.int64)
         all_dest = np.concatenate(dest) if dest else np.zeros(0, np.int64)
         send_keys, send_counts, position = _plan_exchange(all_keys, all_dest, t_.world)
-        recv_counts = np.empty(t_.world, dtype=np.int64)
-        req = self.comm.Ialltoall([send_counts, MPI.INT64_T], [recv_counts, MPI.INT64_T])
-        counted = _Counted([len(i) for i in ids], position, send_keys, send_counts, recv_counts)
-        pending: Pending[_Counted] = Pending([req], lambda: counted, "id count exchange",
-                                             self.comm, self.timeout,
-                                             sent=(t_.world - 1) * send_counts.itemsize)
+        counted = _Counted([len(i) for i in ids], position, send_keys, send_counts,
+                           np.zeros(t_.world, np.int64))
+
+        def received(recv_counts: np.ndarray) -> _Counted:
+            counted.recv_counts = recv_counts
+            return counted
+
+        one = np.ones(t_.world, np.int64)
+        pending: Pending[_Counted] = post_alltoallv(
+            self.comm, send_counts, one, one, "id count exchange", TAG_COUNTS, self.timeout,
+            finish=received)
         counted.pending = pending
         return pending
 
     def post_keys(self, c: _Counted) -> Pending[ExchangePlan]:
         """Post the exchange of the de-duplicated ids to their owners (after the counts)."""
-        pending, recv = self._alltoallv(c.send_keys, c.send_counts, c.recv_counts, 1,
-                                        "id exchange")
         counts = c.pending
         count_s = ((counts.completed or counts.posted) - counts.posted) if counts else 0.0
 
-        def finish() -> ExchangePlan:
+        def finish(recv: np.ndarray) -> ExchangePlan:
             return ExchangePlan(c.lengths, c.position, c.send_counts, c.recv_counts, recv, count_s)
 
-        return Pending(pending.requests, finish, "id exchange", self.comm, self.timeout,
-                       nbytes=pending.nbytes, sent=pending.sent)
+        return post_alltoallv(self.comm, c.send_keys, c.send_counts, c.recv_counts,
+                              "id exchange", TAG_KEYS, self.timeout, finish)
 
     def serve_rows(self, plan: ExchangePlan) -> Pending[list[np.ndarray]]:
         """Owner side: gather the asked rows and post them back; the result is each
@@ -272,16 +257,13 @@ class ShardedLookup:
             rows = gather(self.tables.local, _local_ids(self.tables.to_local, plan.recv_keys))
         else:
             rows = self._serve_mixed(plan)
-        pending, back = self._alltoallv(rows, plan.recv_counts, plan.send_counts,
-                                        self.tables.dim, "row exchange")
-
-        def finish() -> list[np.ndarray]:
+        def finish(back: np.ndarray) -> list[np.ndarray]:
             every = back[plan.position]
             ends = np.cumsum(plan.lengths)
             return [every[e - n:e] for e, n in zip(ends.tolist(), plan.lengths)]
 
-        return Pending(pending.requests, finish, "row exchange", self.comm, self.timeout,
-                       nbytes=pending.nbytes, sent=pending.sent)
+        return post_alltoallv(self.comm, rows, plan.recv_counts, plan.send_counts,
+                              "row exchange", TAG_ROWS, self.timeout, finish)
 
     def _serve_mixed(self, plan: ExchangePlan) -> np.ndarray:
         """Rows of fixed and dynamic tables; the dynamic tables' ids are observed (one
@@ -311,8 +293,8 @@ class ShardedLookup:
         if grads:
             every = np.concatenate([np.asarray(g, dtype=np.float32) for g in grads])
             _segment_sum(plan.position, every, sums)
-        return self._alltoallv(sums, plan.send_counts, plan.recv_counts, self.tables.dim,
-                               "gradient exchange", self.grad_comm)[0]
+        return post_alltoallv(self.grad_comm, sums, plan.send_counts, plan.recv_counts,
+                              "gradient exchange", TAG_GRADS, self.timeout)
 
     def apply(self, plan: ExchangePlan, recv: np.ndarray, optimizer: SparseOptimizer) -> None:
         """Owner side: sum the gradients ``recv`` (the push's result) for each owned row

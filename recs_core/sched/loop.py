@@ -70,6 +70,11 @@ class Loop:
         self.waits: dict[str, float] = {}
         self._wait_group: str | None = None  # of the first task still waiting, at the last poll
 
+    def configure(self, filler: Callable[[float | None], bool] | None, overlap: bool,
+                  spin_s: float) -> None:
+        """Change the filler and the overlap rule (at a step boundary: the schedule guard)."""
+        self.filler, self.overlap, self.spin_s = filler, overlap, spin_s
+
     def spawn(self, gen: TaskGen, name: str, prio: float = 0.0, start: bool = False,
               group: str | None = None, phase: str | None = None) -> Task:
         """Add a task; it first runs when it is the ready task of lowest priority.

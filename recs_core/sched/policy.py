@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from recs_core.errors import RecsError
+from recs_core.sched.guard import GuardSettings
 
 REPLAN_EVERY = 16  # steps between cost agreements (a tiny allreduce); also at step 2
 CHUNK_MS = 20.0  # row-chunk cost of long feature chains (docs/BENCHMARKS.md: the fastest)
@@ -29,7 +30,9 @@ class Policy:
     ranks (inter-pipeline priority); ``prefetch_thread``: a thread prepares whole batches
     ahead (tf.data's prefetch); ``lookahead``: batches prepared ahead; ``workers``: operator
     worker threads; ``progress_thread``: "on", "off" or "auto" (a thread pokes MPI during
-    long tasks when messages cross a network and the rank has a spare core).
+    long tasks when messages cross a network and the rank has a spare core); ``guard``:
+    an overlapping policy measures itself against the blocking schedule and runs the
+    faster (``sched.guard``; None: never).
     """
 
     name: str
@@ -43,6 +46,7 @@ class Policy:
     workers: int = 0
     progress_thread: str = "auto"
     replan_every: int = REPLAN_EVERY
+    guard: GuardSettings | None = GuardSettings()
 
     def __post_init__(self) -> None:
         if self.progress_thread not in ("auto", "on", "off"):
@@ -53,6 +57,10 @@ class Policy:
         if not self.chunk_ms >= 0:
             raise RecsError(f"chunk_ms must be >= 0, got {self.chunk_ms}")
 
+    def blocking(self) -> Policy:
+        """This policy with every exchange waited on (what the guard falls back to)."""
+        return replace(self, overlap=False, fill=False, early=False)
+
     @property
     def chunk_seconds(self) -> float:
         """Row-chunk cost of long feature chains (only the filler chunks: 0 otherwise)."""
@@ -60,7 +68,7 @@ class Policy:
 
 
 _BLOCKING = {"overlap": False, "fill": False, "early": False, "priority": False,
-             "workers": 0, "progress_thread": "off"}
+             "workers": 0, "progress_thread": "off", "guard": None}
 _MODES = {
     "sequential": _BLOCKING,  # features, lookups, train: each exchange waited on
     "prefetch": {**_BLOCKING, "prefetch_thread": True},
@@ -72,9 +80,12 @@ MODES = tuple(_MODES)
 
 
 def policy(mode: str, **options: object) -> Policy:
-    """The policy of ``mode`` with ``options`` (Policy's fields; a blocking mode keeps no
-    workers and no progress thread)."""
+    """The policy of ``mode`` with ``options`` (Policy's fields, None: the default;
+    ``guard`` may be True or False: the default guard or none). A blocking mode keeps no
+    workers, no progress thread and no guard."""
     if mode not in _MODES:
         raise RecsError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     given = {k: v for k, v in options.items() if v is not None}
+    if isinstance(given.get("guard"), bool):
+        given["guard"] = GuardSettings() if given["guard"] else None
     return replace(Policy(mode, **given), **_MODES[mode])  # type: ignore[arg-type]

@@ -46,9 +46,10 @@ from recs_core.dense.presets import BackwardItem, EmbGrads
 from recs_core.embedding.layer import Embeddings
 from recs_core.features.graph import BatchState, FeatureBatch, FeatureGraph, OpNode, RowRange
 from recs_core.sched.costs import Costs, PipelinePlan
+from recs_core.sched.guard import BLOCKING, OVERLAP, ScheduleGuard
 from recs_core.sched.loop import SPIN_S, Loop, Task
 from recs_core.sched.policy import Policy
-from recs_core.sched.trace import WORKER, Timeline
+from recs_core.sched.trace import CPU, WORKER, Timeline
 from recs_core.sched.workers import OperatorWorkers
 from recs_core.stages import NeedRows, Stage, relay
 
@@ -165,6 +166,7 @@ class TrainingPass:
                                == "auto" and policy.workers > 0 and over_network(world.comm))
         self.timeline = timeline
         self.lookahead = policy.lookahead
+        self.active = policy  # the policy in force (the guard may fall back to blocking)
         self.chunk_seconds = policy.chunk_seconds
         self.sets: list[Embeddings] = model.sets
         self.sparse = list(model.emb.pipelines)
@@ -195,6 +197,9 @@ class TrainingPass:
         self.most_held = 0  # most batches held at once (bounded by the look-ahead)
         self.chunk_runs = 0  # operator runs on a row chunk rather than a whole batch
         self.traffic: dict[str, int] = {}  # bytes this rank sent to the others, by exchange
+        self.guard = (ScheduleGuard(policy.guard) if policy.guard is not None
+                      and policy.overlap else None)
+        self.guard_steps = {OVERLAP: 0, BLOCKING: 0}  # steps each schedule ran
 
     # ---- admission and features -------------------------------------------------------
 
@@ -213,11 +218,11 @@ class TrainingPass:
         raw = self._empty if part is None else part
         assert raw is not None
         agreement = self._agreement(part, len(raw))
-        if self._prefetcher is None and not self.policy.overlap and part is not None:
+        if self._prefetcher is None and not self.active.overlap and part is not None:
             t1 = time.perf_counter()  # a blocking step processes its batch whole, first
             fb = self.graph.process(raw)
             self.feature_seconds += time.perf_counter() - t1
-        if self._prefetcher is not None or not self.policy.overlap:  # prepared whole
+        if self._prefetcher is not None or not self.active.overlap:  # prepared whole
             if fb is None:
                 self._empty_fb = self._empty_fb or self.graph.process(raw)
                 fb = self._empty_fb
@@ -497,7 +502,7 @@ class TrainingPass:
                                         lambda: iter(()))
                 self._pushed[(si, p)] = self.loop.spawn(
                     stage, f"push {t}/{p}", PUSH_PRIO + i / 100, start=True, group=p)
-                if self.policy.overlap:  # (a blocking step posts every push, then waits)
+                if self.active.overlap:  # (a blocking step posts every push, then waits)
                     yield None
 
     def _post_dense(self, which: list[GradPart]) -> Pending:
@@ -561,10 +566,15 @@ class TrainingPass:
 
     def _run(self, record: Callable[[FeatureBatch, np.ndarray], None],
              hook: StepHook | None) -> int:
-        t = 0
+        t, last_start, hook_s = 0, None, 0.0
         while True:
             self._current = t
             start = time.perf_counter()
+            if self.guard is not None:
+                if last_start is not None:
+                    self.guard.record(t - 1, start - last_start - hook_s)
+                self._guarded(t)
+            last_start, hook_s = start, 0.0
             b = self._batch(t)
             self.loop.run_until(b.agreement)
             active, global_rows = (int(x) for x in b.agreement.result())
@@ -575,20 +585,46 @@ class TrainingPass:
             self._spawn_lookups(t)
             train = self.loop.spawn(self._train(t, global_rows, record), f"train {t}", 0)
             self._trains = {t: train}  # step t+1's lookups wait for it (it posts the updates)
-            if self.policy.early:
+            if self.active.early:
                 self.loop.spawn(self._early_lookups(t + 1), f"admit {t + 1}", 5)
             self.loop.run_until(train)
-            if not self.policy.overlap:
+            if not self.active.overlap:
                 self._settle()  # a blocking step ends with its updates applied
             self.timeline.step(start, time.perf_counter())
             self.batches.pop(t - 1, None)
             t += 1
             if hook is not None and t % hook.every == 0:
                 self._settle()
+                t_hook = time.perf_counter()
                 hook.fn(t)
+                hook_s = time.perf_counter() - t_hook
         self.loop.drain()
         self._close()
         return t
+
+    def _guarded(self, t: int) -> None:
+        """Before step t: agree on the guard's decision if a probe just ended, then run
+        the schedule the guard gives step t (settling the overlapped steps first)."""
+        guard = self.guard
+        assert guard is not None
+        if guard.decision_due(t):
+            t0 = time.perf_counter()
+            agreed = post_allreduce(self._plan_comm, guard.local_medians(),
+                                    "guard agreement").wait() / self.world.size
+            choice = guard.decide(t, agreed)
+            self.timeline.add(f"guard: {choice} (step ms overlap {agreed[0] * 1e3:.1f}, "
+                              f"blocking {agreed[1] * 1e3:.1f})", CPU, t0, time.perf_counter())
+        schedule = guard.schedule(t)
+        self.guard_steps[schedule] += 1
+        wanted = self.policy if schedule == OVERLAP else self.policy.blocking()
+        if wanted == self.active:
+            return
+        if not wanted.overlap:
+            self._settle()
+        self.active = wanted
+        self.chunk_seconds = wanted.chunk_seconds
+        self.loop.configure(self._fill if wanted.fill else None, wanted.overlap,
+                            SPIN_S if wanted.overlap else BLOCKING_SPIN_S)
 
     def _close(self) -> None:
         """Match the step agreements ranks posted ahead (the filler may have admitted
@@ -609,7 +645,10 @@ class TrainingPass:
         lp = self.loop
         late = np.array(lp.late) if lp.late else np.zeros(1)
         return {
-            "policy": {k: v for k, v in vars(self.policy).items() if k != "name"},
+            "policy": {k: (vars(v) if k == "guard" and v else v)
+                       for k, v in vars(self.policy).items() if k != "name"},
+            "guard": (self.guard.figures(self.guard_steps) if self.guard is not None
+                      else None),
             "consumer_late_ms": {"median": round(float(np.median(late)) * 1e3, 3),
                                  "p95": round(float(np.percentile(late, 95)) * 1e3, 3)},
             "tasks": lp.tasks_run,

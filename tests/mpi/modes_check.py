@@ -25,6 +25,7 @@ from mpi4py import MPI
 from recs_core.comm.world import mpi_world
 from recs_core.dense import layers
 from recs_core.sched import MODES
+from recs_core.sched.guard import GuardSettings
 from recs_core.sched.policy import CHUNK_MS
 from recs_core.sched.training_pass import StepHook
 from recs_core.train.job import Job
@@ -32,9 +33,13 @@ from tests.conftest import small_test_spec
 from tests.test_dynamic_train import DYN
 from tests.test_dynamic_train import spec as dyn_spec
 
+# the schedule guard probing and deciding every few steps (switching at step boundaries)
+EAGER_GUARD = GuardSettings(warmup=1, block=2, rounds=1, every=5)
+
 
 def train(path: str, placement: str, preset: str, mode: str, trace: str | None,
-          workers: int = 0, chunk_ms: float = CHUNK_MS) -> tuple:
+          workers: int = 0, chunk_ms: float = CHUNK_MS,
+          guard: GuardSettings | None = None) -> tuple:
     world = mpi_world()
     if preset.endswith("-dyn"):  # the categorical tables dynamic (hash-keyed)
         job = Job(dyn_spec(preset[:-4], dynamic=DYN, placement=placement), world=world)
@@ -51,7 +56,7 @@ def train(path: str, placement: str, preset: str, mode: str, trace: str | None,
                       job.model.emb.shards.local.copy()))
 
     out = job.run([path], mode=mode, trace=trace, replan_every=3, lookahead=2,
-                  hook=StepHook(5, snapshot), workers=workers, chunk_ms=chunk_ms)
+                  hook=StepHook(5, snapshot), workers=workers, chunk_ms=chunk_ms, guard=guard)
     out["snapshots"] = snaps
     tables = [job.model.emb.gather_tables(world.comm)]
     if job.model.wide is not None:
@@ -76,12 +81,14 @@ def main(path: str, placement: str, preset: str, trace: str) -> None:
     # the task loop also with operator worker threads (lock-free rings), and with every
     # row-wise feature chain run on row chunks (a tiny chunk cost: chunks of 16 rows)
     tiny = 1e-6
-    for mode, workers, chunk_ms in ([(m, 0, CHUNK_MS) for m in MODES[1:]]
-                                    + [("recs", 2, CHUNK_MS), ("recs", 0, tiny),
-                                       ("recs-intra", 1, tiny)]):
-        traced = (mode, workers, chunk_ms) == ("recs", 0, CHUNK_MS)
+    for mode, workers, chunk_ms, guard in ([(m, 0, CHUNK_MS, None) for m in MODES[1:]]
+                                           + [("recs", 2, CHUNK_MS, None),
+                                              ("recs", 0, tiny, None),
+                                              ("recs-intra", 1, tiny, None),
+                                              ("recs", 0, CHUNK_MS, EAGER_GUARD)]):
+        traced = guard is EAGER_GUARD
         out, probs, dense, tables = train(path, placement, preset, mode,
-                                          trace if traced else None, workers, chunk_ms)
+                                          trace if traced else None, workers, chunk_ms, guard)
         if chunk_ms == tiny:
             assert out["scheduler"]["chunk_runs"] > 0, (mode, out["scheduler"])
         assert out["train_rows"] == ref_out["train_rows"], (mode, out, ref_out)
@@ -107,6 +114,12 @@ def main(path: str, placement: str, preset: str, trace: str) -> None:
             plans = comm.allgather(out["scheduler"]["plans"])
             assert plans[0], f"{mode}: no plan agreed"
             assert all(p == plans[0] for p in plans), f"{mode}: plans differ: {plans}"
+            guarded = comm.allgather(out["scheduler"]["guard"])
+            assert all(g == guarded[0] for g in guarded), f"{mode}: guards differ: {guarded}"
+            if guard is EAGER_GUARD:  # a decision after every probe; both schedules ran
+                steps = out["window_steps"]
+                assert len(guarded[0]["probes"]) == (steps - 5) // 5 + 1, guarded[0]
+                assert min(guarded[0]["steps"].values()) >= 2, guarded[0]
             # memory stays flat: the previous, current and look-ahead batches at most
             assert out["scheduler"]["most_batches_held"] <= 2 + 2, out["scheduler"]
             for key in ("wall_ms", "cpu_busy_ms", "comm_ms", "idle_in_comm_ms"):
@@ -120,6 +133,7 @@ def main(path: str, placement: str, preset: str, trace: str) -> None:
         assert not any(n.startswith("worker ") for n in names)
         assert any(n.startswith("train ") for n in names), sorted(names)[:10]
         assert any(e["cat"] == "comm" for e in events if e["ph"] == "X")
+        assert any(n.startswith("guard: ") for n in names), sorted(names)[:10]
         os.unlink(trace)
     comm.Barrier()
     sys.stdout.write(f"OK rank {world.rank}\n")
