@@ -6,8 +6,13 @@ import argparse
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from recs_core.errors import RecsError
+
+if TYPE_CHECKING:
+    from recs_core.comm.world import World
+    from recs_core.features.spec import Spec
 
 
 def _add_gen(sub: argparse._SubParsersAction) -> None:
@@ -174,9 +179,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
+    from recs_core.checkpoint.manifest import MANIFEST
+    from recs_core.checkpoint.outdir import claim_outputs
     from recs_core.comm.world import mpi_world
     from recs_core.features.spec import load_spec
-    from recs_core.train.job import Job, config_text
 
     spec = load_spec(a.config)
     world = mpi_world()
@@ -193,6 +199,23 @@ def _cmd_train(a: argparse.Namespace) -> int:
         raise RecsError(f"--lookahead must be at least 1, got {a.lookahead}")
     if not a.chunk_ms >= 0:
         raise RecsError(f"--chunk-ms must be >= 0, got {a.chunk_ms}")
+    if a.resume and not a.save and os.path.isfile(os.path.join(a.resume, MANIFEST)):
+        save_root = os.path.dirname(os.path.normpath(a.resume)) or "."  # one step-N given
+    # every output location checked, and the save directory locked, before the pass
+    lock = world.everyone(lambda: claim_outputs(
+        save_root, a.export_delta, "--save" if a.save else "--resume")
+        if world.rank == 0 else None)
+    try:
+        return _train(a, spec, world, save_root)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(a: argparse.Namespace, spec: Spec, world: World, save_root: str | None) -> int:
+    """The training of ``recs train`` once its outputs are claimed."""
+    from recs_core.train.job import Job, config_text
+
     job = Job(spec, world=world)
     job.config_text = config_text(a.config)
     resumed = None
