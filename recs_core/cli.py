@@ -133,7 +133,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="write checkpoints under DIR as step-N directories (N: global steps "
                    "since the first window): the final one at the end of the pass, and with "
                    "--checkpoint-every periodic ones; sharded (each rank its rows), atomic, "
-                   "verified by the manifest")
+                   "verified by the manifest. DIR must be new, empty or hold only checkpoints "
+                   "(checked before the pass); the job locks it (DIR/.recs-save.lock)")
     p.add_argument("--checkpoint-every", type=int, metavar="STEPS",
                    help="also write a checkpoint every STEPS global steps (needs --save or "
                    "--resume)")
@@ -143,12 +144,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="continue an interrupted pass from the newest complete checkpoint in "
                    "DIR (same config, data arguments and number of ranks): the result is "
                    "the uninterrupted run's; checkpoints go on into DIR (unless --save "
-                   "says otherwise). With no checkpoint in DIR yet the pass starts over "
-                   "(from --init-from when given)")
+                   "says otherwise; into its parent when DIR is one step-N checkpoint). With "
+                   "no checkpoint in DIR yet the pass starts over (from --init-from when given)")
     p.add_argument("--export-delta", metavar="DIR",
                    help="at the end, write the embedding rows this window changed and the "
                    "dense parameters to DIR (a delta for serving copies; format: "
-                   "docs/CHECKPOINT_FORMAT.md)")
+                   "docs/CHECKPOINT_FORMAT.md). DIR must be new, empty or an earlier delta, "
+                   "which it replaces (checked before the pass)")
     from recs_core.sched import MODES
     from recs_core.sched.policy import CHUNK_MS, LOOKAHEAD
 
