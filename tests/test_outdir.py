@@ -86,11 +86,13 @@ def test_a_dead_jobs_lock_is_taken_over_and_its_staging_removed(tmp_path: Path) 
     save_step(tmp_path, 3, ARRAYS, {})
     (tmp_path / "step-000000004.partial-0a1b2c").mkdir()
     (tmp_path / "step-000000005.replaced-0a1b2c").mkdir()
+    (tmp_path / f".{LOCK}.00ff.tmp").write_text("{}")  # another job's, not linked yet
+    check_save_root(tmp_path)  # all of it the store's
     with SaveLock(tmp_path) as lock:
         assert lock.took_over == dead
         assert json.loads((tmp_path / LOCK).read_text())["pid"] == os.getpid()
         assert sorted(p.name for p in tmp_path.iterdir()) == [
-            LOCK, "step-000000003", "step-000000005.replaced-0a1b2c"]
+            f".{LOCK}.00ff.tmp", LOCK, "step-000000003", "step-000000005.replaced-0a1b2c"]
 
 
 TAKER = """

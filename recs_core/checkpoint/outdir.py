@@ -32,6 +32,8 @@ LOCK = ".recs-save.lock"
 _BREAK = LOCK + ".break"
 _STEP = re.compile(r"step-\d{9,}\Z")
 _STAGING = re.compile(r"step-\d{9,}\.(partial|replaced)-[0-9a-f]+\Z")
+# a lock being created (see _link_new); left only by a job killed at that moment: harmless
+_LOCK_TMP = re.compile(r"\.\.recs-save\.lock(\.break)?\.[0-9a-f]+\.tmp\Z")
 
 
 def _writable_dir(p: Path, what: str) -> None:
@@ -50,7 +52,7 @@ def _foreign(entry: Path) -> str | None:
     """Why ``entry`` of a save directory is not something the store wrote, else None."""
     if entry.is_symlink():
         return "a symbolic link"
-    if entry.name in (LOCK, _BREAK):
+    if entry.name in (LOCK, _BREAK) or _LOCK_TMP.match(entry.name):
         return None
     if (_STEP.match(entry.name) or _STAGING.match(entry.name)) and entry.is_dir():
         return None

@@ -77,7 +77,7 @@ class Model:
         dims = [self.dim] + ([1] if cfg.preset != "dlrm" else [])
         need, what = _table_bytes(rows, dims, self.world.size), _tables_text(fields, dims,
                                                                           self.world.size)
-        check_fits(need, what)
+        self.world.everyone(lambda: check_fits(need, what))  # every rank stops
         try:
             self.emb = embeddings(self.dim, cfg.seed)
             self.wide = embeddings(1, cfg.seed + 1) if cfg.preset != "dlrm" else None
