@@ -304,3 +304,18 @@ def test_several_ranks_refuse_a_locked_save_directory(tmp_path: Path, sample_120
     finally:
         other.kill()
         other.wait()
+
+
+def test_resume_from_one_step_checkpoint_saves_beside_it(tmp_path: Path, sample_1200,
+                                                         capsys) -> None:
+    from recs_core.cli import main
+
+    args = ["train", "--config", str(small_config(tmp_path)), "--data", str(sample_1200),
+            "--quiet"]
+    assert main(args + ["--save", str(tmp_path / "m")]) == 0
+    step = tmp_path / "m" / "step-000000012"
+    capsys.readouterr()
+    assert main(args + ["--resume", str(step)]) == 0  # a finished window: saved again
+    assert last_json(capsys.readouterr().out)["saved"] == str(step)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [step.name]
+    assert sorted(p.name for p in step.iterdir()) == ["manifest.json", "rank00000-of-00001"]
