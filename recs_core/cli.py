@@ -6,8 +6,13 @@ import argparse
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from recs_core.errors import RecsError
+
+if TYPE_CHECKING:
+    from recs_core.comm.world import World
+    from recs_core.features.spec import Spec
 
 
 def _add_gen(sub: argparse._SubParsersAction) -> None:
@@ -128,7 +133,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="write checkpoints under DIR as step-N directories (N: global steps "
                    "since the first window): the final one at the end of the pass, and with "
                    "--checkpoint-every periodic ones; sharded (each rank its rows), atomic, "
-                   "verified by the manifest")
+                   "verified by the manifest. DIR must be new, empty or hold only checkpoints "
+                   "(checked before the pass); the job locks it (DIR/.recs-save.lock)")
     p.add_argument("--checkpoint-every", type=int, metavar="STEPS",
                    help="also write a checkpoint every STEPS global steps (needs --save or "
                    "--resume)")
@@ -138,12 +144,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="continue an interrupted pass from the newest complete checkpoint in "
                    "DIR (same config, data arguments and number of ranks): the result is "
                    "the uninterrupted run's; checkpoints go on into DIR (unless --save "
-                   "says otherwise). With no checkpoint in DIR yet the pass starts over "
-                   "(from --init-from when given)")
+                   "says otherwise; into its parent when DIR is one step-N checkpoint). With "
+                   "no checkpoint in DIR yet the pass starts over (from --init-from when given)")
     p.add_argument("--export-delta", metavar="DIR",
                    help="at the end, write the embedding rows this window changed and the "
                    "dense parameters to DIR (a delta for serving copies; format: "
-                   "docs/CHECKPOINT_FORMAT.md)")
+                   "docs/CHECKPOINT_FORMAT.md). DIR must be new, empty or an earlier delta, "
+                   "which it replaces (checked before the pass)")
     from recs_core.sched import MODES
     from recs_core.sched.policy import CHUNK_MS, LOOKAHEAD
 
@@ -177,9 +184,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
+    from recs_core.checkpoint.manifest import MANIFEST
+    from recs_core.checkpoint.outdir import claim_outputs
     from recs_core.comm.world import mpi_world
     from recs_core.features.spec import load_spec
-    from recs_core.train.job import Job, config_text
 
     spec = load_spec(a.config)
     world = mpi_world()
@@ -196,6 +204,23 @@ def _cmd_train(a: argparse.Namespace) -> int:
         raise RecsError(f"--lookahead must be at least 1, got {a.lookahead}")
     if not a.chunk_ms >= 0:
         raise RecsError(f"--chunk-ms must be >= 0, got {a.chunk_ms}")
+    if a.resume and not a.save and os.path.isfile(os.path.join(a.resume, MANIFEST)):
+        save_root = os.path.dirname(os.path.normpath(a.resume)) or "."  # one step-N given
+    # every output location checked, and the save directory locked, before the pass
+    lock = world.everyone(lambda: claim_outputs(
+        save_root, a.export_delta, "--save" if a.save else "--resume")
+        if world.rank == 0 else None)
+    try:
+        return _train(a, spec, world, save_root)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(a: argparse.Namespace, spec: Spec, world: World, save_root: str | None) -> int:
+    """The training of ``recs train`` once its outputs are claimed."""
+    from recs_core.train.job import Job, config_text
+
     job = Job(spec, world=world)
     job.config_text = config_text(a.config)
     resumed = None

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import CONFIGS, ROOT, run_mpi
@@ -135,3 +137,185 @@ def test_mpi_launch_runs_features(criteo_sample) -> None:
     assert r.returncode == 0, r.stderr
     out = last_json(r.stdout)
     assert out["world_size"] == 2 and out["rows"] == 5760
+
+
+# ---- output locations: checked (and the save directory locked) before the pass ----------
+
+def small_config(tmp_path: Path, rows: int | None = None) -> Path:
+    """The canonical config with small tables; ``rows``: the cat table's rows instead."""
+    cfg = tmp_path / "small.toml"
+    text = (CONFIGS / "criteo_dlrm.toml").read_text().replace(
+        "buckets = 262144", "buckets = 1024").replace("batch_size = 2048", "batch_size = 101")
+    if rows is not None:
+        text = text.replace("embedding = { dim = 16 }",
+                            f"embedding = {{ dim = 16, rows = {rows} }}", 1)
+    cfg.write_text(text)
+    return cfg
+
+
+def fake_checkpoints(root: Path) -> list[str]:
+    from recs_core.checkpoint import save_step
+
+    for step in (3, 6):
+        save_step(root, step, {"x": np.ones(4, np.float32)}, {})
+    return sorted(p.name for p in root.iterdir())
+
+
+def refused_outputs(tmp_path: Path) -> list[tuple[list[str], str]]:
+    """(flags, the one-line error expected) for output locations that must be refused;
+    what each points at is made here and must be left as it is."""
+    (tmp_path / "afile").write_text("mine")
+    fake_checkpoints(tmp_path / "models")
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "notes.txt").write_text("mine")
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "step-000000009").symlink_to(tmp_path / "user")
+    (tmp_path / "big.toml").write_text("")
+    return [
+        (["--save", str(tmp_path / "afile")], "afile: exists and is not a directory"),
+        (["--export-delta", str(tmp_path / "models")],
+         "models: is a checkpoint directory (holds step-000000003), not a delta"),
+        (["--export-delta", str(tmp_path / "user")], "user: is not empty and not a delta"),
+        (["--save", str(tmp_path / "user")], "user: holds 'notes.txt' (a file)"),
+        (["--save", str(tmp_path / "linked")],
+         "linked: holds 'step-000000009' (a symbolic link)"),
+        (["--save", str(tmp_path / "m"), "--export-delta", str(tmp_path / "m" / "d")],
+         "overlaps the save directory"),
+    ]
+
+
+def tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): (os.readlink(p) if p.is_symlink() else
+                                       p.read_bytes().hex() if p.is_file() else "dir")
+            for p in sorted(root.rglob("*"))}
+
+
+def test_bad_output_locations_are_refused_before_the_pass(tmp_path: Path, sample_1200,
+                                                           capsys) -> None:
+    from recs_core.cli import main
+
+    bad = tmp_path / "bad.txt"  # training would stop at its line 100 (label 2)
+    lines = sample_1200.read_text().splitlines(keepends=True)
+    bad.write_text("".join(lines[:99] + ["2" + lines[99][1:]] + lines[100:]))
+    base = ["train", "--config", str(small_config(tmp_path)), "--data", str(bad),
+            "--on-error", "fail", "--quiet"]
+    cases = refused_outputs(tmp_path)
+    before = tree(tmp_path)
+    for flags, why in cases:
+        assert main(base + flags) == 2, flags
+        err = capsys.readouterr().err
+        assert err.strip().splitlines() == [err.strip()] and err.startswith("recs: error: ")
+        assert why in err, (flags, err)
+        assert tree(tmp_path) == before, flags  # nothing deleted, written or locked
+    assert main(base + ["--save", str(tmp_path / "new")]) == 2  # the data's own error
+    assert f"{bad}:100: bad_label" in capsys.readouterr().err
+    assert not (tmp_path / "new" / ".recs-save.lock").exists()  # released
+
+
+def test_a_table_that_cannot_be_allocated_is_refused_with_its_size(tmp_path: Path,
+                                                                    sample_1200) -> None:
+    r = recs("train", "--config", str(small_config(tmp_path, rows=2**40)), "--data",
+             str(sample_1200), "--quiet")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    # 26 tables of 2**40 float32 rows x 16 = 26 x 64 TiB (and the small others)
+    assert r.stderr.startswith("recs: error: 47 embedding tables (the largest 'cat:C1': "
+                               "1099511627776 rows x dim 16) need 1664.0 TiB, more than the "
+                               "machine's memory ("), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_locked_save_directory_is_refused(tmp_path: Path, sample_1200) -> None:
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        lock = tmp_path / "m" / ".recs-save.lock"
+        lock.parent.mkdir()
+        lock.write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid,
+                                    "started": "earlier", "token": "x"}))
+        r = recs("train", "--config", str(small_config(tmp_path)), "--data", str(sample_1200),
+                 "--save", str(tmp_path / "m"), "--quiet")
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert r.stderr.strip() == (f"recs: error: {tmp_path / 'm'}: locked by another job "
+                                    f"(pid {other.pid} on {socket.gethostname()} since "
+                                    f"earlier); wait for it, or if no job uses it, remove {lock}")
+        assert [p.name for p in lock.parent.iterdir()] == [lock.name]
+    finally:
+        other.kill()
+        other.wait()
+    # its owner is gone now: the next job takes the lock over, trains and saves
+    r = recs("train", "--config", str(small_config(tmp_path)), "--data", str(sample_1200),
+             "--save", str(tmp_path / "m"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in lock.parent.iterdir()) == ["step-000000012"]
+
+
+def test_a_full_disk_on_save_is_one_line_and_leaves_no_staging(
+        tmp_path: Path, sample_1200, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from recs_core.checkpoint import manifest as mf
+    from recs_core.cli import main
+
+    real = mf.write_array
+
+    def full_disk(root, rel, name, rank, arr):
+        if name.startswith("dense"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(root, rel, name, rank, arr)
+
+    monkeypatch.setattr(mf, "write_array", full_disk)
+    args = ["train", "--config", str(small_config(tmp_path)), "--data", str(sample_1200),
+            "--quiet", "--save", str(tmp_path / "m")]
+    for _ in range(2):  # a retry on the full disk fails the same way, leaving nothing
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"recs: error: checkpoint {tmp_path / 'm' / 'step-000000012'} not "
+                       f"saved: rank 0: [Errno 28] No space left on device")
+        assert list((tmp_path / "m").iterdir()) == []  # no staging, the lock released
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("n", [2, 3])
+def test_several_ranks_refuse_a_delta_onto_checkpoints(n: int, tmp_path: Path,
+                                                       sample_1200) -> None:
+    kept = fake_checkpoints(tmp_path / "models")
+    r = run_mpi(n, ["-m", "recs_core", "train", "--config", str(small_config(tmp_path)),
+                    "--data", str(sample_1200), "--quiet", "--export-delta",
+                    str(tmp_path / "models")], timeout=180)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "is a checkpoint directory (holds step-000000003), not a delta" in r.stderr
+    assert '"rows"' not in r.stdout  # no pass
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == kept
+
+
+@pytest.mark.mpi
+def test_several_ranks_refuse_a_locked_save_directory(tmp_path: Path, sample_1200) -> None:
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        lock = tmp_path / "m" / ".recs-save.lock"
+        lock.parent.mkdir()
+        lock.write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid,
+                                    "started": "earlier", "token": "x"}))
+        r = run_mpi(2, ["-m", "recs_core", "train", "--config", str(small_config(tmp_path)),
+                        "--data", str(sample_1200), "--quiet", "--save",
+                        str(tmp_path / "m")], timeout=180)
+        assert r.returncode != 0 and "Traceback" not in r.stderr
+        assert f"locked by another job (pid {other.pid} on" in r.stderr
+        assert [p.name for p in lock.parent.iterdir()] == [lock.name]
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_resume_from_one_step_checkpoint_saves_beside_it(tmp_path: Path, sample_1200,
+                                                         capsys) -> None:
+    from recs_core.cli import main
+
+    args = ["train", "--config", str(small_config(tmp_path)), "--data", str(sample_1200),
+            "--quiet"]
+    assert main(args + ["--save", str(tmp_path / "m")]) == 0
+    step = tmp_path / "m" / "step-000000012"
+    capsys.readouterr()
+    assert main(args + ["--resume", str(step)]) == 0  # a finished window: saved again
+    assert last_json(capsys.readouterr().out)["saved"] == str(step)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [step.name]
+    assert sorted(p.name for p in step.iterdir()) == ["manifest.json", "rank00000-of-00001"]

@@ -20,6 +20,7 @@ Tables and dense parameters that did not change are simply absent.
 from __future__ import annotations
 
 import secrets
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import numpy as np
 
 from recs_core.checkpoint import manifest as mf
 from recs_core.checkpoint.files import fsync_tree, publish, staging_path
+from recs_core.checkpoint.outdir import check_delta_target
 from recs_core.errors import RecsError
 
 TableDelta = tuple[np.ndarray, np.ndarray]  # (ids int64 [k], values float32 [k, dim])
@@ -61,9 +63,12 @@ def _sorted_rows(table: str, ids: np.ndarray, values: np.ndarray) -> TableDelta:
 
 def export_delta(path: str | Path, table_deltas: Mapping[str, TableDelta],
                  dense: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> str:
-    """Write a delta (format in the module docstring) to ``path``, replacing any there;
-    return the path. ``table_deltas`` maps a table name to (row ids, their new values)."""
+    """Write a delta (format in the module docstring) to ``path``, replacing an earlier
+    delta there (anything else at ``path`` is refused: see ``outdir.check_delta_target``);
+    return the path. ``table_deltas`` maps a table name to (row ids, their new values).
+    A failed write (e.g. a full disk: RecsError) removes its staging directory."""
     final = Path(path)
+    check_delta_target(final, "delta")
     meta = mf.to_jsonable(dict(meta), "delta meta")
     arrays: dict[str, np.ndarray] = {}
     for table, (ids, values) in table_deltas.items():
@@ -74,14 +79,20 @@ def export_delta(path: str | Path, table_deltas: Mapping[str, TableDelta],
         mf.check_name(name, "delta dense name")
         arrays[f"dense/{name}"] = np.asarray(arr)
     staging = staging_path(final, secrets.token_hex(6))
-    entries = []
-    for name, arr in arrays.items():
-        (staging / name).parent.mkdir(parents=True, exist_ok=True)
-        entries.append(mf.write_array(staging, f"{name}.npy", name, 0, arr))
-    fsync_tree(staging)
-    mf.write_manifest(staging, mf.Manifest(kind="delta", world_size=1, meta=meta,
-                                           files=entries))
-    publish(staging, final)
+    try:
+        entries = []
+        for name, arr in arrays.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            entries.append(mf.write_array(staging, f"{name}.npy", name, 0, arr))
+        fsync_tree(staging)
+        mf.write_manifest(staging, mf.Manifest(kind="delta", world_size=1, meta=meta,
+                                               files=entries))
+        publish(staging, final)
+    except BaseException as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise RecsError(f"delta {final} not written: {e}") from e
+        raise
     return str(final)
 
 

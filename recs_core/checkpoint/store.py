@@ -13,11 +13,13 @@ gathers every rank's file entries (shape, dtype, size, sha256), writes the manif
 then renames the staging directory to ``<ckpt>`` (atomically swapping out an existing
 checkpoint of the same name). A crash before that rename leaves only a ``.partial-``
 directory (no manifest inside until its last step), so the previous checkpoint stays
-usable and the half-written one is recognisable.
+usable and the half-written one is recognisable; a save that fails (e.g. a full disk)
+removes its staging directory itself. A save directory is locked by the job writing into
+it (``outdir.SaveLock``), which also removes the staging of earlier jobs' crashed saves.
 
 Periodic checkpoints live under a root directory as ``step-000000123/``;
 :func:`latest_complete` finds the newest one that verifies and :func:`prune` keeps the
-newest ``keep``.
+newest ``keep`` (only ``step-*`` directories, never symbolic links or other entries).
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from __future__ import annotations
 import re
 import secrets
 import shutil
+import threading
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -80,12 +82,43 @@ def _attempt(fn: Callable[[], T]) -> tuple[T | None, BaseException | None]:
 
 def _each(fn: Callable[[T], U], items: Iterable[T], workers: int) -> list[U]:
     """``[fn(x) for x in items]`` on up to ``workers`` threads (hashlib, file I/O and
-    fsync release the GIL); the first exception is raised after all calls end."""
+    fsync release the GIL); the first exception is raised after all calls end.
+
+    The calling thread is one of the workers and helper threads that cannot start (a
+    memory limit) are simply not used, so a save never fails for want of a thread."""
     items = list(items)
     if workers <= 1 or len(items) <= 1:
         return [fn(x) for x in items]
-    with ThreadPoolExecutor(min(workers, len(items))) as pool:
-        return list(pool.map(fn, items))
+    out: list[Any] = [None] * len(items)
+    errors: list[tuple[int, BaseException]] = []
+    todo = iter(range(len(items)))
+    take = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with take:
+                i = next(todo, None)
+            if i is None:
+                return
+            try:
+                out[i] = fn(items[i])
+            except BaseException as e:  # raised by the caller once every call ended
+                errors.append((i, e))
+
+    helpers = []
+    for _ in range(min(workers, len(items)) - 1):
+        t = threading.Thread(target=work, daemon=True)
+        try:
+            t.start()
+        except RuntimeError:  # "can't start new thread": the others do the work
+            break
+        helpers.append(t)
+    work()
+    for t in helpers:
+        t.join()
+    if errors:
+        raise min(errors, key=lambda ie: ie[0])[1]
+    return out
 
 
 def _write_shard(staging: Path, rank: int, world: int, arrays: Mapping[str, np.ndarray],
@@ -110,11 +143,14 @@ def save(path: str | Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, 
     kept per rank. Each rank writes up to ``workers`` files at once (threads).
     ``after_publish`` runs on rank 0 once the checkpoint is in place.
 
-    If any rank fails, every rank raises (the failing one its own exception, the others
-    RecsError naming it) and, when the failure came before the manifest, nothing is
-    published (the staging directory is left for :func:`prune`, as after a crash)."""
+    If any rank fails, every rank raises (the failing one its own exception, an OSError
+    such as a full disk as RecsError, the others RecsError naming it) and, when the
+    failure came before the manifest, nothing is published and the staging directory is
+    removed. A symbolic link at ``path`` is refused before anything is written."""
     coll = _Collective(comm)
     final = Path(path)
+    if final.is_symlink():
+        raise RecsError(f"checkpoint {final}: is a symbolic link: refusing to replace it")
     staging = staging_path(final, coll.bcast(secrets.token_hex(6) if coll.rank == 0 else None))
 
     def write() -> tuple[list[mf.FileEntry], Any, Any]:
@@ -135,6 +171,10 @@ def save(path: str | Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, 
             _, err = _attempt(after_publish)
             status = None if err is None else f"saved, but then rank 0 failed: {err}"
     status = coll.bcast(status)
+    if coll.rank == 0 and status is not None and status.startswith("not saved"):
+        shutil.rmtree(staging, ignore_errors=True)  # every rank is done writing into it
+    if isinstance(err, OSError):
+        raise RecsError(f"checkpoint {final} not saved: rank {coll.rank}: {err}") from err
     if err is not None:
         raise err
     if status is not None:
@@ -203,7 +243,7 @@ def _steps(root: Path) -> list[tuple[int, Path]]:
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := _STEP.match(p.name)) and p.is_dir()]
+             if (m := _STEP.match(p.name)) and p.is_dir() and not p.is_symlink()]
     return sorted(found, reverse=True)
 
 
@@ -224,9 +264,9 @@ def latest_complete(root: str | Path) -> str | None:
 
 def prune(root: str | Path, keep: int) -> list[str]:
     """Keep the newest ``keep`` complete checkpoints under ``root``; remove every
-    ``step-*`` directory older than the oldest kept one and every leftover ``.partial-`` /
-    ``.replaced-`` directory of an interrupted save (do not prune while a save into
-    ``root`` is running). Returns the removed paths."""
+    ``step-*`` directory older than the oldest kept one. Staging directories (``.partial-``,
+    another save's, possibly in progress) and entries that are not ``step-*`` directories
+    are left alone. Returns the removed paths."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     root = Path(root)
@@ -238,9 +278,6 @@ def prune(root: str | Path, keep: int) -> list[str]:
                 kept.append(step)
             continue
         removed.append(p)
-    if root.is_dir():
-        removed += [p for p in root.iterdir() if p.is_dir() and
-                    (".partial-" in p.name or ".replaced-" in p.name)]
     for p in removed:
         shutil.rmtree(p)
     return [str(p) for p in removed]

@@ -9,6 +9,7 @@ makes them 2-3x faster when the table rows are not in cache.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,6 +18,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.typed import List as TypedList
+
+from recs_core.errors import RecsError
 
 AHEAD = 16  # rows prefetched ahead in the random-access loops (3x faster on cold tables)
 
@@ -39,6 +42,37 @@ def init_table(rows: int, dim: int, seed: int, index: int, dtype=np.float32) -> 
     table *= dtype.type(2.0 * bound)
     table -= dtype.type(bound)
     return table
+
+
+def memory_limit() -> tuple[int, str]:
+    """The bytes a process here can hold at most, and what sets it: the machine's physical
+    memory, or the address-space limit (``ulimit -v``) when lower."""
+    import resource
+
+    limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    what = "the machine's memory"
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft != resource.RLIM_INFINITY and soft < limit:
+        limit, what = soft, "the address-space limit (ulimit -v)"
+    return limit, what
+
+
+def size_text(nbytes: float) -> str:
+    """``nbytes`` as e.g. ``64.0 TiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if nbytes < 1024 or unit == "TiB":
+            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
+        nbytes /= 1024
+    raise AssertionError
+
+
+def check_fits(nbytes: int, what: str) -> None:
+    """RecsError (naming ``what`` and the size) when ``nbytes`` cannot fit in this
+    process's memory (:func:`memory_limit`), before anything is allocated."""
+    limit, source = memory_limit()
+    if nbytes > limit:
+        raise RecsError(f"{what} need {size_text(nbytes)}, more than {source} "
+                        f"({size_text(limit)}): use fewer rows, a smaller dim or more ranks")
 
 
 # ---------------------------------------------------------------------------------------

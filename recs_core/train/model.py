@@ -14,6 +14,8 @@ from recs_core.dense.optim import make_dense_optimizer
 from recs_core.dense.presets import DLRM, BackwardItem, EmbGrads, WideDeep
 from recs_core.embedding.layer import Embeddings, LocalEmbeddings, ShardedEmbeddings, slots_of
 from recs_core.embedding.sparse_optim import make_sparse_optimizer
+from recs_core.embedding.table import check_fits, size_text
+from recs_core.errors import RecsError
 from recs_core.features.graph import FeatureBatch
 from recs_core.features.spec import Spec
 from recs_core.stages import Stage, drive
@@ -25,6 +27,24 @@ def _optimizer_kwargs(name: str, cfg: TrainConfig, sparse: bool) -> dict[str, fl
         acc = cfg.sparse_initial_accumulator if sparse else cfg.initial_accumulator
         return {"eps": cfg.eps, "initial_accumulator": acc}
     return {"eps": cfg.eps} if name == "adam" else {}
+
+
+def _table_bytes(rows: list[int], dims: list[int], world: int) -> int:
+    """A lower bound of the bytes one rank's fixed tables take: its share of the rows
+    (float32 values) and, on several ranks, the whole largest table once (it is drawn
+    whole, then the rank keeps its rows)."""
+    share = sum(-(-r // world) * d * 4 for r in rows for d in dims)
+    whole = max((r * d * 4 for r in rows for d in dims), default=0) if world > 1 else 0
+    return share + whole
+
+
+def _tables_text(fields: list, dims: list[int], world: int) -> str:
+    big = max(fields, key=lambda f: f[1].fixed_rows, default=None)
+    where = f" on each of {world} ranks" if world > 1 else ""
+    if big is None:
+        return "the embedding tables"
+    return (f"{len(fields)} embedding tables (the largest {big[0]!r}: {big[1].fixed_rows} "
+            f"rows x dim {max(dims)}){where}")
 
 
 class Model:
@@ -54,15 +74,22 @@ class Model:
             return ShardedEmbeddings(rows, dim, seed, slots, opt, self.world.comm,
                                      cfg.placement, dynamic)
 
-        self.emb = embeddings(self.dim, cfg.seed)
+        dims = [self.dim] + ([1] if cfg.preset != "dlrm" else [])
+        need, what = _table_bytes(rows, dims, self.world.size), _tables_text(fields, dims,
+                                                                          self.world.size)
+        self.world.everyone(lambda: check_fits(need, what))  # every rank stops
+        try:
+            self.emb = embeddings(self.dim, cfg.seed)
+            self.wide = embeddings(1, cfg.seed + 1) if cfg.preset != "dlrm" else None
+        except MemoryError:
+            raise RecsError(f"{what} need {size_text(need)}: out of memory while "
+                            f"allocating them") from None
         if cfg.preset == "dlrm":
             self.net = DLRM(spec.dense_width, self.num_fields, self.dim, list(cfg.bottom_mlp),
                             list(cfg.top_mlp), cfg.seed)
-            self.wide = None
         else:
             self.net = WideDeep(spec.dense_width, self.num_fields, self.dim,
                                 list(cfg.deep_mlp), cfg.seed)
-            self.wide = embeddings(1, cfg.seed + 1)
         kw = _optimizer_kwargs(cfg.optimizer, cfg, sparse=False)
         self.dense_opt = make_dense_optimizer(cfg.optimizer, self.net.params, cfg.lr, **kw)
         self.sets: list[Embeddings] = [self.emb] + ([self.wide] if self.wide is not None
