@@ -580,6 +580,8 @@ class TrainingPass:
             active, global_rows = (int(x) for x in b.agreement.result())
             if active == 0:
                 break
+            if self.guard is not None:
+                self.guard_steps[OVERLAP if self.active.overlap else BLOCKING] += 1
             if t and t % self.policy.replan_every == 0 or t == 2:
                 self.plan.agree(*self._pipeline_costs(), self._plan_comm)
             self._spawn_lookups(t)
@@ -615,7 +617,6 @@ class TrainingPass:
             self.timeline.add(f"guard: {choice} (step ms overlap {agreed[0] * 1e3:.1f}, "
                               f"blocking {agreed[1] * 1e3:.1f})", CPU, t0, time.perf_counter())
         schedule = guard.schedule(t)
-        self.guard_steps[schedule] += 1
         wanted = self.policy if schedule == OVERLAP else self.policy.blocking()
         if wanted == self.active:
             return

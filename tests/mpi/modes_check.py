@@ -120,6 +120,7 @@ def main(path: str, placement: str, preset: str, trace: str) -> None:
                 steps = out["window_steps"]
                 assert len(guarded[0]["probes"]) == (steps - 5) // 5 + 1, guarded[0]
                 assert min(guarded[0]["steps"].values()) >= 2, guarded[0]
+                assert sum(guarded[0]["steps"].values()) == steps, guarded[0]
             # memory stays flat: the previous, current and look-ahead batches at most
             assert out["scheduler"]["most_batches_held"] <= 2 + 2, out["scheduler"]
             for key in ("wall_ms", "cpu_busy_ms", "comm_ms", "idle_in_comm_ms"):
