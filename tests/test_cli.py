@@ -64,6 +64,23 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path, criteo_sample) ->
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("kind", ["latin1", "directory"])
+def test_unreadable_config_is_one_line(tmp_path: Path, criteo_sample, kind: str) -> None:
+    """A config that is not UTF-8, or a directory, is named in one line (was a traceback)."""
+    cfg = tmp_path / "c.toml"
+    if kind == "directory":
+        cfg.mkdir()
+        want = f"recs: error: {cfg}: is a directory, expected a TOML config file"
+    else:
+        cfg.write_bytes((CONFIGS / "criteo_dlrm.toml").read_bytes() + b"# caf\xe9\n")
+        want = f"recs: error: {cfg}: not UTF-8 text (byte 0xe9 at offset"
+    for args in (["spec", str(cfg)], ["train", "--config", str(cfg), "--data",
+                                      str(criteo_sample), "--quiet"]):
+        r = recs(*args)
+        assert r.returncode == 2 and r.stderr.startswith(want), r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_gen_max_history_needs_heavy_and_a_positive_length(tmp_path: Path) -> None:
     out = str(tmp_path / "h.txt")
     r = recs("gen", "--rows", "10", "--out", out, "--max-history", "2000")
