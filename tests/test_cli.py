@@ -133,6 +133,26 @@ def test_features_on_several_ranks(n: int, criteo_sample, tmp_path: Path) -> Non
 
 
 @pytest.mark.mpi
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_lines_longer_than_the_read_chunk_across_rank_boundaries(n: int, criteo_sample,
+                                                                 tmp_path: Path) -> None:
+    """10,000 real rows in 4 equal segments joined by 5 MiB lines (longer than the 4 MiB
+    read chunk), one across each 4-rank boundary: every rank count reads the 10,000 rows
+    once (8196654: 10,001 on 2 ranks, 10,003 on 4). Exact rows: tests/test_reader.py."""
+    rows = criteo_sample.read_bytes().splitlines(keepends=True)
+    seg = [b"".join(rows[(s * 2500 + i) % len(rows)] for i in range(2500)) for s in range(4)]
+    long = b"1\t" + b"x" * (5 << 20) + b"\n"
+    p = tmp_path / "long.txt"
+    p.write_bytes(long.join(seg))
+    r = run_mpi(n, ["-m", "recs_core", "features", "--config", str(CONFIGS / "criteo_dlrm.toml"),
+                    "--data", str(p), "--quiet"], timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = last_json(r.stdout)
+    assert (out["world_size"], out["rows"], out["lines"]) == (n, 10000, 10003)
+    assert out["bad_rows"] == {"line_too_long": 3}
+
+
+@pytest.mark.mpi
 def test_failing_rank_stops_every_rank(tmp_path: Path, criteo_sample) -> None:
     p = bad_copy(tmp_path, criteo_sample)
     r = run_mpi(2, ["-m", "recs_core", "features", "--config", str(CONFIGS / "criteo_dlrm.toml"),
