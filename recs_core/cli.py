@@ -121,9 +121,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "bytes; approximate in rows for .gz), scored after the pass (default: "
                    "train.eval_fraction, 0)")
     p.add_argument("--init-from", metavar="DIR",
-                   help="start from a checkpoint: a --save directory (its newest complete "
-                   "checkpoint) or one step-N checkpoint in it; written by any number of "
-                   "ranks (rows are resharded); the feature spec, hash and model must match")
+                   help="start from a checkpoint: a --save directory (its newest "
+                   "checkpoint; refused when that one is damaged) or one step-N checkpoint "
+                   "in it; written by any number of ranks (rows are resharded); the feature "
+                   "spec, hash and model must match")
     p.add_argument("--save", metavar="DIR",
                    help="write checkpoints under DIR as step-N directories (N: global steps "
                    "since the first window): the final one at the end of the pass, and with "
@@ -139,7 +140,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "DIR (same config, data arguments and number of ranks): the result is "
                    "the uninterrupted run's; checkpoints go on into DIR (unless --save "
                    "says otherwise). With no checkpoint in DIR yet the pass starts over "
-                   "(from --init-from when given)")
+                   "(from --init-from when given); a damaged newest checkpoint is refused")
     p.add_argument("--export-delta", metavar="DIR",
                    help="at the end, write the embedding rows this window changed and the "
                    "dense parameters to DIR (a delta for serving copies; format: "
@@ -199,7 +200,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     if a.resume:
         from recs_core.train.saving import find_checkpoint
 
-        found = find_checkpoint(a.resume, world)
+        found = find_checkpoint(a.resume, world, "--resume")
         if found is not None:
             resumed = job.resume(found)
         elif world.rank == 0:
