@@ -222,6 +222,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
     if job.checkpoint_figures:
         out["checkpoint"] = job.checkpoint_report()
     if world.rank == 0:
+        for w in out["warnings"]:
+            print(f"recs: warning: {w}", file=sys.stderr)
         print(json.dumps(out), flush=True)
     return 0
 
