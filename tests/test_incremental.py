@@ -414,3 +414,34 @@ def test_checkpoints_load_on_other_world_sizes(two_rank_run: dict, head, tmp_pat
                                         "the same world size"):
         Job.from_config(cfg).resume(direct["saved"])
 
+
+
+@pytest.mark.mpi
+def test_damaged_checkpoints_are_refused_on_several_ranks(two_rank_run: dict,
+                                                          tmp_path: Path) -> None:
+    """Under mpiexec -n 2 and 3: --resume over a step-* without manifest, --init-from whose
+    newest checkpoint lacks a shard file, and a manifest claiming 10**9 ranks each end
+    every rank with the one-line error (rc != 0, no traceback, well within the limit)."""
+    import shutil
+
+    root = tmp_path / "ref"
+    shutil.copytree(two_rank_run["dir"] / "ref", root)
+    final = root / Path(two_rank_run["final"]).name
+    older = root / "step-000000001"
+    shutil.copytree(final, older)  # a complete older one the refusal must not fall back to
+    (final / "manifest.json").unlink()
+    cfg, data = two_rank_run["cfg"], two_rank_run["data"]
+    before = sorted(p.name for p in final.rglob("*"))
+    r = run_mpi(2, train_cmd(cfg, data, "--resume", str(root), "--eval-fraction", "0.1"),
+                timeout=120)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert f"--resume {root}: the checkpoint {final} is damaged" in r.stderr
+    assert sorted(p.name for p in final.rglob("*")) == before  # not overwritten
+    r = run_mpi(3, train_cmd(cfg, data, "--init-from", str(root)), timeout=120)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert f"name it (--init-from {older})" in r.stderr
+    m = json.loads((older / "manifest.json").read_text())
+    (older / "manifest.json").write_text(json.dumps(dict(m, world_size=10**9)))
+    r = run_mpi(3, train_cmd(cfg, data, "--init-from", str(older)), timeout=120)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "malformed manifest: world_size 1000000000, but rank_meta for 2 rank(s)" in r.stderr
