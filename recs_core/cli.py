@@ -126,9 +126,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "bytes; approximate in rows for .gz), scored after the pass (default: "
                    "train.eval_fraction, 0)")
     p.add_argument("--init-from", metavar="DIR",
-                   help="start from a checkpoint: a --save directory (its newest complete "
-                   "checkpoint) or one step-N checkpoint in it; written by any number of "
-                   "ranks (rows are resharded); the feature spec, hash and model must match")
+                   help="start from a checkpoint: a --save directory (its newest "
+                   "checkpoint; refused when that one is damaged) or one step-N checkpoint "
+                   "in it; written by any number of ranks (rows are resharded); the feature "
+                   "spec, hash and model must match")
     p.add_argument("--save", metavar="DIR",
                    help="write checkpoints under DIR as step-N directories (N: global steps "
                    "since the first window): the final one at the end of the pass, and with "
@@ -145,7 +146,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "DIR (same config, data arguments and number of ranks): the result is "
                    "the uninterrupted run's; checkpoints go on into DIR (unless --save "
                    "says otherwise; into its parent when DIR is one step-N checkpoint). With "
-                   "no checkpoint in DIR yet the pass starts over (from --init-from when given)")
+                   "no checkpoint in DIR yet the pass starts over (from --init-from when "
+                   "given); a damaged newest checkpoint is refused")
     p.add_argument("--export-delta", metavar="DIR",
                    help="at the end, write the embedding rows this window changed and the "
                    "dense parameters to DIR (a delta for serving copies; format: "
@@ -227,7 +229,7 @@ def _train(a: argparse.Namespace, spec: Spec, world: World, save_root: str | Non
     if a.resume:
         from recs_core.train.saving import find_checkpoint
 
-        found = find_checkpoint(a.resume, world)
+        found = find_checkpoint(a.resume, world, "--resume")
         if found is not None:
             resumed = job.resume(found)
         elif world.rank == 0:
@@ -250,6 +252,8 @@ def _train(a: argparse.Namespace, spec: Spec, world: World, save_root: str | Non
     if job.checkpoint_figures:
         out["checkpoint"] = job.checkpoint_report()
     if world.rank == 0:
+        for w in out["warnings"]:
+            print(f"recs: warning: {w}", file=sys.stderr)
         print(json.dumps(out), flush=True)
     return 0
 

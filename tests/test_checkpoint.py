@@ -251,6 +251,14 @@ def test_bad_manifests(tmp_path: Path) -> None:
     (path / "manifest.json").write_text(json.dumps(good))
     with pytest.raises(RecsError, match="bad entry"):
         load_manifest(path)
+    fresh = json.loads((Path(save(tmp_path / "ck2", sample_arrays(), META))
+                        / "manifest.json").read_text())
+    for world, rank_meta in ((10**9, [{}]), (0, []), (2, [{}])):  # a crafted world size
+        (path / "manifest.json").write_text(json.dumps(dict(fresh, world_size=world,
+                                                            rank_meta=rank_meta)))
+        with pytest.raises(RecsError, match=rf"malformed manifest: world_size {world}, but "
+                                            rf"rank_meta for {len(rank_meta)} rank"):
+            load_manifest(path)
 
 
 # --- multi-rank --------------------------------------------------------------------------

@@ -66,6 +66,23 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path, criteo_sample) ->
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("kind", ["latin1", "directory"])
+def test_unreadable_config_is_one_line(tmp_path: Path, criteo_sample, kind: str) -> None:
+    """A config that is not UTF-8, or a directory, is named in one line (was a traceback)."""
+    cfg = tmp_path / "c.toml"
+    if kind == "directory":
+        cfg.mkdir()
+        want = f"recs: error: {cfg}: is a directory, expected a TOML config file"
+    else:
+        cfg.write_bytes((CONFIGS / "criteo_dlrm.toml").read_bytes() + b"# caf\xe9\n")
+        want = f"recs: error: {cfg}: not UTF-8 text (byte 0xe9 at offset"
+    for args in (["spec", str(cfg)], ["train", "--config", str(cfg), "--data",
+                                      str(criteo_sample), "--quiet"]):
+        r = recs(*args)
+        assert r.returncode == 2 and r.stderr.startswith(want), r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_gen_max_history_needs_heavy_and_a_positive_length(tmp_path: Path) -> None:
     out = str(tmp_path / "h.txt")
     r = recs("gen", "--rows", "10", "--out", out, "--max-history", "2000")
@@ -115,6 +132,26 @@ def test_features_on_several_ranks(n: int, criteo_sample, tmp_path: Path) -> Non
     out = json.loads(lines[0])
     assert out["world_size"] == n and out["rows"] == 2 * 5760 - 2
     assert out["bad_rows"] == {"bad_label": 1, "field_count": 1}
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_lines_longer_than_the_read_chunk_across_rank_boundaries(n: int, criteo_sample,
+                                                                 tmp_path: Path) -> None:
+    """10,000 real rows in 4 equal segments joined by 5 MiB lines (longer than the 4 MiB
+    read chunk), one across each 4-rank boundary: every rank count reads the 10,000 rows
+    once (8196654: 10,001 on 2 ranks, 10,003 on 4). Exact rows: tests/test_reader.py."""
+    rows = criteo_sample.read_bytes().splitlines(keepends=True)
+    seg = [b"".join(rows[(s * 2500 + i) % len(rows)] for i in range(2500)) for s in range(4)]
+    long = b"1\t" + b"x" * (5 << 20) + b"\n"
+    p = tmp_path / "long.txt"
+    p.write_bytes(long.join(seg))
+    r = run_mpi(n, ["-m", "recs_core", "features", "--config", str(CONFIGS / "criteo_dlrm.toml"),
+                    "--data", str(p), "--quiet"], timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = last_json(r.stdout)
+    assert (out["world_size"], out["rows"], out["lines"]) == (n, 10000, 10003)
+    assert out["bad_rows"] == {"line_too_long": 3}
 
 
 @pytest.mark.mpi

@@ -31,19 +31,29 @@ def test_n_ranks_equal_one_rank(sample_1200: Path, n: int, placement: str,
                                 preset: str, extra: list[str]) -> None:
     r = run_mpi(n, [CHECK, str(sample_1200), placement, preset, *extra], timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert sorted(r.stdout.split("\n")[:-1]) == [f"OK rank {i}" for i in range(n)]
+    ok = sorted(ln for ln in r.stdout.splitlines() if ln.startswith("OK rank"))
+    assert ok == [f"OK rank {i} of {n}" for i in range(n)], r.stdout  # one world of n
 
 
 @pytest.mark.mpi
 def test_train_cli_on_two_ranks_prints_global_figures(sample_1200: Path, tmp_path: Path) -> None:
+    """Rank 0 prints the global figures, and the warnings of every rank once (here an
+    empty file and the data given twice, read once)."""
     cfg = small_config(tmp_path, 256)
-    r = run_mpi(2, ["-m", "recs_core", "train", "--config", str(cfg), "--data",
-                    str(sample_1200), "--quiet", "--mode", "sequential"], timeout=300)
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    r = run_mpi(2, ["-m", "recs_core", "train", "--config", str(cfg), "--data", str(empty),
+                    str(sample_1200), str(sample_1200), "--quiet", "--mode", "sequential"],
+                timeout=300)
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
     assert len(lines) == 1
     out = json.loads(lines[0])
     assert out["world_size"] == 2 and out["train_rows"] == 1200
+    assert out["warnings"] == [f"{empty}: empty file (0 bytes)",
+                               f"{sample_1200}: given more than once: read once"]
+    warned = [ln for ln in r.stderr.splitlines() if ln.startswith("recs: warning: ")]
+    assert warned == [f"recs: warning: {w}" for w in out["warnings"]]
     assert set(out["comm_wait_seconds"]) == {"categorical", "bucketized", "crosses", "dense"}
     assert all(0 <= f < 1 for f in out["comm_wait_fraction"].values())
 

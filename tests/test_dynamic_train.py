@@ -14,7 +14,7 @@ from recs_core.errors import ConfigError
 from recs_core.features.spec import DYNAMIC_ID_LIMIT, DynamicSpec, parse_spec
 from recs_core.train.job import Job
 from recs_core.train.merge_tools import apply_dynamic_delta, merged_dynamic
-from tests.conftest import CONFIGS, ROOT, run_mpi, small_test_spec
+from tests.conftest import CONFIGS, ROOT, held_out_rows, run_mpi, small_test_spec
 
 
 def spec(preset: str = "dlrm", dynamic: dict | None = None, sparse: str = "adagrad",
@@ -74,24 +74,50 @@ def test_training_admits_evicts_and_reports(windows) -> None:
     assert job.model.emb.dynamic.window == 2
 
 
-def test_held_out_rows_do_not_count(windows) -> None:
-    a, b = Job(spec(dynamic=DYN)), Job(spec(dynamic=DYN))
+def test_held_out_rows_do_not_count(windows, tmp_path: Path) -> None:
+    """Holding out half the rows leaves the dynamic tables exactly as training on a file
+    of the other half alone (a run without the held-out rows at all); scoring reads rows
+    without counting them."""
+    a = Job(spec(dynamic=DYN))
     a.run([windows[0]], eval_fraction=0.5)
     before = {k: v.copy() for k, v in _dyn_state(a).items()}
-    # scoring again reads rows only
-    a.score([windows[1]])
+    a.score([windows[1]])  # scoring again reads rows only
     after = _dyn_state(a)
     for k in before:
         assert np.array_equal(before[k], after[k]), k
-    b.run([windows[0]], eval_fraction=0.5)
-    assert np.array_equal(_dyn_state(b)["freq"], before["freq"])
+    lines = windows[0].read_bytes().splitlines(keepends=True)
+    train_only = tmp_path / "train_only.txt"
+    train_only.write_bytes(b"".join(lines[:len(lines) - held_out_rows(windows[0], 0.5)]))
+    b = Job(spec(dynamic=DYN))
+    b.run([train_only])
+    for prefix, t in (("emb", 0), ("emb", 5), ("emb", 25)):
+        want, got = _dyn_state(b, prefix, t), _dyn_state(a, prefix, t)
+        for k in ("keys", "values", "freq", "last_seen", "acc"):
+            if k in want:
+                assert np.array_equal(got[k], want[k]), (prefix, t, k)
+    c = Job(spec(dynamic=DYN))  # the check can fail: training on every row differs
+    c.run([windows[0]])
+    assert not np.array_equal(_dyn_state(c)["freq"], before["freq"])
 
 
 def test_row_budget_keeps_the_most_frequent(windows) -> None:
+    """At the end of the window each table keeps the 5 keys of highest frequency (ties:
+    the larger key), the frequencies taken from the same pass without a budget; their
+    rows are that pass's rows."""
     job = Job(spec(dynamic={"row_budget": 5}))
     out = job.run([windows[0]])
+    free = Job(spec(dynamic={}))
+    free.run([windows[0]])
     assert all(f["rows"] <= 5 for f in out["dynamic_tables"].values())
     assert out["dynamic_tables"]["emb/cat:C3"]["evicted"] > 0
+    for t in job.model.emb.dynamic.tables:
+        everything, kept = _dyn_state(free, "emb", t), _dyn_state(job, "emb", t)
+        order = np.lexsort((-everything["keys"], -everything["freq"]))[:5]
+        top = np.sort(everything["keys"][order])
+        assert kept["keys"].tolist() == top.tolist(), t
+        rows = {k: v for k, v in zip(everything["keys"].tolist(), everything["values"])}
+        for k, v in zip(kept["keys"].tolist(), kept["values"]):
+            assert v.tobytes() == rows[k].tobytes(), (t, k)
 
 
 @pytest.mark.parametrize("kind", ["dlrm", "wdl-sgd"])
@@ -149,23 +175,30 @@ def test_delta_by_key_reproduces_the_new_rows(windows, tmp_path: Path) -> None:
 
 
 def test_two_ranks_equal_one_and_reshard(windows, tmp_path: Path) -> None:
-    """mpiexec -n 2: training with a dynamic table equals 1 rank; a 2-rank checkpoint
-    loads on 1 rank (and a 1-rank one on 2) with the same dynamic rows."""
+    """mpiexec -n 2 (one world of 2 ranks): training with a dynamic table equals 1 rank; a
+    2-rank checkpoint loads on 1 rank with exactly the rows the 2 ranks held live (their
+    shards joined here by key), and a 1-rank one on 2."""
+    from recs_core.embedding.sharded import owners
+
     proc = run_mpi(2, [str(ROOT / "tests" / "mpi" / "dynamic_check.py"), str(windows[0]),
                        str(windows[1]), str(tmp_path)], timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("OK rank") == 2
-    two = merged_dynamic(tmp_path / "two")
+    ok = sorted(ln for ln in proc.stdout.splitlines() if ln.startswith("OK rank"))
+    assert ok == ["OK rank 0 of 2", "OK rank 1 of 2"], proc.stdout
+    live = [np.load(tmp_path / f"live-rank{r}.npz") for r in (0, 1)]
     job = Job(spec("wdl", dynamic=DYN))
     job.load(tmp_path / "two")
     for prefix, emb in (("emb", job.model.emb), ("wide", job.model.wide)):
+        assert emb.dynamic.tables and emb.dynamic.window == 1
         for t in emb.dynamic.tables:
-            a, want = emb.dynamic.arrays(t), two[f"{prefix}.{_stem(job, t)}.dyn"]
-            for k in ("keys", "values", "freq", "last_seen", "acc"):
-                assert np.array_equal(a[k], want[k]), (prefix, t, k)
-            assert emb.dynamic.window == 1
-
-
-def _stem(job: Job, t: int) -> str:
-    from recs_core.train.compat import table_stems
-    return table_stems(job.spec, "emb")[t].split(".", 1)[1]
+            parts = [{k: f[f"{prefix}.{t}.{k}"] for k in ("keys", "values", "freq",
+                                                          "last_seen", "acc")} for f in live]
+            for r, part in enumerate(parts):  # each rank held the keys it owns
+                assert (owners(t, part["keys"], 2, "row") == r).all()
+            keys = np.concatenate([p["keys"] for p in parts])
+            order = np.argsort(keys, kind="stable")
+            a = emb.dynamic.arrays(t)
+            assert a["keys"].tolist() == keys[order].tolist(), (prefix, t)
+            for k in ("values", "freq", "last_seen", "acc"):
+                want = np.concatenate([p[k] for p in parts])[order]
+                assert a[k].tobytes() == want.tobytes(), (prefix, t, k)

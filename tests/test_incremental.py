@@ -201,6 +201,87 @@ def test_cli_resume_without_a_checkpoint_starts_over(head, tmp_path: Path, capsy
     assert "not .npz files" in capsys.readouterr().err
 
 
+def damaged_saves(head, tmp_path: Path, capsys, how: str) -> tuple[list[str], Path]:
+    """A window saved at steps 2, 4 and 5 under tmp_path/r, step 5 then damaged ``how``;
+    returns the train arguments (without --data) and the damaged checkpoint."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text((CONFIGS / "criteo_dlrm.toml").read_text()
+                   .replace("buckets = 262144", "buckets = 1024")
+                   .replace("batch_size = 2048", "batch_size = 256"))
+    args = ["train", "--config", str(cfg), "--quiet"]
+    assert main(args + ["--data", str(head[0]), "--save", str(tmp_path / "r"),
+                        "--checkpoint-every", "2"]) == 0
+    capsys.readouterr()
+    newest = tmp_path / "r" / "step-000000005"
+    if how == "no manifest":
+        (newest / "manifest.json").unlink()
+    elif how == "truncated shard":
+        victim = newest / "rank00000-of-00001" / "emb.cat.C7.values.npy"
+        victim.write_bytes(victim.read_bytes()[:-100])
+    return args, newest
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("how", ["no manifest", "truncated shard"])
+def test_resume_refuses_a_damaged_newest_checkpoint(head, tmp_path: Path, capsys,
+                                                    how: str) -> None:
+    """8196654 skipped a damaged step-*, resumed from the one before (or, with none,
+    started over) and overwrote it, rc 0; now the job stops before training, names it and
+    says to move it away; nothing in the directory changes."""
+    args, newest = damaged_saves(head, tmp_path, capsys, how)
+    before = files_of(tmp_path / "r")
+    code = main(args + ["--data", str(head[0]), "--resume", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"recs: error: --resume {tmp_path / 'r'}: the checkpoint "
+                             f"{newest} is damaged (")
+    assert f"move it away (mv {newest} {newest}.damaged)" in err[0]
+    assert files_of(tmp_path / "r") == before
+    newest.rename(f"{newest}.damaged")  # as told: the run resumes from step 4
+    assert main(args + ["--data", str(head[0]), "--resume", str(tmp_path / "r")]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["checkpoint"]["resumed_at_step"] == 4 and out["saved"] == str(newest)
+
+
+@pytest.mark.parametrize("how", ["no manifest", "truncated shard"])
+def test_init_from_refuses_a_damaged_newest_checkpoint(head, tmp_path: Path, capsys,
+                                                       how: str) -> None:
+    """8196654 silently started from step 4 when step 5 was damaged; now the job stops
+    and names the damaged one and the older one, which loads when named explicitly."""
+    args, newest = damaged_saves(head, tmp_path, capsys, how)
+    older = tmp_path / "r" / "step-000000004"
+    code = main(args + ["--data", str(head[1]), "--init-from", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"recs: error: --init-from {tmp_path / 'r'}: the checkpoint "
+                             f"{newest} is damaged (")
+    assert f"name it (--init-from {older})" in err[0]
+    assert main(args + ["--data", str(head[1]), "--init-from", str(older)]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["checkpoint"]["loaded_from"] == str(older) and out["global_step"] > 4
+    code = main(args + ["--data", str(head[1]), "--init-from", str(newest)])
+    assert code == 2 and f"{newest}" in capsys.readouterr().err
+
+
+def test_a_crafted_world_size_is_refused_at_once(head, tmp_path: Path, capsys) -> None:
+    """A manifest claiming 10**9 ranks: one line before any loading (8196654 looped over
+    the ranks for minutes, then a traceback)."""
+    args, newest = damaged_saves(head, tmp_path, capsys, "none")
+    older = tmp_path / "r" / "step-000000004"
+    m = json.loads((older / "manifest.json").read_text())
+    (older / "manifest.json").write_text(json.dumps(dict(m, world_size=10**9)))
+    t0 = time.perf_counter()
+    code = main(args + ["--data", str(head[1]), "--init-from", str(older)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and time.perf_counter() - t0 < 30
+    assert err[0] == (f"recs: error: {older / 'manifest.json'}: malformed manifest: "
+                      f"world_size 1000000000, but rank_meta for 1 rank(s)")
+
+
 # ---- several ranks, for real -------------------------------------------------------------
 
 def small_config(tmp_path: Path, batch: int) -> Path:
@@ -333,3 +414,34 @@ def test_checkpoints_load_on_other_world_sizes(two_rank_run: dict, head, tmp_pat
                                         "the same world size"):
         Job.from_config(cfg).resume(direct["saved"])
 
+
+
+@pytest.mark.mpi
+def test_damaged_checkpoints_are_refused_on_several_ranks(two_rank_run: dict,
+                                                          tmp_path: Path) -> None:
+    """Under mpiexec -n 2 and 3: --resume over a step-* without manifest, --init-from whose
+    newest checkpoint lacks a shard file, and a manifest claiming 10**9 ranks each end
+    every rank with the one-line error (rc != 0, no traceback, well within the limit)."""
+    import shutil
+
+    root = tmp_path / "ref"
+    shutil.copytree(two_rank_run["dir"] / "ref", root)
+    final = root / Path(two_rank_run["final"]).name
+    older = root / "step-000000001"
+    shutil.copytree(final, older)  # a complete older one the refusal must not fall back to
+    (final / "manifest.json").unlink()
+    cfg, data = two_rank_run["cfg"], two_rank_run["data"]
+    before = sorted(p.name for p in final.rglob("*"))
+    r = run_mpi(2, train_cmd(cfg, data, "--resume", str(root), "--eval-fraction", "0.1"),
+                timeout=120)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert f"--resume {root}: the checkpoint {final} is damaged" in r.stderr
+    assert sorted(p.name for p in final.rglob("*")) == before  # not overwritten
+    r = run_mpi(3, train_cmd(cfg, data, "--init-from", str(root)), timeout=120)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert f"name it (--init-from {older})" in r.stderr
+    m = json.loads((older / "manifest.json").read_text())
+    (older / "manifest.json").write_text(json.dumps(dict(m, world_size=10**9)))
+    r = run_mpi(3, train_cmd(cfg, data, "--init-from", str(older)), timeout=120)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "malformed manifest: world_size 1000000000, but rank_meta for 2 rank(s)" in r.stderr

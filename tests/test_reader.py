@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import tracemalloc
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -92,8 +93,11 @@ def test_missing_and_empty_files(tmp_path: Path) -> None:
     empty = tmp_path / "empty.txt"
     empty.write_bytes(b"")
     assert read_ids([empty], 1, 0) == []
-    assert read_ids([empty, write_rows(tmp_path / "a.txt", range(5))], 2, 1) + read_ids(
-        [empty, tmp_path / "a.txt"], 2, 0) != []
+    a = write_rows(tmp_path / "a.txt", range(5))
+    for files in ([empty, a], [a, empty], [empty, a, empty]):
+        parts = [read_ids(files, 2, r) for r in (0, 1)]
+        assert sorted(parts[0] + parts[1]) == list(range(5)), files  # no row lost or doubled
+        assert parts[0] == sorted(parts[0]) and parts[1] == sorted(parts[1])
 
 
 def bad_file(tmp_path: Path) -> Path:
@@ -203,3 +207,108 @@ def test_holdout_splits_each_rank_shard(tmp_path: Path, world: int) -> None:
             assert (h == 0) <= (held == []) and (h == 1) <= (train == [])
         every += whole
     assert sorted(every) == list(range(402))
+
+
+# ---- the shard boundary rule for lines of any length ------------------------------------
+
+WIDE = ColumnSchema(("label", "n", "s"), (COL_LABEL, COL_INT, COL_STR), (8, 24, 1 << 24))
+
+
+def row(i: int, length: int) -> bytes:
+    """Row ``i`` as exactly ``length`` bytes (newline included; length >= 16)."""
+    head = f"{i % 2}\t{i}\t".encode()
+    return head + b"z" * (length - len(head) - 1) + b"\n"
+
+
+def expected_rows(data: bytes, chunk: int) -> tuple[Counter, int, int]:
+    """(ids a reader must yield, lines, lines longer than the chunk), from the bytes."""
+    ids: Counter = Counter()
+    lines = data.splitlines(keepends=True)
+    too_long = [len(x) > chunk for x in lines]
+    for x, bad in zip(lines, too_long):
+        if not bad:
+            ids[int(x.split(b"\t")[1])] += 1
+    return ids, len(lines), sum(too_long)
+
+
+def read_all_ranks(path: Path, world: int, chunk: int) -> tuple[Counter, int, int]:
+    ids: Counter = Counter()
+    lines = bad = 0
+    for r in range(world):
+        rd = ShardReader([str(path)], WIDE, rank=r, world=world, batch_rows=5,
+                         chunk_bytes=chunk, policy=BadRowPolicy("skip", 1.0))
+        ids.update(i for b in rd for i in b.ints[:, 0].tolist())
+        lines += rd.counter.lines
+        bad += rd.counter.by_reason.get("line_too_long", 0)
+    return ids, lines, bad
+
+
+def padded(head: list[bytes], size: int, first_id: int) -> bytes:
+    """``head`` then short rows, the last of a length that makes the file ``size`` bytes."""
+    data = b"".join(head)
+    i = first_id
+    while size - len(data) > 80:
+        data += row(i, 40 + i % 23)
+        i += 1
+    assert size - len(data) >= 16
+    return data + row(i, size - len(data))
+
+
+@pytest.mark.parametrize("chunk", [256, 1 << 14])
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_a_shard_boundary_anywhere_in_a_long_line(tmp_path: Path, world: int,
+                                                  chunk: int) -> None:
+    """Every rank boundary k of ``world`` placed on a long line (longer than the 256-byte
+    chunk; within the 16 KiB one): on its first byte, its second, its middle, its line
+    feed, the byte after it. The rows read by all ranks are the file's rows, each once,
+    and the lines counted are the file's lines."""
+    head = [row(i, 30 + i % 17) for i in range(300)]
+    a = sum(len(x) for x in head)  # > 3x the long line: boundary 3 of 4 can be on it
+    long_len = 3000
+    head.append(row(300, long_len))
+    p = tmp_path / "long.txt"
+    for k in range(1, world):
+        for t in (a, a + 1, a + long_len // 2, a + long_len - 1, a + long_len):
+            size = -(-t * world // k)  # the least size with size * k // world == t
+            while size * k // world != t:
+                size += 1
+            data = padded(head, size, 301)
+            p.write_bytes(data)
+            assert len(data) * k // world == t
+            want, lines, too_long = expected_rows(data, chunk)
+            assert read_all_ranks(p, world, chunk) == (want, lines, too_long), (k, t)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_random_long_lines_each_row_once(tmp_path: Path, world: int) -> None:
+    """Files of short lines and lines up to 8x the chunk, boundaries wherever they fall:
+    the multiset of rows read over the ranks is the file's (rows are distinct ids, so a
+    doubled or lost row shows), with every line counted once."""
+    rng = np.random.default_rng(world)
+    p = tmp_path / "mixed.txt"
+    for _ in range(12):
+        n = int(rng.integers(5, 40))
+        lengths = np.where(rng.random(n) < 0.3, rng.integers(200, 2048, n),
+                           rng.integers(16, 60, n))
+        data = b"".join(row(i, int(m)) for i, m in enumerate(lengths))
+        p.write_bytes(data)
+        assert read_all_ranks(p, world, 256) == expected_rows(data, 256)
+
+
+def test_lines_longer_than_the_default_chunk_at_boundaries(tmp_path: Path) -> None:
+    """The real case: 5 MiB lines across the rank boundaries with the default 4 MiB chunk
+    (8196654 read 10,001 rows on 2 ranks and 10,003 on 4 instead of 10,000)."""
+    from recs_core.data.reader import DEFAULT_CHUNK_BYTES
+
+    long_len = (5 << 20) + 1
+    short = [[row(s * 2500 + i, 30 + i % 19) for i in range(2500)] for s in range(4)]
+    parts = short[0]
+    for s in range(1, 4):  # segments of equal size: each 4-rank boundary is in a long line
+        parts = parts + [row(20000 + s, long_len)] + short[s]
+    data = b"".join(parts)
+    p = tmp_path / "long.txt"
+    p.write_bytes(data)
+    want = expected_rows(data, DEFAULT_CHUNK_BYTES)
+    assert sum(want[0].values()) == 10000 and want[2] == 3
+    for world in (1, 2, 3, 4):
+        assert read_all_ranks(p, world, DEFAULT_CHUNK_BYTES) == want, world

@@ -124,6 +124,11 @@ def test_file_errors(tmp_path: Path) -> None:
     bad.write_text("[input]\ncolumns = 1\n[[pipeline]]\nname='x'\n")
     with pytest.raises(ConfigError, match=r"bad.toml: input.columns: expected list"):
         load_spec(bad)
+    bad.write_bytes(b"[input]\n# caf\xe9 (Latin-1)\n")
+    with pytest.raises(ConfigError, match=r"bad.toml: not UTF-8 text \(byte 0xe9 at offset 13\)"):
+        load_spec(bad)
+    with pytest.raises(ConfigError, match=r": is a directory, expected a TOML config file"):
+        load_spec(tmp_path)
 
 
 def test_expand_names() -> None:

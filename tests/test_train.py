@@ -121,3 +121,69 @@ def test_train_cli_prints_json(criteo_sample, tmp_path: Path) -> None:
     steps = -(-(5760 - held_out_rows(criteo_sample, 0.1)) // 512)
     assert out["saved"] == str(tmp_path / "m" / f"step-{steps:09d}")
     assert (tmp_path / "m" / f"step-{steps:09d}" / "manifest.json").exists()
+
+
+# ---- what a user is told: warnings on stderr and in the JSON --------------------------------
+
+def train_main(capsys, *args: str) -> tuple[int, dict | None, list[str]]:
+    """``recs train ARGS`` in process: (exit code, the JSON line, stderr lines)."""
+    from recs_core.cli import main
+
+    cfg = CONFIGS / "criteo_dlrm.toml"
+    code = main(["train", "--config", str(cfg), "--quiet", *args])
+    cap = capsys.readouterr()
+    lines = cap.out.strip().splitlines()
+    return code, json.loads(lines[-1]) if lines else None, cap.err.strip().splitlines()
+
+
+def test_an_empty_window_is_told(tmp_path: Path, capsys) -> None:
+    """A zero-byte file: rc 0 and what was asked is written, but the file and the untrained
+    model are named on stderr and in "warnings" (8196654: silent)."""
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    code, out, err = train_main(capsys, "--data", str(empty), "--save", str(tmp_path / "m"),
+                                "--export-delta", str(tmp_path / "d"))
+    assert code == 0 and out["train_rows"] == 0 and out["saved"] and out["delta"]
+    assert out["warnings"] == [f"{empty}: empty file (0 bytes)",
+                               "no rows trained in this window: the model is unchanged (what "
+                               "was asked is still written: checkpoint, delta)"]
+    assert err == [f"recs: warning: {w}" for w in out["warnings"]]
+
+
+def test_a_file_given_twice_is_read_once(sample_1200, tmp_path: Path, capsys) -> None:
+    """The same file twice (also under another name) trains once, with a warning (8196654:
+    trained on it twice, silently); the model is the one-file run's."""
+    link = tmp_path / "link.txt"
+    link.symlink_to(sample_1200)
+    code, once, err = train_main(capsys, "--data", str(sample_1200))
+    assert code == 0 and once["warnings"] == [] and err == []
+    code, twice, err = train_main(capsys, "--data", str(sample_1200), str(link),
+                                  str(sample_1200))
+    assert code == 0 and twice["train_rows"] == once["train_rows"] == 1200
+    assert twice["train_logloss"] == once["train_logloss"]
+    assert twice["warnings"] == [f"{link}: given more than once (as {sample_1200}): read once",
+                                 f"{sample_1200}: given more than once: read once"]
+    assert err == [f"recs: warning: {w}" for w in twice["warnings"]]
+
+
+def test_a_file_truncated_while_being_read_is_told(sample_1200, tmp_path: Path) -> None:
+    """A file cut to half during the pass: its held-out rows (read again after the pass)
+    are lost, and the job says so in "warnings" (8196654: only truncated_last_line)."""
+    from recs_core.sched.training_pass import StepHook
+
+    data = tmp_path / "w.txt"
+    data.write_bytes(sample_1200.read_bytes())
+    size = data.stat().st_size
+    job = Job(small_spec())
+    full = Job(small_spec()).run([data], eval_fraction=0.25)
+    assert full["warnings"] == []
+
+    def cut(steps: int) -> None:
+        if steps == 1:
+            os.truncate(data, size // 2)
+
+    out = job.run([data], eval_fraction=0.25, hook=StepHook(1, cut))
+    assert out["eval_rows"] < full["eval_rows"]
+    assert out["warnings"] == [f"{data}: shrank from {size} to {size // 2} bytes while being "
+                               "read: its lines were read only in part (rows of the training "
+                               "or held-out share may be missing)"]

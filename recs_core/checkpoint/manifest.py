@@ -103,6 +103,11 @@ class Manifest:
                     files=entries, rank_meta=list(d.get("rank_meta", [])), format=fmt)
         except (ValueError, KeyError, TypeError) as e:
             raise RecsError(f"{where}: malformed manifest: {type(e).__name__}: {e}") from None
+        # a checkpoint's writer gives every rank a rank_meta entry: a world size that
+        # disagrees (e.g. 10**9 typed in) is refused before anything loops over it
+        if m.world_size < 1 or (m.kind == "checkpoint" and len(m.rank_meta) != m.world_size):
+            raise RecsError(f"{where}: malformed manifest: world_size {m.world_size}, but "
+                            f"rank_meta for {len(m.rank_meta)} rank(s)")
         for e in m.files:
             p = PurePosixPath(e.path)
             if p.is_absolute() or ".." in p.parts or not (0 <= e.rank < m.world_size):

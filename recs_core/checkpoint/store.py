@@ -262,6 +262,41 @@ def latest_complete(root: str | Path) -> str | None:
     return next((str(p) for _, p in _steps(Path(root)) if _complete(p)), None)
 
 
+class DamagedCheckpoint(RecsError):
+    """The newest checkpoint under a root is incomplete or damaged (``path``, ``reason``);
+    ``older``: the newest complete one before it, or None."""
+
+    def __init__(self, path: str, reason: str, older: str | None) -> None:
+        super().__init__(f"{path}: damaged: {reason}")
+        self.path, self.reason, self.older = path, reason, older
+
+
+_SHARD = re.compile(r"rank\d{5,}-of-\d{5,}\Z")
+
+
+def newest_checkpoint(root: str | Path) -> str | None:
+    """``root`` itself when it is a checkpoint (it has a manifest or shard directories),
+    else its newest ``step-*`` directory, or None when there is neither. When that
+    checkpoint is incomplete or damaged (checked as :func:`latest_complete` checks),
+    RecsError, :class:`DamagedCheckpoint` for a ``step-*`` one: an older one is never
+    taken in its place."""
+    root = Path(root)
+    if (root / mf.MANIFEST).exists() or (root.is_dir() and any(
+            _SHARD.match(p.name) for p in root.iterdir())):
+        load_manifest(root)  # named explicitly: its own error
+        return str(root)
+    steps = _steps(root)
+    if not steps:
+        return None
+    path = steps[0][1]
+    older = next((str(p) for _, p in steps[1:] if _complete(p)), None)
+    try:
+        load_manifest(path)
+    except RecsError as e:
+        raise DamagedCheckpoint(str(path), str(e).removeprefix(f"{path}: "), older) from None
+    return str(path)
+
+
 def prune(root: str | Path, keep: int) -> list[str]:
     """Keep the newest ``keep`` complete checkpoints under ``root``; remove every
     ``step-*`` directory older than the oldest kept one. Staging directories (``.partial-``,

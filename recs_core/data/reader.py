@@ -410,6 +410,9 @@ class ShardReader:
         self.counter = BadRowCounter(policy or BadRowPolicy())
         self.rows = 0  # training rows yielded
         self.held_rows = 0  # held-out rows yielded
+        self.sizes = {s.path: os.path.getsize(s.path) for s in self.spans}
+        # files whose size changed while being read: path -> (planned, after a stream)
+        self.size_changes: dict[str, tuple[int, int]] = {}
 
     def __iter__(self) -> Iterator[RawBatch]:
         for batch in self._stream(self._train):
@@ -473,12 +476,35 @@ class ShardReader:
                         yield out
             if producer.error is not None:
                 raise _as_data_error(producer.error, producer.current_path)
+            self._check_sizes(parts)
             self.counter.check(final=True)
             if pending_rows:
                 yield RawBatch.concat(pending)
         finally:
             producer.stop = True
             producer.join(timeout=5)
+
+    def _check_sizes(self, parts: list[_Part]) -> None:
+        """Record the files of ``parts`` whose size is not the one the shards were planned
+        on (-1: the file is gone): their lines were read only in part."""
+        for path in dict.fromkeys(p.path for p in parts):
+            try:
+                now = os.path.getsize(path)
+            except OSError:
+                now = -1
+            if now != self.sizes[path]:
+                self.size_changes[path] = (self.sizes[path], now)
+
+    def size_warnings(self) -> list[str]:
+        """One line per file that changed size while being read (see ``size_changes``)."""
+        out = []
+        for path, (before, now) in self.size_changes.items():
+            change = ("was removed" if now < 0 else
+                      f"shrank from {before} to {now} bytes" if now < before else
+                      f"grew from {before} to {now} bytes")
+            out.append(f"{path}: {change} while being read: its lines were read only in "
+                       f"part (rows of the training or held-out share may be missing)")
+        return out
 
     @staticmethod
     def _line_of(part: _Part, first: int | None, base: int, index: int):  # noqa: ANN205

@@ -49,6 +49,31 @@ def check_files(paths: list[str]) -> list[tuple[str, int, bool]]:
     return out
 
 
+def screen_files(paths: list[str]) -> tuple[list[str], list[str]]:
+    """(the paths to read, warnings): a file given more than once (the same file, by
+    device and inode, under any name) is read once; an empty file is named."""
+    kept: list[str] = []
+    warnings: list[str] = []
+    seen: dict[tuple[int, int], str] = {}
+    for p in paths:
+        p = os.fspath(p)
+        try:
+            st = os.stat(p)
+        except OSError:  # check_files reports it
+            kept.append(p)
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            same = "" if seen[key] == p else f" (as {seen[key]})"
+            warnings.append(f"{p}: given more than once{same}: read once")
+            continue
+        seen[key] = p
+        kept.append(p)
+        if st.st_size == 0 and not os.path.isdir(p):
+            warnings.append(f"{p}: empty file (0 bytes)")
+    return kept, warnings
+
+
 def plan_shards(paths: list[str], world: int) -> list[list[Span]]:
     """The spans each of ``world`` ranks reads; together they cover every line once."""
     if world < 1:

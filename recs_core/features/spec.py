@@ -413,10 +413,17 @@ def load_spec(path: str | os.PathLike) -> Spec:
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
-    except FileNotFoundError as e:
-        raise ConfigError(f"{path}: config file not found") from e
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a TOML config file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                          f"{e.start}); TOML files are UTF-8") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: invalid TOML: {e}") from e
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
     try:
         return parse_spec(data, path)
     except ConfigError as e:

@@ -27,6 +27,7 @@ from recs_core.comm.world import World
 from recs_core.data.bad_rows import BadRowPolicy
 from recs_core.data.parse import RawBatch
 from recs_core.data.reader import ShardReader
+from recs_core.data.shards import screen_files
 from recs_core.errors import RecsError
 from recs_core.features.feature_pass import warm_up
 from recs_core.features.graph import FeatureBatch, FeatureGraph
@@ -67,6 +68,7 @@ class Job:
         # on the prefetch thread while the trainer uses the others)
         self._fit_comm = self.world.comm.Dup() if self.world.size > 1 else None
         self._reader: ShardReader | None = None
+        self._input_warnings: list[str] = []  # from the data arguments, for the next report
 
     @classmethod
     def from_config(cls, path: str | os.PathLike) -> Job:
@@ -108,7 +110,7 @@ class Job:
         frac = self.cfg.eval_fraction if eval_fraction is None else eval_fraction
         if not 0.0 <= frac < 1.0:
             raise RecsError(f"eval fraction must be in [0, 1), got {frac}")
-        paths = [os.fspath(p) for p in paths]
+        paths, self._input_warnings = screen_files([os.fspath(p) for p in paths])
         schedule = self.schedule(mode, **options)
         data = data_arguments(paths, frac)
         self.window.check_resume(data)
@@ -270,6 +272,7 @@ class Job:
             "window_steps": window.steps,
             "global_step": window.global_step,
         }
+        out["warnings"] = self._warnings(train_rows)
         dyn = self._end_dynamic_window()
         if dyn:
             out["dynamic_tables"] = dyn
@@ -281,6 +284,18 @@ class Job:
             out["comm_wait_seconds"] = waits
             out["comm_wait_fraction"] = {p: round(v / seconds, 4) if seconds else 0.0
                                          for p, v in waits.items()}
+        return out
+
+    def _warnings(self, train_rows: int) -> list[str]:
+        """What the user should be told about the pass (every rank's, each once): files
+        given twice or empty, files that changed size while being read, no row trained."""
+        mine = self._input_warnings + (self._reader.size_warnings() if self._reader else [])
+        self._input_warnings = []
+        every = self.world.comm.allgather(mine) if self.world.size > 1 else [mine]
+        out = list(dict.fromkeys(w for part in every for w in part))
+        if train_rows == 0:
+            out.append("no rows trained in this window: the model is unchanged (what was "
+                       "asked is still written: checkpoint, delta)")
         return out
 
     def score(self, paths: list[str]) -> np.ndarray:

@@ -51,9 +51,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recs_core.checkpoint import latest_complete, load_manifest, read_rank, reshard_rows, save
+from recs_core.checkpoint import load_manifest, read_rank, reshard_rows, save
 from recs_core.checkpoint import save_step as save_step_dir
-from recs_core.checkpoint.manifest import MANIFEST, Manifest, read_entry
+from recs_core.checkpoint.manifest import Manifest, read_entry
+from recs_core.checkpoint.store import DamagedCheckpoint, newest_checkpoint
 from recs_core.comm.world import World
 from recs_core.embedding.dynamic_store import merge_shards
 from recs_core.embedding.layer import Embeddings
@@ -77,21 +78,38 @@ if TYPE_CHECKING:
     from recs_core.train.model import Model
 
 
-def find_checkpoint(path: str | os.PathLike, world: World) -> str | None:
-    """``path`` itself when it is a checkpoint (has a manifest), else the newest complete
-    ``step-*`` checkpoint under it, else None (rank 0 looks, every rank gets the answer)."""
+def find_checkpoint(path: str | os.PathLike, world: World, flag: str = "--init-from") -> (
+        str | None):
+    """``path`` itself when it is a checkpoint, else the newest ``step-*`` checkpoint under
+    it, else None (rank 0 looks, every rank gets the answer). When that checkpoint is
+    incomplete or damaged, RecsError on every rank, worded for ``flag`` (``--resume``
+    would overwrite it; ``--init-from`` would silently take an older one)."""
     def find() -> str | None:
         if world.rank != 0:
             return None
-        p = Path(path)
-        return str(p) if (p / MANIFEST).exists() else latest_complete(p)
+        try:
+            return newest_checkpoint(path)
+        except DamagedCheckpoint as e:
+            raise RecsError(_damaged_advice(path, e, flag)) from None
 
     return world.bcast(world.everyone(find))
 
 
-def resolve(path: str | os.PathLike, world: World) -> str:
+def _damaged_advice(root: str | os.PathLike, e: DamagedCheckpoint, flag: str) -> str:
+    head = f"{flag} {os.fspath(root)}: the checkpoint {e.path} is damaged ({e.reason})"
+    away = f"mv {e.path} {e.path}.damaged"
+    if flag == "--resume":
+        return (f"{head}; resuming past it would overwrite it: move it away ({away}) to "
+                f"resume from the checkpoint before it or start over")
+    if e.older is None:
+        return f"{head}, and there is no older complete checkpoint"
+    return (f"{head}; an older one is not taken silently: name it (--init-from {e.older}) "
+            f"or move the damaged one away ({away})")
+
+
+def resolve(path: str | os.PathLike, world: World, flag: str = "--init-from") -> str:
     """:func:`find_checkpoint`, or RecsError when there is none."""
-    found = find_checkpoint(path, world)
+    found = find_checkpoint(path, world, flag)
     if found is None:
         raise RecsError(f"{path}: no complete checkpoint there")
     return found
@@ -302,7 +320,7 @@ def load_checkpoint(model: Model, graph: FeatureGraph, world: World, path: str |
     ``resume``: also restore this rank's input position, progressive scores and touched
     rows (same world size and config). Returns (the checkpoint loaded, its manifest, the
     resume point or None)."""
-    path = resolve(path, world)
+    path = resolve(path, world, "--resume" if resume else "--init-from")
     m = world.everyone(lambda: load_manifest(path))
     world.everyone(lambda: check_compatible(model, world.size, m, path, resume))
     direct = m.world_size == world.size and (world.size == 1 or

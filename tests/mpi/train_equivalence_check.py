@@ -8,6 +8,7 @@ argv: data file, placement ("row" | "table"), preset ("dlrm" | "wdl"), optionall
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -17,7 +18,7 @@ from recs_core.comm.world import World, mpi_world
 from recs_core.data.parse import RawBatch
 from recs_core.data.reader import ShardReader
 from recs_core.train.job import Job
-from tests.conftest import small_test_spec
+from tests.conftest import assert_n_ranks_close, small_test_spec
 
 
 def spec_for(placement: str, preset: str, fitted: bool = False):
@@ -48,18 +49,19 @@ def main(path: str, placement: str, preset: str, fitted: bool = False) -> None:
         batches = [RawBatch.concat([p[s] for p in parts if s < len(p)]) for s in range(steps)]
         ref_out = ref.run_batches(iter(batches))
         assert out["train_rows"] == ref_out["train_rows"], (out, ref_out)
+        dev: dict[str, float] = {}
         for s in range(steps):
             got = np.concatenate([all_steps[r][s] for r in range(world.size)
                                   if s < len(all_steps[r])])
-            np.testing.assert_allclose(got, ref.step_probs[s], rtol=2e-3, atol=2e-4,
-                                       err_msg=f"step {s}")
+            assert_n_ranks_close(got, ref.step_probs[s], f"scores step {s}", dev)
         for i, (a, b) in enumerate(zip(dense, ref.model.net.params)):
-            np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4, err_msg=f"dense {i}")
+            assert_n_ranks_close(a, b, f"dense {i}", dev)
         for t, (a, b) in enumerate(zip(tables, ref.model.emb.tables)):
-            np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4, err_msg=f"table {t}")
+            assert_n_ranks_close(a, b, f"table {t}", dev)
+        print("max deviation " + json.dumps(dev), flush=True)
         assert abs(out["progressive_auc"] - ref_out["progressive_auc"]) < 1e-3
     comm.Barrier()
-    sys.stdout.write(f"OK rank {world.rank}\n")
+    sys.stdout.write(f"OK rank {world.rank} of {world.size}\n")
     sys.stdout.flush()
     MPI.COMM_WORLD.Barrier()
 
