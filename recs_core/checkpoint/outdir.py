@@ -31,6 +31,7 @@ from recs_core.errors import RecsError
 LOCK = ".recs-save.lock"
 _BREAK = LOCK + ".break"
 _STEP = re.compile(r"step-\d{9,}\Z")
+_DAMAGED = re.compile(r"step-\d{9,}\.damaged\Z")  # set aside as a refused resume advises
 _STAGING = re.compile(r"step-\d{9,}\.(partial|replaced)-[0-9a-f]+\Z")
 # a lock being created (see _link_new); left only by a job killed at that moment: harmless
 _LOCK_TMP = re.compile(r"\.\.recs-save\.lock(\.break)?\.[0-9a-f]+\.tmp\Z")
@@ -54,7 +55,8 @@ def _foreign(entry: Path) -> str | None:
         return "a symbolic link"
     if entry.name in (LOCK, _BREAK) or _LOCK_TMP.match(entry.name):
         return None
-    if (_STEP.match(entry.name) or _STAGING.match(entry.name)) and entry.is_dir():
+    if (_STEP.match(entry.name) or _STAGING.match(entry.name)
+            or _DAMAGED.match(entry.name)) and entry.is_dir():
         return None
     return "a directory" if entry.is_dir() else "a file"
 
@@ -62,7 +64,8 @@ def _foreign(entry: Path) -> str | None:
 def check_save_root(path: str | os.PathLike, what: str = "--save") -> None:
     """RecsError (one line) unless ``path`` can hold this job's ``step-*`` checkpoints: it
     does not exist yet (under a writable directory), or it is a writable directory holding
-    only checkpoints, interrupted saves and the save lock."""
+    only checkpoints, interrupted saves, damaged checkpoints set aside (``step-N.damaged``)
+    and the save lock."""
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise RecsError(f"{what} {p}: exists and is not a directory")
