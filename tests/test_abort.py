@@ -174,3 +174,21 @@ def test_comm_timeout_must_be_positive(sample_1200: Path, small_cfg: Path) -> No
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         "recs: error: --comm-timeout must be a positive number of seconds, got 0"]
+
+
+@pytest.mark.mpi
+def test_a_rank_failing_before_mpi_starts_ends_every_rank(sample_1200: Path, small_cfg: Path,
+                                                          tmp_path: Path) -> None:
+    """One rank given a config that does not exist (MPMD launch) fails before it starts
+    MPI; it starts MPI to end the others, which wait in MPI_Init. Before: they waited
+    there for ever."""
+    py = [sys.executable, "-m", "recs_core"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    missing = tmp_path / "missing.toml"
+    t0 = time.monotonic()
+    r = subprocess.run([mpiexec(), "-n", "1", *py, *_train(small_cfg, sample_1200), ":",
+                        "-n", "1", *py, *_train(missing, sample_1200)], capture_output=True,
+                       text=True, timeout=120, env=env, cwd=ROOT)
+    assert r.returncode == 2
+    assert f"recs: error: {missing}: config file not found (rank 1)" in r.stderr, r.stderr
+    assert time.monotonic() - t0 < 60
