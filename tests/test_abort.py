@@ -31,6 +31,17 @@ def small_cfg(tmp_path_factory) -> Path:
     return small_config(tmp_path_factory.mktemp("cfg"), 64)
 
 
+@pytest.fixture(scope="module")
+def warm(sample_1200: Path, small_cfg: Path, tmp_path_factory) -> None:
+    """One 2-rank run like the tests' (Numba compiles and caches its kernels): a first
+    compile, minutes on a loaded machine and not in step across ranks, would pass a short
+    deadline before any rank is stopped."""
+    d = tmp_path_factory.mktemp("warm")
+    r = run_mpi(2, ["-m", "recs_core", *_train(small_cfg, sample_1200, "--save", str(d),
+                                               "--checkpoint-every", "4")], timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
 def _train(cfg: Path, data: Path, *extra: str) -> list[str]:
     return ["train", "--config", str(cfg), "--data", str(data), "--quiet", *extra]
 
@@ -130,7 +141,7 @@ def test_ctrl_c_during_a_checkpoint_write_ends_every_rank(sample_1200: Path, sma
 @pytest.mark.mpi
 @pytest.mark.parametrize("n,when", [(2, "save"), (3, "save"), (2, "pass")])
 def test_a_stopped_rank_ends_the_job_within_the_deadline(sample_1200: Path, small_cfg: Path,
-                                                         tmp_path: Path, n: int,
+                                                         tmp_path: Path, warm: None, n: int,
                                                          when: str) -> None:
     """SIGSTOP the last rank while it writes its checkpoint shard (the others wait in the
     save's gather) or mid-pass: the others' deadline (--comm-timeout 5) ends the job,
