@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from typing import TYPE_CHECKING
 
 from recs_core.errors import RecsError
@@ -69,6 +70,25 @@ def _add_policy_args(p: argparse.ArgumentParser) -> None:
                    "(default: the config's input.max_bad_fraction, 0.05)")
 
 
+def _add_comm_timeout(p: argparse.ArgumentParser) -> None:
+    from recs_core.comm.pending import DEFAULT_TIMEOUT_S
+
+    p.add_argument("--comm-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help="under MPI, end the job when a rank has waited this long on the "
+                   "others (a rank died, stopped or hung) (default "
+                   f"{DEFAULT_TIMEOUT_S:g})")
+
+
+def _set_comm_timeout(a: argparse.Namespace) -> None:
+    from recs_core.comm.pending import set_comm_timeout
+
+    try:
+        set_comm_timeout(a.comm_timeout)
+    except ValueError:
+        raise RecsError(f"--comm-timeout must be a positive number of seconds, got "
+                        f"{a.comm_timeout:g}") from None
+
+
 def _policy(a: argparse.Namespace, spec):  # noqa: ANN001, ANN202
     from recs_core.data.bad_rows import BadRowPolicy
 
@@ -90,6 +110,7 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, nargs="+", help="input files (plain or .gz)")
     p.add_argument("--batch-size", type=int, help="rows per batch (default: the config's)")
     _add_policy_args(p)
+    _add_comm_timeout(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_features)
 
@@ -99,6 +120,7 @@ def _cmd_features(a: argparse.Namespace) -> int:
     from recs_core.features.feature_pass import run_features
     from recs_core.features.spec import load_spec
 
+    _set_comm_timeout(a)
     spec = load_spec(a.config)
     world = mpi_world()
     stats = run_features(spec, a.data, world, policy=_policy(a, spec), batch_rows=a.batch_size,
@@ -180,6 +202,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guard", choices=("on", "off"), default="on",
                    help="in modes recs*, measure the schedule against the blocking one now "
                    "and then (a few steps of each) and run the faster (default: on)")
+    _add_comm_timeout(p)
     _add_policy_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_train)
@@ -191,6 +214,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     from recs_core.comm.world import mpi_world
     from recs_core.features.spec import load_spec
 
+    _set_comm_timeout(a)
     spec = load_spec(a.config)
     world = mpi_world()
     save_root = a.save or a.resume
@@ -320,20 +344,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run one subcommand; user errors print one line, no traceback."""
+    """Entry point: run one subcommand; user errors print one line, no traceback. Under
+    MPI any error or Ctrl-C on one rank ends every rank, with that rank's message."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except RecsError as e:
-        msg = f"recs: error: {e}"
-        if "mpi4py.MPI" in sys.modules:
-            from recs_core.comm.world import mpi_world
-
-            world = mpi_world()
-            if world.size > 1:
-                world.abort(2, f"{msg} (rank {world.rank})")
-        print(msg, file=sys.stderr)
-        return 2
+        return _fail(2, f"recs: error: {e}")
     except KeyboardInterrupt:
-        print("recs: interrupted", file=sys.stderr)
-        return 130
+        return _fail(130, "recs: interrupted")
+    except Exception as e:  # a bug, or the system's (out of memory, I/O): ends every rank too
+        if _world_size() == 1:
+            raise
+        traceback.print_exc()
+        return _fail(1, f"recs: error: {type(e).__name__}: {e}")
+
+
+def _world_size() -> int:
+    """The number of ranks of this job: MPI's when started, else the launcher's (a rank
+    failing before MPI starts must still end the others, which would wait in MPI_Init)."""
+    from recs_core.comm.world import launched_ranks
+
+    if "mpi4py.MPI" not in sys.modules and launched_ranks() == 1:
+        return 1
+    from recs_core.comm.world import mpi_world
+
+    return mpi_world().size
+
+
+def _fail(code: int, message: str) -> int:
+    """Print ``message`` and return ``code``; with several ranks, end every rank with it
+    instead (a rank left running would wait on this one until its deadline)."""
+    if _world_size() > 1:
+        from recs_core.comm.world import mpi_world
+
+        world = mpi_world()
+        world.abort(code, f"{message} (rank {world.rank})")
+    print(message, file=sys.stderr)
+    return code

@@ -37,6 +37,7 @@ import numpy as np
 from recs_core.checkpoint import manifest as mf
 from recs_core.checkpoint.files import fsync_dir, publish, staging_path
 from recs_core.checkpoint.manifest import Manifest
+from recs_core.comm.objects import bcast_object, gather_objects
 from recs_core.errors import RecsError
 
 if TYPE_CHECKING:
@@ -59,18 +60,22 @@ def step_path(root: str | Path, step: int) -> Path:
 
 
 class _Collective:
-    """gather / bcast over ``comm``, or their 1-rank identities without one."""
+    """gather / bcast over ``comm`` (posted, waited with the job's deadline), or their
+    1-rank identities without one."""
 
-    def __init__(self, comm: Comm) -> None:
-        self.comm = comm
+    def __init__(self, comm: Comm, what: str) -> None:
+        self.comm, self.what = comm, what
         self.rank = 0 if comm is None else comm.Get_rank()
         self.size = 1 if comm is None else comm.Get_size()
 
-    def gather(self, value: T) -> list[T] | None:
-        return [value] if self.comm is None else self.comm.gather(value, root=0)
+    def gather(self, value: T, step: str) -> list[T] | None:
+        if self.comm is None:
+            return [value]
+        return gather_objects(self.comm, value, f"{self.what}: {step}")
 
-    def bcast(self, value: T) -> T:
-        return value if self.comm is None else self.comm.bcast(value, root=0)
+    def bcast(self, value: T, step: str) -> T:
+        return value if self.comm is None else bcast_object(self.comm, value,
+                                                            f"{self.what}: {step}")
 
 
 def _attempt(fn: Callable[[], T]) -> tuple[T | None, BaseException | None]:
@@ -147,11 +152,12 @@ def save(path: str | Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, 
     such as a full disk as RecsError, the others RecsError naming it) and, when the
     failure came before the manifest, nothing is published and the staging directory is
     removed. A symbolic link at ``path`` is refused before anything is written."""
-    coll = _Collective(comm)
     final = Path(path)
     if final.is_symlink():
         raise RecsError(f"checkpoint {final}: is a symbolic link: refusing to replace it")
-    staging = staging_path(final, coll.bcast(secrets.token_hex(6) if coll.rank == 0 else None))
+    coll = _Collective(comm, f"checkpoint {final}")
+    staging = staging_path(final, coll.bcast(secrets.token_hex(6) if coll.rank == 0 else None,
+                                             "staging name broadcast"))
 
     def write() -> tuple[list[mf.FileEntry], Any, Any]:
         m = mf.to_jsonable(dict(meta), "checkpoint meta") if coll.rank == 0 else None
@@ -159,7 +165,8 @@ def save(path: str | Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, 
         return _write_shard(staging, coll.rank, coll.size, arrays, workers), m, rm
 
     mine, err = _attempt(write)
-    parts = coll.gather((mine, None if err is None else f"rank {coll.rank}: {err}"))
+    parts = coll.gather((mine, None if err is None else f"rank {coll.rank}: {err}"),
+                        "file entries gather")
     status: str | None = None
     if coll.rank == 0:
         assert parts is not None
@@ -170,7 +177,7 @@ def save(path: str | Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, 
         if status is None and after_publish is not None:
             _, err = _attempt(after_publish)
             status = None if err is None else f"saved, but then rank 0 failed: {err}"
-    status = coll.bcast(status)
+    status = coll.bcast(status, "outcome broadcast")
     if coll.rank == 0 and status is not None and status.startswith("not saved"):
         shutil.rmtree(staging, ignore_errors=True)  # every rank is done writing into it
     if isinstance(err, OSError):

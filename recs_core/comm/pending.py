@@ -19,14 +19,28 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 300.0
 SPIN_S = 0.05  # busy-poll this long before backing off to short sleeps
+_timeout_s = DEFAULT_TIMEOUT_S  # the process's deadline (--comm-timeout)
 
+
+def set_comm_timeout(seconds: float) -> None:
+    """The deadline of every exchange this process posts from now on, unless given one
+    (``recs train --comm-timeout``; default :data:`DEFAULT_TIMEOUT_S`)."""
+    global _timeout_s
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"the comm timeout must be a positive number of seconds, got {seconds}")
+    _timeout_s = float(seconds)
+
+
+def comm_timeout() -> float:
+    """The deadline, in seconds, of exchanges posted without one."""
+    return _timeout_s
 
 
 class Pending(Generic[T]):
     """MPI requests in flight and the step that turns their buffers into a result."""
 
     def __init__(self, requests: list[Any], finish: Callable[[], T], what: str, comm: Comm,
-                 timeout: float = DEFAULT_TIMEOUT_S, keep: tuple[Any, ...] = (),
+                 timeout: float | None = None, keep: tuple[Any, ...] = (),
                  nbytes: int | None = None, sent: int = 0, traced: bool = True) -> None:
         """``keep``: buffers MPI may still read or write until completion. mpi4py keeps
         none alive for some non-blocking collectives (``Iallreduce``), and a freed send
@@ -35,12 +49,13 @@ class Pending(Generic[T]):
         rank moves to and from the others; an allreduce's payload), which cost estimates
         scale by. ``sent``: the bytes this rank sends to the others (its traffic).
         ``traced``: a timeline shows its time in flight (not for one posted far ahead,
-        which is no window to fill)."""
+        which is no window to fill). ``timeout``: seconds from now (default
+        :func:`comm_timeout`)."""
         self.requests, self._finish, self.what, self.comm = requests, finish, what, comm
         self.nbytes, self.sent, self.traced = nbytes, sent, traced
         self.expected: float | None = None  # estimated seconds from post to completion
         self._keep = keep
-        self.timeout = timeout
+        self.timeout = _timeout_s if timeout is None else timeout
         self.posted = time.perf_counter()
         self.completed: float | None = None
         self._result: T | None = None
@@ -115,7 +130,7 @@ def poll_until(done: Callable[[], bool], pending: list[Pending]) -> None:
 
 def post_allreduce(comm: Comm, local: np.ndarray, what: str, op: str = "sum",
                    finish: Callable[[np.ndarray], T] | None = None,
-                   timeout: float = DEFAULT_TIMEOUT_S, traced: bool = True) -> Pending:
+                   timeout: float | None = None, traced: bool = True) -> Pending:
     """Post the element-wise ``op`` ("sum" or "max") of ``local`` over the ranks of
     ``comm``; the result is the reduced array, or ``finish(reduced)``. With no
     communicator (one rank) it is complete at once."""
@@ -133,7 +148,7 @@ def post_allreduce(comm: Comm, local: np.ndarray, what: str, op: str = "sum",
 
 def post_alltoallv(comm: Comm, send: np.ndarray, send_counts: np.ndarray,
                    recv_counts: np.ndarray, what: str, tag: int,
-                   timeout: float = DEFAULT_TIMEOUT_S,
+                   timeout: float | None = None,
                    finish: Callable[[np.ndarray], T] | None = None) -> Pending:
     """Post an all-to-all of rows: ``send_counts[r]`` rows of ``send`` (in rank order) go
     to rank r, ``recv_counts[r]`` rows come from it; the result is the received rows in

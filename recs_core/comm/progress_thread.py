@@ -12,6 +12,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
+from recs_core.comm.objects import dup
+
 if TYPE_CHECKING:
     from mpi4py.MPI import Comm
 
@@ -43,7 +45,7 @@ class ProgressThread:
 
         if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
             raise RuntimeError("the progress thread needs MPI_THREAD_MULTIPLE")
-        self._comm = comm.Dup()
+        self._comm = dup(comm, "communicator duplication")
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="recs-mpi-progress", daemon=True)

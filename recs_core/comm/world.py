@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 # Pause between printing an aborting rank's message and MPI_Abort: the launcher (MPICH's
 # hydra) forwards the ranks' stderr through pipes and, handling the abort first, could
@@ -19,12 +22,16 @@ T = TypeVar("T")
 Comm = Any
 
 
-def abort_ranks(comm: Comm, code: int, message: str) -> None:
-    """Print ``message`` on stderr, then end every rank of ``comm`` with ``code``."""
+def abort_ranks(comm: Comm, code: int, message: str) -> NoReturn:
+    """Print ``message`` on stderr, then end every rank of ``comm`` with ``code``; never
+    returns (MPICH's MPI_Abort returns to the caller, which the launcher then kills)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the abort
     sys.stderr.write(message + "\n")
     sys.stderr.flush()
     time.sleep(ABORT_GRACE_S)
     comm.Abort(code)
+    os._exit(code)
 
 
 @dataclass
@@ -35,22 +42,36 @@ class World:
     size: int = 1
     comm: Comm = None
 
-    def allreduce_sum(self, value: Any) -> Any:
-        return value if self.comm is None else self.comm.allreduce(value)
+    # Every collective below is posted and waited with the job's deadline
+    # (recs_core.comm.objects): a dead or stopped peer ends the job, never a wait for ever.
 
-    def allreduce_max(self, value: float) -> float:
-        if self.comm is None:
-            return value
-        from mpi4py import MPI
+    def allgather(self, value: T, what: str = "allgather") -> list[T]:
+        """Every rank's ``value``, in rank order, on every rank."""
+        if self.size == 1:
+            return [value]
+        from recs_core.comm.objects import allgather_objects
 
-        return self.comm.allreduce(value, op=MPI.MAX)
+        return allgather_objects(self.comm, value, what)
+
+    def gather(self, value: T, what: str = "gather") -> list[T] | None:
+        """Every rank's ``value``, in rank order, on rank 0; None on the others."""
+        if self.size == 1:
+            return [value]
+        from recs_core.comm.objects import gather_objects
+
+        return gather_objects(self.comm, value, what)
+
+    def allreduce_sum(self, value: Any, what: str = "sum over the ranks") -> Any:
+        parts = self.allgather(value, what)
+        return sum(parts[1:], parts[0])
+
+    def allreduce_max(self, value: float, what: str = "max over the ranks") -> float:
+        return max(self.allgather(value, what))
 
     def gather_dicts_sum(self, d: dict[str, int]) -> dict[str, int]:
         """Sum of per-rank counters (every rank gets the result)."""
-        if self.comm is None:
-            return dict(d)
         out: dict[str, int] = {}
-        for part in self.comm.allgather(d):
+        for part in self.allgather(d, "counter sum"):
             for k, v in part.items():
                 out[k] = out.get(k, 0) + v
         return out
@@ -66,7 +87,8 @@ class World:
         except Exception as e:  # shared with the other ranks, then re-raised here
             value, err = None, e
         if self.size > 1:
-            msgs = self.comm.allgather(None if err is None else f"rank {self.rank}: {err}")
+            msgs = self.allgather(None if err is None else f"rank {self.rank}: {err}",
+                                  "error check")
             first = next((m for m in msgs if m), None)
             if err is None and first is not None:
                 raise RecsError(first)
@@ -74,21 +96,37 @@ class World:
             raise err
         return value  # type: ignore[return-value]
 
-    def bcast(self, value: T) -> T:
+    def bcast(self, value: T, what: str = "broadcast") -> T:
         """Rank 0's ``value`` on every rank."""
-        return value if self.size == 1 else self.comm.bcast(value, root=0)
+        if self.size == 1:
+            return value
+        from recs_core.comm.objects import bcast_object
 
-    def barrier(self) -> None:
-        if self.comm is not None:
-            self.comm.Barrier()
+        return bcast_object(self.comm, value, what)
+
+    def barrier(self, what: str = "barrier") -> None:
+        if self.size > 1:
+            from recs_core.comm.objects import barrier
+
+            barrier(self.comm, what)
 
     def abort(self, code: int, message: str) -> None:
         """Print ``message`` and end every rank (no rank is left waiting)."""
         if self.comm is not None and self.size > 1:
-            abort_ranks(self.comm, code, message)  # does not return
+            abort_ranks(self.comm, code, message)
         sys.stderr.write(message + "\n")
         sys.stderr.flush()
         raise SystemExit(code)
+
+
+def launched_ranks() -> int:
+    """The ranks the launcher started, from its environment (MPICH, Open MPI); 1 when
+    not launched by one. Known before MPI starts."""
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 1
 
 
 def mpi_world() -> World:

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numba import njit
 
-from recs_core.comm.pending import DEFAULT_TIMEOUT_S, Pending, post_alltoallv
+from recs_core.comm.objects import dup
+from recs_core.comm.pending import Pending, post_alltoallv
 from recs_core.embedding.dynamic_store import DynamicStore
 from recs_core.embedding.sparse_optim import SparseOptimizer
 from recs_core.embedding.table import AHEAD, dedup_grads, gather, init_table, prefetch
@@ -178,13 +179,13 @@ class ShardedLookup:
     """Lookups and gradient pushes for one pipeline's fields over its own communicator."""
 
     def __init__(self, tables: ShardedTables, fields: list[int], comm: Comm,
-                 timeout: float = DEFAULT_TIMEOUT_S, name: str = "") -> None:
+                 timeout: float | None = None, name: str = "") -> None:
         self.tables, self.fields, self.name = tables, fields, name
         # Pipelines never share a communicator, and a pipeline's gradient push has its
         # own: a scheduler may post the next batch's lookup before this batch's push, and
         # each communicator still sees its collectives in the same order on every rank.
-        self.comm = comm.Dup()
-        self.grad_comm = comm.Dup()
+        self.comm = dup(comm, "communicator duplication")
+        self.grad_comm = dup(comm, "communicator duplication")
         self.timeout = timeout
 
     def close(self) -> None:

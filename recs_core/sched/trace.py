@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recs_core.comm import pending
+from recs_core.comm.objects import barrier
 
 if TYPE_CHECKING:
     from mpi4py.MPI import Comm
@@ -34,8 +34,7 @@ class Timeline:
         """Align the ranks' time origins: every rank leaves a barrier, then takes its
         origin (good to the barrier's skew, also across machines)."""
         if comm is not None and comm.Get_size() > 1:
-            pending.Pending([comm.Ibarrier()], lambda: None, "trace clock barrier",
-                            comm).wait()
+            barrier(comm, "trace clock barrier")
         self.t0 = time.perf_counter()
 
     def add(self, name: str, track: int, start: float, end: float) -> None:

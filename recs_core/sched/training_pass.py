@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from recs_core.comm.objects import dup
 from recs_core.comm.pending import SPIN_S as BLOCKING_SPIN_S
 from recs_core.comm.pending import Pending, post_allreduce
 from recs_core.comm.progress_thread import ProgressThread, over_network
@@ -174,8 +175,9 @@ class TrainingPass:
         self.dense_pipes = list(dict.fromkeys(f.pipeline for f in feats if f.output == "dense"))
         self.costs = Costs()
         self.plan = PipelinePlan(self.sparse, use_priority=policy.priority)
-        self._plan_comm = world.comm.Dup() if multi else None
-        self._agree_comm = world.comm.Dup() if multi else None  # step agreements
+        self._plan_comm = dup(world.comm, "communicator duplication") if multi else None
+        # step agreements
+        self._agree_comm = dup(world.comm, "communicator duplication") if multi else None
         workers = policy.workers
         self.loop = Loop(timeline, self._fill if policy.fill else None,
                          self._feed if workers > 0 else None, overlap=policy.overlap,

@@ -25,7 +25,6 @@ def export_window_delta(model: Model, window: Window, world: World,
     (format: ``recs_core.checkpoint.delta``); collective, rank 0 writes. Applied to the
     window's starting model it gives the current model bit for bit (a touched row whose
     update left it unchanged is listed too)."""
-    comm = world.comm if world.size > 1 else None
     deltas: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     fields: dict[str, str] = {}
     dynamic: list[str] = []  # the dynamic tables' entries (by key; apply_delta skips them)
@@ -36,9 +35,8 @@ def export_window_delta(model: Model, window: Window, world: World,
                 a = emb.dynamic.arrays(t)
                 mark = a["touched"].astype(bool)
                 mine = (a["keys"][mark], a["values"][mark])
-                gone = [emb.dynamic.evicted[t]] if comm is None else comm.gather(
-                    emb.dynamic.evicted[t], root=0)
-                parts = [mine] if comm is None else comm.gather(mine, root=0)
+                gone = world.gather(emb.dynamic.evicted[t], f"delta {stem}: evicted keys")
+                parts = world.gather(mine, f"delta {stem}: rows")
                 if parts is None:
                     continue
                 dynamic += [f"{stem}.dyn", f"{stem}.dyn.evicted"]
@@ -54,7 +52,7 @@ def export_window_delta(model: Model, window: Window, world: World,
                 continue
             mark = emb.touched_view(t).astype(bool)
             mine = (emb.owned_rows(t)[mark], emb.rows_view(t)[mark])
-            parts = [mine] if comm is None else comm.gather(mine, root=0)
+            parts = world.gather(mine, f"delta {stem}: rows")
             if parts is None:
                 continue
             ids = np.concatenate([p[0] for p in parts])
@@ -71,6 +69,6 @@ def export_window_delta(model: Model, window: Window, world: World,
     def write() -> str | None:
         return export_delta(path, deltas, dense, meta) if world.rank == 0 else None
 
-    out = world.bcast(world.everyone(write))
+    out = world.bcast(world.everyone(write), "delta outcome")
     assert out is not None
     return out

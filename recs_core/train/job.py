@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from recs_core.comm.objects import dup
 from recs_core.comm.pending import post_allreduce
 from recs_core.comm.world import World
 from recs_core.data.bad_rows import BadRowPolicy
@@ -66,7 +67,8 @@ class Job:
         self.step_probs: list[np.ndarray] = []  # this rank's scores of the last pass's steps
         # the fitted operators' statistics allreduce (its own communicator: fits may run
         # on the prefetch thread while the trainer uses the others)
-        self._fit_comm = self.world.comm.Dup() if self.world.size > 1 else None
+        self._fit_comm = (dup(self.world.comm, "communicator duplication")
+                          if self.world.size > 1 else None)
         self._reader: ShardReader | None = None
         self._input_warnings: list[str] = []  # from the data arguments, for the next report
 
@@ -173,8 +175,8 @@ class Job:
         out = self._report(sched, timeline, timer, t_start, t_eval, jit_seconds, eval_y, eval_p)
         if trace:
             events = timeline.events()
-            every = self.world.comm.gather(events, root=0) if self.world.size > 1 else [events]
-            if self.world.rank == 0:
+            every = self.world.gather(events, "trace gather")
+            if every is not None:
                 write_trace(trace, every)
         return out
 
@@ -235,7 +237,7 @@ class Job:
         return self._gathered(ey), self._gathered(ep)
 
     def _gathered(self, a: np.ndarray) -> np.ndarray:
-        return np.concatenate(self.world.comm.allgather(a)) if self.world.size > 1 else a
+        return np.concatenate(self.world.allgather(a, "scores gather"))
 
     def _report(self, sched: TrainingPass, timeline: Timeline, timer: dict[str, float],
                 t_start: float, t_eval: float, jit_seconds: float, ey: np.ndarray,
@@ -324,7 +326,7 @@ class Job:
             emb.dynamic.end_window()
             figs = emb.dynamic.figures()
             local = np.array([figs[t] for t in sorted(figs)], dtype=np.int64)
-            total = self.world.comm.allreduce(local) if self.world.size > 1 else local
+            total = self.world.allreduce_sum(local, "dynamic table figures")
             for t, row in zip(sorted(figs), total.tolist()):
                 out[f"{prefix}/{names[t]}"] = dict(zip(("rows", "admitted", "evicted",
                                                         "bytes"), row))

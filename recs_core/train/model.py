@@ -6,6 +6,7 @@ from collections.abc import Generator
 
 import numpy as np
 
+from recs_core.comm.objects import dup
 from recs_core.comm.pending import Pending, post_allreduce
 from recs_core.comm.world import World
 from recs_core.dense.layers import GradPart, grad_part
@@ -94,7 +95,8 @@ class Model:
         self.dense_opt = make_dense_optimizer(cfg.optimizer, self.net.params, cfg.lr, **kw)
         self.sets: list[Embeddings] = [self.emb] + ([self.wide] if self.wide is not None
                                                       else [])
-        self._dense_comm = self.world.comm.Dup() if self.world.size > 1 else None
+        self._dense_comm = (dup(self.world.comm, "communicator duplication")
+                            if self.world.size > 1 else None)
 
     def forward(self, fb: FeatureBatch) -> np.ndarray:
         """Logits of a batch (a collective when the tables are sharded)."""
