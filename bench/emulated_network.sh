@@ -31,7 +31,8 @@ MPI is forced over TCP:
 Exported: RECS_EMULATED_NETWORK=RATE (and RECS_EMULATED_HOSTS with --hosts).
 The namespaces and links are removed afterwards, also when COMMAND fails or this script
 gets SIGINT/SIGTERM (COMMAND's process group is then sent the same signal, and SIGKILL
-after 10 s); COMMAND's exit status is passed through. Needs root (or CAP_NET_ADMIN),
+after 10 s), and those of an earlier run that got SIGKILL at the next run; COMMAND's
+exit status is passed through. Needs root (or CAP_NET_ADMIN),
 iproute2 and tc.
 USAGE
 }
@@ -55,6 +56,13 @@ done
 [[ $hosts =~ ^[0-9]+$ ]] && ((hosts <= 250)) || die "--hosts must be 1..250, got '$hosts'"
 for tool in ip tc; do
     command -v "$tool" >/dev/null || die "$tool not found"
+done
+
+# namespaces left by a run that got SIGKILL (no trap runs): their creator is gone
+for ns in $(ip netns list 2>/dev/null | sed -nE 's/^(recs-emu-[0-9]+[^ ]*).*/\1/p'); do
+    pid=${ns#recs-emu-}
+    pid=${pid%%-*}
+    kill -0 "$pid" 2>/dev/null || ip netns del "$ns" 2>/dev/null || true
 done
 
 prefix="recs-emu-$$"

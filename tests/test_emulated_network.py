@@ -5,6 +5,7 @@ happens."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -170,6 +171,39 @@ def test_hosts_namespaces_removed_when_killed(sig: signal.Signals, tmp_path: Pat
     while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not Path(f"/proc/{child}").exists()  # the command was stopped too
+
+
+def test_hosts_leftovers_of_a_killed_run_removed_by_the_next() -> None:
+    before = namespaces()
+    p = subprocess.Popen([str(SCRIPT), "--hosts", "2", "--", "sh", "-c",
+                          "echo $$ $RECS_EMULATED_HOSTS; exec sleep 300"],
+                         stdout=subprocess.PIPE, text=True)
+    sleeper = None
+    try:
+        sleeper, *hosts = p.stdout.readline().split()
+        p.kill()  # no trap runs: the namespaces stay
+        p.wait(timeout=30)
+        assert set(hosts) <= namespaces()
+        assert run("--hosts", "1", "--", "true").returncode == 0
+        assert namespaces() == before
+    finally:
+        p.kill()
+        for ns in namespaces() - before:  # the orphaned sleep's, should the test fail
+            subprocess.run(["ip", "netns", "del", ns])
+        if sleeper:  # orphaned by the SIGKILL
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(sleeper), signal.SIGKILL)
+
+
+def test_hosts_more_ranks_than_hosts_wrap_round_robin(tmp_path: Path) -> None:
+    probe = ("from mpi4py import MPI; import os; c = MPI.COMM_WORLD; "
+             "ns = c.gather(os.stat('/proc/self/ns/net').st_ino); s = c.allreduce(c.rank + 1); "
+             "c.rank or print('ns', len(set(ns)), ns[0] == ns[2], 'sum', s)")
+    r = run("--hosts", "2", "--", str(ROOT / "mpi_launch.sh"), "-n", "3", "--threads", "1",
+            sys.executable, "-c", probe, timeout=300,
+            env=dict(os.environ, MPIEXEC=mpiexec()))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "ns 2 True sum 6" in r.stdout
 
 
 def test_hosts_usage_errors() -> None:
