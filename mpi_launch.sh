@@ -26,7 +26,9 @@ are detected; for Open MPI --allow-run-as-root (as root) and oversubscription
 (N > cores) are added, and, unless set, OMPI_MCA_btl_tcp_{eager_limit,
 rndv_eager_limit,max_send_size,sndbuf,rcvbuf}=4194304 (over TCP, exchanges then
 progress while ranks compute). If COMMAND is 'recs' and not on PATH, .venv/bin/recs
-is used. The exit status is that of mpiexec.
+is used. Under bench/emulated_network.sh --hosts (\$RECS_EMULATED_HOSTS: namespace
+names), rank K runs in namespace K mod N ('ip netns exec', an MPMD launch). The exit
+status is that of mpiexec.
 
 Example:
   $PROG -n 2 recs features --config c.toml --data f.txt
@@ -144,4 +146,15 @@ if [[ $1 == recs ]] && ! command -v recs >/dev/null && [[ -x $REPO_DIR/.venv/bin
     set -- "$REPO_DIR/.venv/bin/recs" "${@:2}"
 fi
 
+# --- one emulated host per rank (bench/emulated_network.sh --hosts): an MPMD launch,
+# rank K run under 'ip netns exec' in namespace K mod N
+if [[ -n ${RECS_EMULATED_HOSTS:-} ]]; then
+    read -r -a hosts <<<"$RECS_EMULATED_HOSTS"
+    apps=()
+    for ((rank = 0; rank < nranks; rank++)); do
+        ((rank == 0)) || apps+=(:)
+        apps+=(-n 1 ip netns exec "${hosts[rank % ${#hosts[@]}]}" "$@")
+    done
+    exec "${launcher[@]}" "${apps[@]}"
+fi
 exec "${launcher[@]}" -n "$nranks" "$@"

@@ -72,15 +72,31 @@ def worker(mib: float, msg_mib: float, poll_s: float) -> None:
         print("\n".join(json.dumps(x) for x in every), flush=True)
 
 
+def network_prefix(network: str) -> list[str]:
+    """The command prefix that runs a job on ``network``: "shm" (none), "emulated"
+    (bench/emulated_network.sh's shaped loopback at its default rate), "emulated@RATE" (at
+    tc's RATE, e.g. 2gbit, shared by both directions) or "hostsN@RATE" (--hosts N: every
+    rank on its own link of RATE each way)."""
+    if network == "shm":
+        return []
+    kind, _, rate = network.partition("@")
+    script = [str(ROOT / "bench" / "emulated_network.sh")]
+    rate_opt = ["--rate", rate] if rate else []
+    if kind == "emulated":
+        return [*script, *rate_opt, "--"]
+    if kind.startswith("hosts") and kind[5:].isdigit():
+        return [*script, "--hosts", kind[5:], *rate_opt, "--"]
+    raise SystemExit(f"bench: unknown network {network!r} (shm, emulated[@RATE], "
+                     "hostsN[@RATE])")
+
+
 def measure(network: str, bin_dir: Path, env: dict | None, mib: float = 200.0,
             msg_mib: float = 2.0, poll_ms: float = 1.0, reps: int = 3) -> dict:
-    """Median figures of ``reps`` runs on ``network`` ("emulated" or "shm"); ms of CPU per
-    MiB one rank sends (and receives the same)."""
-    cmd = [str(ROOT / "mpi_launch.sh"), "-n", "2", "--threads", "1", str(bin_dir / "python"),
-           str(Path(__file__).resolve()), "--worker", "--mib", str(mib), "--msg-mib",
-           str(msg_mib), "--poll-ms", str(poll_ms)]
-    if network == "emulated":
-        cmd = [str(ROOT / "bench" / "emulated_network.sh"), "--", *cmd]
+    """Median figures of ``reps`` runs on ``network`` (see :func:`network_prefix`); ms of
+    CPU per MiB one rank sends (and receives the same)."""
+    cmd = [*network_prefix(network), str(ROOT / "mpi_launch.sh"), "-n", "2", "--threads", "1",
+           str(bin_dir / "python"), str(Path(__file__).resolve()), "--worker", "--mib",
+           str(mib), "--msg-mib", str(msg_mib), "--poll-ms", str(poll_ms)]
     runs = []
     for _ in range(reps):
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
@@ -103,7 +119,8 @@ def measure(network: str, bin_dir: Path, env: dict | None, mib: float = 200.0,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--networks", default="emulated,shm")
+    ap.add_argument("--networks", default="emulated,shm",
+                    help="comma list of shm, emulated[@RATE], hostsN[@RATE]")
     ap.add_argument("--mib", type=float, default=200.0, help="MiB each way per run")
     ap.add_argument("--msg-mib", type=float, default=2.0, help="message size (MiB)")
     ap.add_argument("--poll-ms", default="0.2,1", help="comma list of poll intervals (ms)")

@@ -16,6 +16,8 @@ modes inside their waits, or on their idle cores) cannot overlap the tasks:
 (the job's "sent_mib_per_step") times the CPU per MiB that bench/bench_network_cpu.py
 measures on that network (the lower of its two poll intervals) -- with the overlap
 efficiency against that bound. "step_mpi_cpu_ms" is recs' time inside MPI per step.
+"recs_vs_best" (and recs-intra's, recs-inter's) is against the better of sequential and
+prefetch; "bound_samples_per_sec" is sequential's rate scaled to a step of the bound.
 
     python bench/bench_scheduler.py --canonical c.txt --heavy h.txt --reps 3 \
         --out bench/results/scheduler.json --png bench/results/scheduler.png
@@ -36,6 +38,7 @@ import sys
 from pathlib import Path
 
 from bench_network_cpu import measure as measure_network_cpu
+from bench_network_cpu import network_prefix
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST_BIN = Path(sys.executable).parent  # non-MPI tools (recs timeline needs matplotlib)
@@ -57,8 +60,7 @@ def run_once(network: str, config: Path, data: str, mode: str, ranks: int,
     cmd = [str(ROOT / "mpi_launch.sh"), "-n", str(ranks), "--threads", "1",
            str(bin_dir / "recs"), "train", "--config", str(config), "--data", data,
            "--mode", mode, "--quiet"] + (["--trace", trace] if trace else [])
-    if network == "emulated":
-        cmd = [str(ROOT / "bench" / "emulated_network.sh"), "--", *cmd]
+    cmd = [*network_prefix(network), *cmd]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=env)
     if r.returncode != 0:
         raise SystemExit(f"bench_scheduler: {' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
@@ -103,6 +105,15 @@ def mpi_library() -> dict:
     return {"mpiexec": mpiexec, "mpi_library": first}
 
 
+def network_cpu_of(network: str, bin_dir: Path, env: dict | None,
+                   mib: float = 200.0) -> dict:
+    """The CPU cost of moving a MiB on ``network`` (the cheaper of two poll intervals)."""
+    measured = [measure_network_cpu(network, bin_dir, env, mib=mib, poll_ms=p)
+                for p in (0.2, 1.0)]
+    return {"runs": measured,
+            "cpu_ms_per_mib": min(m["machine_cpu_ms_per_mib"] for m in measured)}
+
+
 def summarize(runs: list[dict]) -> dict:
     """Medians over repetitions of one (network, workload, mode)."""
     med = statistics.median
@@ -131,7 +142,8 @@ def paired(runs: dict[str, list[dict]], cpu_ms_per_mib: float | None) -> dict:
     """:func:`ratios` of each repetition's runs (side by side in time); their medians."""
     per_rep = [ratios({m: summarize([r[i]]) for m, r in runs.items()}, cpu_ms_per_mib)
                for i in range(len(runs["recs"]))]
-    keys = ("recs_vs_prefetch", "recs_vs_sequential", "recs_share_of_bound",
+    keys = ("recs_vs_prefetch", "recs_vs_sequential", "recs_vs_best", "recs-intra_vs_best",
+            "recs-inter_vs_best", "recs_share_of_bound", "recs_share_of_bound_with_network_cpu",
             "overlap_efficiency", "overlap_efficiency_with_network_cpu")
     out = {}
     for k in keys:
@@ -144,14 +156,19 @@ def paired(runs: dict[str, list[dict]], cpu_ms_per_mib: float | None) -> dict:
 def ratios(table: dict, cpu_ms_per_mib: float | None = None) -> dict:
     """recs against the baselines, the bound and the overlap efficiency; with
     ``cpu_ms_per_mib``, also against the bound with the exchanges' CPU work."""
-    seq, pre, recs = (table[m] for m in ("sequential", "prefetch", "recs"))
+    seq, recs, pre = table["sequential"], table["recs"], table.get("prefetch")
     seq_step, recs_step = seq["step_wall_ms"], recs["step_wall_ms"]
     bound = max(seq["step_cpu_busy_ms"], seq["step_comm_ms"])
+    # the better baseline: prefetch does not beat sequential on one core per rank
+    best = max(seq["samples_per_sec"], pre["samples_per_sec"] if pre else 0.0)
     out = {
-        "recs_vs_prefetch": round(recs["samples_per_sec"] / pre["samples_per_sec"], 3),
+        "recs_vs_prefetch": round(recs["samples_per_sec"] / pre["samples_per_sec"], 3)
+        if pre else None,
         "recs_vs_sequential": round(recs["samples_per_sec"] / seq["samples_per_sec"], 3),
+        **{f"{m}_vs_best": round(table[m]["samples_per_sec"] / best, 3)
+           for m in ("recs", "recs-intra", "recs-inter") if m in table},
         "bound_step_ms": round(bound, 3),
-        "bound_vs_prefetch": round(pre["step_wall_ms"] / bound, 3) if bound else None,
+        "bound_vs_prefetch": round(pre["step_wall_ms"] / bound, 3) if bound and pre else None,
         "recs_share_of_bound": round(bound / recs_step, 3) if recs_step else None,
         "overlap_efficiency": _efficiency(seq_step, recs_step, bound),
         "same_model_in_every_mode": len({table[m]["train_logloss"] for m in MODES
@@ -162,8 +179,14 @@ def ratios(table: dict, cpu_ms_per_mib: float | None = None) -> dict:
         with_net = max(seq["step_cpu_busy_ms"] + net, seq["step_comm_ms"])
         out.update({"network_cpu_ms_per_step": round(net, 3),
                     "bound_with_network_cpu_ms": round(with_net, 3),
+                    "recs_share_of_bound_with_network_cpu":
+                        round(with_net / recs_step, 3) if recs_step else None,
                     "overlap_efficiency_with_network_cpu":
                         _efficiency(seq_step, recs_step, with_net)})
+    # the bound as samples/s: sequential's rate scaled by its step over the bound's
+    tight = out.get("bound_with_network_cpu_ms", bound)
+    out["bound_samples_per_sec"] = (round(seq["samples_per_sec"] * seq_step / tight, 1)
+                                    if tight else None)
     return out
 
 
@@ -243,7 +266,8 @@ def main() -> None:
     ap.add_argument("--canonical", help="file from `recs gen` (canonical workload)")
     ap.add_argument("--heavy", help="file from `recs gen --heavy` (feature-heavy variant)")
     ap.add_argument("--networks", default="emulated,shm",
-                    help="comma list of emulated (1 Gbit/s namespace) and shm")
+                    help="comma list of emulated (1 Gbit/s namespace), shm, and "
+                    "emulated@RATE / hostsN@RATE (bench/emulated_network.sh --hosts N)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--mpi", choices=("mpich", "openmpi"), default="mpich",
@@ -279,10 +303,7 @@ def main() -> None:
     table: dict = {}
     network_cpu: dict = {}
     for n in networks:
-        # the CPU cost of moving a MiB on this network (the cheaper poll interval)
-        measured = [measure_network_cpu(n, BIN, ENV, poll_ms=p) for p in (0.2, 1.0)]
-        network_cpu[n] = {"runs": measured, "cpu_ms_per_mib": min(
-            m["machine_cpu_ms_per_mib"] for m in measured)}
+        network_cpu[n] = network_cpu_of(n, BIN, ENV)
         print(f"{n}: {network_cpu[n]['cpu_ms_per_mib']} ms of CPU per MiB sent",
               file=sys.stderr)
         for w, data in workloads.items():

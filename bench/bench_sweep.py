@@ -1,0 +1,266 @@
+"""The scheduler across link rates: every `recs train --mode` on 2 ranks x 1 thread, per
+link rate x workload x MPI, on the emulated network (each rank its own host by default:
+bench/emulated_network.sh --hosts 2, a link of RATE each way per rank).
+
+Runs are interleaved: repetition 1 of every (rate, workload, MPI, mode), then repetition 2,
+...; the modes of one cell run side by side, so "paired" ratios (within a repetition,
+medians over repetitions) cancel the machine's drift. Per cell it reports bench_scheduler's
+figures (summarize / ratios / paired: samples/s, step CPU and comm, recs against the better
+of sequential and prefetch, the bound max(CPU work + network CPU, comm) from the
+sequential run and bench_network_cpu.py's CPU per MiB on that network and MPI), the guard's
+choice in the recs run, and a summary table. Generated input files stay under 1 GB (fewer
+rows, never shorter histories).
+
+    python bench/bench_sweep.py --rows 200000 --heavy-rows 30000 --reps 3 \
+        --out bench/results/sweep.json --png bench/results/sweep.png
+
+A short run: --rates 1 --workloads canonical --modes sequential,recs --mpis mpich
+--reps 1 --rows 20000 --network-cpu-mib 0. --hosts 0 uses the shared shaped loopback
+instead (at twice RATE: both directions share it). The rate "shm" adds shared memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import bench_scheduler as bs
+
+ROOT = bs.ROOT
+RATES = ("4", "2", "1", "0.5", "0.25")  # Gbit/s each way per link
+WORKLOADS = ("canonical", "heavy")
+MPIS = ("mpich", "openmpi")
+MAX_FILE_BYTES = 1 << 30  # all generated input files together
+HEAVY_HISTORY = 5000  # WORKLOAD.md: >= 40% feature share on one core
+GEN_ARGS = {"canonical": ["--seed", "1"],
+            "heavy": ["--seed", "7", "--heavy", "--max-history", str(HEAVY_HISTORY)]}
+
+
+def network_of(rate: str, hosts: int) -> str:
+    """bench_network_cpu.network_prefix's name of a link of ``rate`` Gbit/s each way (or
+    "shm"): per-rank links with ``hosts`` > 0, else the shared loopback at twice the rate."""
+    if rate == "shm":
+        return "shm"
+    mbit = round(float(rate) * 1000)
+    if mbit <= 0:
+        raise SystemExit(f"bench_sweep: rate must be > 0 Gbit/s, got {rate}")
+    return f"hosts{hosts}@{mbit}mbit" if hosts else f"emulated@{2 * mbit}mbit"
+
+
+def plan(reps: int, rates: list[str], workloads: list[str], mpis: list[str],
+         modes: list[str]) -> list[tuple[int, str, str, str, str]]:
+    """Run order, interleaved: (rep, rate, workload, mpi, mode), a repetition of every cell
+    before the next, each cell's modes side by side."""
+    return [(rep, r, w, mpi, m) for rep in range(reps) for r in rates for w in workloads
+            for mpi in mpis for m in modes]
+
+
+def rows_within(budget: int, bytes_per_row: dict[str, float], wanted: dict[str, int]) -> dict:
+    """Rows per workload so that all files fit ``budget`` bytes: the budget is shared in
+    proportion to each file's wanted size and only files above their share shrink."""
+    total = sum(bytes_per_row[w] * n for w, n in wanted.items())
+    if total <= budget:
+        return dict(wanted)
+    return {w: int(n * budget / total) for w, n in wanted.items()}
+
+
+def gen(workload: str, rows: int, out: Path) -> None:
+    """`recs gen` of ``workload``'s file (kept when it is already there)."""
+    if out.exists():
+        return
+    tmp = out.with_name(out.name + ".part")
+    cmd = [str(bs.HOST_BIN / "recs"), "gen", "--rows", str(rows), "--out", str(tmp), "--quiet",
+           *GEN_ARGS[workload]]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if r.returncode != 0:
+        raise SystemExit(f"bench_sweep: {' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
+    tmp.rename(out)
+
+
+def input_files(workdir: Path, wanted: dict[str, int]) -> dict[str, Path]:
+    """Generate each workload's file under ``workdir`` (sized from a 1,000-row sample so that
+    all fit MAX_FILE_BYTES)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    per_row = {}
+    for w in wanted:
+        sample = workdir / f"{w}-sample.txt"
+        gen(w, 1000, sample)
+        per_row[w] = sample.stat().st_size / 1000 * 1.05  # margin: rows vary
+        sample.unlink()
+    rows = rows_within(MAX_FILE_BYTES, per_row, wanted)
+    files = {}
+    for w, n in rows.items():
+        if n < wanted[w]:
+            print(f"bench_sweep: {w}: {n} rows instead of {wanted[w]} (files under 1 GB)",
+                  file=sys.stderr)
+        files[w] = workdir / f"{w}-{n}.txt"
+        gen(w, n, files[w])
+    return files
+
+
+def cell_of(runs: dict[str, list[dict]], cpu_ms_per_mib: float | None) -> dict:
+    """bench_scheduler's figures of one (rate, workload, MPI): per mode, ratios, paired."""
+    cell: dict = {m: bs.summarize(r) for m, r in runs.items()}
+    if {"sequential", "recs"} <= set(runs):
+        cell["ratios"] = bs.ratios(cell, cpu_ms_per_mib)
+        cell["paired"] = bs.paired(runs, cpu_ms_per_mib)
+        cell["guard"] = [r.get("scheduler", {}).get("guard") for r in runs["recs"]]
+    return cell
+
+
+def summary(table: dict) -> list[dict]:
+    """One row per (mpi, rate, workload): samples/s per mode, recs (and its variants)
+    against the better baseline (paired medians), the bound, the guard's last choice."""
+    rows = []
+    for mpi, by_rate in table.items():
+        for rate, by_w in by_rate.items():
+            for w, cell in by_w.items():
+                row = {"mpi": mpi, "rate_gbit": rate, "workload": w,
+                       "samples_per_sec": {m: cell[m]["samples_per_sec"]
+                                           for m in bs.MODES if m in cell}}
+                if "paired" in cell:
+                    p, r = cell["paired"], cell["ratios"]
+                    for k in ("recs_vs_best", "recs-intra_vs_best", "recs-inter_vs_best",
+                              "recs_share_of_bound", "recs_share_of_bound_with_network_cpu"):
+                        if p.get(k, {}).get("median") is not None:
+                            row[k] = p[k]["median"]
+                    row["bound_samples_per_sec"] = r["bound_samples_per_sec"]
+                    row["guard"] = cell["guard"][-1]
+                rows.append(row)
+    return rows
+
+
+def chart(result: dict, path: str) -> None:
+    """Per (MPI, workload): samples/s per mode against the link rate with the bound beside
+    (top), each recs mode over the better baseline (bottom)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = [(mpi, w) for mpi in result["mpis"] for w in result["workloads"]]
+    fig, axes = plt.subplots(2, len(cols), figsize=(4.4 * len(cols), 6.4), squeeze=False)
+    colors = dict(zip(bs.MODES, ["#888", "#6a9fd4", "#d4553a", "#e8a33d", "#7cb562"]))
+    for j, (mpi, w) in enumerate(cols):
+        cells = {float(r): result["table"][mpi][r][w] for r in result["rates"] if r != "shm"}
+        xs = sorted(cells)
+        top, bottom = axes[0][j], axes[1][j]
+        if not xs:
+            continue
+        for m in bs.MODES:
+            if m in cells[xs[0]]:
+                top.plot(xs, [cells[x][m]["samples_per_sec"] for x in xs], "o-",
+                         color=colors[m], label=m)
+            key = f"{m}_vs_best"
+            if key in cells[xs[0]].get("paired", {}):
+                bottom.plot(xs, [cells[x]["paired"][key]["median"] for x in xs], "o-",
+                            color=colors[m], label=m)
+        if "ratios" in cells[xs[0]]:
+            top.plot(xs, [cells[x]["ratios"]["bound_samples_per_sec"] for x in xs], "kx--",
+                     label="bound")
+        for ax in (top, bottom):
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(xs, [f"{x:g}" for x in xs])
+            ax.set_xlabel("link rate (Gbit/s each way)")
+        bottom.axhline(1.0, color="#444", lw=0.8)
+        bottom.axhline(0.98, color="#444", lw=0.8, ls=":")
+        top.set_title(f"{w}, {mpi}", fontsize=10)
+        top.set_ylabel("samples/s")
+        bottom.set_ylabel("/ max(sequential, prefetch)")
+        top.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rates", default=",".join(RATES),
+                    help="comma list of link rates in Gbit/s each way, and/or shm")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--modes", default=",".join(bs.MODES))
+    ap.add_argument("--mpis", default=",".join(MPIS),
+                    help="mpich (this Python's venv) and/or openmpi (.venv-openmpi)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--hosts", type=int, default=2,
+                    help="emulated hosts (one per rank; 0: the shared shaped loopback)")
+    ap.add_argument("--canonical", help="canonical input file (default: generated)")
+    ap.add_argument("--heavy", help=f"feature-heavy input file (default: generated, "
+                    f"`recs gen --heavy --max-history {HEAVY_HISTORY}`)")
+    ap.add_argument("--rows", type=int, default=200_000, help="rows of the generated "
+                    "canonical file")
+    ap.add_argument("--heavy-rows", type=int, default=30_000,
+                    help="rows of the generated feature-heavy file")
+    ap.add_argument("--workdir", type=Path, default=ROOT / "out" / "sweep",
+                    help="where generated files go")
+    ap.add_argument("--network-cpu-mib", type=float, default=200.0,
+                    help="MiB per bench_network_cpu run for the bound's network CPU "
+                    "(0: skip; the bound is then max(CPU work, comm))")
+    ap.add_argument("--out", help="also write the JSON here (after every repetition)")
+    ap.add_argument("--png", help="write the chart here (needs matplotlib)")
+    a = ap.parse_args()
+    rates, workloads = a.rates.split(","), a.workloads.split(",")
+    modes, mpis = a.modes.split(","), a.mpis.split(",")
+    for name, got, known in (("--workloads", workloads, WORKLOADS), ("--modes", modes, bs.MODES),
+                             ("--mpis", mpis, MPIS)):
+        if set(got) - set(known):
+            ap.error(f"{name}: unknown {sorted(set(got) - set(known))}")
+    networks = {r: network_of(r, a.hosts) for r in rates}
+    for out in (a.out, a.png):
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+    given = {w: Path(f) for w, f in (("canonical", a.canonical), ("heavy", a.heavy))
+             if f and w in workloads}
+    wanted = {w: n for w, n in (("canonical", a.rows), ("heavy", a.heavy_rows))
+              if w in workloads and w not in given}
+    files = {**given, **(input_files(a.workdir, wanted) if wanted else {})}
+
+    venvs, libraries, network_cpu = {}, {}, {}
+    for mpi in mpis:
+        bs.use_mpi(mpi)
+        venvs[mpi] = (bs.BIN, bs.ENV)
+        libraries[mpi] = bs.mpi_library()
+        print(f"{mpi}: {libraries[mpi]['mpi_library']}", file=sys.stderr)
+        for r, n in networks.items():
+            if a.network_cpu_mib > 0:
+                network_cpu.setdefault(mpi, {})[r] = bs.network_cpu_of(
+                    n, bs.BIN, bs.ENV, mib=a.network_cpu_mib)
+    runs: dict = {mpi: {r: {w: {m: [] for m in modes} for w in workloads} for r in rates}
+                  for mpi in mpis}
+    result: dict = {}
+
+    def report() -> dict:
+        table = {mpi: {r: {w: cell_of(runs[mpi][r][w], network_cpu.get(mpi, {}).get(r, {})
+                                      .get("cpu_ms_per_mib"))
+                           for w in workloads} for r in rates} for mpi in mpis}
+        return {"ranks": 2, "threads_per_rank": 1, "reps": a.reps, "hosts": a.hosts,
+                "rates": rates, "networks": networks, "workloads": workloads, "modes": modes,
+                "mpis": mpis, "mpi_library": libraries,
+                "files": {w: {"path": str(f), "bytes": f.stat().st_size}
+                          for w, f in files.items()},
+                "network_cpu": network_cpu, "table": table, "summary": summary(table)}
+
+    order = plan(a.reps, rates, workloads, mpis, modes)
+    for i, (rep, r, w, mpi, m) in enumerate(order):
+        got = bs.run_once(networks[r], bs.CONFIGS[w], str(files[w]), m, 2, venv=venvs[mpi])
+        runs[mpi][r][w][m].append(got)
+        print(f"[{i + 1}/{len(order)}] rep {rep + 1} {r} {w} {mpi} {m}: "
+              f"{got['samples_per_sec']} samples/s", file=sys.stderr)
+        if a.out and (i + 1 == len(order) or order[i + 1][0] != rep):
+            result = report()
+            Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
+    result = report()
+    print(json.dumps(result, indent=1), flush=True)
+    for row in result["summary"]:
+        rates_txt = " ".join(f"{m} {v:.0f}" for m, v in row["samples_per_sec"].items())
+        print(f"{row['mpi']} {row['rate_gbit']} {row['workload']}: {rates_txt}; recs/best "
+              f"{row.get('recs_vs_best', '-')}, bound {row.get('bound_samples_per_sec', '-')}",
+              file=sys.stderr)
+    if a.png:
+        chart(result, a.png)
+
+
+if __name__ == "__main__":
+    main()
