@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -261,23 +263,30 @@ def test_a_table_that_cannot_be_allocated_is_refused_with_its_size(tmp_path: Pat
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-def test_a_locked_save_directory_is_refused(tmp_path: Path, sample_1200) -> None:
+@contextlib.contextmanager
+def locked_by_a_live_job(save_dir: Path) -> Iterator[tuple[Path, int]]:
+    """``save_dir`` with a lock whose owner is a live process on this host (killed after)."""
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
-        lock = tmp_path / "m" / ".recs-save.lock"
-        lock.parent.mkdir()
+        lock = save_dir / ".recs-save.lock"
+        save_dir.mkdir()
         lock.write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid,
                                     "started": "earlier", "token": "x"}))
+        yield lock, other.pid
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_locked_save_directory_is_refused(tmp_path: Path, sample_1200) -> None:
+    with locked_by_a_live_job(tmp_path / "m") as (lock, pid):
         r = recs("train", "--config", str(small_config(tmp_path)), "--data", str(sample_1200),
                  "--save", str(tmp_path / "m"), "--quiet")
         assert r.returncode == 2 and "Traceback" not in r.stderr
         assert r.stderr.strip() == (f"recs: error: {tmp_path / 'm'}: locked by another job "
-                                    f"(pid {other.pid} on {socket.gethostname()} since "
+                                    f"(pid {pid} on {socket.gethostname()} since "
                                     f"earlier); wait for it, or if no job uses it, remove {lock}")
         assert [p.name for p in lock.parent.iterdir()] == [lock.name]
-    finally:
-        other.kill()
-        other.wait()
     # its owner is gone now: the next job takes the lock over, trains and saves
     r = recs("train", "--config", str(small_config(tmp_path)), "--data", str(sample_1200),
              "--save", str(tmp_path / "m"), "--quiet")
@@ -326,21 +335,13 @@ def test_several_ranks_refuse_a_delta_onto_checkpoints(n: int, tmp_path: Path,
 
 @pytest.mark.mpi
 def test_several_ranks_refuse_a_locked_save_directory(tmp_path: Path, sample_1200) -> None:
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    try:
-        lock = tmp_path / "m" / ".recs-save.lock"
-        lock.parent.mkdir()
-        lock.write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid,
-                                    "started": "earlier", "token": "x"}))
+    with locked_by_a_live_job(tmp_path / "m") as (lock, pid):
         r = run_mpi(2, ["-m", "recs_core", "train", "--config", str(small_config(tmp_path)),
                         "--data", str(sample_1200), "--quiet", "--save",
                         str(tmp_path / "m")], timeout=180)
         assert r.returncode != 0 and "Traceback" not in r.stderr
-        assert f"locked by another job (pid {other.pid} on" in r.stderr
+        assert f"locked by another job (pid {pid} on" in r.stderr
         assert [p.name for p in lock.parent.iterdir()] == [lock.name]
-    finally:
-        other.kill()
-        other.wait()
 
 
 def test_resume_from_one_step_checkpoint_saves_beside_it(tmp_path: Path, sample_1200,
