@@ -37,7 +37,7 @@ import numpy as np
 from recs_core.checkpoint import manifest as mf
 from recs_core.checkpoint.files import fsync_dir, publish, staging_path
 from recs_core.checkpoint.manifest import Manifest
-from recs_core.comm.objects import bcast_object, gather_objects
+from recs_core.comm.world import World
 from recs_core.errors import RecsError
 
 if TYPE_CHECKING:
@@ -57,25 +57,6 @@ def shard_dir(rank: int, world: int) -> str:
 def step_path(root: str | Path, step: int) -> Path:
     """The checkpoint directory of ``step`` under ``root``."""
     return Path(root) / f"step-{step:09d}"
-
-
-class _Collective:
-    """gather / bcast over ``comm`` (posted, waited with the job's deadline), or their
-    1-rank identities without one."""
-
-    def __init__(self, comm: Comm, what: str) -> None:
-        self.comm, self.what = comm, what
-        self.rank = 0 if comm is None else comm.Get_rank()
-        self.size = 1 if comm is None else comm.Get_size()
-
-    def gather(self, value: T, step: str) -> list[T] | None:
-        if self.comm is None:
-            return [value]
-        return gather_objects(self.comm, value, f"{self.what}: {step}")
-
-    def bcast(self, value: T, step: str) -> T:
-        return value if self.comm is None else bcast_object(self.comm, value,
-                                                            f"{self.what}: {step}")
 
 
 def _attempt(fn: Callable[[], T]) -> tuple[T | None, BaseException | None]:
@@ -155,9 +136,9 @@ def save(path: str | Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, 
     final = Path(path)
     if final.is_symlink():
         raise RecsError(f"checkpoint {final}: is a symbolic link: refusing to replace it")
-    coll = _Collective(comm, f"checkpoint {final}")
+    coll = World.of(comm)
     staging = staging_path(final, coll.bcast(secrets.token_hex(6) if coll.rank == 0 else None,
-                                             "staging name broadcast"))
+                                             f"checkpoint {final}: staging name broadcast"))
 
     def write() -> tuple[list[mf.FileEntry], Any, Any]:
         m = mf.to_jsonable(dict(meta), "checkpoint meta") if coll.rank == 0 else None
@@ -166,7 +147,7 @@ def save(path: str | Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, 
 
     mine, err = _attempt(write)
     parts = coll.gather((mine, None if err is None else f"rank {coll.rank}: {err}"),
-                        "file entries gather")
+                        f"checkpoint {final}: file entries gather")
     status: str | None = None
     if coll.rank == 0:
         assert parts is not None
@@ -177,7 +158,7 @@ def save(path: str | Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, 
         if status is None and after_publish is not None:
             _, err = _attempt(after_publish)
             status = None if err is None else f"saved, but then rank 0 failed: {err}"
-    status = coll.bcast(status, "outcome broadcast")
+    status = coll.bcast(status, f"checkpoint {final}: outcome broadcast")
     if coll.rank == 0 and status is not None and status.startswith("not saved"):
         shutil.rmtree(staging, ignore_errors=True)  # every rank is done writing into it
     if isinstance(err, OSError):

@@ -42,6 +42,11 @@ class World:
     size: int = 1
     comm: Comm = None
 
+    @classmethod
+    def of(cls, comm: Comm) -> World:
+        """The world of ``comm`` (a 1-rank world for None)."""
+        return cls() if comm is None else cls(comm.Get_rank(), comm.Get_size(), comm)
+
     # Every collective below is posted and waited with the job's deadline
     # (recs_core.comm.objects): a dead or stopped peer ends the job, never a wait for ever.
 
@@ -133,5 +138,4 @@ def mpi_world() -> World:
     """The MPI world (a 1-rank world if launched without mpiexec)."""
     from mpi4py import MPI
 
-    comm = MPI.COMM_WORLD
-    return World(comm.Get_rank(), comm.Get_size(), comm)
+    return World.of(MPI.COMM_WORLD)
