@@ -87,15 +87,15 @@ def test_a_chain_longer_than_the_chunk_cost_runs_on_chunks_within_it() -> None:
     costs.add("split", 10e-6)
     costs.add("hash", 15e-6)  # the chain: 25 us a row
     chain = [SimpleNamespace(name="split"), SimpleNamespace(name="hash")]
-    sched = SimpleNamespace(chunk_seconds=0.02, costs=costs,
+    sched = SimpleNamespace(active=SimpleNamespace(chunk_seconds=0.02), costs=costs,
                             graph=SimpleNamespace(chain=lambda feature: chain))
     rows_per_chunk = functools.partial(TrainingPass._chunk_rows, sched, 0)
     assert rows_per_chunk(600) is None  # 15 ms: whole
     assert rows_per_chunk(1000) == 500  # 25 ms: two chunks of 12.5 ms
     assert rows_per_chunk(2000) == 667  # 50 ms: three
-    sched.chunk_seconds = 0.0  # chunking off
+    sched.active.chunk_seconds = 0.0  # chunking off
     assert rows_per_chunk(2000) is None
-    sched.chunk_seconds, chain[1] = 0.02, SimpleNamespace(name="unmeasured")
+    sched.active.chunk_seconds, chain[1] = 0.02, SimpleNamespace(name="unmeasured")
     assert rows_per_chunk(2000) is None
 
 

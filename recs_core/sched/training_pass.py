@@ -167,8 +167,6 @@ class TrainingPass:
                                == "auto" and policy.workers > 0 and over_network(world.comm))
         self.timeline = timeline
         self.lookahead = policy.lookahead
-        self.active = policy  # the policy in force (the guard may fall back to blocking)
-        self.chunk_seconds = policy.chunk_seconds
         self.sets: list[Embeddings] = model.sets
         self.sparse = list(model.emb.pipelines)
         feats = graph.features
@@ -176,12 +174,11 @@ class TrainingPass:
         self.costs = Costs()
         self.plan = PipelinePlan(self.sparse, use_priority=policy.priority)
         self._plan_comm = dup(world.comm, "communicator duplication") if multi else None
-        # step agreements
-        self._agree_comm = dup(world.comm, "communicator duplication") if multi else None
+        self._agree_comm = (dup(world.comm, "communicator duplication")  # step agreements
+                            if multi else None)
         workers = policy.workers
-        self.loop = Loop(timeline, self._fill if policy.fill else None,
-                         self._feed if workers > 0 else None, overlap=policy.overlap,
-                         spin_s=SPIN_S if policy.overlap else BLOCKING_SPIN_S)
+        self.loop = Loop(timeline, background=self._feed if workers > 0 else None)
+        self._use(policy)
         self.workers = OperatorWorkers(workers, self._work) if workers > 0 else None
         self.batches: dict[int, _Batch] = {}
         self._source: Iterator[RawBatch | None] | None = None
@@ -247,12 +244,13 @@ class TrainingPass:
         """Rows per chunk for a feature chain expected to take longer than the chunk
         cost on ``rows`` rows: chunks of at most that cost (None: the whole batch at once,
         also while unmeasured)."""
-        if self.chunk_seconds <= 0 or rows < 2 * MIN_CHUNK_ROWS:
+        chunk_seconds = self.active.chunk_seconds
+        if chunk_seconds <= 0 or rows < 2 * MIN_CHUNK_ROWS:
             return None
         per_row = [self.costs.get(n.name) for n in self.graph.chain(feature)]
         if any(c is None for c in per_row):
             return None
-        chunks = int(np.ceil(sum(per_row) * rows / self.chunk_seconds))  # type: ignore
+        chunks = int(np.ceil(sum(per_row) * rows / chunk_seconds))  # type: ignore
         return max(MIN_CHUNK_ROWS, -(-rows // chunks)) if chunks > 1 else None
 
     def _batch(self, t: int) -> _Batch:
@@ -624,10 +622,14 @@ class TrainingPass:
             return
         if not wanted.overlap:
             self._settle()
-        self.active = wanted
-        self.chunk_seconds = wanted.chunk_seconds
-        self.loop.configure(self._fill if wanted.fill else None, wanted.overlap,
-                            SPIN_S if wanted.overlap else BLOCKING_SPIN_S)
+        self._use(wanted)
+
+    def _use(self, policy: Policy) -> None:
+        """Put ``policy`` in force (``self.active``: the guard may fall back to blocking):
+        its filler and overlap rule in the loop."""
+        self.active = policy
+        self.loop.configure(self._fill if policy.fill else None, policy.overlap,
+                            SPIN_S if policy.overlap else BLOCKING_SPIN_S)
 
     def _close(self) -> None:
         """Match the step agreements ranks posted ahead (the filler may have admitted
