@@ -123,7 +123,8 @@ def test_exactly_one_of_several_jobs_takes_a_stale_lock(tmp_path: Path) -> None:
     go.touch()
     outs = [j.communicate(timeout=120)[0].strip() for j in jobs]
     assert sorted(o.split(" ")[0] for o in outs) == ["refused"] * 3 + ["took"], outs
-    assert "took True" in outs
+    # the winner is usually the job that broke the stale lock ("took True"), but another job
+    # may create the lock between the break and the breaker's own attempt: still exactly one
     assert all("locked by another job" in o for o in outs if o.startswith("refused"))
     assert not (root / (LOCK + ".break")).exists()
 
