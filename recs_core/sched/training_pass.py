@@ -466,13 +466,22 @@ class TrainingPass:
         record(b.fb, probs)
         yield None  # a poll between forward and backward: exchanges progress
         stages, posted = self.model.backward_stages(dlogits), []
+        emb_grads = None
         for stage in stages:  # each bucket's allreduce starts while the rest of backward runs
             if isinstance(stage, EmbGrads):
-                yield from self._push(t, stage)
+                emb_grads = stage
                 break
             if stage is not None:
                 posted.append((self._post_dense(stage), stage))
             yield None
+        assert emb_grads is not None
+        if not self._pushes_first:
+            # nothing to overlap: the weight gradients while the activations are still in
+            # cache, then the pushes (the sparse updates sweep the tables)
+            yield from self._dense_grads(t, stages, posted)
+            yield from self._push(t, emb_grads)
+            return
+        yield from self._push(t, emb_grads)
         # The weight gradients are computed by their own task, after this one ends: step
         # t+1's lookups wait for this task, and serve their rows once the pushes above
         # are applied, while the weight gradients and their allreduce fill the window.
@@ -628,6 +637,9 @@ class TrainingPass:
         """Put ``policy`` in force (``self.active``: the guard may fall back to blocking):
         its filler and overlap rule in the loop."""
         self.active = policy
+        # the gradient pushes go on the wire before the weight gradients only where they
+        # can overlap them
+        self._pushes_first = policy.overlap and self.world.size > 1
         self.loop.configure(self._fill if policy.fill else None, policy.overlap,
                             SPIN_S if policy.overlap else BLOCKING_SPIN_S)
 

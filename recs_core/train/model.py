@@ -119,6 +119,8 @@ class Model:
         """Post the sum over the data-parallel replicas of the dense gradients ``which``
         (indices into ``net.grads``, or row ranges of one); finish it with
         :meth:`dense_update`. With one rank there is nothing to sum: it is complete."""
+        if self._dense_comm is None:  # nothing to sum (and nothing to copy back)
+            return Pending.ready(None, "dense gradient allreduce")
         grads = [grad_part(self.net.grads, part) for part in which]
         flat = np.concatenate([g.ravel() for g in grads])
 
@@ -128,8 +130,6 @@ class Model:
                 g.ravel()[:] = total[start:start + g.size]
                 start += g.size
 
-        if self._dense_comm is None:  # nothing to sum (and nothing to copy back)
-            return Pending.ready(None, "dense gradient allreduce")
         return post_allreduce(self._dense_comm, flat, "dense gradient allreduce",
                               finish=finish)
 
