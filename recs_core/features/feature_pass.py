@@ -48,7 +48,7 @@ def warm_up(spec: Spec) -> float:
     Returns the seconds it took."""
     t0 = time.perf_counter()
     spec = copy.deepcopy(spec)
-    fields = ["0" if c.type == "label" else "1" if c.type == "int" else "a"
+    fields = ["0" if c.type == "label" else "1" if c.type in ("int", "float") else "a"
               for c in spec.columns]
     text = ("\t".join(fields) + "\n").encode() * 2
     buf = np.frombuffer(text, dtype=np.uint8)

@@ -182,7 +182,8 @@ class Job:
 
     def _empty(self) -> RawBatch:
         schema = self.spec.schema
-        return RawBatch.empty(len(schema.int_names), len(schema.str_names))
+        return RawBatch.empty(len(schema.int_names), len(schema.str_names),
+                              len(schema.float_names))
 
     def _train(self, source: Iterator[RawBatch | None], schedule: Policy,
                hook: StepHook | None, quiet: bool, timer: dict[str, float]) -> tuple[
