@@ -291,8 +291,10 @@ class Job:
 
     def _warnings(self, train_rows: int) -> list[str]:
         """What the user should be told about the pass (every rank's, each once): files
-        given twice or empty, files that changed size while being read, no row trained."""
-        mine = self._input_warnings + (self._reader.size_warnings() if self._reader else [])
+        given twice or empty, header-only files, files that changed size while being read,
+        no row trained."""
+        mine = self._input_warnings + (self._reader.header_warnings + self._reader.size_warnings()
+                                       if self._reader else [])
         self._input_warnings = []
         every = self.world.comm.allgather(mine) if self.world.size > 1 else [mine]
         out = list(dict.fromkeys(w for part in every for w in part))
