@@ -173,6 +173,13 @@ class Spec:
         """A readable summary: pipelines, features, chains and tables."""
         lines = [f"spec {self.path or '<memory>'}: {len(self.columns)} columns, "
                  f"{len(self.sparse_fields)} sparse fields, {self.dense_width} dense values"]
+        t = self.text
+        sep = ("separator by file extension (.csv: comma, else tab)" if t.sep is None else
+               {"\t": "tab", ",": "comma"}.get(t.sep, repr(t.sep)) + "-separated")
+        quoting = {None: "", True: ", quoted fields", False: ", no quoting"}[t.quoting]
+        lines.append(f"input: {sep}{quoting}, "
+                     + ("a header line naming the columns" if t.header else "columns in order")
+                     + (f"; label: {self.label}" if self.label else ""))
         for p in self.pipelines:
             lines.append(f"pipeline {p.name}:")
             for f in p.features:
