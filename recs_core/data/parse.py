@@ -529,6 +529,7 @@ def parse_lines(buf, nbytes, at_eof, sep, quoting, kinds, slots, max_bytes, labe
     """
     ncols = kinds.shape[0]
     sep8 = np.uint64(sep) * _ONES_X01
+    quote8 = np.uint64(_QUOTE) * _ONES_X01
     n_good = 0
     n_bad = 0
     line = 0
@@ -552,29 +553,50 @@ def parse_lines(buf, nbytes, at_eof, sep, quoting, kinds, slots, max_bytes, labe
             kind = kinds[field] if field < ncols else COL_SKIP
             fr = 0
             if quoting and q < nbytes and buf[q] == _QUOTE:
-                q, e, special, fr = _scan_quoted(buf, q, nbytes, sep)
-                a = p + 1
-                if fr == 0 and kind != COL_SKIP:
-                    flen = e - a
-                    if flen > max_bytes[field]:
+                # fast: read the content up to the next quote as the field's kind and
+                # accept it if that quote closes the field; else (a doubled quote, an
+                # unterminated or bad quote) the general scan below
+                a = q + 1
+                special = False
+                v = np.int64(0)
+                miss = False
+                x = np.nan
+                if kind == COL_STR or kind == COL_SKIP:
+                    z, special = _scan_str(buf, a, nbytes, _QUOTE, quote8)
+                elif kind == COL_INT:
+                    z, fr, v, miss = _scan_int(buf, a, nbytes, nbytes, _QUOTE)
+                elif kind == COL_FLOAT:
+                    z, fr, x = _scan_float(buf, a, nbytes, nbytes, _QUOTE)
+                else:
+                    z = _to_field_end(buf, a, nbytes, nbytes, _QUOTE)
+                if z < nbytes and buf[z] == _QUOTE and (
+                        z + 1 == nbytes or _field_end(buf, z + 1, nbytes, sep)):
+                    q = z + 1
+                    e = z
+                else:
+                    q, e, special, fr = _scan_quoted(buf, p, nbytes, sep)
+                    if fr == 0 and kind == COL_INT:
+                        z, fr, v, miss = _scan_int(buf, a, e, nbytes, sep)
+                        if fr == 0 and z != e:
+                            fr = R_BAD_INT
+                    elif fr == 0 and kind == COL_FLOAT:
+                        z, fr, x = _scan_float(buf, a, e, nbytes, sep)
+                        if fr == 0 and z != e:
+                            fr = R_BAD_FLOAT
+                if kind != COL_SKIP and fr != R_UNTERMINATED_QUOTE and fr != R_BAD_QUOTE:
+                    if e - a > max_bytes[field]:
                         fr = R_FIELD_TOO_LONG
                     elif kind == COL_STR:
                         if special:
                             fr = _utf8_ok(buf, a, e)
                         sstart[n_good, slots[field]] = a
-                        slen[n_good, slots[field]] = flen
+                        slen[n_good, slots[field]] = e - a
                     elif kind == COL_INT:
-                        z, fr, v, miss = _scan_int(buf, a, e, nbytes, sep)
-                        if fr == 0 and z != e:
-                            fr = R_BAD_INT
                         ints[n_good, slots[field]] = v
                         imiss[n_good, slots[field]] = miss
                     elif kind == COL_FLOAT:
-                        z, fr, x = _scan_float(buf, a, e, nbytes, sep)
-                        if fr == 0 and z != e:
-                            fr = R_BAD_FLOAT
                         floats[n_good, slots[field]] = x
-                    else:
+                    elif fr == 0:
                         fr = _label(buf, a, e, nbytes, sep, label_op, label_value, labels, n_good)
             elif kind == COL_STR:
                 q, special = _scan_str(buf, q, nbytes, sep, sep8)
