@@ -28,6 +28,7 @@ class FeatureRunStats:
     bad_rows: dict[str, int] = field(default_factory=dict)
     world_size: int = 1
     jit_seconds: float = 0.0  # kernel compile/cache load before the timed pass
+    warnings: list[str] = field(default_factory=list)  # e.g. a file with a header and no rows
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -39,6 +40,7 @@ class FeatureRunStats:
             "bad_rows_total": sum(self.bad_rows.values()),
             "world_size": self.world_size,
             "jit_seconds": round(self.jit_seconds, 3),
+            "warnings": self.warnings,
         }
 
 
@@ -48,7 +50,7 @@ def warm_up(spec: Spec) -> float:
     Returns the seconds it took."""
     t0 = time.perf_counter()
     spec = copy.deepcopy(spec)
-    fields = ["0" if c.type == "label" else "1" if c.type == "int" else "a"
+    fields = ["0" if c.type == "label" else "1" if c.type in ("int", "float") else "a"
               for c in spec.columns]
     text = ("\t".join(fields) + "\n").encode() * 2
     buf = np.frombuffer(text, dtype=np.uint8)
@@ -87,4 +89,5 @@ def run_features(spec: Spec, paths: list[str], world: World | None = None, *,
         bad_rows=world.gather_dicts_sum(reader.counter.by_reason),
         world_size=world.size,
         jit_seconds=world.allreduce_max(jit_seconds),
+        warnings=reader.header_warnings,  # every rank reads every header
     )

@@ -17,6 +17,7 @@ from recs_core.data.parse import RawBatch
 from recs_core.features.ops import Operator
 from recs_core.features.spec import FeatureSpec, Spec
 from recs_core.features.values import (
+    FloatValues,
     IdValues,
     IntValues,
     ListIdValues,
@@ -92,11 +93,12 @@ class FeatureGraph:
         self.spec = spec
         self.features: tuple[FeatureSpec, ...] = spec.features
         schema = spec.schema
-        ints, strs = schema.int_names, schema.str_names
+        by_kind = {"int": schema.int_names, "str": schema.str_names,
+                   "float": schema.float_names}
         self._source: list[tuple[str, np.ndarray]] = []
         for f in self.features:
             kind = next(c.type for c in spec.columns if c.name == f.inputs[0])
-            names = ints if kind == "int" else strs
+            names = by_kind[kind]
             self._source.append((kind, _columns(names.index(c) for c in f.inputs)))
         self._nodes: dict[str, list[OpNode]] = {}
         for fi, f in enumerate(self.features):
@@ -156,6 +158,8 @@ class FeatureGraph:
         kind, cols = self._source[fi]
         if kind == "int":
             return IntValues(raw.ints[rows, cols], raw.int_missing[rows, cols])
+        if kind == "float":
+            return FloatValues(raw.floats[rows, cols])
         return StrValues(raw.arena, raw.str_start[rows, cols], raw.str_len[rows, cols])
 
     def run_node(self, state: BatchState, node: OpNode, rows: RowRange = None) -> None:
