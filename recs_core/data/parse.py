@@ -12,12 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from recs_core.errors import RecsError
 from recs_core.jitutil import LITTLE_ENDIAN, load_u64_le
 
 # Column type codes understood by the kernel.
 COL_LABEL = 0
 COL_INT = 1
 COL_STR = 2
+COL_LIST_STR = 5  # a list of strings per row (Parquet/Arrow input only)
 
 # Bad-line reason codes; index into REASONS.
 REASONS = (
@@ -58,7 +60,7 @@ class ColumnSchema:
     """The raw columns of a TSV file in order: names, kinds and byte limits."""
 
     names: tuple[str, ...]
-    kinds: tuple[int, ...]  # COL_LABEL / COL_INT / COL_STR
+    kinds: tuple[int, ...]  # COL_LABEL / COL_INT / COL_STR / COL_LIST_STR
     max_bytes: tuple[int, ...]
 
     def __post_init__(self) -> None:
@@ -73,21 +75,40 @@ class ColumnSchema:
     def str_names(self) -> tuple[str, ...]:
         return tuple(n for n, k in zip(self.names, self.kinds) if k == COL_STR)
 
+    @property
+    def list_names(self) -> tuple[str, ...]:
+        return tuple(n for n, k in zip(self.names, self.kinds) if k == COL_LIST_STR)
+
     def kernel_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(kinds, slot within its kind, max bytes) as arrays for the parse kernel."""
         kinds = np.asarray(self.kinds, dtype=np.int8)
         slots = np.zeros(len(kinds), dtype=np.int32)
-        counters = [0, 0, 0]
+        counters = [0] * 8
         for i, k in enumerate(self.kinds):
             slots[i] = counters[k]
             counters[k] += 1
         return kinds, slots, np.asarray(self.max_bytes, dtype=np.int32)
 
 
+@dataclass(frozen=True)
+class ListColumn:
+    """One list-of-strings column: row i holds tokens offsets[i]..offsets[i+1]-1, each
+    (start, length) into the batch's arena; ``offsets[0]`` is 0."""
+
+    offsets: np.ndarray  # int64 [n + 1]
+    start: np.ndarray  # int64 [nnz]
+    length: np.ndarray  # int32 [nnz]
+
+    def slice(self, a: int, b: int) -> ListColumn:
+        lo, hi = int(self.offsets[a]), int(self.offsets[b])
+        return ListColumn(self.offsets[a:b + 1] - lo, self.start[lo:hi], self.length[lo:hi])
+
+
 @dataclass
 class RawBatch:
     """Parsed rows: labels, integer columns with a missing mask, string columns
-    as (start, length) into a byte arena. Empty string = missing."""
+    as (start, length) into a byte arena (empty string = missing), and list-of-string
+    columns (:class:`ListColumn`, same arena)."""
 
     labels: np.ndarray  # int8 [n]
     ints: np.ndarray  # int64 [n, n_int]
@@ -95,39 +116,65 @@ class RawBatch:
     str_start: np.ndarray  # int64 [n, n_str]
     str_len: np.ndarray  # int32 [n, n_str]
     arena: np.ndarray  # uint8
+    lists: tuple[ListColumn, ...] = ()
+    ordered: bool = True  # strings lie in the arena in row order (text input)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     @staticmethod
-    def empty(n_int: int, n_str: int) -> RawBatch:
+    def empty(n_int: int, n_str: int, n_list: int = 0) -> RawBatch:
         """A batch of zero rows (a rank whose shard ran out still joins the step)."""
+        empty_list = ListColumn(np.zeros(1, np.int64), np.zeros(0, np.int64),
+                                np.zeros(0, np.int32))
         return RawBatch(np.zeros(0, np.int8), np.zeros((0, n_int), np.int64),
                         np.zeros((0, n_int), np.bool_), np.zeros((0, n_str), np.int64),
-                        np.zeros((0, n_str), np.int32), np.zeros(8, np.uint8))
+                        np.zeros((0, n_str), np.int32), np.zeros(8, np.uint8),
+                        (empty_list,) * n_list)
 
     def slice(self, a: int, b: int) -> RawBatch:
         """Rows a..b-1 as views (the arena is shared)."""
         return RawBatch(self.labels[a:b], self.ints[a:b], self.int_missing[a:b],
-                        self.str_start[a:b], self.str_len[a:b], self.arena)
+                        self.str_start[a:b], self.str_len[a:b], self.arena,
+                        tuple(c.slice(a, b) for c in self.lists), self.ordered)
 
     def arena_range(self) -> tuple[int, int]:
-        """The arena bytes the rows' strings lie in (rows keep their file order)."""
-        if len(self) == 0 or self.str_start.shape[1] == 0:
+        """The arena bytes the rows' strings lie in (of ordered rows: from the first row's
+        strings to the last row's; else over every string)."""
+        if len(self) == 0 or (self.str_start.shape[1] == 0 and not self.lists):
             return 0, 0
-        return int(self.str_start[0].min()), int((self.str_start[-1] + self.str_len[-1]).max())
+        if self.ordered and not self.lists:
+            return (int(self.str_start[0].min()),
+                    int((self.str_start[-1] + self.str_len[-1]).max()))
+        los = [int(self.str_start.min())] if self.str_start.size else []
+        his = [int((self.str_start + self.str_len).max())] if self.str_start.size else []
+        for c in self.lists:
+            if c.start.size:
+                los.append(int(c.start.min()))
+                his.append(int((c.start + c.length).max()))
+        return (min(los), max(his)) if los else (0, 0)
 
     @staticmethod
     def concat(parts: list[RawBatch]) -> RawBatch:
         """Rows of several batches in order, with one compact arena."""
         if len(parts) == 1:
             return parts[0]
-        starts, arenas, shift = [], [], 0
+        starts, arenas, shifts, shift = [], [], [], 0
         for p in parts:
             lo, hi = p.arena_range()
             starts.append(p.str_start + (shift - lo))
+            shifts.append(shift - lo)
             arenas.append(p.arena[lo:hi])
             shift += hi - lo
+        lists = []
+        for j in range(len(parts[0].lists)):
+            cols = [p.lists[j] for p in parts]
+            ends = np.cumsum([0] + [int(c.offsets[-1]) for c in cols])
+            lists.append(ListColumn(
+                np.concatenate([c.offsets[:-1] + e for c, e in zip(cols, ends[:-1])]
+                               + [ends[-1:]]).astype(np.int64),
+                np.concatenate([c.start + d for c, d in zip(cols, shifts)]),
+                np.concatenate([c.length for c in cols])))
         return RawBatch(
             np.concatenate([p.labels for p in parts]),
             np.concatenate([p.ints for p in parts]),
@@ -135,6 +182,8 @@ class RawBatch:
             np.concatenate(starts),
             np.concatenate([p.str_len for p in parts]),
             np.concatenate(arenas),
+            tuple(lists),
+            all(p.ordered for p in parts),
         )
 
     def str_values(self, j: int) -> list[str]:
@@ -359,6 +408,10 @@ class ChunkParser:
     def __init__(self, schema: ColumnSchema) -> None:
         if sum(1 for k in schema.kinds if k == COL_LABEL) > 1:
             raise ValueError("at most one label column")
+        if schema.list_names:
+            raise RecsError(f"column {schema.list_names[0]}: list_str columns are read from "
+                            "Parquet or Arrow input only; for text, read a str column and "
+                            "add a split operator")
         self.schema = schema
         self._kinds, self._slots, self._max = schema.kernel_arrays()
         self._n_int = len(schema.int_names)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from recs_core.data.bad_rows import BadRowPolicy
-from recs_core.data.parse import COL_INT, COL_LABEL, COL_STR, ColumnSchema
+from recs_core.data.parse import COL_INT, COL_LABEL, COL_LIST_STR, COL_STR, ColumnSchema
 from recs_core.errors import ConfigError
 from recs_core.features.ops import Operator, VType, make_operator
 
@@ -44,8 +44,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-_KINDS = {"label": COL_LABEL, "int": COL_INT, "str": COL_STR}
-_DEFAULT_MAX_BYTES = {"label": 8, "int": 24, "str": 256}
+_KINDS = {"label": COL_LABEL, "int": COL_INT, "str": COL_STR, "list_str": COL_LIST_STR}
+_DEFAULT_MAX_BYTES = {"label": 8, "int": 24, "str": 256, "list_str": 256}
+INPUT_FORMATS = ("parquet",)  # besides text (by extension: .parquet is Parquet)
 _RANGE = re.compile(r"^([A-Za-z_][A-Za-z_]*?)(\d+)\.\.([A-Za-z_][A-Za-z_]*?)(\d+)$")
 TOP_LEVEL_FOR_TRAINER = ("model", "train", "optimizer")
 
@@ -53,7 +54,7 @@ TOP_LEVEL_FOR_TRAINER = ("model", "train", "optimizer")
 @dataclass(frozen=True)
 class ColumnSpec:
     name: str
-    type: str  # label | int | str
+    type: str  # label | int | str | list_str (max_bytes: per string, of a list per token)
     max_bytes: int
 
 
@@ -123,6 +124,7 @@ class Spec:
     batch_size: int
     path: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    format: str | None = None  # "parquet", or None: by file extension
 
     @property
     def schema(self) -> ColumnSchema:
@@ -201,7 +203,8 @@ def _load_columns(inp: dict) -> tuple[ColumnSpec, ...]:
         _check_keys(c, {"name", "names", "type", "max_bytes"}, where)
         ctype = _typed(c, "type", str, where)
         if ctype not in _KINDS:
-            raise ConfigError(f"{where}.type: must be one of label, int, str; got {ctype!r}")
+            raise ConfigError(f"{where}.type: must be one of {', '.join(_KINDS)}; "
+                              f"got {ctype!r}")
         if ("name" in c) == ("names" in c):
             raise ConfigError(f"{where}: give exactly one of name or names")
         names = ([_typed(c, "name", str, where)] if "name" in c
@@ -247,7 +250,11 @@ def _feature_inputs(raw: Any, where: str, columns: dict[str, ColumnSpec]) -> tup
             raise ConfigError(f"{where}: the label column {n!r} cannot be a feature input")
         types.add(columns[n].type)
     if len(types) > 1:
-        raise ConfigError(f"{where}: inputs mix int and str columns; use separate features")
+        raise ConfigError(f"{where}: inputs mix {' and '.join(sorted(types))} columns; use "
+                          "separate features")
+    if types == {"list_str"} and len(flat) != 1:
+        raise ConfigError(f"{where}: a list_str column is one multi-valued field: give one "
+                          "input column per feature")
     return flat, arity
 
 
@@ -366,7 +373,12 @@ def parse_spec(data: dict[str, Any], path: str = "") -> Spec:
     allowed = {"input", "pipeline", *TOP_LEVEL_FOR_TRAINER}
     _check_keys(data, allowed, "spec")
     inp = _typed(data, "input", dict, "spec")
-    _check_keys(inp, {"columns", "on_error", "max_bad_fraction", "batch_size"}, "input")
+    _check_keys(inp, {"columns", "on_error", "max_bad_fraction", "batch_size", "format"},
+                "input")
+    fmt = _typed(inp, "format", str, "input", None)
+    if fmt is not None and fmt not in INPUT_FORMATS:
+        raise ConfigError(f"input.format: must be one of {', '.join(INPUT_FORMATS)}; got "
+                          f"{fmt!r}")
     columns = _load_columns(inp)
     on_error = _typed(inp, "on_error", str, "input", "skip")
     if on_error not in ("skip", "fail"):
@@ -404,7 +416,8 @@ def parse_spec(data: dict[str, Any], path: str = "") -> Spec:
             feats.append(fs)
         pipelines.append(PipelineSpec(pname, tuple(feats)))
     extra = {k: data[k] for k in TOP_LEVEL_FOR_TRAINER if k in data}
-    return Spec(columns, tuple(pipelines), BadRowPolicy(on_error, frac), batch, path, extra)
+    return Spec(columns, tuple(pipelines), BadRowPolicy(on_error, frac), batch, path, extra,
+                fmt)
 
 
 def load_spec(path: str | os.PathLike) -> Spec:
