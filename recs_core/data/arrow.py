@@ -115,8 +115,8 @@ def _plain_strings(offsets, bits, off, n, base, maxb, col, slot, start, length,
         ln = offsets[off + i + 1] - a
         if not _valid(bits, off + i):
             ln = 0
-        start[i, slot] = a - o0 + base
-        length[i, slot] = ln
+        start[slot, i] = a - o0 + base
+        length[slot, i] = ln
         if ln > maxb and bad_reason[i] == 0:
             bad_reason[i] = R_FIELD_TOO_LONG
             bad_col[i] = col
@@ -131,8 +131,8 @@ def _dict_strings(indices, bits, off, n, doffsets, doff, base, maxb, col, slot, 
         k = indices[off + i]
         a = doffsets[doff + k]
         ln = doffsets[doff + k + 1] - a if _valid(bits, off + i) else 0
-        start[i, slot] = a - d0 + base
-        length[i, slot] = ln
+        start[slot, i] = a - d0 + base
+        length[slot, i] = ln
         if ln > maxb and bad_reason[i] == 0:
             bad_reason[i] = R_FIELD_TOO_LONG
             bad_col[i] = col
@@ -161,8 +161,8 @@ def _dict_gather(indices, bits, off, n, doffsets, doff, ddata, arena, base, maxb
             ln = doffsets[doff + k + 1] - a
             for b in range(ln):
                 arena[at + b] = ddata[a + b]
-        start[i, slot] = at
-        length[i, slot] = ln
+        start[slot, i] = at
+        length[slot, i] = ln
         at += ln
         if ln > maxb and bad_reason[i] == 0:
             bad_reason[i] = R_FIELD_TOO_LONG
@@ -245,10 +245,12 @@ class ArrowConverter:
         n = rb.num_rows
         schema = self.schema
         labels = np.zeros(n, np.int8)
-        ints = np.empty((n, self._n_int), np.int64)
-        imiss = np.empty((n, self._n_int), np.bool_)
-        sstart = np.empty((n, self._n_str), np.int64)
-        slen = np.empty((n, self._n_str), np.int32)
+        # columns are filled one by one in column-major arrays (sequential writes), then
+        # turned into the row-major layout of RawBatch in one pass each
+        ints = np.empty((self._n_int, n), np.int64)
+        imiss = np.empty((self._n_int, n), np.bool_)
+        sstart = np.empty((self._n_str, n), np.int64)
+        slen = np.empty((self._n_str, n), np.int32)
         bad_reason = np.zeros(n, np.int8)
         bad_col = np.full(n, -1, np.int16)
         # the arena: each string column's bytes in turn
@@ -296,9 +298,11 @@ class ArrowConverter:
                 if raw.dtype == np.uint64:
                     _mark(bad_reason, bad_col, ~null & (raw > np.iinfo(np.int64).max),
                           R_INT_OVERFLOW, c)
-                ints[:, slot] = np.where(null, 0, raw)
-                imiss[:, slot] = null
-        batch = RawBatch(labels, ints, imiss, sstart, slen, arena, tuple(lists), ordered=False)
+                ints[slot] = raw
+                ints[slot][null] = 0
+                imiss[slot] = null
+        batch = RawBatch(labels, ints.T.copy(), imiss.T.copy(), sstart.T.copy(), slen.T.copy(),
+                         arena, tuple(lists), ordered=False)
         bad = np.flatnonzero(bad_reason)
         if len(bad):
             keep = bad_reason == 0

@@ -8,9 +8,10 @@ by row ranges). Every row is read by exactly one rank.
 
 Reading: per row group only the spec's columns (by name), in record batches of a few
 thousand rows (``ParquetFile.iter_batches``), so memory is bounded by a row group's
-column chunks, whatever the file size. String columns whose chunks are dictionary
-encoded stay dictionary arrays (their strings are converted once per batch, rows taken
-by index: :mod:`recs_core.data.arrow`).
+column chunks, whatever the file size. Dictionary-encoded and plain string chunks are
+both decoded by pyarrow to plain string arrays (reading them as dictionary arrays was
+slower: pyarrow hands each batch a fresh copy of the chunk's dictionary), whose buffers
+go to the compiled conversion (:mod:`recs_core.data.arrow`).
 
 Hold-out (``holdout=h``): a rank's shard is its rows in order; the rows from
 ``floor((1 - h) * rows)`` on are held out (exact in rows), read by :meth:`held_out`.
@@ -29,11 +30,12 @@ import pyarrow.parquet as pq
 
 from recs_core.data.arrow import ArrowConverter, check_schema, type_class
 from recs_core.data.bad_rows import BadRowCounter, BadRowPolicy
-from recs_core.data.parse import COL_STR, ColumnSchema, RawBatch
+from recs_core.data.parse import ColumnSchema, RawBatch
 from recs_core.data.shards import check_files
 from recs_core.errors import DataError
 
-READ_ROWS = 16384  # rows per record batch read from a row group (a multiple of the batch)
+READ_ROWS = 65536  # rows per record batch decoded by pyarrow (fewer calls: faster)
+CONVERT_ROWS = 8192  # rows converted at a time (its arrays stay in cache; a batch multiple)
 
 
 def is_parquet(path: str, fmt: str | None = None) -> bool:
@@ -64,12 +66,10 @@ def _open(path: str) -> pq.ParquetFile:
 
 @dataclass
 class ParquetInput:
-    """The files' metadata, checked against the spec: rows per row group, and which
-    string columns to read as dictionaries."""
+    """The files' metadata, checked against the spec: rows per row group."""
 
     paths: list[str]
     groups: list[list[int]]  # rows per row group, per file
-    dictionary: list[list[str]]  # per file: string columns read as dictionary arrays
 
     @staticmethod
     def scan(paths: list[str], schema: ColumnSchema) -> ParquetInput:
@@ -77,7 +77,7 @@ class ParquetInput:
         a spec column, has one of a wrong type, or differs in a column's type from the
         first file."""
         check_files(paths)
-        groups, dictionary = [], []
+        groups = []
         first: tuple[str, list[str]] | None = None
         for path in paths:
             pf = _open(path)
@@ -94,8 +94,7 @@ class ParquetInput:
                                         path=path, reason="schema_mismatch")
             md = pf.metadata
             groups.append([md.row_group(g).num_rows for g in range(md.num_row_groups)])
-            dictionary.append(_dictionary_columns(pf, schema))
-        return ParquetInput(list(paths), groups, dictionary)
+        return ParquetInput(list(paths), groups)
 
     @property
     def rows(self) -> int:
@@ -129,22 +128,6 @@ class ParquetInput:
                 if b > a:
                     plan[r].append(RowPart(self.paths[fi], g, a - g0, b - g0, f0))
         return plan
-
-
-def _dictionary_columns(pf: pq.ParquetFile, schema: ColumnSchema) -> list[str]:
-    """String columns whose chunks in the first row group are dictionary encoded (reading
-    them as dictionaries skips building a string per row)."""
-    md = pf.metadata
-    if md.num_row_groups == 0:
-        return []
-    rg = md.row_group(0)
-    paths = {rg.column(j).path_in_schema: j for j in range(rg.num_columns)}
-    out = []
-    for name, kind in zip(schema.names, schema.kinds):
-        j = paths.get(name)
-        if kind == COL_STR and j is not None and rg.column(j).has_dictionary_page:
-            out.append(name)
-    return out
 
 
 def split_rows(parts: list[RowPart], holdout: float) -> tuple[list[RowPart], list[RowPart]]:
@@ -189,7 +172,6 @@ class ParquetReader:
         self.counter = counter or BadRowCounter(policy or BadRowPolicy())
         self.rows = 0
         self.held_rows = 0
-        self._files = {p: i for i, p in enumerate(self.input.paths)}
 
     def __iter__(self) -> Iterator[RawBatch]:
         for batch in rebatch(self._converted(self._train), self.batch_rows):
@@ -207,16 +189,16 @@ class ParquetReader:
 
     def _record_batches(self, part: RowPart) -> Iterator[tuple[int, pa.RecordBatch]]:
         """(row within the group, record batch) of the part's rows."""
-        fi = self._files[part.path]
-        pf = pq.ParquetFile(part.path, read_dictionary=self.input.dictionary[fi])
-        step = max(self.batch_rows, READ_ROWS // self.batch_rows * self.batch_rows)
+        pf = pq.ParquetFile(part.path)
+        unit = max(self.batch_rows, CONVERT_ROWS // self.batch_rows * self.batch_rows)
         at = 0
-        for rb in pf.iter_batches(batch_size=step, row_groups=[part.group],
-                                  columns=list(self.schema.names), use_threads=False):
+        for rb in pf.iter_batches(batch_size=max(unit, READ_ROWS // unit * unit),
+                                  row_groups=[part.group], columns=list(self.schema.names),
+                                  use_threads=False):
             n = rb.num_rows
             a, b = max(part.lo, at), min(part.hi, at + n)
-            if b > a:
-                yield a, (rb if (a, b) == (at, at + n) else rb.slice(a - at, b - a))
+            for lo in range(a, b, unit):
+                yield lo, rb.slice(lo - at, min(unit, b - lo))
             at += n
             if at >= part.hi:
                 break
