@@ -128,6 +128,8 @@ def _cmd_features(a: argparse.Namespace) -> int:
     stats = run_features(spec, a.data, world, policy=_policy(a, spec), batch_rows=a.batch_size,
                          quiet=a.quiet)
     if world.rank == 0:
+        for w in stats.warnings:
+            print(f"recs: warning: {w}", file=sys.stderr)
         if stats.bad_rows:
             print(f"recs: skipped {sum(stats.bad_rows.values())} bad line(s): "
                   + ", ".join(f"{k}={v}" for k, v in sorted(stats.bad_rows.items())),

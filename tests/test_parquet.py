@@ -75,6 +75,24 @@ def test_parquet_gives_the_text_feature_batches(tmp_path: Path, criteo_sample, s
         assert_same_features(a, b)
 
 
+@pytest.mark.parametrize("config, sample", [
+    ("avazu.toml", "avazu/train.csv"), ("movielens.toml", "ml100k/ratings_train.inter")])
+def test_csv_with_header_and_label_rule_converted_give_the_same_batches(
+        tmp_path: Path, config: str, sample: str) -> None:
+    spec = load_spec(CONFIGS / config)
+    src = str(ROOT / "data" / "samples" / sample)
+    out = str(tmp_path / "x.parquet")
+    st = convert_to_parquet([src], spec.schema, out, row_group_rows=3000)
+    text = list(ShardReader([src], spec.schema, batch_rows=500))
+    par = list(ParquetReader([out], spec.schema, batch_rows=500))
+    assert st.rows == sum(len(b) for b in text) == sum(len(b) for b in par) > 1000
+    for a, b in zip(features(spec, text), features(spec, par), strict=True):
+        assert_same_features(a, b)
+    if config == "movielens.toml":  # the rating is kept, the rule applies when read
+        assert pq.ParquetFile(out).schema_arrow.field("rating").type == pa.float64()
+        assert 0.4 < np.mean(np.concatenate([b.labels for b in par])) < 0.7
+
+
 def table_of(spec, path: Path) -> pa.Table:  # noqa: ANN001
     """The file's rows as one Arrow table with the spec's column types."""
     batches = [to_record_batch(b, spec.schema) for b in ShardReader([str(path)], spec.schema)]
@@ -309,9 +327,9 @@ def test_null_labels_are_counted_or_stop_the_job(tmp_path: Path, shard_files: li
     spec = load_spec(SPEC)
     r = ParquetReader([str(tmp_path / "nl.parquet")], spec.schema)
     assert sum(len(b) for b in r) == t.num_rows - 10
-    assert r.counter.by_reason == {"bad_label": 10} and r.counter.lines == t.num_rows
+    assert r.counter.by_reason == {"missing_label": 10} and r.counter.lines == t.num_rows
     msg = features_error(tmp_path / "nl.parquet", extra=("--on-error", "fail"))
-    assert "nl.parquet:row 8 (row group 0): bad_label in column label" in msg
+    assert "nl.parquet:row 8 (row group 0): missing_label in column label" in msg
     msg = features_error(tmp_path / "nl.parquet", extra=("--max-bad-fraction", "0.001"))
     assert "too many bad lines: 10 of 1000" in msg
 
@@ -369,7 +387,7 @@ def test_format_key_reads_any_name_as_parquet(tmp_path: Path, shard_files: list[
     shutil.copy(shard_files[0], dat)
     assert len(row_ids(open_reader([str(dat)], spec.schema, spec.format))) == 1000
     data["input"]["format"] = "orc"
-    with pytest.raises(RecsError, match="input.format: must be one of parquet"):
+    with pytest.raises(RecsError, match="input.format: must be \"csv\", \"tsv\" or \"parquet\""):
         parse_spec(data)
 
 

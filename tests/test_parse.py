@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from recs_core.data.labels import LabelRule
 from recs_core.data.parse import (
+    COL_FLOAT,
     COL_INT,
     COL_LABEL,
     COL_STR,
@@ -13,6 +15,7 @@ from recs_core.data.parse import (
     ChunkParser,
     ColumnSchema,
 )
+from recs_core.errors import ConfigError
 
 SCHEMA = ColumnSchema(("label", "i1", "i2", "s1", "s2"),
                       (COL_LABEL, COL_INT, COL_INT, COL_STR, COL_STR), (8, 24, 24, 16, 16))
@@ -147,3 +150,84 @@ def test_last_line_without_newline() -> None:
 def test_empty_chunk() -> None:
     c = parse(b"")
     assert c.n_lines == 0 and len(c.batch) == 0
+
+
+FLOATS = ColumnSchema(("y", "x", "s"), (COL_LABEL, COL_FLOAT, COL_STR), (32, 32, 16),
+                      LabelRule.parse("y >= 4"))
+
+
+def float_chunk(lines: list[str]):
+    text = "".join(f"{ln}\n" for ln in lines).encode()
+    return ChunkParser(FLOATS).parse(np.frombuffer(text, dtype=np.uint8), len(text), True)
+
+
+def test_float_column_matches_python_float() -> None:
+    """Float fields against Python's float(): exact up to 15 significant digits and
+    decimal exponents within 22, within two units in the last place beyond."""
+    rng = np.random.default_rng(5)
+    short = ["1", "-2.5", ".5", "5.", "+7", "1e5", "3E-4", "-0", "0.000001234", "1e-310",
+             "1e400", "-1e400", "nan", "NaN", "-inf", "Infinity", "0", "123456789012345"]
+    short += [f"{v:.6f}" for v in rng.uniform(-1e4, 1e4, 300)]
+    short += [f"{v:.9g}" for v in rng.uniform(-1, 1, 300) * 10.0 ** rng.integers(-12, 20, 300)]
+    long = [repr(float(v)) for v in rng.uniform(-1, 1, 500) * 10.0 ** rng.integers(-40, 40, 500)]
+    long += ["123456789012345678901234", "0.30000000000000004", "9007199254740993"]
+    c = float_chunk([f"4\t{v}\ts" for v in short + long])
+    assert len(c.bad_line) == 0
+    got = c.batch.floats[:, 0]
+    ref = np.array([float(v) for v in short + long])
+    same = (got == ref) | (np.isnan(got) & np.isnan(ref))
+    assert same[:len(short)].all(), [v for v, ok in zip(short, same) if not ok]
+    tail_got, tail_ref = got[len(short):], ref[len(short):]
+    assert np.all(np.abs(tail_got - tail_ref) <= 2 * np.spacing(np.abs(tail_ref)))
+    assert np.signbit(got[short.index("-0")])
+
+
+def test_empty_float_is_missing_and_bad_floats_are_counted() -> None:
+    c = float_chunk(["4\t\ts", "4\t1x\ts", "4\t-\ts", "4\t.\ts", "4\t1e\ts", "4\t1..2\ts",
+                     "4\tnana\ts", "4\t 1\ts", "4\t" + "1" * 33 + "\ts"])
+    assert len(c.batch) == 1 and np.isnan(c.batch.floats[0, 0])
+    assert [REASONS[r] for r in c.bad_reason] == ["bad_float"] * 7 + ["field_too_long"]
+    assert c.bad_col.tolist() == [1] * 8
+
+
+def test_label_rule_and_its_bad_values() -> None:
+    c = float_chunk(["3.9\t0\ta", "4\t0\tb", "5\t0\tc", "\t0\td", "nan\t0\te", "x\t0\tf",
+                     "-4\t0\tg"])
+    assert c.batch.labels.tolist() == [0, 1, 1, 0]
+    assert c.batch.str_values(0) == ["a", "b", "c", "g"]
+    assert [(int(i), REASONS[r], int(k)) for i, r, k in
+            zip(c.bad_line, c.bad_reason, c.bad_col)] == [
+        (3, "missing_label", 0), (4, "missing_label", 0), (5, "bad_label", 0)]
+
+
+@pytest.mark.parametrize("rule,labels", [
+    ("r >= 2", [0, 0, 1, 1]), ("r > 2", [0, 0, 0, 1]), ("r <= 1", [1, 1, 0, 0]),
+    ("r < 1", [1, 0, 0, 0]), ("r == 2", [0, 0, 1, 0]), ("r != 2", [1, 1, 0, 1]),
+    ("r>=2.5", [0, 0, 0, 1]), ("r >= -1e1", [1, 1, 1, 1]),
+])
+def test_label_rule_operators(rule: str, labels: list[int]) -> None:
+    x = np.array([0.0, 1.0, 2.0, 3.0])
+    got, why = LabelRule.parse(rule).labels(x)
+    assert got.tolist() == labels and not why.any()
+    # the text kernel gives the same labels (one scalar function serves both)
+    schema = ColumnSchema(("r",), (COL_LABEL,), (8,), LabelRule.parse(rule))
+    text = b"0\n1\n2.0\n3\n"
+    c = ChunkParser(schema).parse(np.frombuffer(text, dtype=np.uint8), len(text), True)
+    assert c.batch.labels.tolist() == labels
+
+
+def test_numeric_01_label_and_columnar_reasons() -> None:
+    rule = LabelRule.parse("click")
+    got, why = rule.labels(np.array([0.0, 1.0, np.nan, 2.0, 0.5]))
+    assert got[:2].tolist() == [0, 1]
+    assert [REASONS[r] for r in why] == ["ok", "ok", "missing_label", "bad_label", "bad_label"]
+    assert str(LabelRule.parse(" rating>=4 ")) == "rating >= 4" and str(rule) == "click"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("rating >= four", "expected a finite number"), ("rating >= nan", "finite number"),
+    ("rating => 4", "cannot read the rule"), ("a b", "cannot read the rule"), ("", "expected"),
+])
+def test_label_rule_syntax_errors(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        LabelRule.parse(text)

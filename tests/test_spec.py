@@ -62,7 +62,7 @@ def test_graph_has_one_node_per_operator_per_pipeline() -> None:
 
 
 @pytest.mark.parametrize("path,value,message", [
-    ("input.columns.1.type", "float", r"input.columns\[1\].type: must be one of"),
+    ("input.columns.1.type", "double", r"input.columns\[1\].type: must be one of"),
     ("input.columns.1.names", "I3..I1", r"input.columns\[1\].names: bad range"),
     ("input.on_error", "ignore", r"input.on_error: must be \"skip\" or \"fail\""),
     ("input.max_bad_fraction", 2, r"input.max_bad_fraction: must be between 0 and 1"),
@@ -155,3 +155,72 @@ name = "p"
     monkeypatch.chdir("/")
     spec = load_spec(cfg)
     assert spec.sparse_fields[0][1].rows == 1 + 2 + 2
+
+
+RATINGS = {
+    "input": {"label": "rating >= 4",
+              "columns": [{"name": "user", "type": "str"}, {"name": "rating", "type": "float"},
+                          {"name": "age", "type": "float"}]},
+    "pipeline": [{"name": "p", "feature": [
+        {"name": "u", "inputs": ["user"], "ops": [{"op": "hash_bucket", "buckets": 64}],
+         "embedding": {"dim": 4}},
+        {"name": "a", "inputs": ["age"], "output": "dense",
+         "ops": [{"op": "fill_missing", "value": 0}, {"op": "log1p"}]}]}],
+}
+
+
+def test_float_column_and_label_rule_run_through_the_graph() -> None:
+    import numpy as np
+
+    from recs_core.data.parse import ChunkParser
+
+    spec = parse_spec(RATINGS)
+    assert str(spec.label) == "rating >= 4" and spec.schema.float_names == ("age",)
+    text = b"a\t4.5\t30\nb\t3\t\nc\t5\t0.5\n"
+    raw = ChunkParser(spec.schema).parse(np.frombuffer(text, np.uint8), len(text), True).batch
+    fb = FeatureGraph(spec).process(raw)
+    assert fb.labels.tolist() == [1.0, 0.0, 1.0]
+    np.testing.assert_allclose(fb.dense[:, 0], np.log1p([30.0, 0.0, 0.5]).astype(np.float32))
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"label": "user >= 4"}, r"input.label: the rule 'user >= 4' needs a numeric column; "
+                             r"'user' has type str"),
+    ({"label": "score > 1"}, r"input.label: unknown column 'score'"),
+    ({"label": "rating >= x"}, r"input.label: .*finite number"),
+    ({"format": "json"}, r"input.format: must be \"csv\", \"tsv\" or \"parquet\""),
+    ({"format": "csv", "sep": ","}, r"input.sep: give format or sep, not both"),
+    ({"sep": "::"}, r"input.sep: must be one ASCII byte"),
+    ({"sep": '"'}, r"input.sep: must be one ASCII byte other than a quote"),
+    ({"header": "yes"}, r"input.header: expected bool"),
+    ({"quoting": 1}, r"input.quoting: expected bool"),
+])
+def test_text_layout_and_label_errors(change: dict, message: str) -> None:
+    d = copy.deepcopy(RATINGS)
+    d["input"].update(change)
+    with pytest.raises(ConfigError, match=message):
+        parse_spec(d)
+
+
+def test_label_column_rules() -> None:
+    d = copy.deepcopy(RATINGS)
+    d["pipeline"][0]["feature"][1]["inputs"] = ["rating"]
+    with pytest.raises(ConfigError, match=r"the label column 'rating' cannot be a feature"):
+        parse_spec(d)
+    d = copy.deepcopy(RATINGS)
+    d["input"]["columns"].append({"name": "click", "type": "label"})
+    with pytest.raises(ConfigError, match=r"input.label: the column 'click' has type \"label\""):
+        parse_spec(d)
+    d = copy.deepcopy(RATINGS)
+    d["input"]["columns"][0]["from"] = "user_id:token"
+    with pytest.raises(ConfigError, match=r"input.columns\[0\].from: .*set input.header = true"):
+        parse_spec(d)
+    d["input"]["header"] = True
+    assert parse_spec(d).schema.sources == ("user_id:token", "rating", "age")
+    d["input"]["columns"][1]["from"] = "user_id:token"
+    with pytest.raises(ConfigError, match=r"two columns are read from header column"):
+        parse_spec(d)
+    d = copy.deepcopy(RATINGS)
+    d["pipeline"][0]["feature"][1]["inputs"] = ["age", "user"]
+    with pytest.raises(ConfigError, match=r"inputs mix float and str columns"):
+        parse_spec(d)

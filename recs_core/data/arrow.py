@@ -9,10 +9,12 @@ when it is no larger than what the rows use, else gathered row by row). Nulls ar
 missing values (a null label is a bad row); an empty string is missing, as in text.
 
 Which Arrow types a spec column takes (anything else is a schema error naming the
-column): ``label`` integer or boolean holding 0/1; ``int`` integer (a uint64 above 2**63-1
-is a bad row); ``str`` string or binary (also large and dictionary-encoded);
-``list_str`` a list of those. Row-level problems are bad rows under the spec's policy,
-with the same reasons as text: ``bad_label``, ``int_overflow``, ``field_too_long``.
+column): the label's column integer, boolean or float, turned into 0/1 by the spec's
+label rule (:mod:`recs_core.data.labels`, the function the text parser uses); ``int``
+integer (a uint64 above 2**63-1 is a bad row); ``float`` float or integer (null: NaN);
+``str`` string or binary (also large and dictionary-encoded); ``list_str`` a list of
+those. Row-level problems are bad rows under the spec's policy, with the same reasons as
+text: ``missing_label``, ``bad_label``, ``int_overflow``, ``field_too_long``.
 """
 
 from __future__ import annotations
@@ -23,21 +25,22 @@ import numpy as np
 import pyarrow as pa
 from numba import njit
 
+from recs_core.data.labels import OP_01, OP_LABEL_BYTES, labels_from_numbers
 from recs_core.data.parse import (
+    COL_FLOAT,
     COL_INT,
     COL_LABEL,
     COL_LIST_STR,
     COL_STR,
-    R_BAD_LABEL,
-    R_FIELD_TOO_LONG,
-    R_INT_OVERFLOW,
     ColumnSchema,
     ListColumn,
     RawBatch,
 )
+from recs_core.data.reasons import R_FIELD_TOO_LONG, R_INT_OVERFLOW
 from recs_core.errors import DataError
 
-_KIND_NAMES = {COL_LABEL: "label", COL_INT: "int", COL_STR: "str", COL_LIST_STR: "list_str"}
+_KIND_NAMES = {COL_LABEL: "label", COL_INT: "int", COL_STR: "str", COL_LIST_STR: "list_str",
+               COL_FLOAT: "float"}
 _EMPTY_BITS = np.zeros(0, dtype=np.uint8)
 
 
@@ -63,8 +66,9 @@ def type_class(t: pa.DataType) -> str:
     return str(t)
 
 
-_ACCEPTS = {COL_LABEL: ("integer", "boolean"), COL_INT: ("integer", "boolean"),
-            COL_STR: ("string",), COL_LIST_STR: ("list of strings",)}
+_ACCEPTS = {COL_LABEL: ("integer", "boolean", "float"), COL_INT: ("integer", "boolean"),
+            COL_FLOAT: ("float", "integer"), COL_STR: ("string",),
+            COL_LIST_STR: ("list of strings",)}
 
 
 def check_schema(schema: ColumnSchema, arrow: pa.Schema, where: str) -> list[int]:
@@ -212,7 +216,7 @@ def _data(arr: pa.Array, at: int) -> np.ndarray:
 
 
 def _numbers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(values as int64, null mask) of an integer or boolean column, from its buffers."""
+    """(values, null mask) of an integer, float or boolean column, from its buffers."""
     n, off = len(arr), arr.offset
     bits = _bits(arr)
     if pa.types.is_boolean(arr.type):
@@ -238,6 +242,9 @@ class ArrowConverter:
             count[k] = count.get(k, 0) + 1
         self._n_int = count.get(COL_INT, 0)
         self._n_str = count.get(COL_STR, 0)
+        self._n_float = count.get(COL_FLOAT, 0)
+        op, self._label_value = schema.label_op
+        self._label_op = OP_01 if op == OP_LABEL_BYTES else op  # a typed 0/1 column
 
     def convert(self, rb: pa.RecordBatch, columns: list[int]) -> Converted:
         """Rows of ``rb`` (spec column c is ``rb.column(columns[c])``, type-checked by
@@ -251,6 +258,7 @@ class ArrowConverter:
         imiss = np.empty((self._n_int, n), np.bool_)
         sstart = np.empty((self._n_str, n), np.int64)
         slen = np.empty((self._n_str, n), np.int32)
+        floats = np.empty((self._n_float, n), np.float64)
         bad_reason = np.zeros(n, np.int8)
         bad_col = np.full(n, -1, np.int16)
         # the arena: each string column's bytes in turn
@@ -286,13 +294,18 @@ class ArrowConverter:
                                         bad_col))
             base += nbytes
         for c, kind in enumerate(schema.kinds):
-            if kind not in (COL_INT, COL_LABEL):
+            if kind not in (COL_INT, COL_LABEL, COL_FLOAT):
                 continue
             raw, null = _numbers(rb.column(columns[c]))
-            if kind == COL_LABEL:
-                ok = ~null & ((raw == 0) | (raw == 1))
-                labels[:] = np.where(ok, raw, 0)
-                _mark(bad_reason, bad_col, ~ok, R_BAD_LABEL, c)
+            if kind in (COL_LABEL, COL_FLOAT):
+                x = raw.astype(np.float64)
+                x[null] = np.nan
+                if kind == COL_FLOAT:
+                    floats[self._slots[c]] = x
+                    continue
+                labels, why = labels_from_numbers(x, self._label_op, self._label_value)
+                for code in np.unique(why[why != 0]).tolist():
+                    _mark(bad_reason, bad_col, why == code, code, c)
             else:
                 slot = self._slots[c]
                 if raw.dtype == np.uint64:
@@ -302,7 +315,7 @@ class ArrowConverter:
                 ints[slot][null] = 0
                 imiss[slot] = null
         batch = RawBatch(labels, ints.T.copy(), imiss.T.copy(), sstart.T.copy(), slen.T.copy(),
-                         arena, tuple(lists), ordered=False)
+                         arena, floats.T.copy(), tuple(lists), ordered=False)
         bad = np.flatnonzero(bad_reason)
         if len(bad):
             keep = bad_reason == 0
@@ -398,7 +411,7 @@ def _take(b: RawBatch, keep: np.ndarray) -> RawBatch:
         lists.append(ListColumn(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
                                 col.start[tok], col.length[tok]))
     return RawBatch(b.labels[keep], b.ints[keep], b.int_missing[keep], b.str_start[keep],
-                    b.str_len[keep], b.arena, tuple(lists), ordered=False)
+                    b.str_len[keep], b.arena, b.floats[keep], tuple(lists), ordered=False)
 
 
 def sample_batch(schema: ColumnSchema, dictionary: bool = False) -> pa.RecordBatch:
@@ -406,8 +419,8 @@ def sample_batch(schema: ColumnSchema, dictionary: bool = False) -> pa.RecordBat
     ``dictionary``: string columns dictionary encoded."""
     arrays = []
     for kind in schema.kinds:
-        if kind in (COL_LABEL, COL_INT):
-            arrays.append(pa.array([0, 1], pa.int64()))
+        if kind in (COL_LABEL, COL_INT, COL_FLOAT):
+            arrays.append(pa.array([0, 1], pa.int64() if kind != COL_FLOAT else pa.float64()))
         elif kind == COL_STR:
             a = pa.array(["a", None], pa.string())
             arrays.append(a.dictionary_encode() if dictionary else a)

@@ -1,17 +1,19 @@
 """``recs convert``: text logs (any layout a spec describes) to one Parquet file.
 
 The text is read by the engine's own reader (bad lines per the spec's policy), and the
-spec's columns are written with their types: a label as int8, ``int`` as int64 (missing:
-null), ``str`` as string (missing, the empty string: null), snappy-compressed, in row
-groups of ``row_group_rows`` rows. Reading the result with the same spec gives the same
-rows and the same feature values.
+spec's columns are written with their types: a ``label`` column as int8, ``int`` as int64
+(missing: null), ``float`` as float64 (missing: NaN), ``str`` as string (missing, the
+empty string: null), snappy-compressed, in row groups of ``row_group_rows`` rows. A
+label rule's column (``label = "rating >= 4"``) is written as its values (float64), so
+the rule applies when the file is read. Reading the result with the same spec gives the
+same rows and the same feature values.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +21,8 @@ import pyarrow.parquet as pq
 from numba import njit
 
 from recs_core.data.bad_rows import BadRowPolicy
-from recs_core.data.parse import COL_INT, COL_LABEL, COL_STR, ColumnSchema, RawBatch
+from recs_core.data.labels import OP_LABEL_BYTES
+from recs_core.data.parse import COL_FLOAT, COL_INT, COL_LABEL, COL_STR, ColumnSchema, RawBatch
 from recs_core.data.reader import ShardReader
 from recs_core.errors import RecsError
 
@@ -50,19 +53,24 @@ def _strings(batch: RawBatch, j: int) -> pa.Array:
 
 def arrow_schema(schema: ColumnSchema) -> pa.Schema:
     """The Parquet schema a spec's text columns are written with."""
-    types = {COL_LABEL: pa.int8(), COL_INT: pa.int64(), COL_STR: pa.string()}
+    types = {COL_LABEL: pa.int8(), COL_INT: pa.int64(), COL_STR: pa.string(),
+             COL_FLOAT: pa.float64()}
     for name, kind in zip(schema.names, schema.kinds):
         if kind not in types:
-            raise RecsError(f"column {name!r}: recs convert writes label, int and str columns")
+            raise RecsError(f"column {name!r}: recs convert writes label, int, float and str "
+                            "columns")
     return pa.schema([pa.field(n, types[k]) for n, k in zip(schema.names, schema.kinds)])
 
 
 def to_record_batch(batch: RawBatch, schema: ColumnSchema) -> pa.RecordBatch:
     """A raw batch as an Arrow record batch with :func:`arrow_schema`."""
-    arrays, i_int, i_str = [], 0, 0
+    arrays, i_int, i_str, i_float = [], 0, 0, 0
     for kind in schema.kinds:
         if kind == COL_LABEL:
             arrays.append(pa.array(batch.labels, pa.int8()))
+        elif kind == COL_FLOAT:
+            arrays.append(pa.array(batch.floats[:, i_float], pa.float64()))
+            i_float += 1
         elif kind == COL_INT:
             arrays.append(pa.array(batch.ints[:, i_int], pa.int64(),
                                    mask=batch.int_missing[:, i_int]))
@@ -83,6 +91,16 @@ class ConvertStats:
     seconds: float
 
 
+def raw_values_schema(schema: ColumnSchema) -> ColumnSchema:
+    """``schema`` with a label rule's column read as its values (a float column)."""
+    rule = schema.label_rule
+    if rule is None or rule.op == OP_LABEL_BYTES:
+        return schema
+    kinds = tuple(COL_FLOAT if n == rule.column else k
+                  for n, k in zip(schema.names, schema.kinds))
+    return replace(schema, kinds=kinds, label_rule=None)
+
+
 def convert_to_parquet(paths: list[str], schema: ColumnSchema, out: str, *,
                        policy: BadRowPolicy | None = None,
                        row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
@@ -92,6 +110,7 @@ def convert_to_parquet(paths: list[str], schema: ColumnSchema, out: str, *,
     if row_group_rows < 1:
         raise RecsError(f"--row-group-rows must be >= 1, got {row_group_rows}")
     t0 = time.perf_counter()
+    schema = raw_values_schema(schema)
     reader = ShardReader(paths, schema, batch_rows=min(batch_rows, row_group_rows),
                          policy=policy)
     tmp = out + ".tmp"

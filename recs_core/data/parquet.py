@@ -184,6 +184,8 @@ class ParquetReader:
             self.held_rows += len(batch)
             yield batch
 
+    header_warnings: list[str] = []  # (text files' header-only files: none here)
+
     def size_warnings(self) -> list[str]:
         return []
 

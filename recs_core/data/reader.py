@@ -1,11 +1,14 @@
-"""Streaming, rank-sharded reading of TSV files into fixed-size parsed batches.
+"""Streaming, rank-sharded reading of delimited text files into fixed-size parsed batches.
 
 A background thread reads line-aligned byte chunks (plain or gzip) into buffers
 and hands them to the parsing thread through two lock-free SPSC rings (full slots
 one way, free slots back). A slot is a credit: at most ``_POOL`` chunks are read
 ahead, so reading overlaps parsing and memory stays bounded whatever the file size.
 Each chunk gets a fresh buffer that its parsed rows keep as their string arena
-(no copy); it is freed when the last batch viewing it is dropped.
+(no copy); it is freed when the last batch viewing it is dropped. With a header
+(``schema.text.header``) every file's first line is read and checked up front
+(:mod:`~recs_core.data.header`), and the part that starts at a file's beginning skips
+it: the shards hold data lines only, each once.
 
 Hold-out (``ShardReader(..., holdout=h)``): a rank's shard is its spans in order, B bytes
 in all (a plain span counts its byte range, a ``.gz`` span its compressed file size), and
@@ -32,6 +35,7 @@ import numpy as np
 from numba import njit
 
 from recs_core.data.bad_rows import BadRowCounter, BadRowPolicy
+from recs_core.data.header import field_maps
 from recs_core.data.parse import (
     R_LINE_TOO_LONG,
     ChunkParser,
@@ -241,10 +245,12 @@ class _ChunkProducer(threading.Thread):
     """Reads the parts into fresh chunk buffers, each ending at a line boundary."""
 
     def __init__(self, parts: list[_Part], chunk_bytes: int, pool: list[np.ndarray | None],
-                 meta: list[_Chunk], full: SpscRing, free: SpscRing) -> None:
+                 meta: list[_Chunk], full: SpscRing, free: SpscRing,
+                 header: bool = False) -> None:
         super().__init__(daemon=True, name="recs-reader")
         self.parts, self.pool, self.meta, self.full, self.free = parts, pool, meta, full, free
         self.chunk_bytes = chunk_bytes
+        self.header = header
         self.error: BaseException | None = None
         self.current_path = ""
         self.stop = False
@@ -276,7 +282,8 @@ class _ChunkProducer(threading.Thread):
             with open(part.path, "rb") as raw:
                 f = _GzCutStream(raw, part.gz_cut)
                 if not part.held:  # the lines before the cut
-                    return self._read_lines(index, f, 0, lambda: f.cut_at)
+                    return self._read_lines(index, f, self._skip_header(index, f),
+                                            lambda: f.cut_at)
                 at = f.skip_to_cut()
                 if at is None:
                     return True
@@ -284,16 +291,26 @@ class _ChunkProducer(threading.Thread):
                 return self._read_lines(index, f, at[1], lambda: None)
         if part.gz:
             with gzip.open(part.path, "rb") as f:
-                return self._read_lines(index, f, 0, lambda: None)
+                return self._read_lines(index, f, self._skip_header(index, f), lambda: None)
         with open(part.path, "rb") as f:
-            pos = 0
             if part.start > 0:
                 f.seek(part.start - 1)
                 if f.read(1) != b"\n":  # that line belongs to the previous range
                     _skip_line(f)
                 pos = f.tell()
+            else:
+                pos = self._skip_header(index, f)
             end = part.end
             return self._read_lines(index, f, pos, lambda: end)
+
+    def _skip_header(self, index: int, f) -> int:  # noqa: ANN001
+        """At a file's start: read past its header line, if the files have one (the
+        part's lines then start at line 2); returns the bytes skipped."""
+        if not self.header:
+            return 0
+        n = _skip_line(f)
+        self.lines_before[index] = 1 if n else 0
+        return n
 
     def _read_lines(self, index: int, f, pos: int, end_of) -> bool:  # noqa: ANN001
         """Hand over the lines of ``f`` (at offset ``pos``, a line start) that start before
@@ -405,6 +422,9 @@ class ShardReader:
                                                                                holdout)
         self.parser = ChunkParser(schema)
         self.schema = schema
+        # each file's fields (read from its header when the files have one)
+        # (every rank checks every file's header, so that all fail alike)
+        self.fields, self.header_warnings = field_maps(schema, [str(p) for p in paths])
         self.batch_rows = batch_rows
         self.chunk_bytes = chunk_bytes
         self.counter = BadRowCounter(policy or BadRowPolicy())
@@ -435,7 +455,8 @@ class ShardReader:
         full, free = SpscRing(_POOL), SpscRing(_POOL)
         for i in range(_POOL):
             free.push(i, None)
-        producer = _ChunkProducer(parts, self.chunk_bytes, pool, meta, full, free)
+        producer = _ChunkProducer(parts, self.chunk_bytes, pool, meta, full, free,
+                                  self.schema.text.header)
         producer.start()
         pending: list[RawBatch] = []
         pending_rows = 0
@@ -448,10 +469,11 @@ class ShardReader:
                         break
                     continue
                 m = meta[slot]
-                parsed = self.parser.parse(pool[slot], m.nbytes, m.at_eof, own_buffer=True)
+                part = parts[m.part]
+                parsed = self.parser.parse(pool[slot], m.nbytes, m.at_eof, own_buffer=True,
+                                           fields=self.fields[part.path])
                 pool[slot] = None
                 free.push(slot, None)
-                part = parts[m.part]
                 first = producer.lines_before.get(m.part)
                 base = lines_in_part.get(m.part, 0)
                 for _ in range(m.skipped_long_lines):
@@ -522,7 +544,7 @@ class ShardReader:
 
     def _record_bad(self, part: _Part, first: int | None, base: int,
                     parsed: ParsedChunk) -> None:
-        names = self.schema.names
+        names = self.fields[part.path].names
         for li, code, col in zip(parsed.bad_line.tolist(), parsed.bad_reason.tolist(),
                                  parsed.bad_col.tolist()):
             self.counter.record(part.path, self._line_of(part, first, base, li), code,

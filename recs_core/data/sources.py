@@ -80,6 +80,10 @@ class MixedReader:
     def held_out(self) -> Iterator[RawBatch]:
         return rebatch((b for r in self.readers for b in r.held_out()), self.batch_rows)
 
+    @property
+    def header_warnings(self) -> list[str]:
+        return self.readers[0].header_warnings
+
     def size_warnings(self) -> list[str]:
         return [w for r in self.readers for w in r.size_warnings()]
 
@@ -121,6 +125,8 @@ class ArrowSource:
         for batch in rebatch(self._converted(), self.batch_rows):
             self.rows += len(batch)
             yield batch
+
+    header_warnings: list[str] = []
 
     def held_out(self) -> Iterator[RawBatch]:
         return iter(())

@@ -30,6 +30,7 @@ class FeatureRunStats:
     bad_rows: dict[str, int] = field(default_factory=dict)
     world_size: int = 1
     jit_seconds: float = 0.0  # kernel compile/cache load before the timed pass
+    warnings: list[str] = field(default_factory=list)  # e.g. a file with a header and no rows
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -41,6 +42,7 @@ class FeatureRunStats:
             "bad_rows_total": sum(self.bad_rows.values()),
             "world_size": self.world_size,
             "jit_seconds": round(self.jit_seconds, 3),
+            "warnings": self.warnings,
         }
 
 
@@ -53,7 +55,7 @@ def warm_up(spec: Spec) -> float:
     graph = FeatureGraph(spec)
     schema = spec.schema
     if not schema.list_names:
-        fields = ["0" if c.type == "label" else "1" if c.type == "int" else "a"
+        fields = ["0" if c.type == "label" else "1" if c.type in ("int", "float") else "a"
                   for c in spec.columns]
         text = ("\t".join(fields) + "\n").encode() * 2
         buf = np.frombuffer(text, dtype=np.uint8)
@@ -98,4 +100,5 @@ def run_features(spec: Spec, paths: Any, world: World | None = None, *,
         bad_rows=world.gather_dicts_sum(reader.counter.by_reason),
         world_size=world.size,
         jit_seconds=world.allreduce_max(jit_seconds),
+        warnings=reader.header_warnings,  # every rank reads every header
     )

@@ -17,6 +17,7 @@ from recs_core.data.parse import RawBatch
 from recs_core.features.ops import Operator
 from recs_core.features.spec import FeatureSpec, Spec
 from recs_core.features.values import (
+    FloatValues,
     IdValues,
     IntValues,
     ListIdValues,
@@ -94,7 +95,7 @@ class FeatureGraph:
         self.features: tuple[FeatureSpec, ...] = spec.features
         schema = spec.schema
         by_kind = {"int": schema.int_names, "str": schema.str_names,
-                   "list_str": schema.list_names}
+                   "float": schema.float_names, "list_str": schema.list_names}
         self._source: list[tuple[str, np.ndarray]] = []
         for f in self.features:
             kind = next(c.type for c in spec.columns if c.name == f.inputs[0])
@@ -157,6 +158,8 @@ class FeatureGraph:
         kind, cols = self._source[fi]
         if kind == "int":
             return IntValues(raw.ints[rows, cols], raw.int_missing[rows, cols])
+        if kind == "float":
+            return FloatValues(raw.floats[rows, cols])
         if kind == "list_str":  # one column (the spec checks it)
             col = raw.lists[cols.start if isinstance(cols, slice) else int(cols[0])]
             if rows != slice(None):

@@ -10,6 +10,21 @@ Layout (see ``configs/criteo_dlrm.toml``)::
     max_bad_fraction = 0.05
     batch_size = 2048
 
+Column types: ``label`` (the bytes 0 or 1), ``int``, ``float`` (NaN or empty: missing),
+``str``. Text layout keys of ``[input]`` (defaults: the old layout, by extension)::
+
+    format = "csv"               # "csv": comma, RFC 4180 quotes; "tsv": tab, no quotes;
+                                 # default by file extension (.csv, else tsv)
+    sep = ";"                    # or any one-byte separator (instead of format)
+    quoting = true               # quoted fields (default: on unless sep is a tab)
+    header = true                # line 1 of every file names the columns: the spec's
+                                 # columns are picked by name, in any order; the rest
+                                 # are ignored ({ name = "user", from = "user_id:token" }
+                                 # reads a column under another header name)
+    label = "rating >= 4"        # the label from a numeric column: "click" (0/1) or
+                                 # COLUMN OP NUMBER, OP in >= > <= < == != (instead of a
+                                 # column of type "label")
+
     [[pipeline]]                 # a feature group with its own embedding exchange
     name = "categorical"
       [[pipeline.feature]]       # one operator chain over one or more columns
@@ -35,7 +50,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from recs_core.data.bad_rows import BadRowPolicy
-from recs_core.data.parse import COL_INT, COL_LABEL, COL_LIST_STR, COL_STR, ColumnSchema
+from recs_core.data.labels import OP_LABEL_BYTES, LabelRule
+from recs_core.data.parse import (
+    COL_FLOAT,
+    COL_INT,
+    COL_LABEL,
+    COL_LIST_STR,
+    COL_STR,
+    ColumnSchema,
+    TextFormat,
+)
 from recs_core.errors import ConfigError
 from recs_core.features.ops import Operator, VType, make_operator
 
@@ -44,9 +68,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-_KINDS = {"label": COL_LABEL, "int": COL_INT, "str": COL_STR, "list_str": COL_LIST_STR}
-_DEFAULT_MAX_BYTES = {"label": 8, "int": 24, "str": 256, "list_str": 256}
-INPUT_FORMATS = ("parquet",)  # besides text (by extension: .parquet is Parquet)
+_KINDS = {"label": COL_LABEL, "int": COL_INT, "str": COL_STR, "float": COL_FLOAT,
+          "list_str": COL_LIST_STR}
+_DEFAULT_MAX_BYTES = {"label": 8, "int": 24, "str": 256, "float": 32, "list_str": 256}
+_FORMATS = {"csv": ",", "tsv": "\t"}
+PARQUET = "parquet"  # input.format of Parquet files (else by a .parquet name)
 _RANGE = re.compile(r"^([A-Za-z_][A-Za-z_]*?)(\d+)\.\.([A-Za-z_][A-Za-z_]*?)(\d+)$")
 TOP_LEVEL_FOR_TRAINER = ("model", "train", "optimizer")
 
@@ -54,8 +80,9 @@ TOP_LEVEL_FOR_TRAINER = ("model", "train", "optimizer")
 @dataclass(frozen=True)
 class ColumnSpec:
     name: str
-    type: str  # label | int | str | list_str (max_bytes: per string, of a list per token)
+    type: str  # label | int | float | str | list_str (max_bytes: of a list, per token)
     max_bytes: int
+    source: str | None = None  # the header name it is read from (default: name)
 
 
 DYNAMIC_ID_LIMIT = 1 << 52  # ids of a dynamic table must lie in [0, 2**52)
@@ -124,14 +151,20 @@ class Spec:
     batch_size: int
     path: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    label: LabelRule | None = None  # where the label comes from (None: no label column)
+    text: TextFormat = field(default_factory=TextFormat)
     format: str | None = None  # "parquet", or None: by file extension
 
     @property
     def schema(self) -> ColumnSchema:
-        """The raw-column schema for the parser."""
+        """The raw-column schema for the parser (the label's column is its COL_LABEL)."""
+        lab = self.label.column if self.label else None
         return ColumnSchema(tuple(c.name for c in self.columns),
-                            tuple(_KINDS[c.type] for c in self.columns),
-                            tuple(c.max_bytes for c in self.columns))
+                            tuple(COL_LABEL if c.name == lab else _KINDS[c.type]
+                                  for c in self.columns),
+                            tuple(c.max_bytes for c in self.columns), self.label, self.text,
+                            tuple(c.source or c.name for c in self.columns)
+                            if self.text.header else ())
 
     @property
     def features(self) -> tuple[FeatureSpec, ...]:
@@ -151,6 +184,13 @@ class Spec:
         """A readable summary: pipelines, features, chains and tables."""
         lines = [f"spec {self.path or '<memory>'}: {len(self.columns)} columns, "
                  f"{len(self.sparse_fields)} sparse fields, {self.dense_width} dense values"]
+        t = self.text
+        sep = ("separator by file extension (.csv: comma, else tab)" if t.sep is None else
+               {"\t": "tab", ",": "comma"}.get(t.sep, repr(t.sep)) + "-separated")
+        quoting = {None: "", True: ", quoted fields", False: ", no quoting"}[t.quoting]
+        lines.append(f"input: {sep}{quoting}, "
+                     + ("a header line naming the columns" if t.header else "columns in order")
+                     + (f"; label: {self.label}" if self.label else ""))
         for p in self.pipelines:
             lines.append(f"pipeline {p.name}:")
             for f in p.features:
@@ -193,18 +233,23 @@ def _typed(table: dict, key: str, kind: type | tuple, where: str, default: Any =
     return v
 
 
-def _load_columns(inp: dict) -> tuple[ColumnSpec, ...]:
+def _load_columns(inp: dict, header: bool) -> tuple[ColumnSpec, ...]:
     cols_raw = _typed(inp, "columns", list, "input")
     cols: list[ColumnSpec] = []
     for i, c in enumerate(cols_raw):
         where = f"input.columns[{i}]"
         if not isinstance(c, dict):
             raise ConfigError(f"{where}: expected a table like {{ name = \"x\", type = \"int\" }}")
-        _check_keys(c, {"name", "names", "type", "max_bytes"}, where)
+        _check_keys(c, {"name", "names", "type", "max_bytes", "from"}, where)
         ctype = _typed(c, "type", str, where)
         if ctype not in _KINDS:
             raise ConfigError(f"{where}.type: must be one of {', '.join(_KINDS)}; "
                               f"got {ctype!r}")
+        source = _typed(c, "from", str, where, None)
+        if source is not None and not header:
+            raise ConfigError(f"{where}.from: names a header column; set input.header = true")
+        if source is not None and "name" not in c:
+            raise ConfigError(f"{where}.from: goes with name (one column), not names")
         if ("name" in c) == ("names" in c):
             raise ConfigError(f"{where}: give exactly one of name or names")
         names = ([_typed(c, "name", str, where)] if "name" in c
@@ -212,18 +257,61 @@ def _load_columns(inp: dict) -> tuple[ColumnSpec, ...]:
         mb = _typed(c, "max_bytes", int, where, _DEFAULT_MAX_BYTES[ctype])
         if mb < 1:
             raise ConfigError(f"{where}.max_bytes: must be >= 1")
-        cols.extend(ColumnSpec(n, ctype, mb) for n in names)
+        cols.extend(ColumnSpec(n, ctype, mb, source) for n in names)
     seen: set[str] = set()
     for c in cols:
         if c.name in seen:
             raise ConfigError(f"input.columns: duplicate column {c.name!r}")
         seen.add(c.name)
-    if sum(c.type == "label" for c in cols) != 1:
-        raise ConfigError("input.columns: need exactly one column of type \"label\"")
+    sources = [c.source or c.name for c in cols]
+    dup = next((s for s in sources if sources.count(s) > 1), None)
+    if dup is not None:
+        raise ConfigError(f"input.columns: two columns are read from header column {dup!r}")
     return tuple(cols)
 
 
-def _feature_inputs(raw: Any, where: str, columns: dict[str, ColumnSpec]) -> tuple[
+def _load_label(inp: dict, columns: tuple[ColumnSpec, ...]) -> LabelRule:
+    """The label: a column of type "label", or ``input.label`` (a 0/1 column or a rule)."""
+    typed = [c.name for c in columns if c.type == "label"]
+    if "label" not in inp:
+        if len(typed) != 1:
+            raise ConfigError("input.columns: need exactly one column of type \"label\" (or "
+                              "input.label = \"click\" / \"rating >= 4\" naming a numeric "
+                              "column)")
+        return LabelRule(typed[0], OP_LABEL_BYTES)
+    if typed:
+        raise ConfigError(f"input.label: the column {typed[0]!r} has type \"label\" already; "
+                          "give one of the two")
+    rule = LabelRule.parse(inp["label"])
+    col = next((c for c in columns if c.name == rule.column), None)
+    if col is None:
+        raise ConfigError(f"input.label: unknown column {rule.column!r} (declare it in "
+                          "input.columns with type int or float)")
+    if col.type not in ("int", "float"):
+        raise ConfigError(f"input.label: the rule {str(rule)!r} needs a numeric column; "
+                          f"{rule.column!r} has type {col.type} (make it int or float)")
+    return rule
+
+
+def _load_text(inp: dict) -> TextFormat:
+    """``format`` / ``sep``, ``quoting`` and ``header`` of ``[input]``."""
+    fmt = _typed(inp, "format", str, "input", None)
+    sep = _typed(inp, "sep", str, "input", None)
+    if fmt is not None and sep is not None:
+        raise ConfigError("input.sep: give format or sep, not both")
+    if fmt is not None:
+        if fmt not in _FORMATS:
+            raise ConfigError(f"input.format: must be \"csv\", \"tsv\" or \"parquet\", got "
+                              f"{fmt!r} (or give sep)")
+        sep = _FORMATS[fmt]
+    if sep is not None and (len(sep.encode("utf-8")) != 1 or sep in "\"\r\n"):
+        raise ConfigError(f"input.sep: must be one ASCII byte other than a quote or line "
+                          f"break, got {sep!r}")
+    quoting = _typed(inp, "quoting", bool, "input", None)
+    return TextFormat(sep, quoting, _typed(inp, "header", bool, "input", False))
+
+
+def _feature_inputs(raw: Any, where: str, columns: dict[str, ColumnSpec], label: str) -> tuple[
         tuple[str, ...], int]:
     """Flattened input columns and the arity (columns per output field)."""
     groups: list[list[str]]
@@ -246,7 +334,7 @@ def _feature_inputs(raw: Any, where: str, columns: dict[str, ColumnSpec]) -> tup
     for n in flat:
         if n not in columns:
             raise ConfigError(f"{where}: unknown column {n!r}")
-        if columns[n].type == "label":
+        if columns[n].type == "label" or n == label:
             raise ConfigError(f"{where}: the label column {n!r} cannot be a feature input")
         types.add(columns[n].type)
     if len(types) > 1:
@@ -267,12 +355,12 @@ def _with_base_dir(op: Any, base_dir: str) -> Any:
 
 
 def _load_feature(raw: Any, where: str, pipeline: str,
-                  columns: dict[str, ColumnSpec], base_dir: str) -> FeatureSpec:
+                  columns: dict[str, ColumnSpec], base_dir: str, label: str) -> FeatureSpec:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table")
     _check_keys(raw, {"name", "inputs", "ops", "output", "embedding"}, where)
     name = _typed(raw, "name", str, where)
-    inputs, arity = _feature_inputs(raw.get("inputs"), f"{where}.inputs", columns)
+    inputs, arity = _feature_inputs(raw.get("inputs"), f"{where}.inputs", columns, label)
     ops_raw = _typed(raw, "ops", list, where)
     if not ops_raw:
         raise ConfigError(f"{where}.ops: needs at least one operator")
@@ -373,13 +461,12 @@ def parse_spec(data: dict[str, Any], path: str = "") -> Spec:
     allowed = {"input", "pipeline", *TOP_LEVEL_FOR_TRAINER}
     _check_keys(data, allowed, "spec")
     inp = _typed(data, "input", dict, "spec")
-    _check_keys(inp, {"columns", "on_error", "max_bad_fraction", "batch_size", "format"},
-                "input")
-    fmt = _typed(inp, "format", str, "input", None)
-    if fmt is not None and fmt not in INPUT_FORMATS:
-        raise ConfigError(f"input.format: must be one of {', '.join(INPUT_FORMATS)}; got "
-                          f"{fmt!r}")
-    columns = _load_columns(inp)
+    _check_keys(inp, {"columns", "on_error", "max_bad_fraction", "batch_size", "format", "sep",
+                      "quoting", "header", "label"}, "input")
+    fmt = PARQUET if inp.get("format") == PARQUET else None
+    text = _load_text({k: v for k, v in inp.items() if not (k == "format" and fmt)})
+    columns = _load_columns(inp, text.header)
+    label = _load_label(inp, columns)
     on_error = _typed(inp, "on_error", str, "input", "skip")
     if on_error not in ("skip", "fail"):
         raise ConfigError(f"input.on_error: must be \"skip\" or \"fail\", got {on_error!r}")
@@ -409,7 +496,8 @@ def parse_spec(data: dict[str, Any], path: str = "") -> Spec:
         feats = []
         for j, f in enumerate(feats_raw):
             fs = _load_feature(f, f"{where}.feature[{j}]", pname, by_name,
-                               os.path.dirname(os.path.abspath(path)) if path else os.getcwd())
+                               os.path.dirname(os.path.abspath(path)) if path else os.getcwd(),
+                               label.column)
             if fs.name in fnames:
                 raise ConfigError(f"{where}.feature[{j}].name: duplicate feature {fs.name!r}")
             fnames.add(fs.name)
@@ -417,7 +505,7 @@ def parse_spec(data: dict[str, Any], path: str = "") -> Spec:
         pipelines.append(PipelineSpec(pname, tuple(feats)))
     extra = {k: data[k] for k in TOP_LEVEL_FOR_TRAINER if k in data}
     return Spec(columns, tuple(pipelines), BadRowPolicy(on_error, frac), batch, path, extra,
-                fmt)
+                label, text, fmt)
 
 
 def load_spec(path: str | os.PathLike) -> Spec:

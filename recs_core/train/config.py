@@ -114,6 +114,9 @@ def train_config(spec: Spec) -> TrainConfig:
     if len(dims) > 1:
         raise ConfigError(f"embedding dims differ across fields ({sorted(dims)}); the {cfg.preset} "
                           "model needs one dim")
+    if cfg.preset == "dlrm" and spec.dense_width == 0:
+        raise ConfigError("model.preset: \"dlrm\" needs a dense feature (output = \"dense\") "
+                          "for its bottom MLP; without one use preset = \"wdl\"")
     if cfg.preset == "dlrm" and dims and cfg.bottom_mlp[-1] != next(iter(dims)):
         raise ConfigError(f"model.bottom_mlp: the last size ({cfg.bottom_mlp[-1]}) must equal the "
                           f"embedding dim ({next(iter(dims))})")

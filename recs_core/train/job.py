@@ -188,7 +188,7 @@ class Job:
     def _empty(self) -> RawBatch:
         schema = self.spec.schema
         return RawBatch.empty(len(schema.int_names), len(schema.str_names),
-                              n_list=len(schema.list_names))
+                              len(schema.float_names), len(schema.list_names))
 
     def _train(self, source: Iterator[RawBatch | None], schedule: Policy,
                hook: StepHook | None, quiet: bool, timer: dict[str, float]) -> tuple[
@@ -296,8 +296,10 @@ class Job:
 
     def _warnings(self, train_rows: int) -> list[str]:
         """What the user should be told about the pass (every rank's, each once): files
-        given twice or empty, files that changed size while being read, no row trained."""
-        mine = self._input_warnings + (self._reader.size_warnings() if self._reader else [])
+        given twice or empty, header-only files, files that changed size while being read,
+        no row trained."""
+        mine = self._input_warnings + (self._reader.header_warnings + self._reader.size_warnings()
+                                       if self._reader else [])
         self._input_warnings = []
         every = self.world.comm.allgather(mine) if self.world.size > 1 else [mine]
         out = list(dict.fromkeys(w for part in every for w in part))
