@@ -107,7 +107,9 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
                        "processes its shard; rank 0 prints the global figures as one JSON line.")
     p.add_argument("--config", required=True,
                    help="feature spec TOML (e.g. configs/criteo_dlrm.toml)")
-    p.add_argument("--data", required=True, nargs="+", help="input files (plain or .gz)")
+    p.add_argument("--data", required=True, nargs="+",
+                   help="input files: text (plain or .gz) or Parquet (.parquet, or input.format = "
+                   "\"parquet\")")
     p.add_argument("--batch-size", type=int, help="rows per batch (default: the config's)")
     _add_policy_args(p)
     _add_comm_timeout(p)
@@ -144,7 +146,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        "scored after the pass. The last stdout line is one JSON object.")
     p.add_argument("--config", required=True,
                    help="config TOML with the feature spec and [model]/[optimizer]/[train]")
-    p.add_argument("--data", required=True, nargs="+", help="input files (plain or .gz)")
+    p.add_argument("--data", required=True, nargs="+",
+                   help="input files: text (plain or .gz) or Parquet (.parquet, or input.format = "
+                   "\"parquet\")")
     p.add_argument("--eval-fraction", type=float,
                    help="hold out the rows in this last share of each rank's shard (by "
                    "bytes; approximate in rows for .gz), scored after the pass (default: "
@@ -309,6 +313,45 @@ def _cmd_timeline(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    from recs_core.data.convert import DEFAULT_ROW_GROUP_ROWS
+
+    p = sub.add_parser("convert", help="text logs to a Parquet file with the spec's schema",
+                       description="Read text files in the layout the config's [input] "
+                       "describes (bad lines per its policy) and write their rows to one "
+                       "Parquet file with the spec's columns and types (label int8, int int64, "
+                       "str string; missing values as nulls; snappy). Reading it with the same "
+                       "config gives the same rows and features.")
+    p.add_argument("config", help="feature spec TOML describing the text input")
+    p.add_argument("inputs", nargs="+", help="text input files (plain or .gz)")
+    p.add_argument("-o", "--out", required=True, help="Parquet file to write")
+    p.add_argument("--row-group-rows", type=int, default=DEFAULT_ROW_GROUP_ROWS, metavar="N",
+                   help=f"rows per row group (default {DEFAULT_ROW_GROUP_ROWS})")
+    _add_policy_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_cmd_convert)
+
+
+def _cmd_convert(a: argparse.Namespace) -> int:
+    from recs_core.data.convert import convert_to_parquet
+    from recs_core.data.parquet import is_parquet
+    from recs_core.features.spec import load_spec
+
+    spec = load_spec(a.config)
+    parquet = [p for p in a.inputs if is_parquet(p, spec.format)]
+    if parquet:
+        raise RecsError(f"{parquet[0]}: is Parquet input already; recs convert reads text")
+    st = convert_to_parquet(a.inputs, spec.schema, a.out, policy=_policy(a, spec),
+                            row_group_rows=a.row_group_rows)
+    if st.bad_rows:
+        print(f"recs: skipped {sum(st.bad_rows.values())} bad line(s): "
+              + ", ".join(f"{k}={v}" for k, v in sorted(st.bad_rows.items())), file=sys.stderr)
+    print(json.dumps({"rows": st.rows, "lines": st.lines, "bad_rows": st.bad_rows,
+                      "row_groups": st.row_groups, "bytes": st.bytes,
+                      "seconds": round(st.seconds, 4), "out": a.out}), flush=True)
+    return 0
+
+
 def _add_spec(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("spec", help="validate a feature spec and print its operator graph",
                        description="Load and validate a feature spec TOML file and print its "
@@ -342,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_timeline(sub)
     _add_spec(sub)
+    _add_convert(sub)
     return parser
 
 

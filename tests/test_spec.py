@@ -188,7 +188,7 @@ def test_float_column_and_label_rule_run_through_the_graph() -> None:
                              r"'user' has type str"),
     ({"label": "score > 1"}, r"input.label: unknown column 'score'"),
     ({"label": "rating >= x"}, r"input.label: .*finite number"),
-    ({"format": "json"}, r"input.format: must be \"csv\" or \"tsv\""),
+    ({"format": "json"}, r"input.format: must be \"csv\", \"tsv\" or \"parquet\""),
     ({"format": "csv", "sep": ","}, r"input.sep: give format or sep, not both"),
     ({"sep": "::"}, r"input.sep: must be one ASCII byte"),
     ({"sep": '"'}, r"input.sep: must be one ASCII byte other than a quote"),

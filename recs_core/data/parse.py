@@ -46,7 +46,7 @@ from recs_core.data.reasons import (  # noqa: F401  (re-exported: the parser's r
     R_UNTERMINATED_QUOTE,
     REASONS,
 )
-from recs_core.errors import DataError
+from recs_core.errors import DataError, RecsError
 from recs_core.jitutil import LITTLE_ENDIAN, load_u64_le
 
 # Column type codes understood by the kernel.
@@ -55,7 +55,8 @@ COL_INT = 1
 COL_STR = 2
 COL_FLOAT = 3
 COL_SKIP = 4  # a field of the file that no column reads (FieldMap only)
-N_KINDS = 4
+COL_LIST_STR = 5  # a list of strings per row (Parquet/Arrow input only)
+N_KINDS = 6
 
 _TAB = 9
 _LF = 10
@@ -115,7 +116,7 @@ class ColumnSchema:
     is read from (``sources``, default: its name)."""
 
     names: tuple[str, ...]
-    kinds: tuple[int, ...]  # COL_LABEL / COL_INT / COL_STR / COL_FLOAT
+    kinds: tuple[int, ...]  # COL_LABEL / COL_INT / COL_STR / COL_FLOAT / COL_LIST_STR
     max_bytes: tuple[int, ...]
     label_rule: LabelRule | None = None
     text: TextFormat = field(default_factory=TextFormat)
@@ -147,6 +148,10 @@ class ColumnSchema:
         """(rule code, value) for the kernel."""
         r = self.label_rule
         return (OP_LABEL_BYTES, 0.0) if r is None else (r.op, r.value)
+
+    @property
+    def list_names(self) -> tuple[str, ...]:
+        return tuple(n for n, k in zip(self.names, self.kinds) if k == COL_LIST_STR)
 
     def kernel_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(kinds, slot within its kind, max bytes) as arrays, columns in schema order."""
@@ -186,11 +191,25 @@ class ColumnSchema:
         return FieldMap(header, fk, fs, fm, sep, quoting)
 
 
+@dataclass(frozen=True)
+class ListColumn:
+    """One list-of-strings column: row i holds tokens offsets[i]..offsets[i+1]-1, each
+    (start, length) into the batch's arena; ``offsets[0]`` is 0."""
+
+    offsets: np.ndarray  # int64 [n + 1]
+    start: np.ndarray  # int64 [nnz]
+    length: np.ndarray  # int32 [nnz]
+
+    def slice(self, a: int, b: int) -> ListColumn:
+        lo, hi = int(self.offsets[a]), int(self.offsets[b])
+        return ListColumn(self.offsets[a:b + 1] - lo, self.start[lo:hi], self.length[lo:hi])
+
+
 @dataclass
 class RawBatch:
     """Parsed rows: labels, integer columns with a missing mask, string columns
     as (start, length) into a byte arena (empty string = missing), float columns
-    (NaN = missing)."""
+    (NaN = missing), and list-of-string columns (:class:`ListColumn`, same arena)."""
 
     labels: np.ndarray  # int8 [n]
     ints: np.ndarray  # int64 [n, n_int]
@@ -199,6 +218,8 @@ class RawBatch:
     str_len: np.ndarray  # int32 [n, n_str]
     arena: np.ndarray  # uint8
     floats: np.ndarray | None = None  # float64 [n, n_float]; None: no float columns
+    lists: tuple[ListColumn, ...] = ()
+    ordered: bool = True  # strings lie in the arena in row order (text input)
 
     def __post_init__(self) -> None:
         if self.floats is None:
@@ -208,35 +229,58 @@ class RawBatch:
         return len(self.labels)
 
     @staticmethod
-    def empty(n_int: int, n_str: int, n_float: int = 0) -> RawBatch:
+    def empty(n_int: int, n_str: int, n_float: int = 0, n_list: int = 0) -> RawBatch:
         """A batch of zero rows (a rank whose shard ran out still joins the step)."""
+        empty_list = ListColumn(np.zeros(1, np.int64), np.zeros(0, np.int64),
+                                np.zeros(0, np.int32))
         return RawBatch(np.zeros(0, np.int8), np.zeros((0, n_int), np.int64),
                         np.zeros((0, n_int), np.bool_), np.zeros((0, n_str), np.int64),
                         np.zeros((0, n_str), np.int32), np.zeros(8, np.uint8),
-                        np.zeros((0, n_float), np.float64))
+                        np.zeros((0, n_float), np.float64), (empty_list,) * n_list)
 
     def slice(self, a: int, b: int) -> RawBatch:
         """Rows a..b-1 as views (the arena is shared)."""
         return RawBatch(self.labels[a:b], self.ints[a:b], self.int_missing[a:b],
-                        self.str_start[a:b], self.str_len[a:b], self.arena, self.floats[a:b])
+                        self.str_start[a:b], self.str_len[a:b], self.arena, self.floats[a:b],
+                        tuple(c.slice(a, b) for c in self.lists), self.ordered)
 
     def arena_range(self) -> tuple[int, int]:
-        """The arena bytes the rows' strings lie in (rows keep their file order)."""
-        if len(self) == 0 or self.str_start.shape[1] == 0:
+        """The arena bytes the rows' strings lie in (of ordered rows: from the first row's
+        strings to the last row's; else over every string)."""
+        if len(self) == 0 or (self.str_start.shape[1] == 0 and not self.lists):
             return 0, 0
-        return int(self.str_start[0].min()), int((self.str_start[-1] + self.str_len[-1]).max())
+        if self.ordered and not self.lists:
+            return (int(self.str_start[0].min()),
+                    int((self.str_start[-1] + self.str_len[-1]).max()))
+        los = [int(self.str_start.min())] if self.str_start.size else []
+        his = [int((self.str_start + self.str_len).max())] if self.str_start.size else []
+        for c in self.lists:
+            if c.start.size:
+                los.append(int(c.start.min()))
+                his.append(int((c.start + c.length).max()))
+        return (min(los), max(his)) if los else (0, 0)
 
     @staticmethod
     def concat(parts: list[RawBatch]) -> RawBatch:
         """Rows of several batches in order, with one compact arena."""
         if len(parts) == 1:
             return parts[0]
-        starts, arenas, shift = [], [], 0
+        starts, arenas, shifts, shift = [], [], [], 0
         for p in parts:
             lo, hi = p.arena_range()
             starts.append(p.str_start + (shift - lo))
+            shifts.append(shift - lo)
             arenas.append(p.arena[lo:hi])
             shift += hi - lo
+        lists = []
+        for j in range(len(parts[0].lists)):
+            cols = [p.lists[j] for p in parts]
+            ends = np.cumsum([0] + [int(c.offsets[-1]) for c in cols])
+            lists.append(ListColumn(
+                np.concatenate([c.offsets[:-1] + e for c, e in zip(cols, ends[:-1])]
+                               + [ends[-1:]]).astype(np.int64),
+                np.concatenate([c.start + d for c, d in zip(cols, shifts)]),
+                np.concatenate([c.length for c in cols])))
         return RawBatch(
             np.concatenate([p.labels for p in parts]),
             np.concatenate([p.ints for p in parts]),
@@ -245,6 +289,8 @@ class RawBatch:
             np.concatenate([p.str_len for p in parts]),
             np.concatenate(arenas),
             np.concatenate([p.floats for p in parts]),
+            tuple(lists),
+            all(p.ordered for p in parts),
         )
 
     def str_values(self, j: int) -> list[str]:
@@ -706,6 +752,10 @@ class ChunkParser:
     def __init__(self, schema: ColumnSchema) -> None:
         if sum(1 for k in schema.kinds if k == COL_LABEL) > 1:
             raise ValueError("at most one label column")
+        if schema.list_names:
+            raise RecsError(f"column {schema.list_names[0]}: list_str columns are read from "
+                            "Parquet or Arrow input only; for text, read a str column and "
+                            "add a split operator")
         self.schema = schema
         self.positional = FieldMap(schema.names, *schema.kernel_arrays())
         self._label_op, self._label_value = schema.label_op

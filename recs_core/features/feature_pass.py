@@ -10,9 +10,11 @@ from typing import Any
 import numpy as np
 
 from recs_core.comm.world import World
+from recs_core.data.arrow import ArrowConverter, sample_batch
 from recs_core.data.bad_rows import BadRowPolicy
 from recs_core.data.parse import ChunkParser
-from recs_core.data.reader import ShardReader, find_lf, rfind_lf
+from recs_core.data.reader import find_lf, rfind_lf
+from recs_core.data.sources import open_reader
 from recs_core.features.graph import FeatureGraph
 from recs_core.features.spec import Spec
 from recs_core.progress_bar import ProgressBar
@@ -50,27 +52,36 @@ def warm_up(spec: Spec) -> float:
     Returns the seconds it took."""
     t0 = time.perf_counter()
     spec = copy.deepcopy(spec)
-    fields = ["0" if c.type == "label" else "1" if c.type in ("int", "float") else "a"
-              for c in spec.columns]
-    text = ("\t".join(fields) + "\n").encode() * 2
-    buf = np.frombuffer(text, dtype=np.uint8)
-    find_lf(buf, 0, len(buf))
-    rfind_lf(buf, 0, len(buf))
-    FeatureGraph(spec).process(ChunkParser(spec.schema).parse(buf, len(buf), True).batch)
+    graph = FeatureGraph(spec)
+    schema = spec.schema
+    if not schema.list_names:
+        fields = ["0" if c.type == "label" else "1" if c.type in ("int", "float") else "a"
+                  for c in spec.columns]
+        text = ("\t".join(fields) + "\n").encode() * 2
+        buf = np.frombuffer(text, dtype=np.uint8)
+        find_lf(buf, 0, len(buf))
+        rfind_lf(buf, 0, len(buf))
+        graph.process(ChunkParser(schema).parse(buf, len(buf), True).batch)
+    conv = ArrowConverter(schema)
+    for dictionary in (False, True):
+        rb = sample_batch(schema, dictionary)
+        graph.process(conv.convert(rb, list(range(rb.num_columns))).batch)
     return time.perf_counter() - t0
 
 
-def run_features(spec: Spec, paths: list[str], world: World | None = None, *,
+def run_features(spec: Spec, paths: Any, world: World | None = None, *,
                  policy: BadRowPolicy | None = None, batch_rows: int | None = None,
                  quiet: bool = False) -> FeatureRunStats:
-    """Process this rank's shard of ``paths`` through the spec's operator graph.
+    """Process this rank's shard of ``paths`` (files: text or Parquet; or an Arrow source:
+    record batches, tables, data frames, see :mod:`recs_core.data.sources`) through the
+    spec's operator graph.
 
     Returns the global figures (every rank gets them).
     """
     world = world or World()
     jit_seconds = warm_up(spec)
     graph = FeatureGraph(spec)
-    reader = ShardReader(paths, spec.schema, rank=world.rank, world=world.size,
+    reader = open_reader(paths, spec.schema, spec.format, rank=world.rank, world=world.size,
                          batch_rows=batch_rows or spec.batch_size, policy=policy or spec.policy)
     progress = ProgressBar("features", quiet=quiet or world.rank != 0)
     world.barrier()

@@ -21,6 +21,7 @@ from recs_core.features.values import (
     IdValues,
     IntValues,
     ListIdValues,
+    ListStrValues,
     StrValues,
     Value,
     concat_rows,
@@ -94,12 +95,11 @@ class FeatureGraph:
         self.features: tuple[FeatureSpec, ...] = spec.features
         schema = spec.schema
         by_kind = {"int": schema.int_names, "str": schema.str_names,
-                   "float": schema.float_names}
+                   "float": schema.float_names, "list_str": schema.list_names}
         self._source: list[tuple[str, np.ndarray]] = []
         for f in self.features:
             kind = next(c.type for c in spec.columns if c.name == f.inputs[0])
-            names = by_kind[kind]
-            self._source.append((kind, _columns(names.index(c) for c in f.inputs)))
+            self._source.append((kind, _columns(by_kind[kind].index(c) for c in f.inputs)))
         self._nodes: dict[str, list[OpNode]] = {}
         for fi, f in enumerate(self.features):
             chain = [OpNode(f.pipeline, fi, s, op, s == len(f.ops) - 1)
@@ -160,6 +160,11 @@ class FeatureGraph:
             return IntValues(raw.ints[rows, cols], raw.int_missing[rows, cols])
         if kind == "float":
             return FloatValues(raw.floats[rows, cols])
+        if kind == "list_str":  # one column (the spec checks it)
+            col = raw.lists[cols.start if isinstance(cols, slice) else int(cols[0])]
+            if rows != slice(None):
+                col = col.slice(rows.start, rows.stop)
+            return ListStrValues(raw.arena, col.start, col.length, col.offsets)
         return StrValues(raw.arena, raw.str_start[rows, cols], raw.str_len[rows, cols])
 
     def run_node(self, state: BatchState, node: OpNode, rows: RowRange = None) -> None:

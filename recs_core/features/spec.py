@@ -51,7 +51,15 @@ from typing import Any
 
 from recs_core.data.bad_rows import BadRowPolicy
 from recs_core.data.labels import OP_LABEL_BYTES, LabelRule
-from recs_core.data.parse import COL_FLOAT, COL_INT, COL_LABEL, COL_STR, ColumnSchema, TextFormat
+from recs_core.data.parse import (
+    COL_FLOAT,
+    COL_INT,
+    COL_LABEL,
+    COL_LIST_STR,
+    COL_STR,
+    ColumnSchema,
+    TextFormat,
+)
 from recs_core.errors import ConfigError
 from recs_core.features.ops import Operator, VType, make_operator
 
@@ -60,9 +68,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-_KINDS = {"label": COL_LABEL, "int": COL_INT, "str": COL_STR, "float": COL_FLOAT}
-_DEFAULT_MAX_BYTES = {"label": 8, "int": 24, "str": 256, "float": 32}
+_KINDS = {"label": COL_LABEL, "int": COL_INT, "str": COL_STR, "float": COL_FLOAT,
+          "list_str": COL_LIST_STR}
+_DEFAULT_MAX_BYTES = {"label": 8, "int": 24, "str": 256, "float": 32, "list_str": 256}
 _FORMATS = {"csv": ",", "tsv": "\t"}
+PARQUET = "parquet"  # input.format of Parquet files (else by a .parquet name)
 _RANGE = re.compile(r"^([A-Za-z_][A-Za-z_]*?)(\d+)\.\.([A-Za-z_][A-Za-z_]*?)(\d+)$")
 TOP_LEVEL_FOR_TRAINER = ("model", "train", "optimizer")
 
@@ -70,7 +80,7 @@ TOP_LEVEL_FOR_TRAINER = ("model", "train", "optimizer")
 @dataclass(frozen=True)
 class ColumnSpec:
     name: str
-    type: str  # label | int | float | str
+    type: str  # label | int | float | str | list_str (max_bytes: of a list, per token)
     max_bytes: int
     source: str | None = None  # the header name it is read from (default: name)
 
@@ -143,6 +153,7 @@ class Spec:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
     label: LabelRule | None = None  # where the label comes from (None: no label column)
     text: TextFormat = field(default_factory=TextFormat)
+    format: str | None = None  # "parquet", or None: by file extension
 
     @property
     def schema(self) -> ColumnSchema:
@@ -232,7 +243,7 @@ def _load_columns(inp: dict, header: bool) -> tuple[ColumnSpec, ...]:
         _check_keys(c, {"name", "names", "type", "max_bytes", "from"}, where)
         ctype = _typed(c, "type", str, where)
         if ctype not in _KINDS:
-            raise ConfigError(f"{where}.type: must be one of label, int, float, str; "
+            raise ConfigError(f"{where}.type: must be one of {', '.join(_KINDS)}; "
                               f"got {ctype!r}")
         source = _typed(c, "from", str, where, None)
         if source is not None and not header:
@@ -290,8 +301,8 @@ def _load_text(inp: dict) -> TextFormat:
         raise ConfigError("input.sep: give format or sep, not both")
     if fmt is not None:
         if fmt not in _FORMATS:
-            raise ConfigError(f"input.format: must be \"csv\" or \"tsv\", got {fmt!r} "
-                              "(or give sep)")
+            raise ConfigError(f"input.format: must be \"csv\", \"tsv\" or \"parquet\", got "
+                              f"{fmt!r} (or give sep)")
         sep = _FORMATS[fmt]
     if sep is not None and (len(sep.encode("utf-8")) != 1 or sep in "\"\r\n"):
         raise ConfigError(f"input.sep: must be one ASCII byte other than a quote or line "
@@ -329,6 +340,9 @@ def _feature_inputs(raw: Any, where: str, columns: dict[str, ColumnSpec], label:
     if len(types) > 1:
         raise ConfigError(f"{where}: inputs mix {' and '.join(sorted(types))} columns; use "
                           "separate features")
+    if types == {"list_str"} and len(flat) != 1:
+        raise ConfigError(f"{where}: a list_str column is one multi-valued field: give one "
+                          "input column per feature")
     return flat, arity
 
 
@@ -449,7 +463,8 @@ def parse_spec(data: dict[str, Any], path: str = "") -> Spec:
     inp = _typed(data, "input", dict, "spec")
     _check_keys(inp, {"columns", "on_error", "max_bad_fraction", "batch_size", "format", "sep",
                       "quoting", "header", "label"}, "input")
-    text = _load_text(inp)
+    fmt = PARQUET if inp.get("format") == PARQUET else None
+    text = _load_text({k: v for k, v in inp.items() if not (k == "format" and fmt)})
     columns = _load_columns(inp, text.header)
     label = _load_label(inp, columns)
     on_error = _typed(inp, "on_error", str, "input", "skip")
@@ -490,7 +505,7 @@ def parse_spec(data: dict[str, Any], path: str = "") -> Spec:
         pipelines.append(PipelineSpec(pname, tuple(feats)))
     extra = {k: data[k] for k in TOP_LEVEL_FOR_TRAINER if k in data}
     return Spec(columns, tuple(pipelines), BadRowPolicy(on_error, frac), batch, path, extra,
-                label, text)
+                label, text, fmt)
 
 
 def load_spec(path: str | os.PathLike) -> Spec:

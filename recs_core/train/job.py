@@ -27,8 +27,8 @@ from recs_core.comm.pending import post_allreduce
 from recs_core.comm.world import World
 from recs_core.data.bad_rows import BadRowPolicy
 from recs_core.data.parse import RawBatch
-from recs_core.data.reader import ShardReader
 from recs_core.data.shards import screen_files
+from recs_core.data.sources import Reader, is_file_list, open_reader
 from recs_core.errors import RecsError
 from recs_core.features.feature_pass import warm_up
 from recs_core.features.graph import FeatureBatch, FeatureGraph
@@ -69,7 +69,7 @@ class Job:
         # on the prefetch thread while the trainer uses the others)
         self._fit_comm = (dup(self.world.comm, "communicator duplication")
                           if self.world.size > 1 else None)
-        self._reader: ShardReader | None = None
+        self._reader: Reader | None = None
         self._input_warnings: list[str] = []  # from the data arguments, for the next report
 
     @classmethod
@@ -79,12 +79,12 @@ class Job:
         job.config_text = config_text(path)
         return job
 
-    def _open(self, paths: list[str], policy: BadRowPolicy | None,
-              holdout: float = 0.0) -> ShardReader:
-        """This rank's reader of ``paths``; the last ``holdout`` of its shard's bytes are
-        the held-out rows (its ``held_out()``)."""
-        self._reader = ShardReader(paths, self.spec.schema, rank=self.world.rank,
-                                   world=self.world.size, batch_rows=self.local_batch,
+    def _open(self, data: Any, policy: BadRowPolicy | None, holdout: float = 0.0) -> Reader:
+        """This rank's reader of ``data`` (files, or an Arrow source); the last ``holdout``
+        of its shard are the held-out rows (its ``held_out()``)."""
+        self._reader = open_reader(data, self.spec.schema, self.spec.format,
+                                   rank=self.world.rank, world=self.world.size,
+                                   batch_rows=self.local_batch,
                                    policy=policy or self.spec.policy, holdout=holdout)
         return self._reader
 
@@ -100,7 +100,7 @@ class Job:
                 return
             yield raw
 
-    def run(self, paths: list[str], *, eval_fraction: float | None = None,
+    def run(self, paths: Any, *, eval_fraction: float | None = None,
             policy: BadRowPolicy | None = None, quiet: bool = True,
             hook: StepHook | None = None, trace: str | None = None, mode: str = "sequential",
             **options: Any) -> dict[str, Any]:
@@ -112,9 +112,14 @@ class Job:
         frac = self.cfg.eval_fraction if eval_fraction is None else eval_fraction
         if not 0.0 <= frac < 1.0:
             raise RecsError(f"eval fraction must be in [0, 1), got {frac}")
-        paths, self._input_warnings = screen_files([os.fspath(p) for p in paths])
+        if is_file_list(paths):
+            if isinstance(paths, (str, os.PathLike)):
+                paths = [paths]
+            paths, self._input_warnings = screen_files([os.fspath(p) for p in paths])
+            data = data_arguments(paths, frac)
+        else:  # an Arrow source: batches, tables or data frames
+            data = {"data": "arrow source", "eval_fraction": frac}
         schedule = self.schedule(mode, **options)
-        data = data_arguments(paths, frac)
         self.window.check_resume(data)
         reader = self._open(paths, policy, holdout=frac)
         timer = {"input": 0.0, "train": 0.0}
@@ -183,7 +188,7 @@ class Job:
     def _empty(self) -> RawBatch:
         schema = self.spec.schema
         return RawBatch.empty(len(schema.int_names), len(schema.str_names),
-                              len(schema.float_names))
+                              len(schema.float_names), len(schema.list_names))
 
     def _train(self, source: Iterator[RawBatch | None], schedule: Policy,
                hook: StepHook | None, quiet: bool, timer: dict[str, float]) -> tuple[
@@ -303,10 +308,11 @@ class Job:
                        "asked is still written: checkpoint, delta)")
         return out
 
-    def score(self, paths: list[str]) -> np.ndarray:
-        """Click probabilities for every (good) row of ``paths`` with the current model."""
+    def score(self, paths: Any) -> np.ndarray:
+        """Click probabilities for every (good) row of ``paths`` (files or an Arrow
+        source) with the current model."""
         timer = {"input": 0.0, "train": 0.0}
-        reader = self._open([os.fspath(p) for p in paths], None)
+        reader = self._open(paths, None)
         out = [self.model.predict(self.graph.process(raw)) for raw in self._timed(reader, timer)]
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 

@@ -1,0 +1,254 @@
+"""Streaming, rank-sharded reading of Parquet files into fixed-size :class:`RawBatch` es.
+
+Sharding: the row groups of all files, in file order, form one sequence of rows; rank r
+of W takes rows ``[T*r/W, T*(r+1)/W)`` of the T, with each cut moved to the nearest row
+group boundary when one lies within an eighth of a share (so ranks mostly read whole
+row groups and stay balanced by rows; a file with fewer row groups than ranks is split
+by row ranges). Every row is read by exactly one rank.
+
+Reading: per row group only the spec's columns (by name), in record batches of a few
+thousand rows (``ParquetFile.iter_batches``), so memory is bounded by a row group's
+column chunks, whatever the file size. Dictionary-encoded and plain string chunks are
+both decoded by pyarrow to plain string arrays (reading them as dictionary arrays was
+slower: pyarrow hands each batch a fresh copy of the chunk's dictionary), whose buffers
+go to the compiled conversion (:mod:`recs_core.data.arrow`).
+
+Hold-out (``holdout=h``): a rank's shard is its rows in order; the rows from
+``floor((1 - h) * rows)`` on are held out (exact in rows), read by :meth:`held_out`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recs_core.data.arrow import ArrowConverter, check_schema, type_class
+from recs_core.data.bad_rows import BadRowCounter, BadRowPolicy
+from recs_core.data.parse import ColumnSchema, RawBatch
+from recs_core.data.shards import check_files
+from recs_core.errors import DataError
+
+READ_ROWS = 65536  # rows per record batch decoded by pyarrow (fewer calls: faster)
+CONVERT_ROWS = 8192  # rows converted at a time (its arrays stay in cache; a batch multiple)
+
+
+def is_parquet(path: str, fmt: str | None = None) -> bool:
+    """Whether ``path`` is read as Parquet: ``format = "parquet"`` or a .parquet name."""
+    return fmt == "parquet" or os.fspath(path).lower().endswith((".parquet", ".parq"))
+
+
+@dataclass(frozen=True)
+class RowPart:
+    """Rows [lo, hi) of row group ``group`` of ``path``; ``first``: the file row of the
+    group's first row."""
+
+    path: str
+    group: int
+    lo: int
+    hi: int
+    first: int
+
+
+def _open(path: str) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{path}: not a Parquet file, or truncated: {msg}", path=path,
+                        reason="bad_parquet") from None
+
+
+@dataclass
+class ParquetInput:
+    """The files' metadata, checked against the spec: rows per row group."""
+
+    paths: list[str]
+    groups: list[list[int]]  # rows per row group, per file
+
+    @staticmethod
+    def scan(paths: list[str], schema: ColumnSchema) -> ParquetInput:
+        """Open every file's footer; a DataError for a file that is no Parquet file, lacks
+        a spec column, has one of a wrong type, or differs in a column's type from the
+        first file."""
+        check_files(paths)
+        groups = []
+        first: tuple[str, list[str]] | None = None
+        for path in paths:
+            pf = _open(path)
+            arrow = pf.schema_arrow
+            cols = check_schema(schema, arrow, path)
+            classes = [type_class(arrow.field(i).type) for i in cols]
+            if first is None:
+                first = (path, classes)
+            else:
+                for name, a, b in zip(schema.names, first[1], classes):
+                    if a != b:
+                        raise DataError(f"{path}: column {name!r} is {b} here but {a} in "
+                                        f"{first[0]}: the files of one input need one schema",
+                                        path=path, reason="schema_mismatch")
+            md = pf.metadata
+            groups.append([md.row_group(g).num_rows for g in range(md.num_row_groups)])
+        return ParquetInput(list(paths), groups)
+
+    @property
+    def rows(self) -> int:
+        return sum(sum(g) for g in self.groups)
+
+    def plan(self, world: int) -> list[list[RowPart]]:
+        """The row parts of each of ``world`` ranks (module docstring)."""
+        bounds = [0]  # global row at each row group's end
+        where = []  # (file index, group, first global row, first file row)
+        for fi, groups in enumerate(self.groups):
+            file_row = 0
+            for g, n in enumerate(groups):
+                if n:
+                    where.append((fi, g, bounds[-1], file_row))
+                    bounds.append(bounds[-1] + n)
+                file_row += n
+        total = bounds[-1]
+        cuts = [0]
+        slack = total / world / 8
+        barr = np.asarray(bounds)
+        for r in range(1, world):
+            ideal = total * r // world
+            k = int(np.argmin(np.abs(barr - ideal)))
+            cut = int(barr[k]) if abs(int(barr[k]) - ideal) <= slack else ideal
+            cuts.append(max(cut, cuts[-1]))
+        cuts.append(total)
+        plan: list[list[RowPart]] = [[] for _ in range(world)]
+        for (fi, g, g0, f0), g1 in zip(where, bounds[1:]):
+            for r in range(world):
+                a, b = max(g0, cuts[r]), min(g1, cuts[r + 1])
+                if b > a:
+                    plan[r].append(RowPart(self.paths[fi], g, a - g0, b - g0, f0))
+        return plan
+
+
+def split_rows(parts: list[RowPart], holdout: float) -> tuple[list[RowPart], list[RowPart]]:
+    """(training parts, held-out parts): the rows from ``floor((1 - holdout) * rows)`` of
+    the parts' rows on are held out."""
+    if not 0.0 <= holdout <= 1.0:
+        raise ValueError(f"holdout must be in [0, 1], got {holdout}")
+    total = sum(p.hi - p.lo for p in parts)
+    cut = min(total, max(0, math.floor((1.0 - holdout) * total)))
+    train, held, off = [], [], 0
+    for p in parts:
+        n = p.hi - p.lo
+        if off + n <= cut:
+            train.append(p)
+        elif off >= cut:
+            held.append(p)
+        else:
+            at = p.lo + cut - off
+            train.append(RowPart(p.path, p.group, p.lo, at, p.first))
+            held.append(RowPart(p.path, p.group, at, p.hi, p.first))
+        off += n
+    return train, held
+
+
+class ParquetReader:
+    """Iterates this rank's share of Parquet files as :class:`RawBatch` es of
+    ``batch_rows`` rows, with the interface of :class:`~recs_core.data.reader.ShardReader`
+    (``counter``, ``rows``, ``held_rows``, :meth:`held_out`, :meth:`size_warnings`)."""
+
+    def __init__(self, paths: list[str], schema: ColumnSchema, *, rank: int = 0,
+                 world: int = 1, batch_rows: int = 2048, policy: BadRowPolicy | None = None,
+                 holdout: float = 0.0, counter: BadRowCounter | None = None) -> None:
+        if batch_rows < 1:
+            raise ValueError("batch_rows must be >= 1")
+        self.schema = schema
+        self.input = ParquetInput.scan([os.fspath(p) for p in paths], schema)
+        self.parts = self.input.plan(world)[rank]
+        self.holdout = holdout
+        self._train, self._held = split_rows(self.parts, holdout)
+        self.batch_rows = batch_rows
+        self.converter = ArrowConverter(schema)
+        self.counter = counter or BadRowCounter(policy or BadRowPolicy())
+        self.rows = 0
+        self.held_rows = 0
+
+    def __iter__(self) -> Iterator[RawBatch]:
+        for batch in rebatch(self._converted(self._train), self.batch_rows):
+            self.rows += len(batch)
+            yield batch
+
+    def held_out(self) -> Iterator[RawBatch]:
+        """The held-out rows (the last ``holdout`` of this rank's rows)."""
+        for batch in rebatch(self._converted(self._held), self.batch_rows):
+            self.held_rows += len(batch)
+            yield batch
+
+    header_warnings: list[str] = []  # (text files' header-only files: none here)
+
+    def size_warnings(self) -> list[str]:
+        return []
+
+    def _record_batches(self, part: RowPart) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """(row within the group, record batch) of the part's rows."""
+        pf = pq.ParquetFile(part.path)
+        unit = max(self.batch_rows, CONVERT_ROWS // self.batch_rows * self.batch_rows)
+        at = 0
+        for rb in pf.iter_batches(batch_size=max(unit, READ_ROWS // unit * unit),
+                                  row_groups=[part.group], columns=list(self.schema.names),
+                                  use_threads=False):
+            n = rb.num_rows
+            a, b = max(part.lo, at), min(part.hi, at + n)
+            for lo in range(a, b, unit):
+                yield lo, rb.slice(lo - at, min(unit, b - lo))
+            at += n
+            if at >= part.hi:
+                break
+
+    def _converted(self, parts: list[RowPart]) -> Iterator[RawBatch]:
+        names = self.schema.names
+        for part in parts:
+            where = f"{part.path}: row group {part.group}"
+            columns: list[int] | None = None
+            try:
+                for row, rb in self._record_batches(part):
+                    if columns is None:
+                        columns = check_schema(self.schema, rb.schema, where)
+                    out = self.converter.convert(rb, columns)
+                    self.counter.lines += out.n_rows
+                    for i, code, col in zip(out.bad_row.tolist(), out.bad_reason.tolist(),
+                                            out.bad_col.tolist()):
+                        at = part.first + row + i + 1
+                        self.counter.record(part.path, _row_of(part.group, at), code,
+                                            names[col] if col >= 0 else None)
+                    self.counter.check(final=False)
+                    if len(out.batch):
+                        yield out.batch
+            except (pa.ArrowException, OSError) as e:
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise DataError(f"{where}: cannot read: {msg}", path=part.path,
+                                reason="bad_parquet") from None
+        self.counter.check(final=True)
+
+
+def _row_of(group: int, row: int):  # noqa: ANN202
+    """A bad row's place, for BadRowCounter: its 1-based file row and its row group."""
+    return lambda: f"row {row} (row group {group})"
+
+
+def rebatch(batches: Iterator[RawBatch], rows: int) -> Iterator[RawBatch]:
+    """Batches of exactly ``rows`` rows (the last may be shorter) from batches of any size."""
+    pending: list[RawBatch] = []
+    have = 0
+    for batch in batches:
+        a = 0
+        while a < len(batch):
+            take = min(rows - have, len(batch) - a)
+            pending.append(batch.slice(a, a + take) if take < len(batch) else batch)
+            have += take
+            a += take
+            if have == rows:
+                yield RawBatch.concat(pending)
+                pending, have = [], 0
+    if have:
+        yield RawBatch.concat(pending)
