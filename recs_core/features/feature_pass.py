@@ -12,7 +12,8 @@ import numpy as np
 from recs_core.comm.world import World
 from recs_core.data.bad_rows import BadRowPolicy
 from recs_core.data.parse import ChunkParser
-from recs_core.data.reader import ShardReader, find_lf, rfind_lf
+from recs_core.data.reader import find_lf, rfind_lf
+from recs_core.data.sources import open_input
 from recs_core.features.graph import FeatureGraph
 from recs_core.features.spec import Spec
 from recs_core.progress_bar import ProgressBar
@@ -28,6 +29,7 @@ class FeatureRunStats:
     bad_rows: dict[str, int] = field(default_factory=dict)
     world_size: int = 1
     jit_seconds: float = 0.0  # kernel compile/cache load before the timed pass
+    warnings: list[str] = field(default_factory=list)  # a file given twice, an empty file
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -39,6 +41,7 @@ class FeatureRunStats:
             "bad_rows_total": sum(self.bad_rows.values()),
             "world_size": self.world_size,
             "jit_seconds": round(self.jit_seconds, 3),
+            "warnings": self.warnings,
         }
 
 
@@ -61,15 +64,17 @@ def warm_up(spec: Spec) -> float:
 def run_features(spec: Spec, paths: list[str], world: World | None = None, *,
                  policy: BadRowPolicy | None = None, batch_rows: int | None = None,
                  quiet: bool = False) -> FeatureRunStats:
-    """Process this rank's shard of ``paths`` through the spec's operator graph.
+    """Process this rank's shard of the window ``paths`` names (files, directories, globs:
+    ``recs_core.data.sources``) through the spec's operator graph.
 
     Returns the global figures (every rank gets them).
     """
     world = world or World()
     jit_seconds = warm_up(spec)
     graph = FeatureGraph(spec)
-    reader = ShardReader(paths, spec.schema, rank=world.rank, world=world.size,
-                         batch_rows=batch_rows or spec.batch_size, policy=policy or spec.policy)
+    reader, warnings = open_input(paths, spec.schema, rank=world.rank, world=world.size,
+                                  batch_rows=batch_rows or spec.batch_size,
+                                  policy=policy or spec.policy)
     progress = ProgressBar("features", quiet=quiet or world.rank != 0)
     world.barrier()
     t0 = time.perf_counter()
@@ -87,4 +92,5 @@ def run_features(spec: Spec, paths: list[str], world: World | None = None, *,
         bad_rows=world.gather_dicts_sum(reader.counter.by_reason),
         world_size=world.size,
         jit_seconds=world.allreduce_max(jit_seconds),
+        warnings=warnings,
     )
