@@ -6,7 +6,8 @@
                       hook=job.checkpoint_hook("models/day2", every=1000))
     job.save_step("models/day2")            # models/day2/step-<N>: sharded, verified
     job.export_delta("deltas/day2")         # the rows this window changed
-    probs = job.score(["day3.txt"])
+    probs = job.score(["day3.txt"])          # files, directories, globs; in row order
+    scores = job.score_rows(["day3/"], id_column="user")   # on rank 0: positions, ids
 
 A killed job continues with ``job.resume("models/day2")`` and the same ``run`` call.
 Checkpoints: ``recs_core.train.saving`` (format: docs/CHECKPOINT_FORMAT.md).
