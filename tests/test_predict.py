@@ -169,6 +169,13 @@ def test_several_ranks_give_the_one_rank_scores(setup: dict, n: int) -> None:
     assert ids.astype(np.int64).tolist() == list(range(1200))
     assert np.array_equal(ids, ids1)
     assert_n_ranks_close(probs, p1, f"scores on {n} ranks")
+    # one compressed file: read whole by one rank, the others score empty batches
+    r = predict(setup, "--out", str(out), "--id-column", "I1", n=n,
+                data=setup["window"] / PARTS[2])
+    assert r.returncode == 0, r.stderr
+    _, ids, probs = read_csv(out)
+    assert ids.astype(np.int64).tolist() == list(range(600, 900))
+    assert_n_ranks_close(probs, p1[600:900], f"one file's scores on {n} ranks")
 
 
 @pytest.mark.parametrize("case", ["no model", "not a checkpoint", "id column", "out dir",
