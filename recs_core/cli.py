@@ -332,13 +332,13 @@ def _cmd_predict(a: argparse.Namespace) -> int:
         there = "no complete checkpoint there" if os.path.isdir(a.model) else "no such directory"
         raise RecsError(f"--model {a.model}: {there}")
     job = Job(spec, world=world)
-    t0 = time.perf_counter()
     job.load(found)
+    t0 = time.perf_counter()
     scores = job.score_rows(a.data, id_column=a.id_column, policy=_policy(a, spec))
+    seconds = time.perf_counter() - t0  # reading, scoring and gathering the rows
     size = world.everyone(lambda: write_scores(scores, a.out) if scores is not None else 0)
     if world.rank == 0:
         assert scores is not None
-        seconds = time.perf_counter() - t0
         for w in scores.warnings:
             print(f"recs: warning: {w}", file=sys.stderr)
         if scores.bad_rows:
