@@ -1,11 +1,11 @@
 """RECS: incremental training of MLP recommendation models on CPU clusters.
 
-One batch's journey, module by module: :mod:`recs_core.data` (sharded streaming
-reader, compiled TSV parser, synthetic generator) → :mod:`recs_core.features` (feature
-spec, JIT operators, operator graph) → :mod:`recs_core.embedding` (tables, lookups,
-sparse optimizers) → :mod:`recs_core.dense` (MLP, interaction, DLRM / Wide&Deep, loss,
-dense optimizers) → :mod:`recs_core.train` (the one-pass job) and
-:mod:`recs_core.metrics`.
+One batch's journey, module by module: :mod:`recs_core.data` (files, directories and
+globs expanded, sharded streaming reader, compiled TSV parser, synthetic generator) →
+:mod:`recs_core.features` (feature spec, JIT operators, operator graph) →
+:mod:`recs_core.embedding` (tables, lookups, sparse optimizers) → :mod:`recs_core.dense`
+(MLP, interaction, DLRM / Wide&Deep, loss, dense optimizers) → :mod:`recs_core.train`
+(the one-pass job, scoring) and :mod:`recs_core.metrics`.
 
 Typical library use::
 
@@ -18,6 +18,7 @@ Typical library use::
 
 from recs_core.data.bad_rows import BadRowPolicy
 from recs_core.data.reader import ShardReader
+from recs_core.data.sources import expand_sources, open_input
 from recs_core.errors import ConfigError, DataError, RecsError
 from recs_core.features.feature_pass import run_features
 from recs_core.features.graph import FeatureBatch, FeatureGraph
@@ -43,8 +44,10 @@ __all__ = [
     "Spec",
     "TrainConfig",
     "__version__",
+    "expand_sources",
     "hash_str",
     "load_spec",
+    "open_input",
     "run_features",
     "train_config",
 ]

@@ -16,6 +16,12 @@ if TYPE_CHECKING:
     from recs_core.features.spec import Spec
 
 
+_DATA_HELP = ("input: files, directories (read recursively, Hive partitions such as "
+              "dt=.../hour=... in partition order, then file name; names starting with . or "
+              "_ skipped) and globs (quote them; ** for any depth); text plain, .gz or .zst, "
+              "or Parquet (.parquet, or input.format = \"parquet\")")
+
+
 def _add_gen(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("gen", help="write a synthetic Criteo-format file",
                        description="Write deterministic synthetic Criteo-format TSV data "
@@ -107,9 +113,7 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
                        "processes its shard; rank 0 prints the global figures as one JSON line.")
     p.add_argument("--config", required=True,
                    help="feature spec TOML (e.g. configs/criteo_dlrm.toml)")
-    p.add_argument("--data", required=True, nargs="+",
-                   help="input files: text (plain or .gz) or Parquet (.parquet, or input.format = "
-                   "\"parquet\")")
+    p.add_argument("--data", required=True, nargs="+", help=_DATA_HELP)
     p.add_argument("--batch-size", type=int, help="rows per batch (default: the config's)")
     _add_policy_args(p)
     _add_comm_timeout(p)
@@ -146,12 +150,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        "scored after the pass. The last stdout line is one JSON object.")
     p.add_argument("--config", required=True,
                    help="config TOML with the feature spec and [model]/[optimizer]/[train]")
-    p.add_argument("--data", required=True, nargs="+",
-                   help="input files: text (plain or .gz) or Parquet (.parquet, or input.format = "
-                   "\"parquet\")")
+    p.add_argument("--data", required=True, nargs="+", help=_DATA_HELP)
     p.add_argument("--eval-fraction", type=float,
                    help="hold out the rows in this last share of each rank's shard (by "
-                   "bytes; approximate in rows for .gz), scored after the pass (default: "
+                   "bytes; approximate in rows for .gz/.zst), scored after the pass (default: "
                    "train.eval_fraction, 0)")
     p.add_argument("--init-from", metavar="DIR",
                    help="start from a checkpoint: a --save directory (its newest "
@@ -288,6 +290,69 @@ def _train(a: argparse.Namespace, spec: Spec, world: World, save_root: str | Non
     return 0
 
 
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="score a window's rows with a checkpoint",
+                       description="Score every row of the data with a checkpoint's model "
+                       "and write the click probabilities, in the data's row order, with each "
+                       "row's id or position, as CSV or Parquet. Any number of ranks gives the "
+                       "same file. The last stdout line is one JSON object.")
+    p.add_argument("--config", required=True, help="the config the model was trained with")
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="a checkpoint: a --save directory (its newest complete checkpoint; "
+                   "refused when that one is damaged) or one step-N checkpoint in it")
+    p.add_argument("--data", required=True, nargs="+", help=_DATA_HELP)
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="FILE.csv or FILE.parquet: the rows' ids or positions and their "
+                   "'probability'; written by rank 0, atomically")
+    p.add_argument("--id-column", metavar="NAME",
+                   help="a column of the spec's [input] to write with each score (default: "
+                   "'position', the row's 0-based index in the data: files in --data order, "
+                   "lines in file order, a skipped bad line keeping its number)")
+    _add_policy_args(p)
+    _add_comm_timeout(p)
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(a: argparse.Namespace) -> int:
+    import time
+
+    from recs_core.comm.world import mpi_world
+    from recs_core.features.spec import load_spec
+    from recs_core.train.job import Job
+    from recs_core.train.saving import find_checkpoint
+    from recs_core.train.scores import check_id_column, check_output, write_scores
+
+    _set_comm_timeout(a)
+    spec = load_spec(a.config)
+    world = mpi_world()
+    world.everyone(lambda: check_output(a.out) if world.rank == 0 else None)
+    if a.id_column is not None:
+        check_id_column(spec.schema, a.id_column)
+    found = find_checkpoint(a.model, world, "--model")
+    if found is None:
+        there = "no complete checkpoint there" if os.path.isdir(a.model) else "no such directory"
+        raise RecsError(f"--model {a.model}: {there}")
+    job = Job(spec, world=world)
+    job.load(found)
+    t0 = time.perf_counter()
+    scores = job.score_rows(a.data, id_column=a.id_column, policy=_policy(a, spec))
+    seconds = time.perf_counter() - t0  # reading, scoring and gathering the rows
+    size = world.everyone(lambda: write_scores(scores, a.out) if scores is not None else 0)
+    if world.rank == 0:
+        assert scores is not None
+        for w in scores.warnings:
+            print(f"recs: warning: {w}", file=sys.stderr)
+        if scores.bad_rows:
+            print(f"recs: skipped {sum(scores.bad_rows.values())} bad line(s): "
+                  + ", ".join(f"{k}={v}" for k, v in sorted(scores.bad_rows.items())),
+                  file=sys.stderr)
+        print(json.dumps({"rows": len(scores), "out": a.out, "bytes": size, "model": found,
+                          "seconds": round(seconds, 4),
+                          "rows_per_sec": round(len(scores) / seconds, 1) if seconds else 0.0,
+                          "bad_rows": scores.bad_rows, "world_size": world.size,
+                          "warnings": scores.warnings}), flush=True)
+    return 0
+
 
 def _add_timeline(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("timeline", help="render a few steps of traces as a PNG, side by side",
@@ -383,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gen(sub)
     _add_features(sub)
     _add_train(sub)
+    _add_predict(sub)
     _add_timeline(sub)
     _add_spec(sub)
     _add_convert(sub)

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import CONFIGS, ROOT, run_mpi
 
-SUBCOMMANDS = ["gen", "features", "train", "spec", "convert"]
+SUBCOMMANDS = ["gen", "features", "train", "predict", "spec", "convert"]
 
 
 def recs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

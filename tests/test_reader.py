@@ -73,9 +73,9 @@ def test_plan_gives_gz_whole_files_and_plain_ranges(tmp_path: Path) -> None:
     g1 = write_rows(tmp_path / "g1.gz", range(1000), gz=True)
     g2 = write_rows(tmp_path / "g2.gz", range(10), gz=True)
     plan = plan_shards([str(a), str(g1), str(g2)], 2)
-    gz_owners = {s.path: r for r, spans in enumerate(plan) for s in spans if s.gz}
+    gz_owners = {s.path: r for r, spans in enumerate(plan) for s in spans if s.codec}
     assert set(gz_owners) == {str(g1), str(g2)} and gz_owners[str(g1)] != gz_owners[str(g2)]
-    ranges = sorted((s.start, s.end) for spans in plan for s in spans if not s.gz)
+    ranges = sorted((s.start, s.end) for spans in plan for s in spans if not s.codec)
     assert ranges[0][0] == 0 and ranges[-1][1] == a.stat().st_size
     assert ranges[0][1] == ranges[1][0]
 

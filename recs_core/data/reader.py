@@ -1,6 +1,6 @@
 """Streaming, rank-sharded reading of delimited text files into fixed-size parsed batches.
 
-A background thread reads line-aligned byte chunks (plain or gzip) into buffers
+A background thread reads line-aligned byte chunks (plain, gzip or zstd) into buffers
 and hands them to the parsing thread through two lock-free SPSC rings (full slots
 one way, free slots back). A slot is a credit: at most ``_POOL`` chunks are read
 ahead, so reading overlaps parsing and memory stays bounded whatever the file size.
@@ -11,19 +11,19 @@ Each chunk gets a fresh buffer that its parsed rows keep as their string arena
 it: the shards hold data lines only, each once.
 
 Hold-out (``ShardReader(..., holdout=h)``): a rank's shard is its spans in order, B bytes
-in all (a plain span counts its byte range, a ``.gz`` span its compressed file size), and
+in all (a plain span counts its byte range, a compressed span its file size), and
 a line's position is the shard offset of its first byte. The held-out lines are those
 whose position is >= ``cut = floor((1 - h) * B)``; iterating the reader yields the other
 (training) lines, :meth:`ShardReader.held_out` reads the held-out ones again from the
 files. Nothing is counted or kept beforehand: the cut is found from the spans' sizes.
-In a ``.gz`` span the position of a decompressed byte is where zlib was in the
-compressed file when it produced that byte (see :class:`_GzCutStream`), so there the
+In a compressed (``.gz``, ``.zst``) span the position of a decompressed byte is where the
+decompressor was in the compressed file when it produced that byte (see
+:class:`_Decompressed`), so there the
 split is exact in that measure but only approximate in rows.
 """
 
 from __future__ import annotations
 
-import gzip
 import math
 import os
 import threading
@@ -50,9 +50,9 @@ from recs_core.native import SpscRing
 DEFAULT_CHUNK_BYTES = 4 << 20
 _POOL = 4
 _WAIT_S = 0.5  # poll period of ring waits (the other thread may have died)
-# how a .gz span holding the cut is decompressed (this fixes its byte positions)
-_GZ_READ = 64 << 10  # compressed bytes read from the file at a time
-_GZ_OUT = 256 << 10  # most decompressed bytes one zlib call returns
+# how compressed files are decompressed (this fixes the byte positions of the hold-out cut)
+_Z_READ = 64 << 10  # compressed bytes read from the file at a time
+_Z_OUT = 256 << 10  # most decompressed bytes one piece holds
 
 
 @dataclass
@@ -86,16 +86,31 @@ def count_lines_before(path: str, offset: int) -> int:
 
 
 @dataclass(frozen=True)
+class RowOrigins:
+    """Where a batch's rows are: per row, the index of its part among the reader's
+    (see :meth:`ShardReader.part_keys`) and its 0-based line in the part (every line
+    counts, a skipped bad one too)."""
+
+    part: np.ndarray  # int32
+    line: np.ndarray  # int64
+
+    @staticmethod
+    def concat(parts: list[RowOrigins]) -> RowOrigins:
+        return RowOrigins(np.concatenate([p.part for p in parts]),
+                          np.concatenate([p.line for p in parts]))
+
+
+@dataclass(frozen=True)
 class _Part:
     """What one stream reads of one span. Plain: the lines that start in [start, end).
-    ``.gz`` with ``gz_cut`` < 0: the whole file; else the lines whose compressed position
-    is < ``gz_cut`` (``held`` False) or >= it (``held`` True)."""
+    Compressed (``codec`` not ""), ``cut`` < 0: the whole file; else the lines whose
+    compressed position is < ``cut`` (``held`` False) or >= it (``held`` True)."""
 
     path: str
-    gz: bool
+    codec: str
     start: int = 0
     end: int = -1
-    gz_cut: int = -1
+    cut: int = -1
     held: bool = False
 
 
@@ -105,9 +120,9 @@ def split_at_holdout(spans: list[Span], holdout: float) -> tuple[list[_Part], li
     whose shard position is >= ``cut = floor((1 - holdout) * bytes)`` are held out."""
     if not 0.0 <= holdout <= 1.0:
         raise ValueError(f"holdout must be in [0, 1], got {holdout}")
-    sizes = [os.path.getsize(s.path) if s.gz else s.end - s.start for s in spans]
+    sizes = [os.path.getsize(s.path) if s.codec else s.end - s.start for s in spans]
     total = sum(sizes)
-    whole = [_Part(s.path, s.gz, s.start, s.end) for s in spans]
+    whole = [_Part(s.path, s.codec, s.start, s.end) for s in spans]
     if holdout == 0.0:
         return whole, [], total, total
     cut = min(total, max(0, math.floor((1.0 - holdout) * total)))
@@ -119,69 +134,130 @@ def split_at_holdout(spans: list[Span], holdout: float) -> tuple[list[_Part], li
             train.append(part)
         elif off >= cut:
             held.append(part)
-        elif span.gz:
-            train.append(_Part(span.path, True, gz_cut=cut - off, held=False))
-            held.append(_Part(span.path, True, gz_cut=cut - off, held=True))
+        elif span.codec:
+            train.append(_Part(span.path, span.codec, cut=cut - off, held=False))
+            held.append(_Part(span.path, span.codec, cut=cut - off, held=True))
         else:
             at = span.start + cut - off
-            train.append(_Part(span.path, False, span.start, at))
-            held.append(_Part(span.path, False, at, span.end))
+            train.append(_Part(span.path, "", span.start, at))
+            held.append(_Part(span.path, "", at, span.end))
         off += n
     return train, held, cut, total
 
 
-class _GzCutStream:
-    """A gzip file (every member) decompressed by zlib on a fixed schedule: ``_GZ_READ``
-    compressed bytes read at a time, at most ``_GZ_OUT`` bytes out of each call. A call
-    that took compressed bytes [c0, c1) and returned decompressed bytes [d0, d1) gives
-    byte d the position ``c0 + (d - d0) * (c1 - c0) // (d1 - d0)`` (< c1), so positions
-    depend on the file alone (not on how the stream is read) and never decrease.
-    ``cut_at``: the offset of the first byte whose position is >= ``cut``; it is known
-    (not None) as soon as a byte at or past it has been decompressed."""
+def _gzip_pieces(f) -> Iterator[tuple[bytes, int, int]]:  # noqa: ANN001
+    """A gzip file (every member, zero padding between them) decompressed by zlib on a
+    fixed schedule; see :class:`_Decompressed`."""
+    z = None  # the current member's decompressor
+    pending = b""  # compressed bytes read, not yet taken by zlib
+    taken = 0  # compressed bytes zlib has taken
+    file_eof = False
+    while True:
+        if not pending and not file_eof:
+            pending = f.read(_Z_READ)
+            file_eof = not pending
+        if z is not None and z.eof:  # zero padding, then maybe another member
+            rest = pending.lstrip(b"\0")
+            taken += len(pending) - len(rest)
+            pending = rest
+            if not rest:
+                if file_eof:
+                    return
+                continue
+            z = None
+        if z is None:
+            if not pending:  # an empty file
+                return
+            z = zlib.decompressobj(31)
+        data = pending
+        out = z.decompress(data, _Z_OUT)
+        if not data and not out and not z.eof:
+            raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+        rest = z.unused_data if z.eof else z.unconsumed_tail
+        c0 = taken
+        taken += len(data) - len(rest)
+        pending = rest
+        if out:
+            yield out, c0, taken
 
-    def __init__(self, f, cut: int) -> None:  # noqa: ANN001
-        self.f, self.cut = f, cut
-        self.z = None  # the current member's decompressor
-        self.pending = b""  # compressed bytes read, not yet taken by zlib
-        self.taken = 0  # compressed bytes zlib has taken
-        self.file_eof = False
-        self.raw = b""  # the last piece zlib returned, and how far it has been read
+
+class _Metered:
+    """A file's reads, at most ``_Z_READ`` bytes each, counted (Arrow's decompressor reads
+    ahead through it: the count is how far into the file it was)."""
+
+    def __init__(self, f) -> None:  # noqa: ANN001
+        self.f, self.taken, self.closed = f, 0, False
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(_Z_READ if n is None or n < 0 else min(n, _Z_READ))
+        self.taken += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _zstd_pieces(f) -> Iterator[tuple[bytes, int, int]]:  # noqa: ANN001
+    """A zstd file (every frame) decompressed by pyarrow, ``_Z_OUT`` bytes at a time; see
+    :class:`_Decompressed`."""
+    import pyarrow as pa
+
+    raw = _Metered(f)
+    stream = pa.CompressedInputStream(raw, "zstd")
+    while True:
+        c0 = raw.taken
+        try:
+            out = stream.read(_Z_OUT)
+        except (OSError, pa.ArrowException) as e:
+            raise _Corrupt("zstd", str(e)) from None
+        if not out:
+            return
+        yield out, c0, raw.taken
+
+
+_PIECES = {"gzip": _gzip_pieces, "zstd": _zstd_pieces}
+
+
+class _Corrupt(Exception):
+    """A compressed file that does not decompress (reported as a DataError naming it)."""
+
+    def __init__(self, codec: str, message: str) -> None:
+        super().__init__(message)
+        self.codec = codec
+
+
+class _Decompressed:
+    """A compressed file as a stream of lines, with a position in the compressed file for
+    every decompressed byte. Its codec's pieces (:data:`_PIECES`) read ``_Z_READ``
+    compressed bytes at a time and return at most ``_Z_OUT`` bytes per piece; a piece
+    made while the compressed bytes [c0, c1) were taken, holding decompressed bytes
+    [d0, d1), gives byte d the position ``c0 + (d - d0) * (c1 - c0) // (d1 - d0)`` (< c1
+    when c1 > c0), so positions depend on the file alone (not on how the stream is read)
+    and never decrease. ``cut_at``: the offset of the first byte whose position is >=
+    ``cut``; it is known (not None) as soon as a byte at or past it has been decompressed."""
+
+    def __init__(self, f, codec: str, cut: int = -1) -> None:  # noqa: ANN001
+        self.codec, self.cut = codec, cut
+        self.pieces = _PIECES[codec](f)
+        self.raw = b""  # the last piece, and how far it has been read
         self.view = memoryview(self.raw)
         self.at = 0
-        self.produced = 0  # decompressed bytes returned by zlib so far
+        self.produced = 0  # decompressed bytes so far
         self.cut_at: int | None = None
 
     def _next_piece(self) -> bool:
         """Decompress the next non-empty piece; False at the end of the file."""
-        while True:
-            if not self.pending and not self.file_eof:
-                self.pending = self.f.read(_GZ_READ)
-                self.file_eof = not self.pending
-            if self.z is not None and self.z.eof:  # zero padding, then maybe another member
-                rest = self.pending.lstrip(b"\0")
-                self.taken += len(self.pending) - len(rest)
-                self.pending = rest
-                if not rest:
-                    if self.file_eof:
-                        return False
-                    continue
-                self.z = None
-            if self.z is None:
-                if not self.pending:  # an empty file
-                    return False
-                self.z = zlib.decompressobj(31)
-            data = self.pending
-            out = self.z.decompress(data, _GZ_OUT)
-            if not data and not out and not self.z.eof:
-                raise EOFError("Compressed file ended before the end-of-stream marker was "
-                               "reached")
-            rest = self.z.unused_data if self.z.eof else self.z.unconsumed_tail
-            c0 = self.taken
-            self.taken += len(data) - len(rest)
-            self.pending = rest
-            if out:
-                self._piece(out, c0, self.taken)
-                return True
+        piece = next(self.pieces, None)
+        if piece is None:
+            return False
+        self._piece(*piece)
+        return True
 
     def _piece(self, out: bytes, c0: int, c1: int) -> None:
         d0, n = self.produced, len(out)
@@ -254,7 +330,7 @@ class _ChunkProducer(threading.Thread):
         self.error: BaseException | None = None
         self.current_path = ""
         self.stop = False
-        # line feeds before a part's first line, where the reading finds them (a .gz
+        # line feeds before a part's first line, where the reading finds them (a compressed
         # part from the cut); set before the part's first chunk is handed over
         self.lines_before: dict[int, int] = {}
 
@@ -278,9 +354,12 @@ class _ChunkProducer(threading.Thread):
     def _read_part(self, index: int, part: _Part) -> bool:
         """Hand over the part's chunks; False when the consumer has gone."""
         self.current_path = part.path
-        if part.gz and part.gz_cut >= 0:
+        if part.codec:
             with open(part.path, "rb") as raw:
-                f = _GzCutStream(raw, part.gz_cut)
+                f = _Decompressed(raw, part.codec, part.cut)
+                if part.cut < 0:
+                    return self._read_lines(index, f, self._skip_header(index, f),
+                                            lambda: None)
                 if not part.held:  # the lines before the cut
                     return self._read_lines(index, f, self._skip_header(index, f),
                                             lambda: f.cut_at)
@@ -289,9 +368,6 @@ class _ChunkProducer(threading.Thread):
                     return True
                 self.lines_before[index] = at[0]
                 return self._read_lines(index, f, at[1], lambda: None)
-        if part.gz:
-            with gzip.open(part.path, "rb") as f:
-                return self._read_lines(index, f, self._skip_header(index, f), lambda: None)
         with open(part.path, "rb") as f:
             if part.start > 0:
                 f.seek(part.start - 1)
@@ -416,7 +492,8 @@ class ShardReader:
                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, holdout: float = 0.0) -> None:
         if batch_rows < 1:
             raise ValueError("batch_rows must be >= 1")
-        self.spans = plan_shards([str(p) for p in paths], world)[rank]
+        self.paths = [os.fspath(p) for p in paths]
+        self.spans = plan_shards(self.paths, world)[rank]
         self.holdout = holdout
         self._train, self._held, self.cut, self.shard_bytes = split_at_holdout(self.spans,
                                                                                holdout)
@@ -433,20 +510,39 @@ class ShardReader:
         self.sizes = {s.path: os.path.getsize(s.path) for s in self.spans}
         # files whose size changed while being read: path -> (planned, after a stream)
         self.size_changes: dict[str, tuple[int, int]] = {}
+        self.part_lines: list[int] = []  # lines of each training part (with_origins)
 
     def __iter__(self) -> Iterator[RawBatch]:
-        for batch in self._stream(self._train):
+        for batch, _ in self._stream(self._train):
             self.rows += len(batch)
             yield batch
 
     def held_out(self) -> Iterator[RawBatch]:
         """The held-out rows (those from the cut on), read again from the files: a plain
-        span from the cut, a ``.gz`` span decompressed from its start."""
-        for batch in self._stream(self._held):
+        span from the cut, a compressed span decompressed from its start."""
+        for batch, _ in self._stream(self._held):
             self.held_rows += len(batch)
             yield batch
 
-    def _stream(self, parts: list[_Part]) -> Iterator[RawBatch]:
+    def with_origins(self) -> Iterator[tuple[RawBatch, RowOrigins]]:
+        """The training rows as :meth:`__iter__` gives them, each batch with where its rows
+        are in the window (for putting every rank's rows back in window order); once it
+        is exhausted, :attr:`part_lines` holds the lines of every part read."""
+        self.part_lines = [0] * len(self._train)
+        for batch, origins in self._stream(self._train, self.part_lines):
+            self.rows += len(batch)
+            yield batch, origins
+
+    def part_keys(self) -> list[tuple[int, int]]:
+        """Where each training part of this rank starts in the window: (index of its file
+        among ``paths``, first byte); parts of all ranks sort by it in window order."""
+        index = {p: i for i, p in enumerate(self.paths)}
+        return [(index[p.path], p.start) for p in self._train]
+
+    def _stream(self, parts: list[_Part], part_lines: list[int] | None = None) -> Iterator[
+            tuple[RawBatch, RowOrigins]]:
+        """Batches of ``parts``' good rows with their origins; ``part_lines`` (one per
+        part) gets the lines of each part."""
         if not parts:
             self.counter.check(final=True)
             return
@@ -459,8 +555,9 @@ class ShardReader:
                                   self.schema.text.header)
         producer.start()
         pending: list[RawBatch] = []
+        origins: list[RowOrigins] = []
         pending_rows = 0
-        lines_in_part: dict[int, int] = {}
+        lines_in_part = [0] * len(parts) if part_lines is None else part_lines
         try:
             while True:
                 slot = full.pop(_WAIT_S)
@@ -475,33 +572,39 @@ class ShardReader:
                 pool[slot] = None
                 free.push(slot, None)
                 first = producer.lines_before.get(m.part)
-                base = lines_in_part.get(m.part, 0)
+                base = lines_in_part[m.part]
                 for _ in range(m.skipped_long_lines):
                     self.counter.lines += 1
                     self.counter.record(part.path, self._line_of(part, first, base, 0),
                                         R_LINE_TOO_LONG, None)
                     base += 1
                 self._record_bad(part, first, base, parsed)
+                row_lines = np.delete(np.arange(base, base + parsed.n_lines), parsed.bad_line)
                 lines_in_part[m.part] = base + parsed.n_lines
                 self.counter.lines += parsed.n_lines
                 self.counter.check(final=False)
                 batch = parsed.batch
+                if len(row_lines) != len(batch):
+                    raise RuntimeError(f"{part.path}: {len(batch)} rows from "
+                                       f"{len(row_lines)} good lines")
                 a = 0
                 while a < len(batch):
                     take = min(self.batch_rows - pending_rows, len(batch) - a)
                     pending.append(batch.slice(a, a + take))
+                    origins.append(RowOrigins(np.full(take, m.part, np.int32),
+                                              row_lines[a:a + take]))
                     pending_rows += take
                     a += take
                     if pending_rows == self.batch_rows:
-                        out = RawBatch.concat(pending)
-                        pending, pending_rows = [], 0
+                        out = RawBatch.concat(pending), RowOrigins.concat(origins)
+                        pending, origins, pending_rows = [], [], 0
                         yield out
             if producer.error is not None:
                 raise _as_data_error(producer.error, producer.current_path)
             self._check_sizes(parts)
             self.counter.check(final=True)
             if pending_rows:
-                yield RawBatch.concat(pending)
+                yield RawBatch.concat(pending), RowOrigins.concat(origins)
         finally:
             producer.stop = True
             producer.join(timeout=5)
@@ -537,7 +640,7 @@ class ShardReader:
             before = first
             if before is None:
                 # the line holding byte start-1 belongs to an earlier part, whatever its end
-                before = 0 if part.gz or part.start == 0 else count_lines_before(
+                before = 0 if part.codec or part.start == 0 else count_lines_before(
                     part.path, part.start - 1) + 1
             return before + base + index + 1
         return line_of
@@ -552,9 +655,11 @@ class ShardReader:
 
 
 def _as_data_error(err: BaseException, path: str) -> BaseException:
-    if isinstance(err, (EOFError, gzip.BadGzipFile, zlib.error)):
-        return DataError(f"{path}: corrupt or truncated gzip input: {err}", path=path,
-                         reason="bad_gzip")
+    if isinstance(err, (EOFError, zlib.error)):
+        err = _Corrupt("gzip", str(err))
+    if isinstance(err, _Corrupt):
+        return DataError(f"{path}: corrupt or truncated {err.codec} input: {err}", path=path,
+                         reason=f"bad_{err.codec}")
     if isinstance(err, OSError):
         return DataError(f"{err.filename or ''}: read error: {err.strerror or err}",
                          path=err.filename, reason="read_error")

@@ -1,8 +1,9 @@
 """Which bytes of which input files each MPI rank reads.
 
 Plain files are cut into one byte range per rank (each range owns the lines that
-*start* inside it, so every line is read exactly once); ``.gz`` files cannot be
-split and go whole to ranks, largest first, to the least-loaded rank.
+*start* inside it, so every line is read exactly once); compressed files (gzip or
+zstd, known by their first bytes) cannot be split and go whole to ranks, largest
+first, to the least-loaded rank.
 """
 
 from __future__ import annotations
@@ -12,24 +13,40 @@ from dataclasses import dataclass
 
 from recs_core.errors import DataError
 
+# compression formats by their first bytes, and the file name ending that names each
+CODECS = {"gzip": (b"\x1f\x8b", ".gz"), "zstd": (b"\x28\xb5\x2f\xfd", ".zst")}
+
 
 @dataclass(frozen=True)
 class Span:
-    """Lines of ``path`` that start in byte range [start, end); gz spans cover the whole file."""
+    """Lines of ``path`` that start in byte range [start, end); a compressed span
+    (``codec`` "gzip" or "zstd", else "") covers the whole file."""
 
     path: str
     start: int
     end: int
-    gz: bool
+    codec: str
 
 
-def _is_gz(path: str) -> bool:
+def codec_of(path: str, size: int) -> str:
+    """The compression of a file ("gzip", "zstd", or "" for plain text), by its first
+    bytes; an empty file by its name. A ``.gz`` / ``.zst`` name on other bytes is an error
+    (it would otherwise be parsed as text, every line bad)."""
     with open(path, "rb") as f:
-        return f.read(2) == b"\x1f\x8b"
+        head = f.read(4)
+    for codec, (magic, ending) in CODECS.items():
+        if head.startswith(magic) or (size == 0 and path.endswith(ending)):
+            return codec
+    for codec, (_, ending) in CODECS.items():
+        if path.endswith(ending):
+            raise DataError(f"{path}: corrupt or truncated {codec} input: not {codec} data "
+                            f"(the file name ends in {ending})", path=path,
+                            reason=f"bad_{codec}")
+    return ""
 
 
-def check_files(paths: list[str]) -> list[tuple[str, int, bool]]:
-    """(path, size, is_gz) per input file; a clear error for a missing or unreadable one."""
+def check_files(paths: list[str]) -> list[tuple[str, int, str]]:
+    """(path, size, codec) per input file; a clear error for a missing or unreadable one."""
     if not paths:
         raise DataError("no input files given")
     out = []
@@ -42,10 +59,10 @@ def check_files(paths: list[str]) -> list[tuple[str, int, bool]]:
                             reason="missing_file")
         try:
             size = os.path.getsize(p)
-            gz = size >= 2 and _is_gz(p)
+            codec = codec_of(p, size)
         except OSError as e:
             raise DataError(f"{p}: cannot read: {e.strerror}", path=p, reason="unreadable") from e
-        out.append((p, size, gz or (size == 0 and p.endswith(".gz"))))
+        out.append((p, size, codec))
     return out
 
 
@@ -81,19 +98,19 @@ def plan_shards(paths: list[str], world: int) -> list[list[Span]]:
     files = check_files(paths)
     plan: list[list[Span]] = [[] for _ in range(world)]
     load = [0] * world
-    for path, size, gz in files:
-        if gz:
+    for path, size, codec in files:
+        if codec:
             continue
         for r in range(world):
             a, b = size * r // world, size * (r + 1) // world
             if b > a:
-                plan[r].append(Span(path, a, b, False))
+                plan[r].append(Span(path, a, b, ""))
                 load[r] += b - a
-    gz_files = sorted(((size, i, path) for i, (path, size, gz) in enumerate(files) if gz),
-                      key=lambda t: (-t[0], t[1]))
-    for size, _, path in gz_files:
+    packed = sorted(((size, i, path, codec) for i, (path, size, codec) in enumerate(files)
+                     if codec), key=lambda t: (-t[0], t[1]))
+    for size, _, path, codec in packed:
         r = min(range(world), key=lambda k: (load[k], k))
-        plan[r].append(Span(path, 0, -1, True))
+        plan[r].append(Span(path, 0, -1, codec))
         load[r] += size * 4  # roughly the uncompressed size
     order = {path: i for i, (path, _, _) in enumerate(files)}
     for spans in plan:

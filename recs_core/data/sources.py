@@ -1,4 +1,16 @@
-"""Where a job's rows come from: the one place that picks a reader for its input.
+"""Where a job's rows come from: what ``--data`` names, and the one place that picks
+this rank's reader for it.
+
+``--data`` takes files, directories and globs. A directory is walked recursively; a glob
+(``*``, ``?``, ``[...]``; ``**`` for any depth) is matched, and a directory it matches
+is walked. Names starting with ``.`` or ``_`` below the named directory or the glob's
+fixed part are skipped (``_SUCCESS``, ``.part-0.crc``, ``_temporary/``). The files of
+one argument are read in path order, compared one path component at a time: a Hive
+partition ``key=value`` by key, then by value (integers numerically, before other
+values, which compare as strings: ``hour=2`` before ``hour=10``), other names as
+strings; so a partitioned window is read in partition order, then file name. Arguments
+keep their order. The list is sorted, not listed, so every rank gets the same one; a
+file named twice is read once (:func:`~recs_core.data.shards.screen_files`).
 
 Files: Parquet (``[input] format = "parquet"``, or a ``.parquet`` name) through
 :class:`~recs_core.data.parquet.ParquetReader`, text through
@@ -11,9 +23,11 @@ with the same column and type checks as Parquet files.
 
 from __future__ import annotations
 
+import glob
 import os
-from collections.abc import Iterable, Iterator
-from typing import Any
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol
 
 import pyarrow as pa
 
@@ -22,9 +36,90 @@ from recs_core.data.bad_rows import BadRowCounter, BadRowPolicy
 from recs_core.data.parquet import ParquetReader, is_parquet, rebatch
 from recs_core.data.parse import ColumnSchema, RawBatch
 from recs_core.data.reader import ShardReader
+from recs_core.data.shards import screen_files
 from recs_core.errors import DataError, RecsError
 
-Reader = Any  # ShardReader | ParquetReader | ArrowSource | MixedReader: the same interface
+
+class Reader(Protocol):
+    """This rank's rows of a window: what every reader here offers the job."""
+
+    counter: BadRowCounter
+    rows: int  # training rows yielded
+    held_rows: int  # held-out rows yielded
+    header_warnings: list[str]
+
+    def __iter__(self) -> Iterator[RawBatch]: ...
+
+    def held_out(self) -> Iterator[RawBatch]: ...
+
+    def size_warnings(self) -> list[str]: ...
+
+
+_GLOB = re.compile(r"[*?[]")
+_INT = re.compile(r"-?[0-9]+")
+
+
+def _component_key(name: str) -> tuple[str, int, int, str]:
+    key, eq, value = name.partition("=")
+    if not eq or not key:
+        return name, 0, 0, ""
+    if _INT.fullmatch(value):
+        return key, 0, int(value), value
+    return key, 1, 0, value
+
+
+def order_key(rel: str) -> tuple[tuple[str, int, int, str], ...]:
+    """The sort key of a path below a walked directory or a glob's fixed part."""
+    return tuple(_component_key(c) for c in rel.split(os.sep))
+
+
+def _hidden(rel: str) -> bool:
+    return any(c.startswith((".", "_")) for c in rel.split(os.sep) if c not in ("", "."))
+
+
+def _walk(top: str) -> list[str]:
+    """The files below directory ``top`` (hidden names skipped), in partition order."""
+    found = []
+    for d, dirs, files in os.walk(top):
+        dirs[:] = [x for x in dirs if not _hidden(x)]
+        found += [os.path.join(d, f) for f in files if not _hidden(f)]
+    return sorted(found, key=lambda p: order_key(os.path.relpath(p, top)))
+
+
+def _glob(pattern: str) -> list[str]:
+    """The files ``pattern`` matches (directories walked), in partition order."""
+    parts = pattern.split(os.sep)
+    fixed = os.sep.join(parts[:next(i for i, c in enumerate(parts) if _GLOB.search(c))])
+    root = fixed or ("/" if pattern.startswith(os.sep) else ".")
+    found = []
+    for m in glob.glob(pattern, recursive=True):
+        rel = os.path.relpath(m, root)
+        if _hidden(rel):
+            continue
+        found += [(rel, m)] if not os.path.isdir(m) else [
+            (os.path.relpath(f, root), f) for f in _walk(m)]
+    return [m for _, m in sorted(set(found), key=lambda t: order_key(t[0]))]
+
+
+def expand_sources(args: Sequence[str | os.PathLike]) -> list[str]:
+    """The files ``args`` name (module docstring); a directory or glob that names no file
+    is a DataError. A path that does not exist and is no glob is kept (reported when
+    read)."""
+    out: list[str] = []
+    for arg in args:
+        a = os.fspath(arg)
+        if os.path.isdir(a):
+            found = _walk(a)
+            what = "no data file in this directory (names starting with . or _ are skipped)"
+        elif not os.path.exists(a) and _GLOB.search(a):
+            found = _glob(a)
+            what = "no data file matches this pattern"
+        else:
+            found, what = [a], ""
+        if not found:
+            raise DataError(f"{a}: {what}", path=a, reason="no_match")
+        out += found
+    return out
 
 
 def is_file_list(data: Any) -> bool:
@@ -35,27 +130,34 @@ def is_file_list(data: Any) -> bool:
                                                    for p in data)
 
 
-def open_reader(data: Any, schema: ColumnSchema, fmt: str | None = None, *, rank: int = 0,
-                world: int = 1, batch_rows: int = 2048, policy: BadRowPolicy | None = None,
-                holdout: float = 0.0) -> Reader:
-    """This rank's reader of ``data``: files (each rank reads its shard) or an Arrow
-    source (each rank reads the source it is given; no hold-out)."""
+def open_input(data: Any, schema: ColumnSchema, fmt: str | None = None, *, rank: int = 0,
+               world: int = 1, batch_rows: int = 2048, policy: BadRowPolicy | None = None,
+               holdout: float = 0.0) -> tuple[Reader, list[str]]:
+    """This rank's reader of ``data`` and the warnings about it (a file given twice, an
+    empty file, a file with a header and no rows). ``data``: files, directories and globs
+    (the window they name, module docstring; each rank reads its shard), or an Arrow
+    source (each rank reads the source it is given; no hold-out). Every entry point
+    reads through here."""
     if not is_file_list(data):
         if holdout:
             raise RecsError("a hold-out (eval fraction) needs files; for Arrow batches "
                             "score held-out rows with a second source")
-        return ArrowSource(data, schema, batch_rows=batch_rows, policy=policy)
-    paths = [os.fspath(data)] if isinstance(data, (str, os.PathLike)) else [
-        os.fspath(p) for p in data]
+        return ArrowSource(data, schema, batch_rows=batch_rows, policy=policy), []
+    args = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    paths, warnings = screen_files(expand_sources(args))
     parquet = [p for p in paths if is_parquet(p, fmt)]
     text = [p for p in paths if not is_parquet(p, fmt)]
     kw = dict(rank=rank, world=world, batch_rows=batch_rows, policy=policy, holdout=holdout)
+    reader: Reader
     if not parquet:
-        return ShardReader(text, schema, **kw)
-    if not text:
-        return ParquetReader(parquet, schema, **kw)
-    first = ShardReader(text, schema, **kw)
-    return MixedReader(first, ParquetReader(parquet, schema, counter=first.counter, **kw))
+        reader = ShardReader(text, schema, **kw)
+    elif not text:
+        reader = ParquetReader(parquet, schema, **kw)
+    else:
+        first = ShardReader(text, schema, **kw)
+        reader = MixedReader(first, ParquetReader(parquet, schema, counter=first.counter,
+                                                  **kw))
+    return reader, warnings + reader.header_warnings
 
 
 class MixedReader:

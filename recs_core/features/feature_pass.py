@@ -14,7 +14,7 @@ from recs_core.data.arrow import ArrowConverter, sample_batch
 from recs_core.data.bad_rows import BadRowPolicy
 from recs_core.data.parse import ChunkParser
 from recs_core.data.reader import find_lf, rfind_lf
-from recs_core.data.sources import open_reader
+from recs_core.data.sources import open_input
 from recs_core.features.graph import FeatureGraph
 from recs_core.features.spec import Spec
 from recs_core.progress_bar import ProgressBar
@@ -30,7 +30,8 @@ class FeatureRunStats:
     bad_rows: dict[str, int] = field(default_factory=dict)
     world_size: int = 1
     jit_seconds: float = 0.0  # kernel compile/cache load before the timed pass
-    warnings: list[str] = field(default_factory=list)  # e.g. a file with a header and no rows
+    warnings: list[str] = field(default_factory=list)  # a file given twice, an empty file,
+    # a file with a header and no rows
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -72,17 +73,18 @@ def warm_up(spec: Spec) -> float:
 def run_features(spec: Spec, paths: Any, world: World | None = None, *,
                  policy: BadRowPolicy | None = None, batch_rows: int | None = None,
                  quiet: bool = False) -> FeatureRunStats:
-    """Process this rank's shard of ``paths`` (files: text or Parquet; or an Arrow source:
-    record batches, tables, data frames, see :mod:`recs_core.data.sources`) through the
-    spec's operator graph.
+    """Process this rank's shard of ``paths`` (files, directories, globs: text or Parquet;
+    or an Arrow source: record batches, tables, data frames; see
+    :mod:`recs_core.data.sources`) through the spec's operator graph.
 
     Returns the global figures (every rank gets them).
     """
     world = world or World()
     jit_seconds = warm_up(spec)
     graph = FeatureGraph(spec)
-    reader = open_reader(paths, spec.schema, spec.format, rank=world.rank, world=world.size,
-                         batch_rows=batch_rows or spec.batch_size, policy=policy or spec.policy)
+    reader, warnings = open_input(paths, spec.schema, spec.format, rank=world.rank,
+                                  world=world.size, batch_rows=batch_rows or spec.batch_size,
+                                  policy=policy or spec.policy)
     progress = ProgressBar("features", quiet=quiet or world.rank != 0)
     world.barrier()
     t0 = time.perf_counter()
@@ -100,5 +102,5 @@ def run_features(spec: Spec, paths: Any, world: World | None = None, *,
         bad_rows=world.gather_dicts_sum(reader.counter.by_reason),
         world_size=world.size,
         jit_seconds=world.allreduce_max(jit_seconds),
-        warnings=reader.header_warnings,  # every rank reads every header
+        warnings=warnings,  # (every rank reads every header)
     )

@@ -6,7 +6,8 @@
                       hook=job.checkpoint_hook("models/day2", every=1000))
     job.save_step("models/day2")            # models/day2/step-<N>: sharded, verified
     job.export_delta("deltas/day2")         # the rows this window changed
-    probs = job.score(["day3.txt"])
+    probs = job.score(["day3.txt"])          # files, directories, globs; in row order
+    scores = job.score_rows(["day3/"], id_column="user")   # on rank 0: positions, ids
 
 A killed job continues with ``job.resume("models/day2")`` and the same ``run`` call.
 Checkpoints: ``recs_core.train.saving`` (format: docs/CHECKPOINT_FORMAT.md).
@@ -17,8 +18,8 @@ from __future__ import annotations
 import os
 import resource
 import time
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -27,8 +28,7 @@ from recs_core.comm.pending import post_allreduce
 from recs_core.comm.world import World
 from recs_core.data.bad_rows import BadRowPolicy
 from recs_core.data.parse import RawBatch
-from recs_core.data.shards import screen_files
-from recs_core.data.sources import Reader, is_file_list, open_reader
+from recs_core.data.sources import Reader, is_file_list, open_input
 from recs_core.errors import RecsError
 from recs_core.features.feature_pass import warm_up
 from recs_core.features.graph import FeatureBatch, FeatureGraph
@@ -43,7 +43,10 @@ from recs_core.train.config import TrainConfig, train_config
 from recs_core.train.delta_export import export_window_delta
 from recs_core.train.model import Model
 from recs_core.train.saving import load_checkpoint, save_checkpoint
+from recs_core.train.scores import RankScores, Scores, check_id_column, column_array
 from recs_core.train.window import Window, data_arguments, skip_steps
+
+T = TypeVar("T")
 
 
 class Job:
@@ -80,12 +83,13 @@ class Job:
         return job
 
     def _open(self, data: Any, policy: BadRowPolicy | None, holdout: float = 0.0) -> Reader:
-        """This rank's reader of ``data`` (files, or an Arrow source); the last ``holdout``
-        of its shard are the held-out rows (its ``held_out()``)."""
-        self._reader = open_reader(data, self.spec.schema, self.spec.format,
-                                   rank=self.world.rank, world=self.world.size,
-                                   batch_rows=self.local_batch,
-                                   policy=policy or self.spec.policy, holdout=holdout)
+        """This rank's reader of ``data`` (files, directories, globs, or an Arrow source:
+        ``recs_core.data.sources``); the last ``holdout`` of its shard are the held-out
+        rows (its ``held_out()``)."""
+        self._reader, self._input_warnings = open_input(
+            data, self.spec.schema, self.spec.format, rank=self.world.rank,
+            world=self.world.size, batch_rows=self.local_batch,
+            policy=policy or self.spec.policy, holdout=holdout)
         return self._reader
 
     @staticmethod
@@ -112,16 +116,11 @@ class Job:
         frac = self.cfg.eval_fraction if eval_fraction is None else eval_fraction
         if not 0.0 <= frac < 1.0:
             raise RecsError(f"eval fraction must be in [0, 1), got {frac}")
-        if is_file_list(paths):
-            if isinstance(paths, (str, os.PathLike)):
-                paths = [paths]
-            paths, self._input_warnings = screen_files([os.fspath(p) for p in paths])
-            data = data_arguments(paths, frac)
-        else:  # an Arrow source: batches, tables or data frames
-            data = {"data": "arrow source", "eval_fraction": frac}
         schedule = self.schedule(mode, **options)
-        self.window.check_resume(data)
         reader = self._open(paths, policy, holdout=frac)
+        data = (data_arguments(reader.paths, frac) if is_file_list(paths)
+                else {"data": "arrow source", "eval_fraction": frac})
+        self.window.check_resume(data)
         timer = {"input": 0.0, "train": 0.0}
         return self.run_batches(self._timed(reader, timer), schedule=schedule,
                                 held=reader.held_out() if frac > 0 else (), quiet=quiet,
@@ -218,26 +217,34 @@ class Job:
             progress.close()
         return sched, timeline
 
-    def _evaluate(self, held: Iterable[RawBatch]) -> tuple[np.ndarray, np.ndarray]:
-        """Labels and scores of every rank's held-out rows, streamed batch by batch
-        (scoring is a collective: a rank with no batch left scores an empty one while
-        another has more)."""
-        ys, ps, it, empty = [], [], iter(held), None
+    def _predicted(self, batches: Iterable[T], raw_of: Callable[[T], RawBatch] | None = None
+                   ) -> Iterator[tuple[T | None, FeatureBatch, np.ndarray]]:
+        """Each of this rank's ``batches`` (``raw_of`` gives an item's raw rows) with its
+        features and click probabilities, streamed. Scoring is a collective: while another
+        rank has batches left, a rank with none scores an empty one (its item None)."""
+        it, empty = iter(batches), None
         while True:
-            raw = next(it, None)
-            more = raw is not None
+            item = next(it, None)
+            more = item is not None
             if self.world.size > 1:
                 more = bool(post_allreduce(self.world.comm, np.array([int(more)]),
-                                           "evaluation round", op="max").wait()[0])
+                                           "scoring round", op="max").wait()[0])
             if not more:
-                break
-            if raw is None:  # this rank is done: an empty batch, processed once
-                empty = empty or self.graph.process(self._empty())
+                return
+            if item is None:  # this rank is done: an empty batch, processed once
+                if empty is None:
+                    empty = self.graph.process(self._empty())
                 fb = empty
             else:
-                fb = self.graph.process(raw)
+                fb = self.graph.process(item if raw_of is None else raw_of(item))
+            yield item, fb, self.model.predict(fb)
+
+    def _evaluate(self, held: Iterable[RawBatch]) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and scores of every rank's held-out rows, streamed batch by batch."""
+        ys, ps = [], []
+        for _, fb, probs in self._predicted(held):
             ys.append(fb.labels)
-            ps.append(self.model.predict(fb))
+            ps.append(probs)
         ey = np.concatenate(ys) if ys else np.zeros(0)
         ep = np.concatenate(ps) if ps else np.zeros(0)
         return self._gathered(ey), self._gathered(ep)
@@ -298,8 +305,7 @@ class Job:
         """What the user should be told about the pass (every rank's, each once): files
         given twice or empty, header-only files, files that changed size while being read,
         no row trained."""
-        mine = self._input_warnings + (self._reader.header_warnings + self._reader.size_warnings()
-                                       if self._reader else [])
+        mine = self._input_warnings + (self._reader.size_warnings() if self._reader else [])
         self._input_warnings = []
         every = self.world.comm.allgather(mine) if self.world.size > 1 else [mine]
         out = list(dict.fromkeys(w for part in every for w in part))
@@ -308,13 +314,34 @@ class Job:
                        "asked is still written: checkpoint, delta)")
         return out
 
-    def score(self, paths: Any) -> np.ndarray:
-        """Click probabilities for every (good) row of ``paths`` (files or an Arrow
-        source) with the current model."""
-        timer = {"input": 0.0, "train": 0.0}
-        reader = self._open(paths, None)
-        out = [self.model.predict(self.graph.process(raw)) for raw in self._timed(reader, timer)]
-        return np.concatenate(out) if out else np.zeros(0, np.float32)
+    def score(self, paths: Any, policy: BadRowPolicy | None = None) -> np.ndarray:
+        """Click probabilities of every (good) row of the window ``paths`` names, in row
+        order, with the current model (collective; every rank gets them all)."""
+        s = self.score_rows(paths, policy=policy)
+        return self.world.bcast(None if s is None else s.probs, "scores broadcast")
+
+    def score_rows(self, paths: Any, *, id_column: str | None = None,
+                   policy: BadRowPolicy | None = None) -> Scores | None:
+        """Click probabilities of every (good) row of the window ``paths`` names (files,
+        directories, globs), with the current model, on any number of ranks (collective):
+        on rank 0 in the window's row order with each row's position (and its
+        ``id_column`` value), gathered there; None on the other ranks. See
+        ``recs_core.train.scores``."""
+        if id_column is not None:
+            check_id_column(self.spec.schema, id_column)
+        reader = self._open(paths, policy)
+        mine = RankScores(reader.part_keys(), [], warnings=self._input_warnings)
+        for item, _, probs in self._predicted(reader.with_origins(), lambda t: t[0]):
+            if item is not None:
+                raw, origins = item
+                mine.origins.append(origins)
+                mine.probs.append(probs)
+                if id_column is not None:
+                    mine.ids.append(column_array(raw, self.spec.schema, id_column))
+        mine.part_lines, mine.bad_rows = reader.part_lines, reader.counter.by_reason
+        mine.warnings = mine.warnings + reader.size_warnings()
+        every = self.world.gather(mine, "scores gather")
+        return None if every is None else Scores.in_row_order(every, id_column)
 
     # ---- windows and checkpoints ------------------------------------------------------
 

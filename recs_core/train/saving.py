@@ -103,7 +103,7 @@ def _damaged_advice(root: str | os.PathLike, e: DamagedCheckpoint, flag: str) ->
                 f"resume from the checkpoint before it or start over")
     if e.older is None:
         return f"{head}, and there is no older complete checkpoint"
-    return (f"{head}; an older one is not taken silently: name it (--init-from {e.older}) "
+    return (f"{head}; an older one is not taken silently: name it ({flag} {e.older}) "
             f"or move the damaged one away ({away})")
 
 

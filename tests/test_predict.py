@@ -1,0 +1,229 @@
+"""``recs predict`` and ``Job.score_rows``: the scores of a checkpoint's model against the
+library's own (``Job.score``, and the model's forward on single rows parsed here), the
+positions and ids against the input files' lines, and N ranks against 1 rank."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import N_RANK_ATOL, assert_n_ranks_close, run_mpi
+from tests.test_cli import last_json, recs, small_config
+from tests.test_sources import zst
+
+PARTS = ["dt=1/hour=9/a.txt", "dt=1/hour=10/b.gz", "dt=1/hour=10/c.zst", "dt=2/hour=0/d.txt"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, sample_1200: Path) -> dict:
+    """A model trained on the sample (config with small tables), and a window of the same
+    rows with I1 replaced by the row's number (an id), in Hive partitions: plain, .gz, .zst."""
+    d = tmp_path_factory.mktemp("predict")
+    cfg = small_config(d)
+    r = recs("train", "--config", str(cfg), "--data", str(sample_1200), "--save", str(d / "m"),
+             "--mode", "sequential", "--quiet")
+    assert r.returncode == 0, r.stderr
+    lines = []
+    for i, line in enumerate(sample_1200.read_text().splitlines()):
+        f = line.split("\t")
+        f[1] = str(i)
+        lines.append("\t".join(f) + "\n")
+    per = -(-len(lines) // len(PARTS))
+    for k, rel in enumerate(PARTS):
+        data = "".join(lines[k * per:(k + 1) * per]).encode()
+        p = d / "w" / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(gzip.compress(data) if rel.endswith(".gz") else
+                      zst(data) if rel.endswith(".zst") else data)
+    (d / "w" / "_SUCCESS").write_text("")
+    return {"dir": d, "cfg": cfg, "model": d / "m", "window": d / "w", "lines": lines}
+
+
+def read_csv(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    keys = np.array([r[0] for r in rows[1:]])
+    return rows[0], keys, np.array([r[1] for r in rows[1:]], dtype=np.float32)
+
+
+def predict(setup: dict, *args: str, n: int = 1, data: Path | None = None):  # noqa: ANN201
+    argv = ["-m", "recs_core", "predict", "--config", str(setup["cfg"]), "--model",
+            str(setup["model"]), "--data", str(data or setup["window"]), *args]
+    return run_mpi(n, argv, timeout=300)
+
+
+# The library's scores, in a process of its own with the threads run_mpi gives (BLAS
+# threads change float32 summation order, so the reference runs under the same setting).
+REFERENCE = """
+import sys
+import numpy as np
+from recs_core.data.parse import ChunkParser
+from recs_core.features.spec import load_spec
+from recs_core.train.job import Job
+
+cfg, model, out, how, *paths = sys.argv[1:]
+job = Job(load_spec(cfg))
+job.load(model)
+if how == "score":
+    np.save(out, job.score(paths))
+else:  # the model's forward on each line of the file alone
+    parser = ChunkParser(job.spec.schema)
+    probs = []
+    for line in open(paths[0], "rb"):
+        row = np.frombuffer(line, np.uint8)
+        probs += list(job.model.predict(job.graph.process(
+            parser.parse(row, len(row), True).batch)))
+    np.save(out, np.array(probs, np.float32))
+"""
+
+
+def reference(setup: dict, how: str, *paths: Path) -> np.ndarray:
+    out = setup["dir"] / "reference.npy"
+    r = run_mpi(1, ["-c", REFERENCE, str(setup["cfg"]), str(setup["model"]), str(out), how,
+                    *map(str, paths)], timeout=300)
+    assert r.returncode == 0, r.stderr
+    return np.load(out)
+
+
+def test_scores_are_job_score_in_row_order(setup: dict) -> None:
+    out = setup["dir"] / "p.csv"
+    r = predict(setup, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    figs = last_json(r.stdout)
+    assert figs["rows"] == 1200 and figs["model"].endswith("step-000000012")
+    header, pos, probs = read_csv(out)
+    assert header == ["position", "probability"]
+    assert np.array_equal(pos.astype(np.int64), np.arange(1200))
+    want = reference(setup, "score", setup["window"])
+    assert want.dtype == np.float32 and np.array_equal(probs, want)
+    # the window's files in partition order are the sample's rows in order
+    assert np.array_equal(reference(setup, "score", *(setup["window"] / p for p in PARTS)),
+                          want)
+
+
+def test_positions_line_up_with_the_input_rows(setup: dict, tmp_path: Path) -> None:
+    """Bad lines (skipped) keep their numbers: position p is line p of the input, and its
+    score is the model's forward on that line alone."""
+    lines = list(setup["lines"][:300])
+    bad = {0, 17, 150, 299}
+    for k in bad:
+        lines[k] = "1\tnot-an-int\n"
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("".join(lines[:100]))
+    b.write_text("".join(lines[100:]))
+    out = tmp_path / "p.parquet"
+    r = predict(setup, "--out", str(out), data=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert last_json(r.stdout)["bad_rows"] == {"field_count": 4}
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(out)
+    assert t.column_names == ["position", "probability"]
+    pos = t.column("position").to_numpy()
+    assert pos.tolist() == [i for i in range(300) if i not in bad]
+    some = tmp_path.parent / "some_rows.txt"  # every 7th scored row
+    some.write_text("".join(lines[p] for p in pos[::7]))
+    want = reference(setup, "rows", some)  # one row at a time: a few ulps off the batch's
+    assert_n_ranks_close(t.column("probability").to_numpy()[::7], want, "rows alone")
+    assert np.abs(np.diff(want)).max() > 100 * N_RANK_ATOL  # a shifted row would show
+
+
+def test_ids_and_parquet(setup: dict) -> None:
+    out = setup["dir"] / "ids.parquet"
+    r = predict(setup, "--out", str(out), "--id-column", "I1")
+    assert r.returncode == 0, r.stderr
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(out)
+    assert t.column_names == ["I1", "probability"]
+    assert t.column("I1").to_pylist() == list(range(1200))
+    assert np.array_equal(t.column("probability").to_numpy(),
+                          reference(setup, "score", setup["window"]))
+    # a string id column: the values as written in the file, a missing one empty
+    out = setup["dir"] / "ids.csv"
+    assert predict(setup, "--out", str(out), "--id-column", "C3").returncode == 0
+    header, ids, _ = read_csv(out)
+    assert header == ["C3", "probability"]
+    assert ids.tolist() == [line.split("\t")[16] for line in setup["lines"]]
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("n", [2, 3])
+def test_several_ranks_give_the_one_rank_scores(setup: dict, n: int) -> None:
+    """Every row exactly once (the ids, a checksum of the rows, in order) and the 1-rank
+    scores, over a partitioned window of plain, .gz and .zst files."""
+    one = setup["dir"] / "one.csv"
+    if not one.exists():
+        assert predict(setup, "--out", str(one), "--id-column", "I1").returncode == 0
+    out = setup["dir"] / f"n{n}.csv"
+    r = predict(setup, "--out", str(out), "--id-column", "I1", n=n)
+    assert r.returncode == 0, r.stderr
+    assert last_json(r.stdout)["world_size"] == n
+    _, ids1, p1 = read_csv(one)
+    _, ids, probs = read_csv(out)
+    assert ids.astype(np.int64).tolist() == list(range(1200))
+    assert np.array_equal(ids, ids1)
+    assert_n_ranks_close(probs, p1, f"scores on {n} ranks")
+    # one compressed file: read whole by one rank, the others score empty batches
+    r = predict(setup, "--out", str(out), "--id-column", "I1", n=n,
+                data=setup["window"] / PARTS[2])
+    assert r.returncode == 0, r.stderr
+    _, ids, probs = read_csv(out)
+    assert ids.astype(np.int64).tolist() == list(range(600, 900))
+    assert_n_ranks_close(probs, p1[600:900], f"one file's scores on {n} ranks")
+
+
+@pytest.mark.parametrize("case", ["no model", "not a checkpoint", "id column", "out dir",
+                                  "out in a file", "out name"])
+def test_bad_arguments_are_one_line(setup: dict, tmp_path: Path, case: str) -> None:
+    out = str(tmp_path / "p.csv")
+    (tmp_path / "f.txt").write_text("x")
+    args = {"no model": ["--model", str(tmp_path / "nope"), "--out", out],
+            "not a checkpoint": ["--model", str(tmp_path), "--out", out],
+            "id column": ["--id-column", "user", "--out", out],
+            "out dir": ["--out", str(tmp_path)],
+            "out in a file": ["--out", str(tmp_path / "f.txt" / "p.csv")],
+            "out name": ["--out", str(tmp_path / "p.json")]}[case]
+    want = {"no model": f"--model {tmp_path / 'nope'}: no such directory",
+            "not a checkpoint": f"--model {tmp_path}: no complete checkpoint there",
+            "id column": "--id-column user: not a column of the spec's [input] (columns: "
+                         "label, I1,",
+            "out dir": f"--out {tmp_path}: give a .csv or .parquet file name",
+            "out in a file": f"--out {tmp_path / 'f.txt' / 'p.csv'}: no directory "
+                             f"{tmp_path / 'f.txt'}",
+            "out name": f"--out {tmp_path / 'p.json'}: give a .csv or .parquet file name"}[case]
+    base = ["predict", "--config", str(setup["cfg"]), "--model", str(setup["model"]),
+            "--data", str(setup["window"])]
+    r = recs(*base, *args)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"recs: error: {want}"), r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
+
+
+def test_a_failed_write_is_one_line_and_keeps_the_old_file(
+        setup: dict, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    from recs_core.cli import main
+    from recs_core.train import scores
+
+    out = tmp_path / "p.csv"
+    out.write_text("old\n")
+    real = scores.atomic_write
+
+    def full_disk(path, chunks):  # noqa: ANN001, ANN202
+        def failing():  # noqa: ANN202
+            yield next(iter(chunks))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, failing())
+
+    monkeypatch.setattr(scores, "atomic_write", full_disk)
+    args = ["predict", "--config", str(setup["cfg"]), "--model", str(setup["model"]),
+            "--data", str(setup["window"]), "--out", str(out)]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == (f"recs: error: --out {out}: cannot write: No "
+                                               f"space left on device")
+    assert out.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["p.csv"]
