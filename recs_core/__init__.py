@@ -17,8 +17,8 @@ Typical library use::
 """
 
 from recs_core.data.bad_rows import BadRowPolicy
+from recs_core.data.inputs import expand_sources, open_input
 from recs_core.data.reader import ShardReader
-from recs_core.data.sources import expand_sources, open_input
 from recs_core.errors import ConfigError, DataError, RecsError
 from recs_core.features.feature_pass import run_features
 from recs_core.features.graph import FeatureBatch, FeatureGraph

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import N_RANK_ATOL, assert_n_ranks_close, run_mpi
 from tests.test_cli import last_json, recs, small_config
-from tests.test_sources import zst
+from tests.test_inputs import zst
 
 PARTS = ["dt=1/hour=9/a.txt", "dt=1/hour=10/b.gz", "dt=1/hour=10/c.zst", "dt=2/hour=0/d.txt"]
 

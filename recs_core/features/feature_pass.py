@@ -11,9 +11,9 @@ import numpy as np
 
 from recs_core.comm.world import World
 from recs_core.data.bad_rows import BadRowPolicy
+from recs_core.data.inputs import open_input
 from recs_core.data.parse import ChunkParser
 from recs_core.data.reader import find_lf, rfind_lf
-from recs_core.data.sources import open_input
 from recs_core.features.graph import FeatureGraph
 from recs_core.features.spec import Spec
 from recs_core.progress_bar import ProgressBar
@@ -65,7 +65,7 @@ def run_features(spec: Spec, paths: list[str], world: World | None = None, *,
                  policy: BadRowPolicy | None = None, batch_rows: int | None = None,
                  quiet: bool = False) -> FeatureRunStats:
     """Process this rank's shard of the window ``paths`` names (files, directories, globs:
-    ``recs_core.data.sources``) through the spec's operator graph.
+    ``recs_core.data.inputs``) through the spec's operator graph.
 
     Returns the global figures (every rank gets them).
     """

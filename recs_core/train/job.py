@@ -27,9 +27,9 @@ from recs_core.comm.objects import dup
 from recs_core.comm.pending import post_allreduce
 from recs_core.comm.world import World
 from recs_core.data.bad_rows import BadRowPolicy
+from recs_core.data.inputs import open_input
 from recs_core.data.parse import RawBatch
 from recs_core.data.reader import ShardReader
-from recs_core.data.sources import open_input
 from recs_core.errors import RecsError
 from recs_core.features.feature_pass import warm_up
 from recs_core.features.graph import FeatureBatch, FeatureGraph
@@ -86,7 +86,7 @@ class Job:
     def _open(self, paths: list[str], policy: BadRowPolicy | None,
               holdout: float = 0.0) -> ShardReader:
         """This rank's reader of the window ``paths`` names (files, directories, globs:
-        ``recs_core.data.sources``); the last ``holdout`` of its shard's bytes are the
+        ``recs_core.data.inputs``); the last ``holdout`` of its shard's bytes are the
         held-out rows (its ``held_out()``)."""
         self._reader, self._input_warnings = open_input(
             paths, self.spec.schema, rank=self.world.rank, world=self.world.size,

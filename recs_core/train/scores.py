@@ -2,7 +2,7 @@
 back in the window's row order, with each row's position or id, written as CSV or Parquet.
 
 A row's position is its 0-based index in the window: files in the order ``--data`` names
-them (``recs_core.data.sources``), lines in file order, every line counted (a bad line
+them (``recs_core.data.inputs``), lines in file order, every line counted (a bad line
 that was skipped keeps its number and has no score), so positions line up with the input.
 """
 

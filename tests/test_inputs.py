@@ -1,4 +1,4 @@
-"""``--data`` as files, directories and globs (``recs_core.data.sources``), and ``.zst``
+"""``--data`` as files, directories and globs (``recs_core.data.inputs``), and ``.zst``
 text next to ``.gz``: the expanded order against lists written out by hand, and the rows
 read against the files' own lines (every row once over 1, 2 and 3 ranks)."""
 
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from recs_core.data import reader as reader_mod
+from recs_core.data.inputs import expand_sources, open_input
 from recs_core.data.parse import COL_INT, COL_LABEL, COL_STR, ColumnSchema
 from recs_core.data.reader import ShardReader
-from recs_core.data.sources import expand_sources, open_input
 from recs_core.errors import DataError
 from tests.conftest import CONFIGS, run_mpi
 
