@@ -17,7 +17,7 @@ from recs_core.data.convert import convert_to_parquet, to_record_batch
 from recs_core.data.parquet import ParquetInput, ParquetReader
 from recs_core.data.parse import RawBatch
 from recs_core.data.reader import ShardReader
-from recs_core.data.sources import ArrowSource, open_reader
+from recs_core.data.sources import ArrowSource, open_input
 from recs_core.errors import DataError, RecsError
 from recs_core.features.graph import FeatureBatch, FeatureGraph
 from recs_core.features.spec import load_spec, parse_spec
@@ -246,11 +246,11 @@ CHECK = """
 import sys
 import numpy as np
 from recs_core.comm.world import mpi_world
-from recs_core.data.sources import open_reader
+from recs_core.data.sources import open_input
 from recs_core.features.spec import load_spec
 world = mpi_world()
 spec = load_spec(sys.argv[1])
-reader = open_reader(sys.argv[2:], spec.schema, rank=world.rank, world=world.size,
+reader, _ = open_input(sys.argv[2:], spec.schema, rank=world.rank, world=world.size,
                      batch_rows=64, holdout=0.2)
 ids = [int(x) for part in (reader, reader.held_out()) for b in part for x in b.ints[:, 0]]
 every = world.comm.allgather(ids) if world.size > 1 else [ids]
@@ -341,7 +341,7 @@ def test_arrow_source_type_checks_and_hold_out() -> None:
     with pytest.raises(DataError, match="expected a pyarrow.RecordBatch"):
         list(ArrowSource([{"label": 1}], spec.schema))
     with pytest.raises(RecsError, match="hold-out"):
-        open_reader(iter([]), spec.schema, holdout=0.1)
+        open_input(iter([]), spec.schema, holdout=0.1)
 
 
 def test_pandas_data_frames_through_arrow(synth: Path) -> None:
@@ -385,7 +385,7 @@ def test_format_key_reads_any_name_as_parquet(tmp_path: Path, shard_files: list[
     spec = parse_spec(data)
     dat = tmp_path / "part-0000.dat"
     shutil.copy(shard_files[0], dat)
-    assert len(row_ids(open_reader([str(dat)], spec.schema, spec.format))) == 1000
+    assert len(row_ids(open_input([str(dat)], spec.schema, spec.format)[0])) == 1000
     data["input"]["format"] = "orc"
     with pytest.raises(RecsError, match="input.format: must be \"csv\", \"tsv\" or \"parquet\""):
         parse_spec(data)
@@ -395,7 +395,7 @@ def test_mixed_text_and_parquet(criteo_sample, tmp_path: Path) -> None:
     spec = load_spec(SPEC)
     out = tmp_path / "c.parquet"
     convert_to_parquet([str(criteo_sample)], spec.schema, str(out), row_group_rows=1000)
-    both = list(open_reader([str(out), str(criteo_sample)], spec.schema, batch_rows=1000))
+    both = list(open_input([str(out), str(criteo_sample)], spec.schema, batch_rows=1000)[0])
     one = list(ShardReader([str(criteo_sample)], spec.schema, batch_rows=1000))
     assert sum(len(b) for b in both) == 2 * 5760
     whole = RawBatch.concat(both)
