@@ -389,7 +389,7 @@ def _scan_str(buf: np.ndarray, q: int, nbytes: int, sep: int, sep8: np.uint64):
     return q, special
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True)
 def _scan_quoted(buf: np.ndarray, q: int, nbytes: int, sep: int):
     """Read a quoted field whose opening quote is at q, unescaping ``""`` in place:
     (where the field ends, end of its content, which starts at q + 1; whether the content
@@ -474,7 +474,7 @@ def _word_at(buf: np.ndarray, q: int, end: int, word: bytes) -> bool:
     return True
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True)
 def _scan_float(buf: np.ndarray, q: int, end: int, nbytes: int, sep: int):
     """Parse a decimal float (``1``, ``-2.5``, ``.5``, ``3e-4``, ``nan``, ``inf``) from q up
     to the field end or ``end``: (where it stopped, reason, value; NaN when empty).
@@ -666,7 +666,10 @@ def parse_lines(buf, nbytes, at_eof, sep, quoting, kinds, slots, max_bytes, labe
                 floats[n_good, slots[field]] = x
             elif kind == COL_LABEL:
                 q = _to_field_end(buf, q, nbytes, nbytes, sep)
-                fr = _label(buf, p, q, nbytes, sep, label_op, label_value, labels, n_good)
+                if label_op == OP_LABEL_BYTES and q - p == 1 and (buf[p] == 48 or buf[p] == 49):
+                    labels[n_good] = buf[p] - 48
+                else:
+                    fr = _label(buf, p, q, nbytes, sep, label_op, label_value, labels, n_good)
             else:  # COL_SKIP
                 q = _to_field_end(buf, q, nbytes, nbytes, sep)
             if fr != 0 and reason == 0:
@@ -711,7 +714,7 @@ def parse_lines(buf, nbytes, at_eof, sep, quoting, kinds, slots, max_bytes, labe
     return n_good, line, n_bad
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True)
 def _label(buf, a, b, nbytes, sep, op, value, labels, row):  # noqa: ANN001, ANN202
     """Write the label of field buf[a:b] under rule (op, value); returns a reason (0: ok)."""
     flen = b - a
