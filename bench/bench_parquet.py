@@ -182,6 +182,7 @@ def main() -> None:
             runs["text"].append(recs_features(text, a.lock)["rows_per_sec"])
             runs["parquet"].append(recs_features(par, a.lock)["rows_per_sec"])
             runs["reference"].append(round(reference(par, a.lock), 1))
+            print(json.dumps({"progress": runs}), file=sys.stderr, flush=True)
         med = {k: statistics.median(v) for k, v in runs.items()}
         out = {"rows": a.rows, "parquet_bytes": conv["bytes"], "row_groups": conv["row_groups"],
                "text_bytes": text.stat().st_size, "reference_checked_rows": checked,
@@ -199,6 +200,7 @@ def main() -> None:
             for _ in range(2):
                 rss["1x"].append(recs_features(par, a.lock, rss=True)["peak_rss_mb"])
                 rss["10x"].append(recs_features(big, a.lock, rss=True)["peak_rss_mb"])
+                print(json.dumps({"progress_rss": rss}), file=sys.stderr, flush=True)
             m1, m10 = statistics.median(rss["1x"]), statistics.median(rss["10x"])
             out.update({"peak_rss_mb_runs": rss, "peak_rss_mb": {"1x": m1, "10x": m10},
                         "rss_10x_over_1x": round(m10 / m1, 3),

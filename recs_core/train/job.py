@@ -108,7 +108,9 @@ class Job:
             policy: BadRowPolicy | None = None, quiet: bool = True,
             hook: StepHook | None = None, trace: str | None = None, mode: str = "sequential",
             **options: Any) -> dict[str, Any]:
-        """One pass: each batch is scored, then trained on; the rows in the last
+        """One pass over ``paths`` (files: text or Parquet; or an Arrow source: tables,
+        record batches, pandas frames, or an iterator of them, see
+        :mod:`recs_core.data.sources`): each batch is scored, then trained on; the rows in the last
         ``eval_fraction`` of each rank's shard (by bytes: approximate in rows for .gz) are
         held out, read again after the pass and scored. ``mode`` and ``options``
         (lookahead, workers, chunk_ms, ...): the schedule's Policy (every mode computes
