@@ -36,7 +36,8 @@ import pyarrow as pa
 
 from recs_core.data.arrow import ArrowConverter, check_schema
 from recs_core.data.bad_rows import BadRowCounter, BadRowPolicy
-from recs_core.data.parquet import ParquetReader, is_parquet, rebatch, rebatch_origins
+from recs_core.data.header import field_maps
+from recs_core.data.parquet import ParquetInput, ParquetReader, is_parquet, rebatch, rebatch_origins
 from recs_core.data.parse import ColumnSchema, RawBatch
 from recs_core.data.reader import RowOrigins, ShardReader
 from recs_core.data.shards import screen_files
@@ -157,6 +158,9 @@ def open_input(data: Any, schema: ColumnSchema, fmt: str | None = None, *, rank:
     kw = dict(rank=rank, world=world, batch_rows=batch_rows, policy=policy, holdout=holdout)
     runs: list[Reader] = []
     counter = None
+    if len({is_parquet(p, fmt) for p in paths}) > 1:  # mixed: one schema over the runs too
+        field_maps(schema, [p for p in paths if not is_parquet(p, fmt)])
+        ParquetInput.scan([p for p in paths if is_parquet(p, fmt)], schema)
     for parquet, group in itertools.groupby(paths, key=lambda p: is_parquet(p, fmt)):
         run = list(group)
         one: Reader = (ParquetReader(run, schema, counter=counter, **kw) if parquet
