@@ -373,6 +373,8 @@ def test_job_trains_the_same_on_batches_from_a_generator(sample_1200: Path,
     assert np.array_equal(np.concatenate(a.step_probs), np.concatenate(b.step_probs))
     pq.write_table(table, tmp_path / "w.parquet", row_group_size=500)
     assert np.array_equal(a.score([str(tmp_path / "w.parquet")]), a.score(table))
+    assert np.array_equal(a.score(rb for rb in table.to_batches(max_chunksize=250)),
+                          a.score([str(sample_1200)]))
 
 
 def test_format_key_reads_any_name_as_parquet(tmp_path: Path, shard_files: list[str]) -> None:

@@ -227,3 +227,92 @@ def test_a_failed_write_is_one_line_and_keeps_the_old_file(
     assert capsys.readouterr().err.strip() == (f"recs: error: --out {out}: cannot write: No "
                                                f"space left on device")
     assert out.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["p.csv"]
+
+
+def parquet_copy(setup: dict, text: Path, out: Path) -> Path:
+    """``text``'s rows as a Parquet file of 128-row groups (``recs_core.data.convert``)."""
+    from recs_core.data.convert import convert_to_parquet
+    from recs_core.features.spec import load_spec
+
+    convert_to_parquet([str(text)], load_spec(setup["cfg"]).schema, str(out), row_group_rows=128)
+    return out
+
+
+@pytest.fixture(scope="module")
+def mixed(setup: dict) -> Path:
+    """The window's rows (I1: the row number) as a mixed window, text and Parquet files
+    alternating in partition order: p=0 text, p=1 Parquet, p=2 text, p=3 Parquet."""
+    d = setup["dir"] / "mixed"
+    for k in range(4):
+        (d / f"p={k}").mkdir(parents=True)
+        rows = "".join(setup["lines"][k * 300:(k + 1) * 300])
+        if k % 2:
+            tmp = setup["dir"] / f"rows{k}.txt"
+            tmp.write_text(rows)
+            parquet_copy(setup, tmp, d / f"p={k}" / "part.parquet")
+        else:
+            (d / f"p={k}" / "part.txt").write_text(rows)
+    return d
+
+
+def test_parquet_scores_and_positions_are_the_texts(setup: dict, tmp_path: Path) -> None:
+    text = tmp_path / "w.txt"
+    text.write_text("".join(setup["lines"]))
+    data = parquet_copy(setup, text, tmp_path / "w.parquet")
+    outs = []
+    for src in (text, data):
+        out = tmp_path / f"{src.suffix[1:]}.csv"
+        r = predict(setup, "--out", str(out), data=src)
+        assert r.returncode == 0, r.stderr
+        outs.append(read_csv(out))
+    (_, pt, st), (_, pp, sp) = outs
+    assert np.array_equal(pt.astype(np.int64), np.arange(1200))
+    assert np.array_equal(pp, pt) and np.array_equal(sp, st)
+    assert np.array_equal(sp, reference(setup, "score", data))
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_mixed_window_is_scored_in_window_order(setup: dict, mixed: Path, n: int) -> None:
+    """Text and Parquet files alternating: every row once, in the window's order (ids and
+    positions), with the text window's scores, on 1 and 2 ranks."""
+    one = setup["dir"] / "mixed-text.csv"
+    if not one.exists():
+        assert predict(setup, "--out", str(one), "--id-column", "I1").returncode == 0
+    out = setup["dir"] / f"mixed{n}.csv"
+    r = predict(setup, "--out", str(out), "--id-column", "I1", n=n, data=mixed)
+    assert r.returncode == 0, r.stderr
+    _, ids1, p1 = read_csv(one)
+    _, ids, probs = read_csv(out)
+    assert ids.astype(np.int64).tolist() == list(range(1200))
+    assert_n_ranks_close(probs, p1, f"mixed window's scores on {n} ranks")
+    r = predict(setup, "--out", str(out), n=n, data=mixed)
+    assert r.returncode == 0, r.stderr
+    _, pos, _ = read_csv(out)
+    assert pos.astype(np.int64).tolist() == list(range(1200))
+
+
+def test_a_float_column_gives_float_ids(tmp_path: Path) -> None:
+    """--id-column on a float column: its values as float64, a missing one null (the
+    reference: Python's csv module on the same file)."""
+    import tomllib
+
+    from recs_core.data.reader import ShardReader
+    from recs_core.features.spec import parse_spec
+    from recs_core.train.scores import check_id_column, column_array
+    from tests.conftest import CONFIGS
+
+    data = tomllib.loads((CONFIGS / "movielens.toml").read_text())
+    data["input"]["columns"].append({"name": "ts", "type": "float", "from": "timestamp:float"})
+    schema = parse_spec(data).schema
+    check_id_column(schema, "ts")
+    src = Path(__file__).parent.parent / "data/samples/ml100k/ratings_train.inter"
+    rows = src.read_text().splitlines()[:201]
+    rows[5] = "\t".join(rows[5].split("\t")[:3] + [""])  # a missing timestamp
+    p = tmp_path / "r.inter"
+    p.write_text("\n".join(rows) + "\n")
+    got = [v for b in ShardReader([str(p)], schema)
+           for v in column_array(b, schema, "ts").to_pylist()]
+    with open(p, newline="") as f:
+        want = [float(r[3]) if r[3] else None for r in list(csv.reader(f, delimiter="\t"))[1:]]
+    assert got == want and got[4] is None and len(got) == 200

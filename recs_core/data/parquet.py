@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from recs_core.data.arrow import ArrowConverter, check_schema, type_class
 from recs_core.data.bad_rows import BadRowCounter, BadRowPolicy
 from recs_core.data.parse import ColumnSchema, RawBatch
+from recs_core.data.reader import RowOrigins
 from recs_core.data.shards import check_files
 from recs_core.errors import DataError
 
@@ -155,7 +156,9 @@ def split_rows(parts: list[RowPart], holdout: float) -> tuple[list[RowPart], lis
 class ParquetReader:
     """Iterates this rank's share of Parquet files as :class:`RawBatch` es of
     ``batch_rows`` rows, with the interface of :class:`~recs_core.data.reader.ShardReader`
-    (``counter``, ``rows``, ``held_rows``, :meth:`held_out`, :meth:`size_warnings`)."""
+    (``paths``, ``counter``, ``rows``, ``held_rows``, :meth:`held_out`,
+    :meth:`with_origins`, :meth:`part_keys`, ``part_lines``, :meth:`size_warnings`); a
+    part is rows of one row group (``RowPart``), its lines are its rows."""
 
     def __init__(self, paths: list[str], schema: ColumnSchema, *, rank: int = 0,
                  world: int = 1, batch_rows: int = 2048, policy: BadRowPolicy | None = None,
@@ -163,7 +166,8 @@ class ParquetReader:
         if batch_rows < 1:
             raise ValueError("batch_rows must be >= 1")
         self.schema = schema
-        self.input = ParquetInput.scan([os.fspath(p) for p in paths], schema)
+        self.paths = [os.fspath(p) for p in paths]
+        self.input = ParquetInput.scan(self.paths, schema)
         self.parts = self.input.plan(world)[rank]
         self.holdout = holdout
         self._train, self._held = split_rows(self.parts, holdout)
@@ -172,17 +176,31 @@ class ParquetReader:
         self.counter = counter or BadRowCounter(policy or BadRowPolicy())
         self.rows = 0
         self.held_rows = 0
+        self.part_lines = [p.hi - p.lo for p in self._train]  # rows of each training part
 
     def __iter__(self) -> Iterator[RawBatch]:
-        for batch in rebatch(self._converted(self._train), self.batch_rows):
-            self.rows += len(batch)
+        for batch, _ in self.with_origins():
             yield batch
 
     def held_out(self) -> Iterator[RawBatch]:
         """The held-out rows (the last ``holdout`` of this rank's rows)."""
-        for batch in rebatch(self._converted(self._held), self.batch_rows):
+        for batch, _ in rebatch_origins(self._converted(self._held), self.batch_rows):
             self.held_rows += len(batch)
             yield batch
+
+    def with_origins(self) -> Iterator[tuple[RawBatch, RowOrigins]]:
+        """The training rows with their origins: per row, its part (see
+        :meth:`part_keys`) and its row in the part (a skipped bad row keeps its number)."""
+        for batch, origins in rebatch_origins(self._converted(self._train), self.batch_rows):
+            self.rows += len(batch)
+            yield batch, origins  # type: ignore[misc]
+
+    def part_keys(self) -> list[tuple[int, int]]:
+        """Where each training part starts in the window: (index of its file among
+        ``paths``, its first row in the file); parts of all ranks sort by it in row
+        order."""
+        index = {p: i for i, p in enumerate(self.paths)}
+        return [(index[p.path], p.first + p.lo) for p in self._train]
 
     header_warnings: list[str] = []  # (text files' header-only files: none here)
 
@@ -205,9 +223,9 @@ class ParquetReader:
             if at >= part.hi:
                 break
 
-    def _converted(self, parts: list[RowPart]) -> Iterator[RawBatch]:
+    def _converted(self, parts: list[RowPart]) -> Iterator[tuple[RawBatch, RowOrigins]]:
         names = self.schema.names
-        for part in parts:
+        for k, part in enumerate(parts):
             where = f"{part.path}: row group {part.group}"
             columns: list[int] | None = None
             try:
@@ -223,7 +241,10 @@ class ParquetReader:
                                             names[col] if col >= 0 else None)
                     self.counter.check(final=False)
                     if len(out.batch):
-                        yield out.batch
+                        good = np.ones(out.n_rows, bool)
+                        good[out.bad_row] = False
+                        lines = np.flatnonzero(good).astype(np.int64) + (row - part.lo)
+                        yield out.batch, RowOrigins(np.full(len(lines), k, np.int32), lines)
             except (pa.ArrowException, OSError) as e:
                 msg = str(e).splitlines()[0] if str(e) else type(e).__name__
                 raise DataError(f"{where}: cannot read: {msg}", path=part.path,
@@ -238,17 +259,31 @@ def _row_of(group: int, row: int):  # noqa: ANN202
 
 def rebatch(batches: Iterator[RawBatch], rows: int) -> Iterator[RawBatch]:
     """Batches of exactly ``rows`` rows (the last may be shorter) from batches of any size."""
-    pending: list[RawBatch] = []
+    return (b for b, _ in rebatch_origins(((b, None) for b in batches), rows))
+
+
+def rebatch_origins(items: Iterator[tuple[RawBatch, RowOrigins | None]], rows: int
+                    ) -> Iterator[tuple[RawBatch, RowOrigins | None]]:
+    """:func:`rebatch` of batches with their rows' origins (None: not tracked)."""
+    pending: list[tuple[RawBatch, RowOrigins | None]] = []
     have = 0
-    for batch in batches:
+
+    def joined() -> tuple[RawBatch, RowOrigins | None]:
+        o = [p[1] for p in pending]
+        return (RawBatch.concat([p[0] for p in pending]),
+                None if o[0] is None else RowOrigins.concat(o))
+
+    for batch, origins in items:
         a = 0
         while a < len(batch):
             take = min(rows - have, len(batch) - a)
-            pending.append(batch.slice(a, a + take) if take < len(batch) else batch)
+            whole = take == len(batch)
+            pending.append((batch if whole else batch.slice(a, a + take),
+                            origins if whole or origins is None else origins.slice(a, a + take)))
             have += take
             a += take
             if have == rows:
-                yield RawBatch.concat(pending)
+                yield joined()
                 pending, have = [], 0
     if have:
-        yield RawBatch.concat(pending)
+        yield joined()

@@ -99,6 +99,12 @@ class RowOrigins:
         return RowOrigins(np.concatenate([p.part for p in parts]),
                           np.concatenate([p.line for p in parts]))
 
+    def slice(self, a: int, b: int) -> RowOrigins:
+        return RowOrigins(self.part[a:b], self.line[a:b])
+
+    def __len__(self) -> int:
+        return len(self.part)
+
 
 @dataclass(frozen=True)
 class _Part:
@@ -489,7 +495,8 @@ class ShardReader:
 
     def __init__(self, paths: list[str], schema: ColumnSchema, *, rank: int = 0, world: int = 1,
                  batch_rows: int = 2048, policy: BadRowPolicy | None = None,
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, holdout: float = 0.0) -> None:
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, holdout: float = 0.0,
+                 counter: BadRowCounter | None = None) -> None:
         if batch_rows < 1:
             raise ValueError("batch_rows must be >= 1")
         self.paths = [os.fspath(p) for p in paths]
@@ -504,7 +511,7 @@ class ShardReader:
         self.fields, self.header_warnings = field_maps(schema, [str(p) for p in paths])
         self.batch_rows = batch_rows
         self.chunk_bytes = chunk_bytes
-        self.counter = BadRowCounter(policy or BadRowPolicy())
+        self.counter = counter or BadRowCounter(policy or BadRowPolicy())  # may be shared
         self.rows = 0  # training rows yielded
         self.held_rows = 0  # held-out rows yielded
         self.sizes = {s.path: os.path.getsize(s.path) for s in self.spans}

@@ -14,28 +14,32 @@ file named twice is read once (:func:`~recs_core.data.shards.screen_files`).
 
 Files: Parquet (``[input] format = "parquet"``, or a ``.parquet`` name) through
 :class:`~recs_core.data.parquet.ParquetReader`, text through
-:class:`~recs_core.data.reader.ShardReader`; a mix reads the text files, then the Parquet
-files, with one bad-row count. Anything else given as the data is an Arrow source: a
-``pyarrow.RecordBatch``, ``pyarrow.Table`` or pandas ``DataFrame``, or an iterable of
-them (batches from a queue consumer or a database cursor), read by :class:`ArrowSource`
-with the same column and type checks as Parquet files.
+:class:`~recs_core.data.reader.ShardReader`; a mix is read in window order, a reader per
+run of consecutive files of one format (:class:`MixedReader`), with one bad-row count.
+Anything else given as the data is an Arrow source: a ``pyarrow.RecordBatch``,
+``pyarrow.Table`` or pandas ``DataFrame``, or an iterable of them (batches from a queue
+consumer or a database cursor), read by :class:`ArrowSource` with the same column and
+type checks as Parquet files.
 """
 
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 
 from recs_core.data.arrow import ArrowConverter, check_schema
 from recs_core.data.bad_rows import BadRowCounter, BadRowPolicy
-from recs_core.data.parquet import ParquetReader, is_parquet, rebatch
+from recs_core.data.header import field_maps
+from recs_core.data.parquet import ParquetInput, ParquetReader, is_parquet, rebatch, rebatch_origins
 from recs_core.data.parse import ColumnSchema, RawBatch
-from recs_core.data.reader import ShardReader
+from recs_core.data.reader import RowOrigins, ShardReader
 from recs_core.data.shards import screen_files
 from recs_core.errors import DataError, RecsError
 
@@ -43,14 +47,20 @@ from recs_core.errors import DataError, RecsError
 class Reader(Protocol):
     """This rank's rows of a window: what every reader here offers the job."""
 
+    paths: list[str]  # the window's files, in window order ([] for an Arrow source)
     counter: BadRowCounter
     rows: int  # training rows yielded
     held_rows: int  # held-out rows yielded
     header_warnings: list[str]
+    part_lines: list[int]  # lines of each training part (complete after with_origins)
 
     def __iter__(self) -> Iterator[RawBatch]: ...
 
     def held_out(self) -> Iterator[RawBatch]: ...
+
+    def with_origins(self) -> Iterator[tuple[RawBatch, RowOrigins]]: ...
+
+    def part_keys(self) -> list[tuple[int, int]]: ...
 
     def size_warnings(self) -> list[str]: ...
 
@@ -142,31 +152,35 @@ def open_input(data: Any, schema: ColumnSchema, fmt: str | None = None, *, rank:
         if holdout:
             raise RecsError("a hold-out (eval fraction) needs files; for Arrow batches "
                             "score held-out rows with a second source")
-        return ArrowSource(data, schema, batch_rows=batch_rows, policy=policy), []
+        return ArrowSource(data, schema, batch_rows=batch_rows, policy=policy, rank=rank), []
     args = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     paths, warnings = screen_files(expand_sources(args))
-    parquet = [p for p in paths if is_parquet(p, fmt)]
-    text = [p for p in paths if not is_parquet(p, fmt)]
     kw = dict(rank=rank, world=world, batch_rows=batch_rows, policy=policy, holdout=holdout)
-    reader: Reader
-    if not parquet:
-        reader = ShardReader(text, schema, **kw)
-    elif not text:
-        reader = ParquetReader(parquet, schema, **kw)
-    else:
-        first = ShardReader(text, schema, **kw)
-        reader = MixedReader(first, ParquetReader(parquet, schema, counter=first.counter,
-                                                  **kw))
+    runs: list[Reader] = []
+    counter = None
+    if len({is_parquet(p, fmt) for p in paths}) > 1:  # mixed: one schema over the runs too
+        field_maps(schema, [p for p in paths if not is_parquet(p, fmt)])
+        ParquetInput.scan([p for p in paths if is_parquet(p, fmt)], schema)
+    for parquet, group in itertools.groupby(paths, key=lambda p: is_parquet(p, fmt)):
+        run = list(group)
+        one: Reader = (ParquetReader(run, schema, counter=counter, **kw) if parquet
+                       else ShardReader(run, schema, counter=counter, **kw))
+        counter = one.counter
+        runs.append(one)
+    reader = runs[0] if len(runs) == 1 else MixedReader(runs)
     return reader, warnings + reader.header_warnings
 
 
 class MixedReader:
-    """Text files' rows, then Parquet files' rows (one bad-row counter)."""
+    """A window of text and Parquet files: each run of consecutive files of one format
+    read by its reader, in window order, with one bad-row counter. Each run is sharded
+    over the ranks on its own (every row still read once)."""
 
-    def __init__(self, text: ShardReader, parquet: ParquetReader) -> None:
-        self.readers = (text, parquet)
-        self.counter = text.counter
-        self.batch_rows = text.batch_rows
+    def __init__(self, readers: list[Reader]) -> None:
+        self.readers = readers
+        self.counter = readers[0].counter
+        self.batch_rows = getattr(readers[0], "batch_rows", 2048)
+        self.paths = [p for r in readers for p in r.paths]
 
     @property
     def rows(self) -> int:
@@ -176,15 +190,42 @@ class MixedReader:
     def held_rows(self) -> int:
         return sum(r.held_rows for r in self.readers)
 
+    @property
+    def part_lines(self) -> list[int]:
+        return [n for r in self.readers for n in r.part_lines]
+
     def __iter__(self) -> Iterator[RawBatch]:
         return rebatch((b for r in self.readers for b in r), self.batch_rows)
 
     def held_out(self) -> Iterator[RawBatch]:
         return rebatch((b for r in self.readers for b in r.held_out()), self.batch_rows)
 
+    def with_origins(self) -> Iterator[tuple[RawBatch, RowOrigins]]:
+        """Every run's rows with their origins, part numbers counted over the runs."""
+        def each() -> Iterator[tuple[RawBatch, RowOrigins]]:
+            for r, base in zip(self.readers, self._part_bases()):
+                for batch, o in r.with_origins():
+                    yield batch, RowOrigins(o.part + np.int32(base), o.line)
+        return rebatch_origins(each(), self.batch_rows)  # type: ignore[return-value]
+
+    def part_keys(self) -> list[tuple[int, int]]:
+        """Each run's part keys with file indices among the window's ``paths``."""
+        out, first = [], 0
+        for r in self.readers:
+            out += [(first + f, at) for f, at in r.part_keys()]
+            first += len(r.paths)
+        return out
+
+    def _part_bases(self) -> list[int]:
+        bases, n = [], 0
+        for r in self.readers:
+            bases.append(n)
+            n += len(r.part_keys())
+        return bases
+
     @property
     def header_warnings(self) -> list[str]:
-        return self.readers[0].header_warnings
+        return [w for r in self.readers for w in r.header_warnings]
 
     def size_warnings(self) -> list[str]:
         return [w for r in self.readers for w in r.size_warnings()]
@@ -208,7 +249,7 @@ class ArrowSource:
     for Parquet. Bad rows are counted under ``policy`` (place: item and row)."""
 
     def __init__(self, source: Any, schema: ColumnSchema, *, batch_rows: int = 2048,
-                 policy: BadRowPolicy | None = None) -> None:
+                 policy: BadRowPolicy | None = None, rank: int = 0) -> None:
         if isinstance(source, (pa.RecordBatch, pa.Table)) or (
                 type(source).__module__.startswith("pandas") and hasattr(source, "columns")):
             source = [source]
@@ -222,11 +263,23 @@ class ArrowSource:
         self.counter = BadRowCounter(policy or BadRowPolicy())
         self.rows = 0
         self.held_rows = 0
+        self.rank = rank
+        self.paths: list[str] = []
+        self.part_lines = [0]  # one part: the rank's rows (bad ones too), in order
 
     def __iter__(self) -> Iterator[RawBatch]:
-        for batch in rebatch(self._converted(), self.batch_rows):
-            self.rows += len(batch)
+        for batch, _ in self.with_origins():
             yield batch
+
+    def with_origins(self) -> Iterator[tuple[RawBatch, RowOrigins]]:
+        """The rows with their origins: part 0, the row's 0-based number in the source."""
+        for batch, origins in rebatch_origins(self._converted(), self.batch_rows):
+            self.rows += len(batch)
+            yield batch, origins  # type: ignore[misc]
+
+    def part_keys(self) -> list[tuple[int, int]]:
+        """One part per rank, keyed by the rank: rank 0's rows first, then rank 1's..."""
+        return [(self.rank, 0)]
 
     header_warnings: list[str] = []
 
@@ -236,9 +289,10 @@ class ArrowSource:
     def size_warnings(self) -> list[str]:
         return []
 
-    def _converted(self) -> Iterator[RawBatch]:
+    def _converted(self) -> Iterator[tuple[RawBatch, RowOrigins]]:
         names = self.schema.names
         row = 0
+        self.part_lines = [0]
         for index, item in enumerate(self.source):
             where = f"arrow source item {index}"
             for rb in _record_batches(item, index):
@@ -250,7 +304,11 @@ class ArrowSource:
                     self.counter.record("arrow source", lambda at=at: f"row {at}", code,
                                         names[col] if col >= 0 else None)
                 self.counter.check(final=False)
+                good = np.ones(out.n_rows, bool)
+                good[out.bad_row] = False
+                lines = np.flatnonzero(good).astype(np.int64) + row
                 row += out.n_rows
+                self.part_lines = [row]
                 if len(out.batch):
-                    yield out.batch
+                    yield out.batch, RowOrigins(np.zeros(len(lines), np.int32), lines)
         self.counter.check(final=True)

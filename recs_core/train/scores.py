@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from recs_core.checkpoint.files import atomic_write
-from recs_core.data.parse import COL_INT, COL_LABEL, COL_STR, ColumnSchema, RawBatch
+from recs_core.data.parse import COL_FLOAT, COL_INT, COL_LABEL, COL_STR, ColumnSchema, RawBatch
 from recs_core.data.reader import RowOrigins
 from recs_core.errors import RecsError
 
@@ -31,13 +31,15 @@ def check_id_column(schema: ColumnSchema, name: str) -> None:
     if name not in schema.names:
         raise RecsError(f"--id-column {name}: not a column of the spec's [input] (columns: "
                         f"{', '.join(schema.names)})")
-    if schema.kinds[schema.names.index(name)] not in (COL_LABEL, COL_INT, COL_STR):
-        raise RecsError(f"--id-column {name}: ids come from a label, int or str column")
+    if schema.kinds[schema.names.index(name)] not in (COL_LABEL, COL_INT, COL_FLOAT, COL_STR):
+        raise RecsError(f"--id-column {name}: ids come from a label, int, float or str "
+                        f"column")
 
 
 def column_array(raw: RawBatch, schema: ColumnSchema, name: str) -> pa.Array:
-    """Column ``name`` of a batch as an Arrow array (missing values as nulls), built
-    from the batch's buffers without a Python object per value."""
+    """Column ``name`` of a batch as an Arrow array (missing values as nulls; a float
+    column's as float64, NaN being missing), built from the batch's buffers without a
+    Python object per value."""
     import pyarrow as pa
 
     kind = schema.kinds[schema.names.index(name)]
@@ -46,6 +48,9 @@ def column_array(raw: RawBatch, schema: ColumnSchema, name: str) -> pa.Array:
     if kind == COL_INT:
         j = schema.int_names.index(name)
         return pa.array(raw.ints[:, j], mask=raw.int_missing[:, j])
+    if kind == COL_FLOAT:
+        x = raw.floats[:, schema.float_names.index(name)]
+        return pa.array(x, mask=np.isnan(x))
     j = schema.str_names.index(name)
     start, n = raw.str_start[:, j], raw.str_len[:, j].astype(np.int64)
     offsets = np.zeros(len(n) + 1, np.int64)
