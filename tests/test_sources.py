@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from recs_core.data import reader as reader_mod
-from recs_core.data.parse import COL_INT, COL_LABEL, COL_STR, ColumnSchema
+from recs_core.data.parse import COL_FLOAT, COL_INT, COL_LABEL, COL_STR, ColumnSchema
 from recs_core.data.reader import ShardReader
 from recs_core.data.sources import expand_sources, open_input
 from recs_core.errors import DataError
@@ -196,3 +196,17 @@ def test_corrupt_or_truncated_zst_is_one_clear_error(tmp_path: Path) -> None:
                     "--data", str(tmp_path / "trunc.zst")])
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "trunc.zst: corrupt or truncated zstd input: Truncated" in r.stderr
+
+
+def test_a_mixed_window_needs_one_schema_across_its_runs(tmp_path: Path) -> None:
+    """Parquet files split by a text file still need one schema (checked over the window,
+    not only over a run of one format)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = ColumnSchema(("label", "x"), (COL_LABEL, COL_FLOAT), (8, 24))
+    pq.write_table(pa.table({"label": [1, 0], "x": [1.5, 2.0]}), tmp_path / "a=0.parquet")
+    (tmp_path / "a=1.txt").write_text("1\t3.5\n")
+    pq.write_table(pa.table({"label": [1], "x": [4]}), tmp_path / "a=2.parquet")
+    with pytest.raises(DataError, match="column 'x' is integer here but float in"):
+        open_input([tmp_path], schema)
