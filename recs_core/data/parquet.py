@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from recs_core.data.arrow import ArrowConverter, check_schema, type_class
 from recs_core.data.bad_rows import BadRowCounter, BadRowPolicy
 from recs_core.data.parse import ColumnSchema, RawBatch
-from recs_core.data.reader import RowOrigins
+from recs_core.data.reader import RowOrigins, rebatch_origins
 from recs_core.data.shards import check_files
 from recs_core.errors import DataError
 
@@ -255,35 +255,3 @@ class ParquetReader:
 def _row_of(group: int, row: int):  # noqa: ANN202
     """A bad row's place, for BadRowCounter: its 1-based file row and its row group."""
     return lambda: f"row {row} (row group {group})"
-
-
-def rebatch(batches: Iterator[RawBatch], rows: int) -> Iterator[RawBatch]:
-    """Batches of exactly ``rows`` rows (the last may be shorter) from batches of any size."""
-    return (b for b, _ in rebatch_origins(((b, None) for b in batches), rows))
-
-
-def rebatch_origins(items: Iterator[tuple[RawBatch, RowOrigins | None]], rows: int
-                    ) -> Iterator[tuple[RawBatch, RowOrigins | None]]:
-    """:func:`rebatch` of batches with their rows' origins (None: not tracked)."""
-    pending: list[tuple[RawBatch, RowOrigins | None]] = []
-    have = 0
-
-    def joined() -> tuple[RawBatch, RowOrigins | None]:
-        o = [p[1] for p in pending]
-        return (RawBatch.concat([p[0] for p in pending]),
-                None if o[0] is None else RowOrigins.concat(o))
-
-    for batch, origins in items:
-        a = 0
-        while a < len(batch):
-            take = min(rows - have, len(batch) - a)
-            whole = take == len(batch)
-            pending.append((batch if whole else batch.slice(a, a + take),
-                            origins if whole or origins is None else origins.slice(a, a + take)))
-            have += take
-            a += take
-            if have == rows:
-                yield joined()
-                pending, have = [], 0
-    if have:
-        yield joined()

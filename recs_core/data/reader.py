@@ -106,6 +106,38 @@ class RowOrigins:
         return len(self.part)
 
 
+def rebatch(batches: Iterator[RawBatch], rows: int) -> Iterator[RawBatch]:
+    """Batches of exactly ``rows`` rows (the last may be shorter) from batches of any size."""
+    return (b for b, _ in rebatch_origins(((b, None) for b in batches), rows))
+
+
+def rebatch_origins(items: Iterator[tuple[RawBatch, RowOrigins | None]], rows: int
+                    ) -> Iterator[tuple[RawBatch, RowOrigins | None]]:
+    """:func:`rebatch` of batches with their rows' origins (None: not tracked)."""
+    pending: list[tuple[RawBatch, RowOrigins | None]] = []
+    have = 0
+
+    def joined() -> tuple[RawBatch, RowOrigins | None]:
+        o = [p[1] for p in pending]
+        return (RawBatch.concat([p[0] for p in pending]),
+                None if o[0] is None else RowOrigins.concat(o))
+
+    for batch, origins in items:
+        a = 0
+        while a < len(batch):
+            take = min(rows - have, len(batch) - a)
+            whole = take == len(batch)
+            pending.append((batch if whole else batch.slice(a, a + take),
+                            origins if whole or origins is None else origins.slice(a, a + take)))
+            have += take
+            a += take
+            if have == rows:
+                yield joined()
+                pending, have = [], 0
+    if have:
+        yield joined()
+
+
 @dataclass(frozen=True)
 class _Part:
     """What one stream reads of one span. Plain: the lines that start in [start, end).
@@ -548,8 +580,14 @@ class ShardReader:
 
     def _stream(self, parts: list[_Part], part_lines: list[int] | None = None) -> Iterator[
             tuple[RawBatch, RowOrigins]]:
-        """Batches of ``parts``' good rows with their origins; ``part_lines`` (one per
-        part) gets the lines of each part."""
+        """Batches of ``batch_rows`` of ``parts``' good rows with their origins;
+        ``part_lines`` (one per part) gets the lines of each part."""
+        return rebatch_origins(self._chunks(parts, part_lines),  # type: ignore[return-value]
+                               self.batch_rows)
+
+    def _chunks(self, parts: list[_Part], part_lines: list[int] | None) -> Iterator[
+            tuple[RawBatch, RowOrigins]]:
+        """The good rows of each chunk read, with their origins (see :meth:`_stream`)."""
         if not parts:
             self.counter.check(final=True)
             return
@@ -561,9 +599,6 @@ class ShardReader:
         producer = _ChunkProducer(parts, self.chunk_bytes, pool, meta, full, free,
                                   self.schema.text.header)
         producer.start()
-        pending: list[RawBatch] = []
-        origins: list[RowOrigins] = []
-        pending_rows = 0
         lines_in_part = [0] * len(parts) if part_lines is None else part_lines
         try:
             while True:
@@ -594,24 +629,11 @@ class ShardReader:
                 if len(row_lines) != len(batch):
                     raise RuntimeError(f"{part.path}: {len(batch)} rows from "
                                        f"{len(row_lines)} good lines")
-                a = 0
-                while a < len(batch):
-                    take = min(self.batch_rows - pending_rows, len(batch) - a)
-                    pending.append(batch.slice(a, a + take))
-                    origins.append(RowOrigins(np.full(take, m.part, np.int32),
-                                              row_lines[a:a + take]))
-                    pending_rows += take
-                    a += take
-                    if pending_rows == self.batch_rows:
-                        out = RawBatch.concat(pending), RowOrigins.concat(origins)
-                        pending, origins, pending_rows = [], [], 0
-                        yield out
+                yield batch, RowOrigins(np.full(len(batch), m.part, np.int32), row_lines)
             if producer.error is not None:
                 raise _as_data_error(producer.error, producer.current_path)
             self._check_sizes(parts)
             self.counter.check(final=True)
-            if pending_rows:
-                yield RawBatch.concat(pending), RowOrigins.concat(origins)
         finally:
             producer.stop = True
             producer.join(timeout=5)

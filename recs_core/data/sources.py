@@ -37,9 +37,9 @@ import pyarrow as pa
 from recs_core.data.arrow import ArrowConverter, check_schema
 from recs_core.data.bad_rows import BadRowCounter, BadRowPolicy
 from recs_core.data.header import field_maps
-from recs_core.data.parquet import ParquetInput, ParquetReader, is_parquet, rebatch, rebatch_origins
+from recs_core.data.parquet import ParquetInput, ParquetReader, is_parquet
 from recs_core.data.parse import ColumnSchema, RawBatch
-from recs_core.data.reader import RowOrigins, ShardReader
+from recs_core.data.reader import RowOrigins, ShardReader, rebatch, rebatch_origins
 from recs_core.data.shards import screen_files
 from recs_core.errors import DataError, RecsError
 
