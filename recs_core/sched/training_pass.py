@@ -528,7 +528,8 @@ class TrainingPass:
 
         def spawn(summed: Pending, which: list[GradPart]) -> None:
             updates.append(self.loop.spawn(self._update_bucket(summed, which), f"update {t}",
-                                           UPDATE_PRIO, start=True, group="dense"))
+                                           UPDATE_PRIO, start=True, group="dense",
+                                           phase=f"train {t}"))
 
         for summed, which in posted:
             spawn(summed, which)
@@ -594,7 +595,10 @@ class TrainingPass:
             if t and t % self.policy.replan_every == 0 or t == 2:
                 self.plan.agree(*self._pipeline_costs(), self._plan_comm)
             self._spawn_lookups(t)
-            train = self.loop.spawn(self._train(t, global_rows, record), f"train {t}", 0)
+            # phase: a blocking step keeps computing weight gradients while their
+            # allreduces are in flight, and applies each bucket's update once summed
+            train = self.loop.spawn(self._train(t, global_rows, record), f"train {t}", 0,
+                                    phase=f"train {t}")
             self._trains = {t: train}  # step t+1's lookups wait for it (it posts the updates)
             if self.active.early:
                 self.loop.spawn(self._early_lookups(t + 1), f"admit {t + 1}", 5)
