@@ -29,7 +29,7 @@ import itertools
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +42,15 @@ from recs_core.data.parse import ColumnSchema, RawBatch
 from recs_core.data.reader import RowOrigins, ShardReader, rebatch, rebatch_origins
 from recs_core.data.shards import screen_files
 from recs_core.errors import DataError, RecsError
+
+if TYPE_CHECKING:
+    import pandas
+
+FilePath: TypeAlias = "str | os.PathLike[str]"
+ArrowData: TypeAlias = "pa.Table | pa.RecordBatch | pandas.DataFrame"
+# what a job reads: files, directories and globs, or an Arrow source (one table, batch or
+# data frame, or an iterable of them)
+DataInput: TypeAlias = "FilePath | Sequence[FilePath] | ArrowData | Iterable[ArrowData]"
 
 
 class Reader(Protocol):
@@ -132,7 +141,7 @@ def expand_sources(args: Sequence[str | os.PathLike]) -> list[str]:
     return out
 
 
-def is_file_list(data: Any) -> bool:
+def is_file_list(data: DataInput) -> bool:
     """Whether ``data`` names files (a path, or a list or tuple of paths)."""
     if isinstance(data, (str, os.PathLike)):
         return True
@@ -140,7 +149,7 @@ def is_file_list(data: Any) -> bool:
                                                    for p in data)
 
 
-def open_input(data: Any, schema: ColumnSchema, fmt: str | None = None, *, rank: int = 0,
+def open_input(data: DataInput, schema: ColumnSchema, fmt: str | None = None, *, rank: int = 0,
                world: int = 1, batch_rows: int = 2048, policy: BadRowPolicy | None = None,
                holdout: float = 0.0) -> tuple[Reader, list[str]]:
     """This rank's reader of ``data`` and the warnings about it (a file given twice, an
@@ -231,7 +240,7 @@ class MixedReader:
         return [w for r in self.readers for w in r.size_warnings()]
 
 
-def _record_batches(item: Any, index: int) -> list[pa.RecordBatch]:
+def _record_batches(item: ArrowData, index: int) -> list[pa.RecordBatch]:
     if isinstance(item, pa.RecordBatch):
         return [item]
     if isinstance(item, pa.Table):
@@ -248,8 +257,9 @@ class ArrowSource:
     es of ``batch_rows`` rows; the spec's columns are picked by name and type-checked as
     for Parquet. Bad rows are counted under ``policy`` (place: item and row)."""
 
-    def __init__(self, source: Any, schema: ColumnSchema, *, batch_rows: int = 2048,
-                 policy: BadRowPolicy | None = None, rank: int = 0) -> None:
+    def __init__(self, source: ArrowData | Iterable[ArrowData], schema: ColumnSchema, *,
+                 batch_rows: int = 2048, policy: BadRowPolicy | None = None,
+                 rank: int = 0) -> None:
         if isinstance(source, (pa.RecordBatch, pa.Table)) or (
                 type(source).__module__.startswith("pandas") and hasattr(source, "columns")):
             source = [source]

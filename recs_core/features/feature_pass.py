@@ -14,7 +14,7 @@ from recs_core.data.arrow import ArrowConverter, sample_batch
 from recs_core.data.bad_rows import BadRowPolicy
 from recs_core.data.parse import ChunkParser
 from recs_core.data.reader import find_lf, rfind_lf
-from recs_core.data.sources import open_input
+from recs_core.data.sources import DataInput, open_input
 from recs_core.features.graph import FeatureGraph
 from recs_core.features.spec import Spec
 from recs_core.progress_bar import ProgressBar
@@ -70,7 +70,7 @@ def warm_up(spec: Spec) -> float:
     return time.perf_counter() - t0
 
 
-def run_features(spec: Spec, paths: Any, world: World | None = None, *,
+def run_features(spec: Spec, paths: DataInput, world: World | None = None, *,
                  policy: BadRowPolicy | None = None, batch_rows: int | None = None,
                  quiet: bool = False) -> FeatureRunStats:
     """Process this rank's shard of ``paths`` (files, directories, globs: text or Parquet;

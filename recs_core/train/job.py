@@ -28,7 +28,7 @@ from recs_core.comm.pending import post_allreduce
 from recs_core.comm.world import World
 from recs_core.data.bad_rows import BadRowPolicy
 from recs_core.data.parse import RawBatch
-from recs_core.data.sources import Reader, is_file_list, open_input
+from recs_core.data.sources import DataInput, Reader, is_file_list, open_input
 from recs_core.errors import RecsError
 from recs_core.features.feature_pass import warm_up
 from recs_core.features.graph import FeatureBatch, FeatureGraph
@@ -82,7 +82,7 @@ class Job:
         job.config_text = config_text(path)
         return job
 
-    def _open(self, data: Any, policy: BadRowPolicy | None, holdout: float = 0.0) -> Reader:
+    def _open(self, data: DataInput, policy: BadRowPolicy | None, holdout: float = 0.0) -> Reader:
         """This rank's reader of ``data`` (files, directories, globs, or an Arrow source:
         ``recs_core.data.sources``); the last ``holdout`` of its shard are the held-out
         rows (its ``held_out()``)."""
@@ -104,7 +104,7 @@ class Job:
                 return
             yield raw
 
-    def run(self, paths: Any, *, eval_fraction: float | None = None,
+    def run(self, paths: DataInput, *, eval_fraction: float | None = None,
             policy: BadRowPolicy | None = None, quiet: bool = True,
             hook: StepHook | None = None, trace: str | None = None, mode: str = "sequential",
             **options: Any) -> dict[str, Any]:
@@ -316,13 +316,13 @@ class Job:
                        "asked is still written: checkpoint, delta)")
         return out
 
-    def score(self, paths: Any, policy: BadRowPolicy | None = None) -> np.ndarray:
+    def score(self, paths: DataInput, policy: BadRowPolicy | None = None) -> np.ndarray:
         """Click probabilities of every (good) row of the window ``paths`` names, in row
         order, with the current model (collective; every rank gets them all)."""
         s = self.score_rows(paths, policy=policy)
         return self.world.bcast(None if s is None else s.probs, "scores broadcast")
 
-    def score_rows(self, paths: Any, *, id_column: str | None = None,
+    def score_rows(self, paths: DataInput, *, id_column: str | None = None,
                    policy: BadRowPolicy | None = None) -> Scores | None:
         """Click probabilities of every (good) row of the window ``paths`` names (files,
         directories, globs), with the current model, on any number of ranks (collective):
