@@ -44,8 +44,9 @@ class Loop:
     unknown). It returns True if it ran something. ``background()`` is called on every
     turn of the loop (it feeds worker threads). ``overlap=False``: while an exchange is in
     flight only tasks of its task's ``phase`` run (a blocking trainer's call that posts
-    several exchanges at once, e.g. every pipeline's lookup); otherwise the loop waits,
-    polling without pause for ``spin_s`` first, as a blocking wait does.
+    several exchanges at once: every pipeline's lookup, a step's bucket allreduces);
+    otherwise the loop waits, polling without pause for ``spin_s`` first, as a blocking
+    wait does.
     """
 
     def __init__(self, timeline: Timeline,
