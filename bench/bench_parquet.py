@@ -11,6 +11,7 @@ features` on the 1x and a 10x file (the 1x file's row groups written 10 times), 
 /usr/bin/time -v. Files go under --dir (default /tmp) and are deleted at the end.
 
     python bench/bench_parquet.py --rows 1000000 --reps 3 [--lock /work/cpu.lock]
+    python bench/bench_parquet.py --rows 200000 --breakdown   # seconds per step
 """
 
 from __future__ import annotations
@@ -159,6 +160,51 @@ def check_reference(data: Path) -> int:
     return len(raw)
 
 
+def best_of(fn, reps: int = 3) -> float:  # noqa: ANN001
+    """Fewest seconds of ``reps`` calls of ``fn``."""
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return round(min(out), 4)
+
+
+def breakdown(text: Path, par: Path, lock: str | None) -> dict:
+    """Seconds of each step of both paths on the whole file, in this process (core 0):
+    text read + parse; pyarrow decode with strings plain (what the reader does) and as
+    dictionaries; conversion to raw batches; the feature operators (the same batches)."""
+    from recs_core.data.arrow import ArrowConverter, check_schema
+    from recs_core.data.reader import ShardReader
+    from recs_core.features.graph import FeatureGraph
+    from recs_core.features.spec import load_spec
+
+    os.sched_setaffinity(0, {0})
+    spec = load_spec(CONFIG)
+    schema, cols, strs = spec.schema, list(spec.schema.names), list(spec.schema.str_names)
+    conv, graph = ArrowConverter(schema), FeatureGraph(spec)
+    with locked(lock):
+        table = pq.read_table(par, columns=cols, use_threads=False)
+        dicts = pq.read_table(par, columns=cols, use_threads=False, read_dictionary=strs)
+        idx = check_schema(schema, table.schema, str(par))
+        raws = [conv.convert(b, idx).batch for b in table.to_batches(max_chunksize=2048)]
+        return {
+            "text_read_parse": best_of(lambda: sum(len(b) for b in ShardReader(
+                [str(text)], schema, batch_rows=2048))),
+            "decode_plain": best_of(lambda: pq.read_table(par, columns=cols,
+                                                          use_threads=False)),
+            "decode_dictionary": best_of(lambda: pq.read_table(
+                par, columns=cols, use_threads=False, read_dictionary=strs)),
+            "decode_numbers_only": best_of(lambda: pq.read_table(
+                par, columns=[c for c in cols if c not in strs], use_threads=False)),
+            "convert_plain": best_of(lambda: [conv.convert(b, idx) for b in
+                                              table.to_batches(max_chunksize=8192)]),
+            "convert_dictionary": best_of(lambda: [conv.convert(b, idx) for b in
+                                                   dicts.to_batches(max_chunksize=8192)]),
+            "features": best_of(lambda: [graph.process(r) for r in raws]),
+        }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -166,6 +212,8 @@ def main() -> None:
     ap.add_argument("--dir", default="/tmp", help="where the generated files go (deleted)")
     ap.add_argument("--lock", help="a file to flock around each measured run")
     ap.add_argument("--no-rss", action="store_true", help="skip the 10x peak-RSS runs")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="only the seconds of each step of both paths (in process)")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="recs-bench-parquet-", dir=a.dir))
     try:
@@ -177,6 +225,10 @@ def main() -> None:
                 [str(BIN / "recs"), "convert", str(CONFIG), str(text), "-o", str(par)],
                 check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             checked = check_reference(par)
+        if a.breakdown:
+            print(json.dumps({"rows": a.rows, "row_groups": conv["row_groups"],
+                              "seconds": breakdown(text, par, a.lock)}))
+            return
         runs: dict[str, list[float]] = {"text": [], "parquet": [], "reference": []}
         for _ in range(a.reps):
             runs["text"].append(recs_features(text, a.lock)["rows_per_sec"])
