@@ -196,6 +196,54 @@ def test_a_started_task_waits_without_a_turn_of_its_own() -> None:
     assert [s[0] for s in tl.spans if s[1] == 0] == ["spawner", "spawner", "apply", "spawner"]
 
 
+class SlowFlight(Flight):
+    """An exchange that completes at the loop's ``polls``-th look at it."""
+
+    def __init__(self, polls: int) -> None:
+        super().__init__()
+        self.polls = polls
+
+    def test(self) -> bool:
+        self.polls -= 1
+        self.ready = self.ready or self.polls <= 0
+        return super().test()
+
+    settled = test
+
+
+def test_a_blocking_step_computes_on_while_its_own_phase_is_in_flight() -> None:
+    """overlap=False: a task keeps running while exchanges of its phase are in flight (a
+    blocking step computes the next bucket's weight gradients while the last bucket's
+    allreduce runs, and applies each update once summed); a task of another phase waits
+    while they are in flight."""
+    loop = Loop(Timeline(), overlap=False)
+    log: list[str] = []
+    flights = [SlowFlight(3), SlowFlight(3)]
+
+    def update(k: int):
+        yield flights[k]
+        log.append(f"apply{k}")
+
+    def other():
+        log.append("other")
+        yield None
+
+    def train():
+        for k in range(2):
+            log.append(f"dW{k}")
+            loop.spawn(update(k), f"update {k}", start=True, phase="train 0")
+            if k == 0:
+                loop.spawn(other(), "other", prio=-1)
+            yield None
+        log.append("train done")
+
+    loop.run_until(loop.spawn(train(), "train", phase="train 0"))
+    loop.drain()
+    assert log.index("dW1") < log.index("apply0")  # not a wait per bucket
+    # ready (and first by priority) since dW0, it waited for the train phase's exchanges
+    assert log.index("other") > log.index("apply0")
+
+
 def test_join_on_another_task_and_deadlock_is_an_error() -> None:
     tl = Timeline()
     loop = Loop(tl)
