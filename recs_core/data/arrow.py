@@ -132,9 +132,11 @@ def _dict_strings(indices, bits, off, n, doffsets, doff, base, maxb, col, slot, 
     """Rows of a dictionary column whose dictionary's bytes lie at ``base``."""
     d0 = doffsets[doff]
     for i in range(n):
-        k = indices[off + i]
-        a = doffsets[doff + k]
-        ln = doffsets[doff + k + 1] - a if _valid(bits, off + i) else 0
+        a, ln = d0, 0  # a null's index may hold anything
+        if _valid(bits, off + i):
+            k = indices[off + i]
+            a = doffsets[doff + k]
+            ln = doffsets[doff + k + 1] - a
         start[slot, i] = a - d0 + base
         length[slot, i] = ln
         if ln > maxb and bad_reason[i] == 0:
