@@ -109,6 +109,17 @@ def _valid(bits: np.ndarray, i: int) -> bool:
     return bits.shape[0] == 0 or (bits[i >> 3] >> (i & 7)) & 1 == 1
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _put(start, length, slot, i, at, ln, maxb, col, bad_reason, bad_col) -> None:  # noqa: ANN001
+    """Row i of string slot ``slot``: at ``at`` in the arena, ``ln`` bytes (a bad row when
+    longer than ``maxb``, unless it is bad already)."""
+    start[slot, i] = at
+    length[slot, i] = ln
+    if ln > maxb and bad_reason[i] == 0:
+        bad_reason[i] = R_FIELD_TOO_LONG
+        bad_col[i] = col
+
+
 @njit(nogil=True, cache=True)
 def _plain_strings(offsets, bits, off, n, base, maxb, col, slot, start, length,
                    bad_reason, bad_col):
@@ -119,11 +130,7 @@ def _plain_strings(offsets, bits, off, n, base, maxb, col, slot, start, length,
         ln = offsets[off + i + 1] - a
         if not _valid(bits, off + i):
             ln = 0
-        start[slot, i] = a - o0 + base
-        length[slot, i] = ln
-        if ln > maxb and bad_reason[i] == 0:
-            bad_reason[i] = R_FIELD_TOO_LONG
-            bad_col[i] = col
+        _put(start, length, slot, i, a - o0 + base, ln, maxb, col, bad_reason, bad_col)
 
 
 @njit(nogil=True, cache=True)
@@ -137,11 +144,7 @@ def _dict_strings(indices, bits, off, n, doffsets, doff, base, maxb, col, slot, 
             k = indices[off + i]
             a = doffsets[doff + k]
             ln = doffsets[doff + k + 1] - a
-        start[slot, i] = a - d0 + base
-        length[slot, i] = ln
-        if ln > maxb and bad_reason[i] == 0:
-            bad_reason[i] = R_FIELD_TOO_LONG
-            bad_col[i] = col
+        _put(start, length, slot, i, a - d0 + base, ln, maxb, col, bad_reason, bad_col)
 
 
 @njit(nogil=True, cache=True)
@@ -167,12 +170,8 @@ def _dict_gather(indices, bits, off, n, doffsets, doff, ddata, arena, base, maxb
             ln = doffsets[doff + k + 1] - a
             for b in range(ln):
                 arena[at + b] = ddata[a + b]
-        start[slot, i] = at
-        length[slot, i] = ln
+        _put(start, length, slot, i, at, ln, maxb, col, bad_reason, bad_col)
         at += ln
-        if ln > maxb and bad_reason[i] == 0:
-            bad_reason[i] = R_FIELD_TOO_LONG
-            bad_col[i] = col
 
 
 @njit(nogil=True, cache=True)
