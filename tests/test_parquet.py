@@ -155,6 +155,37 @@ def test_dictionary_columns_with_any_index_under_nulls_give_the_same_ids(
         assert_same_features(a, b)
 
 
+def test_dictionary_chunks_and_fallen_back_chunks_give_the_text_ids(tmp_path: Path,
+                                                                     synth: Path) -> None:
+    """A file whose string chunks stay dictionary-encoded is read as dictionaries, with
+    every row's hash known from its entry; one whose dictionaries filled up (a tiny
+    dictionary page limit) is read plain. Both give the text path's features, and so
+    does reading the fallen-back chunks as dictionaries anyway (pyarrow then hands each
+    batch a dictionary that grows: entries hashed before are kept, the new ones hashed)."""
+    from recs_core.data.parquet import dictionary_columns
+
+    spec = load_spec(SPEC)
+    table = table_of(spec, synth)
+    full, small = tmp_path / "dict.parquet", tmp_path / "fallback.parquet"
+    pq.write_table(table, full, compression="snappy")
+    pq.write_table(table, small, compression="snappy", dictionary_pagesize_limit=2048)
+    strs = [n for n in table.column_names if n.startswith("C")]
+    assert dictionary_columns(pq.ParquetFile(full).metadata.row_group(0), spec.schema) == strs
+    fallen = set(strs) - set(dictionary_columns(pq.ParquetFile(small).metadata.row_group(0),
+                                                spec.schema))
+    assert {"C3", "C4", "C12"} <= fallen
+    want = features(spec, ShardReader([str(synth)], spec.schema, batch_rows=500))
+    par = list(ParquetReader([str(full)], spec.schema, batch_rows=500))
+    assert all(b.hashes is not None and b.hashes.known.all() for b in par)
+    growing = ArrowSource(pq.ParquetFile(small, read_dictionary=strs).iter_batches(
+        batch_size=700), spec.schema, batch_rows=500)
+    for got in (par, ParquetReader([str(small)], spec.schema, batch_rows=500), growing):
+        got = features(spec, got)
+        assert len(got) == len(want)
+        for a, b in zip(want, got):
+            assert_same_features(a, b)
+
+
 def test_nulls_and_empty_strings_are_missing() -> None:
     spec = load_spec(SPEC)
     names = spec.schema.names

@@ -1,12 +1,17 @@
 """Arrow record batches to :class:`RawBatch` es, and the type rules they must meet.
 
 One converter serves the Parquet reader and Arrow sources given to the library (record
-batches, tables, pandas data frames). String columns go into the batch's arena straight
-from Arrow's buffers (offsets + bytes) by compiled kernels, never as Python objects: a
-plain column's bytes are copied as one block, a dictionary column's rows are taken by
-their indices from the dictionary (its strings converted once per batch: copied whole
-when it is no larger than what the rows use, else gathered row by row). Nulls are
-missing values (a null label is a bad row); an empty string is missing, as in text.
+batches, tables, pandas data frames). String columns go into an arena straight from
+Arrow's buffers (offsets + bytes) by compiled kernels, never as Python objects: per record
+batch, each plain column's bytes and each dictionary's bytes are copied once, as blocks,
+into one arena that every batch converted from it shares (:meth:`ArrowConverter.convert`
+takes row ranges of a record batch). A dictionary column's rows point at their entries,
+and carry the entries' recs-hash64 (:class:`~recs_core.data.parse.StrHashes`): each
+entry is hashed once, and again only where a later batch's dictionary differs from the
+entries hashed before (Parquet hands each batch a fresh copy of a column chunk's
+dictionary, growing where the chunk falls back to plain pages), so the hashing operators
+do per entry what they would do per row. Nulls are missing values (a null label is a bad
+row); an empty string is missing, as in text.
 
 Which Arrow types a spec column takes (anything else is a schema error naming the
 column): the label's column integer, boolean or float, turned into 0/1 by the spec's
@@ -35,9 +40,11 @@ from recs_core.data.parse import (
     ColumnSchema,
     ListColumn,
     RawBatch,
+    StrHashes,
 )
 from recs_core.data.reasons import R_FIELD_TOO_LONG, R_INT_OVERFLOW
 from recs_core.errors import DataError
+from recs_core.features.hashing import hash_bytes
 
 _KIND_NAMES = {COL_LABEL: "label", COL_INT: "int", COL_STR: "str", COL_LIST_STR: "list_str",
                COL_FLOAT: "float"}
@@ -104,6 +111,8 @@ class Converted:
     bad_col: np.ndarray
 
 
+# The row kernels below allocate nothing and are compiled without Numba's runtime: the
+# arrays handed to the inlined helpers would otherwise be reference counted per row.
 @njit(nogil=True, cache=True, inline="always")
 def _valid(bits: np.ndarray, i: int) -> bool:
     return bits.shape[0] == 0 or (bits[i >> 3] >> (i & 7)) & 1 == 1
@@ -120,7 +129,7 @@ def _put(start, length, slot, i, at, ln, maxb, col, bad_reason, bad_col) -> None
         bad_col[i] = col
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def _plain_strings(offsets, bits, off, n, base, maxb, col, slot, start, length,
                    bad_reason, bad_col):
     """Rows of a plain string column (its bytes copied to ``base`` in the arena)."""
@@ -133,48 +142,31 @@ def _plain_strings(offsets, bits, off, n, base, maxb, col, slot, start, length,
         _put(start, length, slot, i, a - o0 + base, ln, maxb, col, bad_reason, bad_col)
 
 
-@njit(nogil=True, cache=True)
-def _dict_strings(indices, bits, off, n, doffsets, doff, base, maxb, col, slot, start,
-                  length, bad_reason, bad_col):
-    """Rows of a dictionary column whose dictionary's bytes lie at ``base``."""
-    d0 = doffsets[doff]
+@njit(nogil=True, cache=True, _nrt=False)
+def _entry_hashes(doffsets, ddata, lo, hi, out):  # noqa: ANN001, ANN201
+    """recs-hash64 of dictionary entries lo..hi-1 (``doffsets`` from the first entry)."""
+    for e in range(lo, hi):
+        out[e] = hash_bytes(ddata, doffsets[e], doffsets[e + 1] - doffsets[e])
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def _dict_strings(indices, bits, off, n, doffsets, base, entry_hash, empty_hash, maxb, col,
+                  slot, start, length, hashes, bad_reason, bad_col):
+    """Rows of a dictionary column whose dictionary's bytes lie at ``base`` (``doffsets``
+    from its first entry), with the entries' hashes."""
+    d0 = doffsets[0]
     for i in range(n):
-        a, ln = d0, 0  # a null's index may hold anything
+        a, ln, h = d0, 0, empty_hash  # a null's index may hold anything
         if _valid(bits, off + i):
             k = indices[off + i]
-            a = doffsets[doff + k]
-            ln = doffsets[doff + k + 1] - a
+            a = doffsets[k]
+            ln = doffsets[k + 1] - a
+            h = entry_hash[k]
+        hashes[slot, i] = h
         _put(start, length, slot, i, a - d0 + base, ln, maxb, col, bad_reason, bad_col)
 
 
-@njit(nogil=True, cache=True)
-def _dict_used_bytes(indices, bits, off, n, doffsets, doff):
-    total = 0
-    for i in range(n):
-        if _valid(bits, off + i):
-            k = indices[off + i]
-            total += doffsets[doff + k + 1] - doffsets[doff + k]
-    return total
-
-
-@njit(nogil=True, cache=True)
-def _dict_gather(indices, bits, off, n, doffsets, doff, ddata, arena, base, maxb, col, slot,
-                 start, length, bad_reason, bad_col):
-    """Rows of a dictionary column, their strings copied one by one to ``base`` on."""
-    at = base
-    for i in range(n):
-        ln = 0
-        if _valid(bits, off + i):
-            k = indices[off + i]
-            a = doffsets[doff + k]
-            ln = doffsets[doff + k + 1] - a
-            for b in range(ln):
-                arena[at + b] = ddata[a + b]
-        _put(start, length, slot, i, at, ln, maxb, col, bad_reason, bad_col)
-        at += ln
-
-
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
 def _list_tokens(loffsets, lbits, loff, n, toffsets, tbits, base, maxb, col, out_off,
                  tstart, tlen, bad_reason, bad_col):
     """A list column's rows: out_off [n+1] and per token (start, length); a null list is
@@ -195,6 +187,19 @@ def _list_tokens(loffsets, lbits, loff, n, toffsets, tbits, base, maxb, col, out
                     bad_col[i] = col
         out_off[i + 1] = m
     return m
+
+
+@njit(nogil=True, cache=True)
+def _rows_of(cols: np.ndarray) -> np.ndarray:
+    """A [k, n] column-major array as [n, k] rows (in cache-sized blocks of rows: 2-3x
+    faster than NumPy's copy of the transposed view here)."""
+    k, n = cols.shape
+    out = np.empty((n, k), cols.dtype)
+    for i0 in range(0, n, 64):
+        for j in range(k):
+            for i in range(i0, min(n, i0 + 64)):
+                out[i, j] = cols[j, i]
+    return out
 
 
 def _bits(arr: pa.Array) -> np.ndarray:
@@ -229,6 +234,44 @@ def _numbers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return raw, null
 
 
+@dataclass
+class _Entries:
+    """One string column's dictionary as last hashed: its offsets (from its first entry)
+    and bytes, and each entry's hash."""
+
+    offsets: np.ndarray
+    data: np.ndarray
+    hashes: np.ndarray  # uint64 [entries]
+
+    def shared(self, offsets: np.ndarray, data: np.ndarray) -> int:
+        """How many leading entries a dictionary shares with this one: all of this
+        one's, or none."""
+        k = len(self.hashes)
+        if len(offsets) <= k:
+            return 0
+        if offsets.ctypes.data == self.offsets.ctypes.data and \
+                data.ctypes.data == self.data.ctypes.data:  # the same buffers (held here)
+            return k
+        same = (np.array_equal(offsets[:k + 1] - offsets[0], self.offsets - self.offsets[0])
+                and np.array_equal(data[offsets[0]:offsets[k]],
+                                   self.data[self.offsets[0]:self.offsets[k]]))
+        return k if same else 0
+
+
+@dataclass
+class _Arena:
+    """The arena of one record batch: every string column's bytes (a dictionary's
+    whole), and where each column's lie."""
+
+    batch: pa.RecordBatch
+    arena: np.ndarray
+    base: dict[int, int]  # spec column -> its bytes' place in the arena
+    entries: dict[int, _Entries]  # dictionary columns' hashed entries
+
+
+_EMPTY_HASH = np.uint64(hash_bytes(np.zeros(1, np.uint8), 0, 0))
+
+
 class ArrowConverter:
     """Converts Arrow record batches (with the spec's columns, any others ignored) to
     :class:`RawBatch` es for one column schema."""
@@ -246,12 +289,18 @@ class ArrowConverter:
         self._n_float = count.get(COL_FLOAT, 0)
         op, self._label_value = schema.label_op
         self._label_op = OP_01 if op == OP_LABEL_BYTES else op  # a typed 0/1 column
+        self._arena: _Arena | None = None
+        self._hashed: dict[int, _Entries] = {}  # per column, across record batches
 
-    def convert(self, rb: pa.RecordBatch, columns: list[int]) -> Converted:
-        """Rows of ``rb`` (spec column c is ``rb.column(columns[c])``, type-checked by
-        :func:`check_schema`) as a RawBatch of its good rows."""
-        n = rb.num_rows
+    def convert(self, rb: pa.RecordBatch, columns: list[int], lo: int = 0,
+                hi: int | None = None) -> Converted:
+        """Rows lo..hi-1 (default: all) of ``rb`` (spec column c is
+        ``rb.column(columns[c])``, type-checked by :func:`check_schema`) as a RawBatch
+        of its good rows; the batches of one record batch share its arena."""
+        hi = rb.num_rows if hi is None else hi
+        n = hi - lo
         schema = self.schema
+        ar = self._arena_of(rb, columns)
         labels = np.zeros(n, np.int8)
         # columns are filled one by one in column-major arrays (sequential writes), then
         # turned into the row-major layout of RawBatch in one pass each
@@ -259,131 +308,141 @@ class ArrowConverter:
         imiss = np.empty((self._n_int, n), np.bool_)
         sstart = np.empty((self._n_str, n), np.int64)
         slen = np.empty((self._n_str, n), np.int32)
+        hashes = np.empty((self._n_str, n if ar.entries else 0), np.uint64)
         floats = np.empty((self._n_float, n), np.float64)
         bad_reason = np.zeros(n, np.int8)
         bad_col = np.full(n, -1, np.int16)
-        # the arena: each string column's bytes in turn
-        plan: list[tuple[int, pa.Array, int, bool]] = []  # (column, array, bytes, gather)
-        total = 0
+        lists = []
         for c, kind in enumerate(schema.kinds):
             arr = rb.column(columns[c])
+            slot, maxb = self._slots[c], schema.max_bytes[c]
             if kind == COL_STR:
-                nbytes, gather = self._str_bytes(arr)
-                plan.append((c, arr, nbytes, gather))
-                total += nbytes
-            elif kind == COL_LIST_STR:
-                t = arr.values
-                if pa.types.is_dictionary(t.type):
-                    raise DataError("dictionary-encoded list items are not read",
-                                    reason="wrong_type")
-                lo = _offsets(arr, 1)[arr.offset]
-                hi = _offsets(arr, 1)[arr.offset + n]
-                tof = _offsets(t, 1)
-                nbytes = int(tof[t.offset + hi] - tof[t.offset + lo]) if n else 0
-                plan.append((c, arr, nbytes, False))
-                total += nbytes
-        arena = np.empty(max(total, 8), np.uint8)
-        base = 0
-        lists = []
-        for c, arr, nbytes, gather in plan:
-            kind, slot, maxb = schema.kinds[c], self._slots[c], schema.max_bytes[c]
-            if kind == COL_STR:
-                self._strings(arr, arena, base, nbytes, gather, maxb, c, slot, sstart, slen,
-                              bad_reason, bad_col)
-            else:
-                lists.append(self._list(arr, arena, base, nbytes, maxb, c, bad_reason,
-                                        bad_col))
-            base += nbytes
-        for c, kind in enumerate(schema.kinds):
-            if kind not in (COL_INT, COL_LABEL, COL_FLOAT):
-                continue
-            raw, null = _numbers(rb.column(columns[c]))
-            if kind in (COL_LABEL, COL_FLOAT):
-                x = raw.astype(np.float64)
-                x[null] = np.nan
-                if kind == COL_FLOAT:
-                    floats[self._slots[c]] = x
+                off = arr.offset + lo
+                if not n:
                     continue
-                labels, why = labels_from_numbers(x, self._label_op, self._label_value)
-                for code in np.unique(why[why != 0]).tolist():
-                    _mark(bad_reason, bad_col, why == code, code, c)
+                if c in ar.entries:
+                    d = arr.dictionary
+                    _dict_strings(_index_array(arr), _bits(arr), off, n, _dict_offsets(d),
+                                  ar.base[c], ar.entries[c].hashes, _EMPTY_HASH, maxb, c,
+                                  slot, sstart, slen, hashes, bad_reason, bad_col)
+                else:
+                    of = _offsets(arr, 1)
+                    _plain_strings(of, _bits(arr), off, n,
+                                   ar.base[c] + int(of[off] - of[arr.offset]), maxb, c, slot,
+                                   sstart, slen, bad_reason, bad_col)
+            elif kind == COL_LIST_STR:
+                lists.append(_list(arr, lo, n, ar.arena, ar.base[c], maxb, c, bad_reason,
+                                   bad_col))
             else:
-                slot = self._slots[c]
-                if raw.dtype == np.uint64:
-                    _mark(bad_reason, bad_col, ~null & (raw > np.iinfo(np.int64).max),
-                          R_INT_OVERFLOW, c)
-                ints[slot] = raw
-                ints[slot][null] = 0
-                imiss[slot] = null
-        batch = RawBatch(labels, ints.T.copy(), imiss.T.copy(), sstart.T.copy(), slen.T.copy(),
-                         arena, floats.T.copy(), tuple(lists), ordered=False)
+                raw, null = _numbers(arr.slice(lo, n))
+                if kind in (COL_LABEL, COL_FLOAT):
+                    x = raw.astype(np.float64)
+                    x[null] = np.nan
+                    if kind == COL_FLOAT:
+                        floats[slot] = x
+                        continue
+                    labels, why = labels_from_numbers(x, self._label_op, self._label_value)
+                    for code in np.unique(why[why != 0]).tolist():
+                        _mark(bad_reason, bad_col, why == code, code, c)
+                else:
+                    if raw.dtype == np.uint64:
+                        _mark(bad_reason, bad_col, ~null & (raw > np.iinfo(np.int64).max),
+                              R_INT_OVERFLOW, c)
+                    ints[slot] = raw
+                    ints[slot][null] = 0
+                    imiss[slot] = null
+        known = None
+        if ar.entries:
+            known = np.zeros(self._n_str, np.bool_)
+            known[[self._slots[c] for c in ar.entries]] = True
+        batch = RawBatch(labels, _rows_of(ints), _rows_of(imiss), _rows_of(sstart),
+                         _rows_of(slen), ar.arena, _rows_of(floats), tuple(lists),
+                         ordered=False,
+                         hashes=None if known is None else StrHashes(_rows_of(hashes), known))
         bad = np.flatnonzero(bad_reason)
         if len(bad):
             keep = bad_reason == 0
             batch = _take(batch, keep)
         return Converted(batch, n, bad, bad_reason[bad], bad_col[bad])
 
-    @staticmethod
-    def _str_bytes(arr: pa.Array) -> tuple[int, bool]:
-        """Arena bytes of a string column, and whether a dictionary's are gathered."""
-        n = len(arr)
-        if n == 0:
-            return 0, False
-        if pa.types.is_dictionary(arr.type):
-            d = arr.dictionary
-            dof = _offsets(d, 1)
-            whole = int(dof[d.offset + len(d)] - dof[d.offset])
-            idx = np.frombuffer(arr.buffers()[1], dtype=arr.type.index_type.to_pandas_dtype())
-            used = _dict_used_bytes(idx, _bits(arr), arr.offset, n, dof, d.offset)
-            return (whole, False) if whole <= used else (int(used), True)
-        of = _offsets(arr, 1)
-        return int(of[arr.offset + n] - of[arr.offset]), False
+    def _arena_of(self, rb: pa.RecordBatch, columns: list[int]) -> _Arena:
+        """The arena of ``rb`` (built on its first conversion)."""
+        if self._arena is not None and self._arena.batch is rb:
+            return self._arena
+        n = rb.num_rows
+        blocks: list[tuple[int, np.ndarray]] = []  # (column, bytes)
+        entries = {}
+        for c, kind in enumerate(self.schema.kinds):
+            arr = rb.column(columns[c])
+            if kind == COL_STR and pa.types.is_dictionary(arr.type):
+                d = arr.dictionary
+                dof, ddata = _dict_offsets(d), _data(d, 2)
+                blocks.append((c, ddata[dof[0]:dof[-1]]))
+                entries[c] = self._hash_entries(c, dof, ddata)
+            elif kind == COL_STR:
+                of = _offsets(arr, 1)
+                blocks.append((c, _data(arr, 2)[of[arr.offset]:of[arr.offset + n]]))
+            elif kind == COL_LIST_STR:
+                if pa.types.is_dictionary(arr.values.type):
+                    raise DataError("dictionary-encoded list items are not read",
+                                    reason="wrong_type")
+                t = arr.values
+                lof, tof = _offsets(arr, 1), _offsets(t, 1)
+                a, b = (tof[t.offset + lof[arr.offset]], tof[t.offset + lof[arr.offset + n]]) \
+                    if n else (0, 0)
+                blocks.append((c, _data(t, 2)[a:b]))
+        arena = np.empty(max(8, sum(len(b) for _, b in blocks)), np.uint8)
+        base, at = {}, 0
+        for c, b in blocks:
+            arena[at:at + len(b)] = b
+            base[c] = at
+            at += len(b)
+        self._arena = _Arena(rb, arena, base, entries)
+        return self._arena
 
-    @staticmethod
-    def _strings(arr, arena, base, nbytes, gather, maxb, c, slot, sstart, slen,  # noqa: ANN001
-                 bad_reason, bad_col) -> None:
-        n = len(arr)
-        if n == 0:
-            return
-        if pa.types.is_dictionary(arr.type):
-            d = arr.dictionary
-            dof, ddata = _offsets(d, 1), _data(d, 2)
-            idx = np.frombuffer(arr.buffers()[1], dtype=arr.type.index_type.to_pandas_dtype())
-            if gather:
-                _dict_gather(idx, _bits(arr), arr.offset, n, dof, d.offset, ddata, arena, base,
-                             maxb, c, slot, sstart, slen, bad_reason, bad_col)
-                return
-            a = int(dof[d.offset])
-            arena[base:base + nbytes] = ddata[a:a + nbytes]
-            _dict_strings(idx, _bits(arr), arr.offset, n, dof, d.offset, base, maxb, c, slot,
-                          sstart, slen, bad_reason, bad_col)
-            return
-        of, data = _offsets(arr, 1), _data(arr, 2)
-        a = int(of[arr.offset])
-        arena[base:base + nbytes] = data[a:a + nbytes]
-        _plain_strings(of, _bits(arr), arr.offset, n, base, maxb, c, slot, sstart, slen,
-                       bad_reason, bad_col)
+    def _hash_entries(self, c: int, dof: np.ndarray, ddata: np.ndarray) -> _Entries:
+        """Column c's dictionary with its entries hashed (those a former dictionary of
+        the column shares are not hashed again)."""
+        m = len(dof) - 1
+        prev = self._hashed.get(c)
+        k = 0 if prev is None else prev.shared(dof, ddata)
+        if prev is not None and k == m:
+            return prev
+        out = np.empty(m, np.uint64)
+        if k:
+            out[:k] = prev.hashes  # type: ignore[union-attr]
+        _entry_hashes(dof, ddata, k, m, out)
+        self._hashed[c] = _Entries(dof, ddata, out)
+        return self._hashed[c]
 
-    @staticmethod
-    def _list(arr, arena, base, nbytes, maxb, c, bad_reason, bad_col) -> ListColumn:  # noqa: ANN001
-        n = len(arr)
-        t = arr.values
-        lof, tof = _offsets(arr, 1), _offsets(t, 1)
-        # item offsets relative to the child array's own offset
-        lo = int(lof[arr.offset]) if n else 0
-        nnz = int(lof[arr.offset + n]) - lo if n else 0
-        out_off = np.empty(n + 1, np.int64)
-        tstart = np.empty(nnz, np.int64)
-        tlen = np.empty(nnz, np.int32)
-        if n:
-            a = int(tof[t.offset + lo])
-            arena[base:base + nbytes] = _data(t, 2)[a:a + nbytes]
-            m = _list_tokens(lof, _bits(arr), arr.offset, n, tof[t.offset:], _child_bits(t),
-                             base, maxb, c, out_off, tstart, tlen, bad_reason, bad_col)
-            tstart, tlen = tstart[:m], tlen[:m]
-        else:
-            out_off[0] = 0
-        return ListColumn(out_off, tstart, tlen)
+
+def _index_array(arr: pa.Array) -> np.ndarray:
+    return np.frombuffer(arr.buffers()[1], dtype=arr.type.index_type.to_pandas_dtype())
+
+
+def _dict_offsets(d: pa.Array) -> np.ndarray:
+    """A dictionary's offsets, entry 0 first."""
+    return _offsets(d, 1)[d.offset:d.offset + len(d) + 1]
+
+
+def _list(arr: pa.Array, lo: int, n: int, arena: np.ndarray, base: int, maxb: int, c: int,
+          bad_reason: np.ndarray, bad_col: np.ndarray) -> ListColumn:
+    """Rows lo..lo+n-1 of a list column whose record batch's tokens lie at ``base``."""
+    t = arr.values
+    lof, tof = _offsets(arr, 1), _offsets(t, 1)
+    # item offsets relative to the child array's own offset
+    first = int(lof[arr.offset]) if len(arr) else 0
+    a = int(lof[arr.offset + lo]) if n else first
+    nnz = int(lof[arr.offset + lo + n]) - a if n else 0
+    out_off = np.zeros(n + 1, np.int64)
+    tstart = np.empty(nnz, np.int64)
+    tlen = np.empty(nnz, np.int32)
+    if n:
+        at = base + int(tof[t.offset + a] - tof[t.offset + first])
+        m = _list_tokens(lof, _bits(arr), arr.offset + lo, n, tof[t.offset:], _child_bits(t),
+                         at, maxb, c, out_off, tstart, tlen, bad_reason, bad_col)
+        tstart, tlen = tstart[:m], tlen[:m]
+    return ListColumn(out_off, tstart, tlen)
 
 
 def _child_bits(t: pa.Array) -> np.ndarray:
@@ -412,7 +471,8 @@ def _take(b: RawBatch, keep: np.ndarray) -> RawBatch:
         lists.append(ListColumn(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
                                 col.start[tok], col.length[tok]))
     return RawBatch(b.labels[keep], b.ints[keep], b.int_missing[keep], b.str_start[keep],
-                    b.str_len[keep], b.arena, b.floats[keep], tuple(lists), ordered=False)
+                    b.str_len[keep], b.arena, b.floats[keep], tuple(lists), ordered=False,
+                    hashes=None if b.hashes is None else b.hashes.rows(keep))
 
 
 def sample_batch(schema: ColumnSchema, dictionary: bool = False) -> pa.RecordBatch:

@@ -8,10 +8,11 @@ by row ranges). Every row is read by exactly one rank.
 
 Reading: per row group only the spec's columns (by name), in record batches of a few
 thousand rows (``ParquetFile.iter_batches``), so memory is bounded by a row group's
-column chunks, whatever the file size. Dictionary-encoded and plain string chunks are
-both decoded by pyarrow to plain string arrays (reading them as dictionary arrays was
-slower: pyarrow hands each batch a fresh copy of the chunk's dictionary), whose buffers
-go to the compiled conversion (:mod:`recs_core.data.arrow`).
+column chunks, whatever the file size. String chunks that are dictionary-encoded
+throughout are read as dictionary arrays, others as plain string arrays
+(:func:`dictionary_columns`); their buffers go to the compiled conversion
+(:mod:`recs_core.data.arrow`), each record batch's once, and rows a few thousand at a
+time.
 
 Hold-out (``holdout=h``): a rank's shard is its rows in order; the rows from
 ``floor((1 - h) * rows)`` on are held out (exact in rows), read by :meth:`held_out`.
@@ -30,7 +31,7 @@ import pyarrow.parquet as pq
 
 from recs_core.data.arrow import ArrowConverter, check_schema, type_class
 from recs_core.data.bad_rows import BadRowCounter, BadRowPolicy
-from recs_core.data.parse import ColumnSchema, RawBatch
+from recs_core.data.parse import COL_STR, ColumnSchema, RawBatch
 from recs_core.data.reader import RowOrigins, rebatch_origins
 from recs_core.data.shards import check_files
 from recs_core.errors import DataError
@@ -207,18 +208,20 @@ class ParquetReader:
     def size_warnings(self) -> list[str]:
         return []
 
-    def _record_batches(self, part: RowPart) -> Iterator[tuple[int, pa.RecordBatch]]:
-        """(row within the group, record batch) of the part's rows."""
-        pf = pq.ParquetFile(part.path)
+    def _record_batches(self, part: RowPart) -> Iterator[tuple[int, pa.RecordBatch, int, int]]:
+        """(row within the group, record batch, first and end row in it) of the part's
+        rows, a few thousand at a time."""
+        names = list(self.schema.names)
+        pf = pq.ParquetFile(part.path, read_dictionary=dictionary_columns(
+            pq.ParquetFile(part.path).metadata.row_group(part.group), self.schema))
         unit = max(self.batch_rows, CONVERT_ROWS // self.batch_rows * self.batch_rows)
         at = 0
         for rb in pf.iter_batches(batch_size=max(unit, READ_ROWS // unit * unit),
-                                  row_groups=[part.group], columns=list(self.schema.names),
-                                  use_threads=False):
+                                  row_groups=[part.group], columns=names, use_threads=False):
             n = rb.num_rows
             a, b = max(part.lo, at), min(part.hi, at + n)
             for lo in range(a, b, unit):
-                yield lo, rb.slice(lo - at, min(unit, b - lo))
+                yield lo, rb, lo - at, min(lo + unit, b) - at
             at += n
             if at >= part.hi:
                 break
@@ -229,10 +232,10 @@ class ParquetReader:
             where = f"{part.path}: row group {part.group}"
             columns: list[int] | None = None
             try:
-                for row, rb in self._record_batches(part):
+                for row, rb, lo, hi in self._record_batches(part):
                     if columns is None:
                         columns = check_schema(self.schema, rb.schema, where)
-                    out = self.converter.convert(rb, columns)
+                    out = self.converter.convert(rb, columns, lo, hi)
                     self.counter.lines += out.n_rows
                     for i, code, col in zip(out.bad_row.tolist(), out.bad_reason.tolist(),
                                             out.bad_col.tolist()):
@@ -250,6 +253,26 @@ class ParquetReader:
                 raise DataError(f"{where}: cannot read: {msg}", path=part.path,
                                 reason="bad_parquet") from None
         self.counter.check(final=True)
+
+
+def dictionary_columns(group: pq.RowGroupMetaData, schema: ColumnSchema) -> list[str]:
+    """The spec's string columns whose chunk in ``group`` looks dictionary-encoded
+    throughout, read as dictionaries (decoding them is cheaper, and their entries are
+    hashed once). A chunk whose dictionary filled up falls back to plain pages, and
+    pyarrow would rebuild a dictionary from those row by row: it is read plain. Plain
+    pages hold at least 4 bytes a value (the length), dictionary indices about 1 to 3, so
+    the chunk's bytes a value beyond its dictionary page tell them apart."""
+    want = {n for n, k in zip(schema.names, schema.kinds) if k == COL_STR}
+    out = []
+    for i in range(group.num_columns):
+        col = group.column(i)
+        name = col.path_in_schema
+        if name not in want or not col.has_dictionary_page or col.num_values == 0:
+            continue
+        page = col.data_page_offset - col.dictionary_page_offset
+        if 0 < page and (col.total_uncompressed_size - page) / col.num_values < 3.5:
+            out.append(name)
+    return out
 
 
 def _row_of(group: int, row: int):  # noqa: ANN202

@@ -205,6 +205,28 @@ class ListColumn:
         return ListColumn(self.offsets[a:b + 1] - lo, self.start[lo:hi], self.length[lo:hi])
 
 
+@dataclass(frozen=True)
+class StrHashes:
+    """The recs-hash64 of each row's string in the columns marked ``known`` (the Arrow
+    path knows them for dictionary-encoded columns, hashed once per dictionary entry);
+    the other columns' entries are unused."""
+
+    values: np.ndarray  # uint64 [n, n_str]
+    known: np.ndarray  # bool [n_str]
+
+    def rows(self, rows: np.ndarray | slice) -> StrHashes:
+        return StrHashes(self.values[rows], self.known)
+
+    @staticmethod
+    def concat(parts: list[StrHashes | None]) -> StrHashes | None:
+        """The rows of all parts; None unless every part knows the same columns."""
+        first = parts[0]
+        if first is None or any(p is None or not np.array_equal(p.known, first.known)
+                                for p in parts):
+            return None
+        return StrHashes(np.concatenate([p.values for p in parts]), first.known)  # type: ignore
+
+
 @dataclass
 class RawBatch:
     """Parsed rows: labels, integer columns with a missing mask, string columns
@@ -220,6 +242,7 @@ class RawBatch:
     floats: np.ndarray | None = None  # float64 [n, n_float]; None: no float columns
     lists: tuple[ListColumn, ...] = ()
     ordered: bool = True  # strings lie in the arena in row order (text input)
+    hashes: StrHashes | None = None  # recs-hash64 of some string columns, if known
 
     def __post_init__(self) -> None:
         if self.floats is None:
@@ -242,7 +265,8 @@ class RawBatch:
         """Rows a..b-1 as views (the arena is shared)."""
         return RawBatch(self.labels[a:b], self.ints[a:b], self.int_missing[a:b],
                         self.str_start[a:b], self.str_len[a:b], self.arena, self.floats[a:b],
-                        tuple(c.slice(a, b) for c in self.lists), self.ordered)
+                        tuple(c.slice(a, b) for c in self.lists), self.ordered,
+                        None if self.hashes is None else self.hashes.rows(slice(a, b)))
 
     def arena_range(self) -> tuple[int, int]:
         """The arena bytes the rows' strings lie in (of ordered rows: from the first row's
@@ -291,6 +315,7 @@ class RawBatch:
             np.concatenate([p.floats for p in parts]),
             tuple(lists),
             all(p.ordered for p in parts),
+            StrHashes.concat([p.hashes for p in parts]),
         )
 
     def str_values(self, j: int) -> list[str]:

@@ -128,52 +128,76 @@ def bucketize_int(values: np.ndarray, missing: np.ndarray, bounds: np.ndarray) -
     return out
 
 
-@njit(nogil=True, cache=True)
-def hash_str_ids(arena: np.ndarray, start: np.ndarray, length: np.ndarray,
-                 buckets: int) -> np.ndarray:
-    """Hash string columns to ids: 0 for empty, else bucket_of(hash, buckets)."""
+# The id kernels below fill a given array and are compiled without Numba's runtime: an
+# array handed to an inlined helper (hash_bytes) otherwise costs a reference count
+# increment and decrement per value, which took 3-10x the hashing itself.
+@njit(nogil=True, cache=True, inline="always")
+def _str_hash(arena: np.ndarray, start: np.ndarray, length: np.ndarray, hashes: np.ndarray,
+              known: np.ndarray, i: int, j: int) -> np.uint64:
+    """recs-hash64 of string (i, j): given where its column is ``known``, else computed."""
+    if known[j]:
+        return hashes[i, j]
+    return hash_bytes(arena, start[i, j], length[i, j])
+
+
+@njit(nogil=True, cache=True, _nrt=False)
+def _hash_str_into(arena, start, length, hashes, known, buckets, out):  # noqa: ANN001, ANN202
     n, k = start.shape
-    out = np.empty((n, k), dtype=np.int64)
     for i in range(n):
         for j in range(k):
-            ln = length[i, j]
-            out[i, j] = 0 if ln == 0 else bucket_of(hash_bytes(arena, start[i, j], ln), buckets)
+            out[i, j] = 0 if length[i, j] == 0 else bucket_of(
+                _str_hash(arena, start, length, hashes, known, i, j), buckets)
+
+
+def hash_str_ids(arena: np.ndarray, start: np.ndarray, length: np.ndarray,
+                 hashes: np.ndarray, known: np.ndarray, buckets: int) -> np.ndarray:
+    """Hash string columns to ids: 0 for empty, else bucket_of(hash, buckets) (the hashes
+    of ``known`` columns given)."""
+    out = np.empty(start.shape, dtype=np.int64)
+    _hash_str_into(arena, start, length, hashes, known, buckets, out)
     return out
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, _nrt=False)
+def _hash_tokens_into(arena, start, length, buckets, out):  # noqa: ANN001, ANN202
+    for t in range(start.shape[0]):
+        ln = length[t]
+        out[t] = 0 if ln == 0 else bucket_of(hash_bytes(arena, start[t], ln), buckets)
+
+
 def hash_token_ids(arena: np.ndarray, start: np.ndarray, length: np.ndarray,
                    buckets: int) -> np.ndarray:
     """Hash a flat array of tokens to ids (0 for an empty one, as in hash_str_ids)."""
-    m = start.shape[0]
-    out = np.empty(m, dtype=np.int64)
-    for t in range(m):
-        ln = length[t]
-        out[t] = 0 if ln == 0 else bucket_of(hash_bytes(arena, start[t], ln), buckets)
+    out = np.empty(start.shape[0], dtype=np.int64)
+    _hash_tokens_into(arena, start, length, buckets, out)
     return out
 
 
-@njit(nogil=True, cache=True)
-def cross_str_ids(arena: np.ndarray, start: np.ndarray, length: np.ndarray, arity: int,
-                  buckets: int) -> np.ndarray:
-    """Cross hash of consecutive groups of ``arity`` string columns (ids as in hash_str_ids).
-
-    A row whose components are all missing gets id 0; a missing component
-    contributes the hash of the empty string.
-    """
-    n, k = start.shape
-    groups = k // arity
-    out = np.empty((n, groups), dtype=np.int64)
+@njit(nogil=True, cache=True, _nrt=False)
+def _cross_str_into(arena, start, length, hashes, known, arity, buckets, out):  # noqa: ANN001, ANN202
+    n, groups = out.shape
     for i in range(n):
         for g in range(groups):
             acc = cross_init()
             present = False
             for a in range(arity):
                 j = g * arity + a
-                ln = length[i, j]
-                present = present or ln > 0
-                acc = cross_step(acc, hash_bytes(arena, start[i, j], ln))
+                present = present or length[i, j] > 0
+                acc = cross_step(acc, _str_hash(arena, start, length, hashes, known, i, j))
             out[i, g] = bucket_of(acc, buckets) if present else 0
+
+
+def cross_str_ids(arena: np.ndarray, start: np.ndarray, length: np.ndarray,
+                  hashes: np.ndarray, known: np.ndarray, arity: int,
+                  buckets: int) -> np.ndarray:
+    """Cross hash of consecutive groups of ``arity`` string columns (ids and hashes as in
+    hash_str_ids).
+
+    A row whose components are all missing gets id 0; a missing component
+    contributes the hash of the empty string.
+    """
+    out = np.empty((start.shape[0], start.shape[1] // arity), dtype=np.int64)
+    _cross_str_into(arena, start, length, hashes, known, arity, buckets, out)
     return out
 
 
@@ -242,14 +266,11 @@ def _bytes_equal(a: np.ndarray, sa: int, b: np.ndarray, sb: int, n: int) -> bool
     return True
 
 
-@njit(nogil=True, cache=True)
-def vocab_lookup_flat(arena: np.ndarray, start: np.ndarray, length: np.ndarray,
-                      v_arena: np.ndarray, v_start: np.ndarray, v_length: np.ndarray,
-                      v_hashes: np.ndarray, v_order: np.ndarray, oov_buckets: int) -> np.ndarray:
-    """Ids for a flat array of strings: 0 empty, 1..V vocabulary entries, then OOV buckets."""
+@njit(nogil=True, cache=True, _nrt=False)
+def _vocab_lookup_into(arena, start, length, v_arena, v_start, v_length, v_hashes,  # noqa: ANN001, ANN202
+                       v_order, oov_buckets, out):
     m = start.shape[0]
     nv = v_hashes.shape[0]
-    out = np.empty(m, dtype=np.int64)
     for t in range(m):
         ln = length[t]
         if ln == 0:
@@ -274,6 +295,15 @@ def vocab_lookup_flat(arena: np.ndarray, start: np.ndarray, length: np.ndarray,
             out[t] = 1 + found
         else:
             out[t] = 1 + nv + np.int64(h % np.uint64(oov_buckets))
+
+
+def vocab_lookup_flat(arena: np.ndarray, start: np.ndarray, length: np.ndarray,
+                      v_arena: np.ndarray, v_start: np.ndarray, v_length: np.ndarray,
+                      v_hashes: np.ndarray, v_order: np.ndarray, oov_buckets: int) -> np.ndarray:
+    """Ids for a flat array of strings: 0 empty, 1..V vocabulary entries, then OOV buckets."""
+    out = np.empty(start.shape[0], dtype=np.int64)
+    _vocab_lookup_into(arena, start, length, v_arena, v_start, v_length, v_hashes, v_order,
+                       oov_buckets, out)
     return out
 
 

@@ -307,7 +307,8 @@ class HashBucket(Operator):
 
     def apply(self, v: Value) -> Value:
         if isinstance(v, StrValues):
-            return IdValues(K.hash_str_ids(v.arena, v.start, v.length, self.buckets))
+            return IdValues(K.hash_str_ids(v.arena, v.start, v.length, v.hashes, v.known,
+                                           self.buckets))
         return ListIdValues(K.hash_token_ids(v.arena, v.start, v.length, self.buckets), v.offsets)
 
 
@@ -329,7 +330,8 @@ class HashCross(Operator):
 
     def apply(self, v: Value) -> Value:
         if isinstance(v, StrValues):
-            return IdValues(K.cross_str_ids(v.arena, v.start, v.length, self.arity, self.buckets))
+            return IdValues(K.cross_str_ids(v.arena, v.start, v.length, v.hashes, v.known,
+                                            self.arity, self.buckets))
         return IdValues(K.cross_int_ids(v.values, v.missing, self.arity, self.buckets))
 
 

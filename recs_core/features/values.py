@@ -26,13 +26,24 @@ class FloatValues:
     values: np.ndarray  # float64 [n, k]
 
 
+_NO_HASHES = np.zeros((0, 0), dtype=np.uint64)
+
+
 @dataclass
 class StrValues:
-    """String columns as (start, length) into a byte arena; length 0 = missing."""
+    """String columns as (start, length) into a byte arena; length 0 = missing. Columns
+    marked in ``known`` also carry each string's recs-hash64 in ``hashes``."""
 
     arena: np.ndarray  # uint8
     start: np.ndarray  # int64 [n, k]
     length: np.ndarray  # int32 [n, k]
+    hashes: np.ndarray | None = None  # uint64 [n, k]; None: no column known
+    known: np.ndarray | None = None  # bool [k]
+
+    def __post_init__(self) -> None:
+        if self.hashes is None or self.known is None:
+            self.hashes = _NO_HASHES
+            self.known = np.zeros(self.start.shape[1], dtype=np.bool_)
 
 
 @dataclass
