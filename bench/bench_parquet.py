@@ -172,9 +172,12 @@ def best_of(fn, reps: int = 3) -> float:  # noqa: ANN001
 
 def breakdown(text: Path, par: Path, lock: str | None) -> dict:
     """Seconds of each step of both paths on the whole file, in this process (core 0):
-    text read + parse; pyarrow decode with strings plain (what the reader does) and as
-    dictionaries; conversion to raw batches; the feature operators (the same batches)."""
+    text read + parse; pyarrow decode with strings plain and as dictionaries; conversion
+    to raw batches; the whole Parquet read (what the reader does: dictionary-encoded
+    chunks as dictionaries); the feature operators on the text's batches and on the
+    Parquet reader's (which carry the dictionary columns' hashes)."""
     from recs_core.data.arrow import ArrowConverter, check_schema
+    from recs_core.data.parquet import ParquetReader
     from recs_core.data.reader import ShardReader
     from recs_core.features.graph import FeatureGraph
     from recs_core.features.spec import load_spec
@@ -187,7 +190,8 @@ def breakdown(text: Path, par: Path, lock: str | None) -> dict:
         table = pq.read_table(par, columns=cols, use_threads=False)
         dicts = pq.read_table(par, columns=cols, use_threads=False, read_dictionary=strs)
         idx = check_schema(schema, table.schema, str(par))
-        raws = [conv.convert(b, idx).batch for b in table.to_batches(max_chunksize=2048)]
+        raws = list(ShardReader([str(text)], schema, batch_rows=2048))
+        praws = list(ParquetReader([str(par)], schema, batch_rows=2048))
         return {
             "text_read_parse": best_of(lambda: sum(len(b) for b in ShardReader(
                 [str(text)], schema, batch_rows=2048))),
@@ -201,7 +205,10 @@ def breakdown(text: Path, par: Path, lock: str | None) -> dict:
                                               table.to_batches(max_chunksize=8192)]),
             "convert_dictionary": best_of(lambda: [conv.convert(b, idx) for b in
                                                    dicts.to_batches(max_chunksize=8192)]),
-            "features": best_of(lambda: [graph.process(r) for r in raws]),
+            "parquet_read": best_of(lambda: sum(len(b) for b in ParquetReader(
+                [str(par)], schema, batch_rows=2048))),
+            "features_text_batches": best_of(lambda: [graph.process(r) for r in raws]),
+            "features_parquet_batches": best_of(lambda: [graph.process(r) for r in praws]),
         }
 
 
