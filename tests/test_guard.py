@@ -18,26 +18,24 @@ def test_probe_blocks_alternate_blocking_overlap_overlap_blocking() -> None:
 
 
 def run_probe(g: ScheduleGuard, first: int, overlap_s: float, blocking_s: float,
-              switch_s: float = 10.0, drift: tuple[float, ...] = (1, 1, 1, 1)) -> None:
+              switch_s: float = 10.0) -> None:
     """Record every step of the probe starting at ``first``; the first step of each block
-    (which pays the switch) gets ``switch_s``; block k's times are scaled by drift[k]
-    (the machine's speed changing during the probe)."""
+    (which pays the switch) gets ``switch_s``."""
     for t in range(first, first + S.probe_steps):
         if (t - first) % S.block == 0:
             g.record(t, switch_s)
         else:
-            s = overlap_s if g.schedule(t) == OVERLAP else blocking_s
-            g.record(t, s * drift[(t - first) // S.block])
+            g.record(t, overlap_s if g.schedule(t) == OVERLAP else blocking_s)
 
 
 def test_the_faster_schedule_wins_and_a_later_probe_can_reverse_it() -> None:
     g = ScheduleGuard(S)
     run_probe(g, 2, overlap_s=0.050, blocking_s=0.040)
-    np.testing.assert_allclose(g.local_medians(), [0.040, 0.050, 0.050, 0.040])  # B O O B
+    np.testing.assert_allclose(g.local_medians(), [0.050, 0.040])
     assert g.decide(14, g.local_medians()) == BLOCKING
     assert [g.schedule(t) for t in range(14, 22)] == [BLOCKING] * 8
     run_probe(g, 22, overlap_s=0.030, blocking_s=0.040)  # e.g. the network got slower
-    np.testing.assert_allclose(g.local_medians(), [0.040, 0.030, 0.030, 0.040])  # this probe
+    np.testing.assert_allclose(g.local_medians(), [0.030, 0.040])  # only this probe
     assert g.decide(34, g.local_medians()) == OVERLAP
     assert [p.choice for p in g.probes] == [BLOCKING, OVERLAP]
     assert g.probes[0].overlap_ms == 50.0 and g.probes[0].blocking_ms == 40.0
@@ -48,36 +46,20 @@ def test_steps_outside_probes_and_first_steps_of_blocks_are_not_counted() -> Non
     for t in (0, 1, 14, 15, 21):  # warm-up and between probes: ignored
         g.record(t, 99.0)
     run_probe(g, 2, overlap_s=0.020, blocking_s=0.030, switch_s=99.0)
-    np.testing.assert_allclose(g.local_medians(), [0.030, 0.020, 0.020, 0.030])
-    assert g.medians(g.local_medians()) == pytest.approx((0.020, 0.030))
-
-
-def test_blocking_must_win_every_round_not_just_the_median() -> None:
-    """Overlap truly faster (40 vs 44 ms); the machine runs at 2/3 speed during the
-    first overlap block and speeds up for the rest. The probe's medians then favour
-    blocking (44 vs 50 ms), but the second round, run at one speed, does not."""
-    g = ScheduleGuard(S)
-    run_probe(g, 2, overlap_s=0.040, blocking_s=0.044, drift=(1.0, 1.5, 1.0, 1.0))
-    overlap, blocking = g.medians(g.local_medians())
-    assert blocking < overlap * 0.99  # what the median alone would take
-    assert g.decide(14, g.local_medians()) == OVERLAP
-    run_probe(g, 22, overlap_s=0.044, blocking_s=0.040, drift=(1.0, 1.5, 1.0, 1.0))
-    assert g.decide(34, g.local_medians()) == BLOCKING  # faster in both rounds
+    np.testing.assert_allclose(g.local_medians(), [0.020, 0.030])
 
 
 @pytest.mark.parametrize("blocking_s,choice", [(0.0996, OVERLAP), (0.0985, BLOCKING)])
 def test_overlap_keeps_ties_within_the_tolerance(blocking_s: float, choice: str) -> None:
     g = ScheduleGuard(S)  # tolerance 1%: blocking must be faster than 0.099
-    blocks = np.array([blocking_s, 0.100, 0.100, blocking_s])
-    assert g.decide(14, blocks) == choice
+    assert g.decide(14, np.array([0.100, blocking_s])) == choice
 
 
 def test_an_unmeasured_schedule_never_wins() -> None:
     g = ScheduleGuard(S)
     assert np.isnan(g.local_medians()).all()
-    assert g.decide(14, np.full(4, np.nan)) == OVERLAP
-    assert g.decide(34, np.array([0.01, np.nan, np.nan, 0.01])) == OVERLAP
-    assert g.decide(54, np.array([0.01, 0.02, np.nan, 0.01])) == OVERLAP
+    assert g.decide(14, np.array([np.nan, np.nan])) == OVERLAP
+    assert g.decide(34, np.array([np.nan, 0.01])) == OVERLAP
 
 
 def test_settings_are_checked() -> None:

@@ -5,9 +5,7 @@ progresses during it only if the MPI library moves data without being called (or
 task loop polls often enough for it). So the pass measures: after a warm-up it runs probe
 blocks of the overlapping schedule and of the blocking one (every policy computes the
 same model, so switching at a step boundary is exact), the ranks agree on the median step
-time of each block, and the faster schedule runs until the next probe. Blocking must win
-in every round (each pair of adjacent blocks) as well as over the whole probe: on a
-shared machine whose speed drifts, one slow block would otherwise decide a whole pass.
+time of each, and the faster one runs until the next probe.
 """
 
 from __future__ import annotations
@@ -67,7 +65,8 @@ class ScheduleGuard:
     choice: str = OVERLAP
     probes: list[Probe] = field(default_factory=list)
     _start: int = -1  # first step of the current probe (-1: none yet)
-    _times: dict[int, list[float]] = field(default_factory=dict)  # block -> step times
+    _times: dict[str, list[float]] = field(
+        default_factory=lambda: {OVERLAP: [], BLOCKING: []})
 
     def _probe_start(self, step: int) -> int | None:
         """First step of the probe that ``step`` falls in (None: not in a probe)."""
@@ -82,13 +81,8 @@ class ScheduleGuard:
         start = self._probe_start(step)
         if start is None:
             return self.choice
-        return self._block_schedule((step - start) // self.settings.block)
-
-    @staticmethod
-    def _block_schedule(k: int) -> str:
-        """The schedule of block k of a probe: pairs (blocking, overlap), (overlap,
-        blocking), ..."""
-        first_blocking = (k // 2) % 2 == 0
+        k = (step - start) // self.settings.block  # block index in the probe
+        first_blocking = (k // 2) % 2 == 0  # pairs: (blocking, overlap), (overlap, blocking)
         return BLOCKING if (k % 2 == 0) == first_blocking else OVERLAP
 
     def record(self, step: int, seconds: float) -> None:
@@ -98,8 +92,8 @@ class ScheduleGuard:
             return
         if start != self._start:
             self._start = start
-            self._times = {}
-        self._times.setdefault((step - start) // self.settings.block, []).append(seconds)
+            self._times = {OVERLAP: [], BLOCKING: []}
+        self._times[self.schedule(step)].append(seconds)
 
     def decision_due(self, step: int) -> bool:
         """Whether the ranks agree before ``step`` (a probe has just ended)."""
@@ -108,28 +102,16 @@ class ScheduleGuard:
             (step - s.warmup - s.probe_steps) % s.every == 0)
 
     def local_medians(self) -> np.ndarray:
-        """This rank's median step time (s) in each block of the last probe, in block
-        order; NaN for a block not measured."""
-        return np.array([np.median(self._times[k]) if self._times.get(k) else np.nan
-                         for k in range(2 * self.settings.rounds)])
-
-    def medians(self, blocks: np.ndarray) -> tuple[float, float]:
-        """(overlap, blocking): the median of each schedule's block times (NaN: a block
-        not measured)."""
-        kinds = [self._block_schedule(k) for k in range(len(blocks))]
-        return tuple(float(np.median([b for b, c in zip(blocks, kinds) if c == kind]))
-                     for kind in (OVERLAP, BLOCKING))  # type: ignore[return-value]
+        """This rank's median step time (s) of each schedule in the last probe
+        (overlap, blocking); NaN for one not measured."""
+        return np.array([np.median(self._times[k]) if self._times[k] else np.nan
+                         for k in (OVERLAP, BLOCKING)])
 
     def decide(self, step: int, agreed: np.ndarray) -> str:
-        """Take the faster schedule by the ranks' ``agreed`` block medians: blocking only
-        if faster by more than the tolerance over the probe and in every round; overlap
-        keeps ties (and wins when a block is unmeasured)."""
-        keep = 1.0 - self.settings.tolerance
-        overlap, blocking = self.medians(agreed)
-        faster = blocking < overlap * keep  # False where either is NaN
-        for r in range(len(agreed) // 2):
-            pair = {self._block_schedule(k): agreed[k] for k in (2 * r, 2 * r + 1)}
-            faster = faster and pair[BLOCKING] < pair[OVERLAP] * keep
+        """Take the faster schedule by the ranks' ``agreed`` medians (overlap, blocking);
+        overlap keeps ties within the tolerance (and wins when either is unmeasured)."""
+        overlap, blocking = (float(x) for x in agreed)
+        faster = blocking < overlap * (1.0 - self.settings.tolerance)
         self.choice = BLOCKING if faster else OVERLAP
         self.probes.append(Probe(step, _ms(overlap), _ms(blocking), self.choice))
         return self.choice

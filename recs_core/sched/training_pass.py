@@ -627,9 +627,8 @@ class TrainingPass:
             agreed = post_allreduce(self._plan_comm, guard.local_medians(),
                                     "guard agreement").wait() / self.world.size
             choice = guard.decide(t, agreed)
-            overlap, blocking = guard.medians(agreed)
-            self.timeline.add(f"guard: {choice} (step ms overlap {overlap * 1e3:.1f}, "
-                              f"blocking {blocking * 1e3:.1f})", CPU, t0, time.perf_counter())
+            self.timeline.add(f"guard: {choice} (step ms overlap {agreed[0] * 1e3:.1f}, "
+                              f"blocking {agreed[1] * 1e3:.1f})", CPU, t0, time.perf_counter())
         schedule = guard.schedule(t)
         wanted = self.policy if schedule == OVERLAP else self.policy.blocking()
         if wanted == self.active:
