@@ -267,6 +267,7 @@ class _Arena:
     arena: np.ndarray
     base: dict[int, int]  # spec column -> its bytes' place in the arena
     entries: dict[int, _Entries]  # dictionary columns' hashed entries
+    known: np.ndarray | None  # bool [string slots]: the dictionary columns' (None: none)
 
 
 _EMPTY_HASH = np.uint64(hash_bytes(np.zeros(1, np.uint8), 0, 0))
@@ -351,14 +352,11 @@ class ArrowConverter:
                     ints[slot] = raw
                     ints[slot][null] = 0
                     imiss[slot] = null
-        known = None
-        if ar.entries:
-            known = np.zeros(self._n_str, np.bool_)
-            known[[self._slots[c] for c in ar.entries]] = True
         batch = RawBatch(labels, _rows_of(ints), _rows_of(imiss), _rows_of(sstart),
                          _rows_of(slen), ar.arena, _rows_of(floats), tuple(lists),
                          ordered=False,
-                         hashes=None if known is None else StrHashes(_rows_of(hashes), known))
+                         hashes=None if ar.known is None else StrHashes(_rows_of(hashes),
+                                                                        ar.known))
         bad = np.flatnonzero(bad_reason)
         if len(bad):
             keep = bad_reason == 0
@@ -397,7 +395,11 @@ class ArrowConverter:
             arena[at:at + len(b)] = b
             base[c] = at
             at += len(b)
-        self._arena = _Arena(rb, arena, base, entries)
+        known = None
+        if entries:
+            known = np.zeros(self._n_str, np.bool_)
+            known[[self._slots[c] for c in entries]] = True
+        self._arena = _Arena(rb, arena, base, entries, known)
         return self._arena
 
     def _hash_entries(self, c: int, dof: np.ndarray, ddata: np.ndarray) -> _Entries:

@@ -72,6 +72,7 @@ class ParquetInput:
 
     paths: list[str]
     groups: list[list[int]]  # rows per row group, per file
+    dictionary: list[list[list[str]]]  # per file and row group: dictionary_columns
 
     @staticmethod
     def scan(paths: list[str], schema: ColumnSchema) -> ParquetInput:
@@ -79,7 +80,7 @@ class ParquetInput:
         a spec column, has one of a wrong type, or differs in a column's type from the
         first file."""
         check_files(paths)
-        groups = []
+        groups, dictionary = [], []
         first: tuple[str, list[str]] | None = None
         for path in paths:
             pf = _open(path)
@@ -96,7 +97,9 @@ class ParquetInput:
                                         path=path, reason="schema_mismatch")
             md = pf.metadata
             groups.append([md.row_group(g).num_rows for g in range(md.num_row_groups)])
-        return ParquetInput(list(paths), groups)
+            dictionary.append([dictionary_columns(md.row_group(g), schema)
+                               for g in range(md.num_row_groups)])
+        return ParquetInput(list(paths), groups, dictionary)
 
     @property
     def rows(self) -> int:
@@ -212,8 +215,8 @@ class ParquetReader:
         """(row within the group, record batch, first and end row in it) of the part's
         rows, a few thousand at a time."""
         names = list(self.schema.names)
-        pf = pq.ParquetFile(part.path, read_dictionary=dictionary_columns(
-            pq.ParquetFile(part.path).metadata.row_group(part.group), self.schema))
+        dictionary = self.input.dictionary[self.paths.index(part.path)][part.group]
+        pf = pq.ParquetFile(part.path, read_dictionary=dictionary)
         unit = max(self.batch_rows, CONVERT_ROWS // self.batch_rows * self.batch_rows)
         at = 0
         for rb in pf.iter_batches(batch_size=max(unit, READ_ROWS // unit * unit),
