@@ -56,8 +56,8 @@ class Probe:
 class ScheduleGuard:
     """Which schedule each step runs, from step times (this module's docstring).
 
-    The caller asks :meth:`schedule` before each step, reports each step's wall time with
-    :meth:`record`, and at the steps where :meth:`decision_due` is true agrees on
+    The caller asks :meth:`schedule` before each step, reports each step's wall time (and
+    its batch's work done ahead) with :meth:`record`, and at the steps where :meth:`decision_due` is true agrees on
     :meth:`local_medians` over the ranks (their mean) and passes it to :meth:`decide`.
     Every rank sees the same steps, so every rank switches at the same step."""
 
@@ -85,15 +85,21 @@ class ScheduleGuard:
         first_blocking = (k // 2) % 2 == 0  # pairs: (blocking, overlap), (overlap, blocking)
         return BLOCKING if (k % 2 == 0) == first_blocking else OVERLAP
 
-    def record(self, step: int, seconds: float) -> None:
-        """``step`` took ``seconds`` (counted if it is a measured step of a probe)."""
+    def record(self, step: int, seconds: float, ahead: float = 0.0) -> None:
+        """``step`` took ``seconds`` (counted if it is a measured step of a probe);
+        ``ahead``: seconds of its batch's work done before it began. A blocking step is
+        charged with them: after overlapped steps it finds its batch partly prepared by
+        their filler, which a blocking pass would not have done (the probe would credit
+        blocking with overlap's prefetch). An overlapped step prepares later batches in
+        turn, so it is measured as it ran."""
         start = self._probe_start(step)
         if start is None or (step - start) % self.settings.block == 0:
             return
         if start != self._start:
             self._start = start
             self._times = {OVERLAP: [], BLOCKING: []}
-        self._times[self.schedule(step)].append(seconds)
+        schedule = self.schedule(step)
+        self._times[schedule].append(seconds + ahead if schedule == BLOCKING else seconds)
 
     def decision_due(self, step: int) -> bool:
         """Whether the ranks agree before ``step`` (a probe has just ended)."""

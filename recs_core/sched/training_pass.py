@@ -109,6 +109,7 @@ class _Batch:
     blocks: list[np.ndarray] = field(default_factory=list)
     looked: dict[tuple[int, str], Any] = field(default_factory=dict)  # for the pushes
     lookups: dict[tuple[int, str], Task] = field(default_factory=dict)
+    feature_seconds: float = 0.0  # operators run on it by the loop and its workers
 
 
 class _Prefetcher:
@@ -278,6 +279,7 @@ class TrainingPass:
         if n:
             self.costs.add(node.name, seconds / n)  # per row: batches and chunks differ
         self.feature_seconds += seconds
+        b.feature_seconds += seconds
         if not b.remaining[p] and p not in b.busy:
             if p in self.sparse:
                 self.graph.finish_pipeline(b.state, b.fb, p)  # type: ignore[arg-type]
@@ -576,16 +578,17 @@ class TrainingPass:
 
     def _run(self, record: Callable[[FeatureBatch, np.ndarray], None],
              hook: StepHook | None) -> int:
-        t, last_start, hook_s = 0, None, 0.0
+        t, last_start, hook_s, ahead = 0, None, 0.0, 0.0
         while True:
             self._current = t
             start = time.perf_counter()
             if self.guard is not None:
                 if last_start is not None:
-                    self.guard.record(t - 1, start - last_start - hook_s)
+                    self.guard.record(t - 1, start - last_start - hook_s, ahead)
                 self._guarded(t)
             last_start, hook_s = start, 0.0
             b = self._batch(t)
+            ahead = b.feature_seconds  # its operators run before its step (by the filler)
             self.loop.run_until(b.agreement)
             active, global_rows = (int(x) for x in b.agreement.result())
             if active == 0:
