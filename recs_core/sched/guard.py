@@ -57,8 +57,9 @@ class ScheduleGuard:
     """Which schedule each step runs, from step times (this module's docstring).
 
     The caller asks :meth:`schedule` before each step, reports each step's wall time (and
-    its batch's work done ahead) with :meth:`record`, and at the steps where :meth:`decision_due` is true agrees on
-    :meth:`local_medians` over the ranks (their mean) and passes it to :meth:`decide`.
+    its batch's work done ahead) with :meth:`record`, and at the steps where
+    :meth:`decision_due` is true agrees on :meth:`local_medians` over the ranks (their
+    mean) and passes it to :meth:`decide`.
     Every rank sees the same steps, so every rank switches at the same step."""
 
     settings: GuardSettings = field(default_factory=GuardSettings)
