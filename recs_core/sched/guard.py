@@ -19,13 +19,14 @@ OVERLAP, BLOCKING = "overlap", "blocking"
 
 @dataclass(frozen=True)
 class GuardSettings:
-    """``warmup`` steps before the first probe (JIT, first costs, the first plan);
+    """``warmup`` steps before the first probe (JIT, first costs, the plans agreed at steps
+    2 and 16; a pass too short to gain back a probe's slower steps runs without one);
     ``block`` steps per probe block, the first of which is not measured (it pays the
     switch); ``rounds`` blocks of each schedule per probe, in the order blocking,
     overlap, overlap, blocking, ... (a drift in speed hits both alike); a probe every
     ``every`` steps; blocking wins only if faster by more than ``tolerance``."""
 
-    warmup: int = 3
+    warmup: int = 16
     block: int = 3
     rounds: int = 2
     every: int = 200
