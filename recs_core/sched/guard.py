@@ -90,10 +90,10 @@ class ScheduleGuard:
     def record(self, step: int, seconds: float, ahead: float = 0.0) -> None:
         """``step`` took ``seconds`` (counted if it is a measured step of a probe);
         ``ahead``: seconds of its batch's work done before it began. A blocking step is
-        charged with them: after overlapped steps it finds its batch partly prepared by
-        their filler, which a blocking pass would not have done (the probe would credit
-        blocking with overlap's prefetch). An overlapped step prepares later batches in
-        turn, so it is measured as it ran."""
+        charged with them: after overlapped steps it finds its batch read and partly
+        processed by their filler, work a blocking pass does in the step (the probe would
+        credit blocking with overlap's prefetch). An overlapped step prepares later
+        batches in turn, so it is measured as it ran."""
         start = self._probe_start(step)
         if start is None or (step - start) % self.settings.block == 0:
             return

@@ -109,7 +109,7 @@ class _Batch:
     blocks: list[np.ndarray] = field(default_factory=list)
     looked: dict[tuple[int, str], Any] = field(default_factory=dict)  # for the pushes
     lookups: dict[tuple[int, str], Task] = field(default_factory=dict)
-    feature_seconds: float = 0.0  # operators run on it by the loop and its workers
+    prepared_seconds: float = 0.0  # its admission and operators run by the loop, workers
 
 
 class _Prefetcher:
@@ -238,7 +238,8 @@ class TrainingPass:
         self.batches[self._admitted] = b
         self._admitted += 1
         self.most_held = max(self.most_held, len(self.batches))
-        self.costs.add("admit", time.perf_counter() - t0)
+        b.prepared_seconds = time.perf_counter() - t0
+        self.costs.add("admit", b.prepared_seconds)
         return b
 
     def _chunk_rows(self, feature: int, rows: int) -> int | None:
@@ -279,7 +280,7 @@ class TrainingPass:
         if n:
             self.costs.add(node.name, seconds / n)  # per row: batches and chunks differ
         self.feature_seconds += seconds
-        b.feature_seconds += seconds
+        b.prepared_seconds += seconds
         if not b.remaining[p] and p not in b.busy:
             if p in self.sparse:
                 self.graph.finish_pipeline(b.state, b.fb, p)  # type: ignore[arg-type]
@@ -587,8 +588,10 @@ class TrainingPass:
                     self.guard.record(t - 1, start - last_start - hook_s, ahead)
                 self._guarded(t)
             last_start, hook_s = start, 0.0
+            admitted = self._admitted > t
             b = self._batch(t)
-            ahead = b.feature_seconds  # its operators run before its step (by the filler)
+            # its reading and operators run before its step (by overlapped steps)
+            ahead = b.prepared_seconds if admitted else 0.0
             self.loop.run_until(b.agreement)
             active, global_rows = (int(x) for x in b.agreement.result())
             if active == 0:
