@@ -8,8 +8,10 @@ medians over repetitions) cancel the machine's drift. Per cell it reports bench_
 figures (summarize / ratios / paired: samples/s, step CPU and comm, recs against the better
 of sequential and prefetch, the bound max(CPU work + network CPU, comm) from the
 sequential run and bench_network_cpu.py's CPU per MiB on that network and MPI), the guard's
-choice in the recs run, and a summary table. Generated input files stay under 1 GB (fewer
-rows, never shorter histories).
+choice in the recs run, a summary table, and a noise control: each of sequential, prefetch
+and recs over the best of the other two, paired ("control": in how many cells each reaches
+0.98; modes equally fast fall below 1 by the noise alone). Generated input files stay
+under 1 GB (fewer rows, never shorter histories).
 
     python bench/bench_sweep.py --rows 200000 --heavy-rows 30000 --reps 3 \
         --out bench/results/sweep.json --png bench/results/sweep.png
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -101,14 +104,49 @@ def input_files(workdir: Path, wanted: dict[str, int]) -> dict[str, Path]:
     return files
 
 
+CONTROL_MODES = ("sequential", "prefetch", "recs")
+
+
+def versus_others(runs: dict[str, list[dict]]) -> dict:
+    """The noise control: per mode of sequential, prefetch and recs, its samples/s over the
+    best of the other two in each repetition (median, per repetition). Modes equally fast
+    score alike here, below 1 by the machine's noise (a maximum of noisy rates is biased
+    up), which is the floor that recs_vs_best is read against."""
+    modes = [m for m in CONTROL_MODES if runs.get(m)]
+    if len(modes) < 2:
+        return {}
+    reps = min(len(runs[m]) for m in modes)
+    out = {}
+    for m in modes:
+        got = [runs[m][i]["samples_per_sec"]
+               / max(runs[o][i]["samples_per_sec"] for o in modes if o != m)
+               for i in range(reps)]
+        out[m] = {"median": round(statistics.median(got), 3),
+                  "reps": [round(x, 3) for x in got]}
+    return out
+
+
 def cell_of(runs: dict[str, list[dict]], cpu_ms_per_mib: float | None) -> dict:
-    """bench_scheduler's figures of one (rate, workload, MPI): per mode, ratios, paired."""
+    """bench_scheduler's figures of one (rate, workload, MPI): per mode, ratios, paired,
+    and the noise control (:func:`versus_others`)."""
     cell: dict = {m: bs.summarize(r) for m, r in runs.items()}
     if {"sequential", "recs"} <= set(runs):
         cell["ratios"] = bs.ratios(cell, cpu_ms_per_mib)
         cell["paired"] = bs.paired(runs, cpu_ms_per_mib)
+        cell["versus_others"] = versus_others(runs)
         cell["guard"] = [r.get("scheduler", {}).get("guard") for r in runs["recs"]]
     return cell
+
+
+def control(table: dict, at_least: float = 0.98) -> dict:
+    """Per mode: in how many cells its paired median over the best of the others reaches
+    ``at_least`` (of how many)."""
+    cells = [c for by_rate in table.values() for by_w in by_rate.values()
+             for c in by_w.values() if c.get("versus_others")]
+    return {m: {"cells_at_least": sum(c["versus_others"][m]["median"] >= at_least
+                                      for c in cells if m in c["versus_others"]),
+                "cells": sum(m in c["versus_others"] for c in cells), "at_least": at_least}
+            for m in CONTROL_MODES}
 
 
 def summary(table: dict) -> list[dict]:
@@ -240,7 +278,8 @@ def main() -> None:
                 "mpis": mpis, "mpi_library": libraries,
                 "files": {w: {"path": str(f), "bytes": f.stat().st_size}
                           for w, f in files.items()},
-                "network_cpu": network_cpu, "table": table, "summary": summary(table)}
+                "network_cpu": network_cpu, "table": table, "summary": summary(table),
+                "control": control(table)}
 
     order = plan(a.reps, rates, workloads, mpis, modes)
     for i, (rep, r, w, mpi, m) in enumerate(order):
@@ -258,6 +297,9 @@ def main() -> None:
         print(f"{row['mpi']} {row['rate_gbit']} {row['workload']}: {rates_txt}; recs/best "
               f"{row.get('recs_vs_best', '-')}, bound {row.get('bound_samples_per_sec', '-')}",
               file=sys.stderr)
+    for m, c in result["control"].items():
+        print(f"control: {m} at >= {c['at_least']} of the best of the others in "
+              f"{c['cells_at_least']} of {c['cells']} cells", file=sys.stderr)
     if a.png:
         chart(result, a.png)
 

@@ -94,3 +94,19 @@ def test_chart_is_written(tmp_path: Path) -> None:
               "table": {"mpich": {r: {"canonical": cell} for r in ("1", "0.5", "shm")}}}
     bench_sweep.chart(result, str(tmp_path / "s.png"))
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_noise_control_scores_each_mode_against_the_best_of_the_others() -> None:
+    runs = {"sequential": [job(1000, 100, 60, 50), job(1200, 90, 55, 45)],
+            "prefetch": [job(1100, 80, 60, 40), job(1000, 100, 60, 50)],
+            "recs": [job(1050, 70, 60, 20), job(1100, 75, 60, 20)]}
+    cell = bench_sweep.cell_of(runs, None)
+    v = cell["versus_others"]
+    assert v["sequential"]["reps"] == [round(1000 / 1100, 3), 1.091]
+    assert v["prefetch"]["reps"] == [1.048, round(1000 / 1200, 3)]
+    assert v["recs"]["reps"] == [round(1050 / 1100, 3), round(1100 / 1200, 3)]
+    assert v["recs"]["reps"] == cell["paired"]["recs_vs_best"]["reps"]  # the same figure
+    c = bench_sweep.control({"mpich": {"1": {"canonical": cell, "heavy": cell}}})
+    # medians: sequential 1.0, prefetch 0.941, recs 0.936
+    assert c["sequential"] == {"cells_at_least": 2, "cells": 2, "at_least": 0.98}
+    assert c["prefetch"]["cells_at_least"] == 0 and c["recs"]["cells_at_least"] == 0
