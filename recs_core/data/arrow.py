@@ -44,7 +44,7 @@ from recs_core.data.parse import (
 )
 from recs_core.data.reasons import R_FIELD_TOO_LONG, R_INT_OVERFLOW
 from recs_core.errors import DataError
-from recs_core.features.hashing import hash_bytes
+from recs_core.features.hashing import hash_bytes, hash_str
 
 _KIND_NAMES = {COL_LABEL: "label", COL_INT: "int", COL_STR: "str", COL_LIST_STR: "list_str",
                COL_FLOAT: "float"}
@@ -270,7 +270,7 @@ class _Arena:
     known: np.ndarray | None  # bool [string slots]: the dictionary columns' (None: none)
 
 
-_EMPTY_HASH = np.uint64(hash_bytes(np.zeros(1, np.uint8), 0, 0))
+_EMPTY_HASH = np.uint64(hash_str(b""))
 
 
 class ArrowConverter:

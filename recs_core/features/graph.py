@@ -165,11 +165,11 @@ class FeatureGraph:
             if rows != slice(None):
                 col = col.slice(rows.start, rows.stop)
             return ListStrValues(raw.arena, col.start, col.length, col.offsets)
-        h = raw.hashes
-        if h is None or not h.known[cols].any():
-            return StrValues(raw.arena, raw.str_start[rows, cols], raw.str_len[rows, cols])
+        h, hashes, known = raw.hashes, None, None
+        if h is not None and h.known[cols].any():
+            hashes, known = h.values[rows, cols], h.known[cols]
         return StrValues(raw.arena, raw.str_start[rows, cols], raw.str_len[rows, cols],
-                         h.values[rows, cols], h.known[cols])
+                         hashes, known)
 
     def run_node(self, state: BatchState, node: OpNode, rows: RowRange = None) -> None:
         """Run one node on one batch, or on its rows ``rows`` (its predecessor in the
