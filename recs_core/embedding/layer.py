@@ -5,20 +5,32 @@ Both backends offer the same stages per pipeline (see ``recs_core.stages``):
 (pooled for list fields), yielding its exchanges (none on one rank) and a
 :class:`NeedRows` marker before it reads rows; ``push(fb, p, looked, d)`` takes that
 block's gradient back and applies the sparse update. A scheduler composes the stages;
-``read`` drives every lookup to the end (scoring).
+``read`` drives every lookup to the end (scoring). The layer owns its state:
+``state_dict`` / ``load_state_dict`` / ``load_resharded`` / ``changed_rows`` (through one
+store per table, fixed or dynamic: ``recs_core.embedding.storage``), ``new_window`` and
+``end_window``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from recs_core.embedding.dynamic_store import DynamicStore
-from recs_core.embedding.sharded import ExchangePlan, ShardedLookup, ShardedTables
+from recs_core.embedding.sharded import ExchangePlan, ShardedLookup, ShardedTables, owners
 from recs_core.embedding.sparse_optim import SparseOptimizer
+from recs_core.embedding.storage import (
+    ChangedRows,
+    DynamicStoreTable,
+    FixedStore,
+    ShardRead,
+    TableStore,
+    need,
+)
 from recs_core.embedding.table import (
     EmbeddingSet,
     dedup_grads,
@@ -26,6 +38,7 @@ from recs_core.embedding.table import (
     gather_pooled,
     pooled_grads,
 )
+from recs_core.errors import RecsError
 from recs_core.features.graph import FeatureBatch
 from recs_core.features.spec import DynamicSpec, Spec
 from recs_core.stages import NeedRows, Stage, drive
@@ -77,10 +90,93 @@ class _Layer(ABC):
     """What both backends share: the slots, the block, the per-pipeline ids and grads."""
 
     def __init__(self, dim: int, slots: list[Slot], optimizer: SparseOptimizer,
-                 dynamic: DynamicStore) -> None:
+                 dynamic: DynamicStore, rows: list[int], rank: int,
+                 names: list[str] | None, prefix: str) -> None:
         self.dim, self.slots, self.optimizer, self.dynamic = dim, slots, optimizer, dynamic
         self.pipelines = list(dict.fromkeys(s.pipeline for s in slots))
         self._slots_of = {p: [s for s in slots if s.pipeline == p] for p in self.pipelines}
+        self.prefix = prefix
+        self.names = names or [f"{prefix}.t{t:04d}" for t in range(len(rows))]
+        self.stores: list[TableStore] = [
+            DynamicStoreTable(dynamic, t, rank, lambda ids, t=t: self.owner_of(t, ids))
+            if t in dynamic else FixedStore(self, t, rows[t], rank) for t in range(len(rows))]
+
+    @abstractmethod
+    def owned_rows(self, t: int) -> np.ndarray:
+        """Global row numbers of table ``t`` this rank stores, ascending."""
+
+    @abstractmethod
+    def rows_view(self, t: int) -> np.ndarray:
+        """This rank's rows of table ``t``, in :meth:`owned_rows` order (a view)."""
+
+    @abstractmethod
+    def owner_of(self, t: int, ids: np.ndarray) -> np.ndarray:
+        """The rank owning each of table ``t``'s ``ids`` (rows or dynamic keys)."""
+
+    def accumulator_view(self, t: int) -> np.ndarray | None:
+        """The row-wise optimizer state of those rows (a view), None for SGD."""
+        if not hasattr(self.optimizer, "accumulator"):
+            return None
+        return self._local_part(t, self.optimizer.accumulator)
+
+    def touched_view(self, t: int) -> np.ndarray:
+        """uint8 map of those rows: 1 where the optimizer updated the row (a view)."""
+        return self._local_part(t, self.optimizer.touched_rows)
+
+    @abstractmethod
+    def _local_part(self, t: int, per_table: Callable[[int, np.ndarray], np.ndarray]
+                    ) -> np.ndarray:
+        """Table ``t``'s part of an optimizer's per-row array (``per_table(t', table)``)."""
+
+    # ---- state (checkpoints, deltas, windows) ----------------------------------------------
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """This rank's arrays of every table (``<stem>.<name>``, see
+        ``recs_core.embedding.storage``), and the dynamic tables' window index."""
+        out = {f"{stem}.{k}": a for stem, store in zip(self.names, self.stores)
+               for k, a in store.state().items()}
+        if self.dynamic.tables:
+            out[f"{self.prefix}.dyn_window"] = np.array([self.dynamic.window], np.int64)
+        return out
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray], touched: bool = False) -> None:
+        """Restore from this rank's :meth:`state_dict` of the same world size and
+        placement; ``touched``: keep the window's touched marks (a resume)."""
+        for stem, store in zip(self.names, self.stores):
+            part = {k[len(stem) + 1:]: a for k, a in arrays.items() if k.startswith(stem + ".")}
+            store.load(part, stem, touched)
+        if self.dynamic.tables:
+            self.dynamic.window = int(need(arrays, f"{self.prefix}.dyn_window", "")[0])
+
+    def load_resharded(self, read: ShardRead, old_world: int, old_placement: str,
+                       touched: bool = False) -> None:
+        """Restore from the :meth:`state_dict` of every rank of another world size or
+        placement (``read(old_rank, name)``): keep the rows this rank owns now."""
+        for stem, store in zip(self.names, self.stores):
+            store.load_resharded(lambda r, k, stem=stem: read(r, f"{stem}.{k}"), old_world,
+                                 old_placement, stem, touched)
+        if self.dynamic.tables:
+            window = read(0, f"{self.prefix}.dyn_window")
+            if window is None:
+                raise RecsError(f"rank 0 has no {self.prefix}.dyn_window")
+            self.dynamic.window = int(window[0])
+
+    def changed_rows(self) -> list[tuple[int, ChangedRows]]:
+        """(table, rows) of every delta entry of this rank: the rows this window updated."""
+        return [(t, c) for t, store in enumerate(self.stores) for c in store.changed()]
+
+    def new_window(self) -> None:
+        """A new window: no row touched (nothing admitted or evicted yet)."""
+        self.optimizer.clear_touched()
+        self.dynamic.clear_touched()
+
+    def end_window(self) -> dict[int, list[int]]:
+        """End the dynamic tables' window (eviction); per dynamic table: [live rows,
+        admitted this pass, evicted at its end, bytes] of this rank."""
+        if not self.dynamic.tables:
+            return {}
+        self.dynamic.end_window()
+        return self.dynamic.figures()
 
     def new_block(self, n: int) -> np.ndarray:
         """An uninitialized [n, F, dim] block for a batch's vectors."""
@@ -130,37 +226,33 @@ class LocalEmbeddings(_Layer):
     """Every table on this rank: the stages move nothing."""
 
     def __init__(self, rows: list[int], dim: int, seed: int, slots: list[Slot],
-                 optimizer: SparseOptimizer, dynamic: dict[int, DynamicSpec] | None = None
-                 ) -> None:
+                 optimizer: SparseOptimizer, dynamic: dict[int, DynamicSpec] | None = None,
+                 names: list[str] | None = None, prefix: str = "emb") -> None:
         dynamic = dynamic or {}
         self.set = EmbeddingSet([max(r, 1) for r in rows], [dim] * len(rows), seed)
         for t in dynamic:  # a dynamic table has no fixed rows (its DynamicTable holds them)
             self.set.tables[t] = np.zeros((0, dim), dtype=np.float32)
-        super().__init__(dim, slots, optimizer, DynamicStore(dynamic, dim, seed, optimizer))
+        super().__init__(dim, slots, optimizer, DynamicStore(dynamic, dim, seed, optimizer),
+                         [len(a) for a in self.set.tables], 0, names, prefix)
 
     @property
     def tables(self) -> list[np.ndarray]:
         return self.set.tables
 
-    # ---- per-table views for checkpoints (same interface as ShardedEmbeddings) ----------
+    # ---- per-table views (same interface as ShardedEmbeddings) --------------------------
 
     def owned_rows(self, t: int) -> np.ndarray:
-        """Global row numbers of table ``t`` this rank stores (all of them), ascending."""
         return np.arange(len(self.set.tables[t]), dtype=np.int64)
 
     def rows_view(self, t: int) -> np.ndarray:
-        """This rank's rows of table ``t``, in :meth:`owned_rows` order (a view)."""
         return self.set.tables[t]
 
-    def accumulator_view(self, t: int) -> np.ndarray | None:
-        """The row-wise optimizer state of those rows (a view), None for SGD."""
-        if not hasattr(self.optimizer, "accumulator"):
-            return None
-        return self.optimizer.accumulator(t, self.set.tables[t])
+    def owner_of(self, t: int, ids: np.ndarray) -> np.ndarray:
+        return np.zeros(len(ids), dtype=np.int64)
 
-    def touched_view(self, t: int) -> np.ndarray:
-        """uint8 map of those rows: 1 where the optimizer updated the row (a view)."""
-        return self.optimizer.touched_rows(t, self.set.tables[t])
+    def _local_part(self, t: int, per_table: Callable[[int, np.ndarray], np.ndarray]
+                    ) -> np.ndarray:
+        return per_table(t, self.set.tables[t])
 
     # ---- stages ---------------------------------------------------------------------------
 
@@ -203,12 +295,13 @@ class ShardedEmbeddings(_Layer):
 
     def __init__(self, rows: list[int], dim: int, seed: int, slots: list[Slot],
                  optimizer: SparseOptimizer, comm: Comm, placement: str = "row",
-                 dynamic: dict[int, DynamicSpec] | None = None) -> None:
+                 dynamic: dict[int, DynamicSpec] | None = None,
+                 names: list[str] | None = None, prefix: str = "emb") -> None:
         self.shards = ShardedTables(rows, dim, seed, comm.Get_rank(), comm.Get_size(),
                                     placement)
         store = DynamicStore(dynamic or {}, dim, seed, optimizer, comm.Get_size())
         self.shards.dynamic = store if dynamic else None
-        super().__init__(dim, slots, optimizer, store)
+        super().__init__(dim, slots, optimizer, store, rows, comm.Get_rank(), names, prefix)
         self.lookups = {}
         for p in self.pipelines:
             fields = [s.first + j for s in self._slots_of[p] for j in range(s.width)]
@@ -217,27 +310,22 @@ class ShardedEmbeddings(_Layer):
         ends = np.cumsum(counts).tolist()
         self._spans = [(e - c, e) for c, e in zip(counts, ends)]  # table t in ``local``
 
-    # ---- per-table views for checkpoints (same interface as LocalEmbeddings) ----------
+    # ---- per-table views (same interface as LocalEmbeddings) ----------------------------
 
     def owned_rows(self, t: int) -> np.ndarray:
-        """Global row numbers of table ``t`` this rank owns, ascending (its local order)."""
         return self.shards.owned_rows(t).astype(np.int64)
 
     def rows_view(self, t: int) -> np.ndarray:
-        """This rank's rows of table ``t``, in :meth:`owned_rows` order (a view)."""
         return self.shards.local_table(t)
 
-    def accumulator_view(self, t: int) -> np.ndarray | None:
-        """The row-wise optimizer state of those rows (a view), None for SGD."""
-        if not hasattr(self.optimizer, "accumulator"):
-            return None
-        a, b = self._spans[t]
-        return self.optimizer.accumulator(0, self.shards.local)[a:b]
+    def owner_of(self, t: int, ids: np.ndarray) -> np.ndarray:
+        s = self.shards
+        return owners(t, ids, s.world, s.placement)
 
-    def touched_view(self, t: int) -> np.ndarray:
-        """uint8 map of those rows: 1 where the owner updated the row (a view)."""
+    def _local_part(self, t: int, per_table: Callable[[int, np.ndarray], np.ndarray]
+                    ) -> np.ndarray:
         a, b = self._spans[t]
-        return self.optimizer.touched_rows(0, self.shards.local)[a:b]
+        return per_table(0, self.shards.local)[a:b]
 
     # ---- stages ---------------------------------------------------------------------------
 

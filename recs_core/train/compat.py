@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recs_core.checkpoint.manifest import Manifest, to_jsonable
-from recs_core.embedding.layer import Embeddings
 from recs_core.errors import RecsError
 from recs_core.features.graph import FeatureGraph
 from recs_core.features.hashing import HASH_VERSION
@@ -39,11 +38,6 @@ def stems(fields: list[str], prefix: str) -> list[str]:
     if len(set(names)) != len(names):  # two field names that differ only in odd chars
         names = [f"{prefix}.t{i:04d}" for i in range(len(names))]
     return names
-
-
-def embedding_sets(model: Model) -> list[tuple[str, Embeddings]]:
-    """(prefix, embeddings) of the model's embedding sets."""
-    return list(zip(("emb", "wide"), model.sets))
 
 
 def _plain(v: Any) -> Any:
@@ -98,7 +92,7 @@ def model_description(model: Model) -> dict[str, Any]:
     return {"preset": cfg.preset, **mlp, "dense_width": spec.dense_width,
             "tables": [[n, t.fixed_rows, t.dim] for n, t in spec.sparse_fields],
             "wide": model.wide is not None,
-            "dense_shapes": [list(p.shape) for p in model.net.params],
+            "dense_shapes": [list(p.shape) for p in model.dense_parameters()],
             "optimizer": cfg.optimizer, "sparse_optimizer": cfg.sparse_optimizer}
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from recs_core.checkpoint import export_delta
 from recs_core.comm.world import World
 from recs_core.features.hashing import HASH_VERSION
-from recs_core.train.compat import TRAINER_FORMAT, embedding_sets, table_stems
+from recs_core.train.compat import TRAINER_FORMAT
 from recs_core.train.window import Window
 
 if TYPE_CHECKING:
@@ -29,38 +29,19 @@ def export_window_delta(model: Model, window: Window, world: World,
     fields: dict[str, str] = {}
     dynamic: list[str] = []  # the dynamic tables' entries (by key; apply_delta skips them)
     rows = 0
-    for prefix, emb in embedding_sets(model):
-        for t, stem in enumerate(table_stems(model.spec, prefix)):
-            if t in emb.dynamic:  # by key, plus the keys evicted at the window's end
-                a = emb.dynamic.arrays(t)
-                mark = a["touched"].astype(bool)
-                mine = (a["keys"][mark], a["values"][mark])
-                gone = world.gather(emb.dynamic.evicted[t], f"delta {stem}: evicted keys")
-                parts = world.gather(mine, f"delta {stem}: rows")
-                if parts is None:
-                    continue
-                dynamic += [f"{stem}.dyn", f"{stem}.dyn.evicted"]
-                for name, ids, vals in (
-                        (f"{stem}.dyn", np.concatenate([p[0] for p in parts]),
-                         np.concatenate([p[1] for p in parts])),
-                        (f"{stem}.dyn.evicted", np.concatenate(gone),
-                         np.zeros((sum(len(g) for g in gone), 0), np.float32))):
-                    if len(ids):
-                        deltas[name] = (ids, vals)
-                        fields[name] = model.spec.sparse_fields[t][0]
-                        rows += len(ids)
-                continue
-            mark = emb.touched_view(t).astype(bool)
-            mine = (emb.owned_rows(t)[mark], emb.rows_view(t)[mark])
-            parts = world.gather(mine, f"delta {stem}: rows")
-            if parts is None:
-                continue
-            ids = np.concatenate([p[0] for p in parts])
-            if len(ids):
-                deltas[stem] = (ids, np.concatenate([p[1] for p in parts]))
-                fields[stem] = model.spec.sparse_fields[t][0]
-                rows += len(ids)
-    dense = {str(i): p for i, p in enumerate(model.net.params)}
+    for stem, t, c in model.changed_rows():
+        name = stem + c.suffix
+        parts = world.gather((c.ids, c.values), f"delta {name}: rows")
+        if parts is None:
+            continue
+        if c.by_key:
+            dynamic.append(name)
+        ids = np.concatenate([p[0] for p in parts])
+        if len(ids):
+            deltas[name] = (ids, np.concatenate([p[1] for p in parts]))
+            fields[name] = model.spec.sparse_fields[t][0]
+            rows += len(ids)
+    dense = {str(i): p for i, p in enumerate(model.dense_parameters())}
     meta = {"trainer": TRAINER_FORMAT, "hash": HASH_VERSION, "base_step": window.base_step,
             "step": window.global_step, "tables": fields, "rows": rows}
     if dynamic:

@@ -38,7 +38,6 @@ from recs_core.progress_bar import ProgressBar
 from recs_core.sched.policy import Policy, policy
 from recs_core.sched.trace import Timeline, summarize, write_trace
 from recs_core.sched.training_pass import StepHook, TrainingPass
-from recs_core.train.compat import embedding_sets
 from recs_core.train.config import TrainConfig, train_config
 from recs_core.train.delta_export import export_window_delta
 from recs_core.train.model import Model
@@ -348,27 +347,19 @@ class Job:
     # ---- windows and checkpoints ------------------------------------------------------
 
     def _clear_touched(self) -> None:
-        for _, emb in embedding_sets(self.model):
-            emb.optimizer.clear_touched()
-            emb.dynamic.clear_touched()
+        self.model.new_window()
 
     def _end_dynamic_window(self) -> dict[str, Any]:
         """End the window of every dynamic table (eviction, see
         ``recs_core.embedding.dynamic_store``); their figures summed over the ranks:
         ``{set/field: {rows, admitted, evicted, bytes}}``."""
-        names = [n for n, _ in self.spec.sparse_fields]
-        out: dict[str, Any] = {}
-        for prefix, emb in embedding_sets(self.model):
-            if not emb.dynamic.tables:
-                continue
-            emb.dynamic.end_window()
-            figs = emb.dynamic.figures()
-            local = np.array([figs[t] for t in sorted(figs)], dtype=np.int64)
-            total = self.world.allreduce_sum(local, "dynamic table figures")
-            for t, row in zip(sorted(figs), total.tolist()):
-                out[f"{prefix}/{names[t]}"] = dict(zip(("rows", "admitted", "evicted",
-                                                        "bytes"), row))
-        return out
+        figs = self.model.end_window()
+        if not figs:
+            return {}
+        local = np.array([figs[k] for k in figs], dtype=np.int64)
+        total = self.world.allreduce_sum(local, "dynamic table figures")
+        return {k: dict(zip(("rows", "admitted", "evicted", "bytes"), row))
+                for k, row in zip(figs, total.tolist())}
 
     def checkpoint_hook(self, root: str | os.PathLike, every: int,
                         keep: int | None = 3) -> StepHook:

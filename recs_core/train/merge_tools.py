@@ -11,8 +11,8 @@ import numpy as np
 
 from recs_core.checkpoint import load_manifest, read_rank
 from recs_core.embedding.dynamic_store import merge_shards
+from recs_core.embedding.storage import dynamic_part, old_owner
 from recs_core.train.compat import stems
-from recs_core.train.saving import dynamic_part, old_owner
 
 
 def merged_checkpoint(path: str | os.PathLike, part: str = "values", verify: bool = True
@@ -50,8 +50,11 @@ def merged_dynamic(path: str | os.PathLike, verify: bool = True) -> dict[
     m = load_manifest(path)
     shards = [read_rank(path, r, verify, manifest=m) for r in range(m.world_size)]
     stems = sorted({n.rsplit(".dyn.", 1)[0] for n in shards[0] if ".dyn." in n})
-    return {f"{stem}.dyn": merge_shards([dynamic_part(s, stem) for s in shards])
-            for stem in stems}
+    def part(s: dict[str, np.ndarray], stem: str) -> dict[str, np.ndarray]:
+        return dynamic_part({k[len(stem) + 1:]: a for k, a in s.items()
+                             if k.startswith(stem + ".dyn.")}, stem)
+
+    return {f"{stem}.dyn": merge_shards([part(s, stem) for s in shards]) for stem in stems}
 
 
 def apply_dynamic_delta(tables: dict[str, dict[int, np.ndarray]],

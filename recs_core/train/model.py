@@ -15,11 +15,13 @@ from recs_core.dense.optim import make_dense_optimizer
 from recs_core.dense.presets import DLRM, BackwardItem, EmbGrads, WideDeep
 from recs_core.embedding.layer import Embeddings, LocalEmbeddings, ShardedEmbeddings, slots_of
 from recs_core.embedding.sparse_optim import make_sparse_optimizer
+from recs_core.embedding.storage import ChangedRows, ShardRead, assign, need
 from recs_core.embedding.table import check_fits, size_text
 from recs_core.errors import RecsError
 from recs_core.features.graph import FeatureBatch
 from recs_core.features.spec import Spec
 from recs_core.stages import Stage, drive
+from recs_core.train.compat import table_stems
 from recs_core.train.config import TrainConfig
 
 
@@ -68,20 +70,21 @@ class Model:
         slots = slots_of(spec)
         skw = _optimizer_kwargs(cfg.sparse_optimizer, cfg, sparse=True)
 
-        def embeddings(dim: int, seed: int) -> Embeddings:
+        def embeddings(dim: int, seed: int, prefix: str) -> Embeddings:
             opt = make_sparse_optimizer(cfg.sparse_optimizer, cfg.sparse_lr, **skw)
+            names = table_stems(spec, prefix)
             if self.world.size == 1:
-                return LocalEmbeddings(rows, dim, seed, slots, opt, dynamic)
+                return LocalEmbeddings(rows, dim, seed, slots, opt, dynamic, names, prefix)
             return ShardedEmbeddings(rows, dim, seed, slots, opt, self.world.comm,
-                                     cfg.placement, dynamic)
+                                     cfg.placement, dynamic, names, prefix)
 
         dims = [self.dim] + ([1] if cfg.preset != "dlrm" else [])
         need, what = _table_bytes(rows, dims, self.world.size), _tables_text(fields, dims,
                                                                           self.world.size)
         self.world.everyone(lambda: check_fits(need, what))  # every rank stops
         try:
-            self.emb = embeddings(self.dim, cfg.seed)
-            self.wide = embeddings(1, cfg.seed + 1) if cfg.preset != "dlrm" else None
+            self.emb = embeddings(self.dim, cfg.seed, "emb")
+            self.wide = embeddings(1, cfg.seed + 1, "wide") if cfg.preset != "dlrm" else None
         except MemoryError:
             raise RecsError(f"{what} need {size_text(need)}: out of memory while "
                             f"allocating them") from None
@@ -220,3 +223,56 @@ class Model:
             if self.wide is not None:
                 out.update({f"wide/{n}": t for n, t in zip(names, self.wide.tables)})
         return out
+
+    # ---- state (checkpoints, deltas, windows) ----------------------------------------------
+
+    def sparse_state(self) -> dict[str, np.ndarray]:
+        """This rank's arrays of every embedding set (``emb.<table>.values``, ...; see
+        ``recs_core.embedding.storage``)."""
+        return {k: a for e in self.sets for k, a in e.state_dict().items()}
+
+    def dense_state(self) -> dict[str, np.ndarray]:
+        """The network's parameters (``dense.<i>``) and the dense optimizer's state
+        (``dense_opt.<key>``, ``/`` made ``.``): the same on every rank."""
+        out = {f"dense.{i}": p for i, p in enumerate(self.net.params)}
+        out.update({f"dense_opt.{k.replace('/', '.')}": a for k, a in self.dense_opt.state.items()})
+        return out
+
+    def load_sparse(self, arrays: dict[str, np.ndarray], touched: bool = False) -> None:
+        """Restore every embedding set from this rank's :meth:`sparse_state` (same world
+        size and placement); ``touched``: keep the window's touched marks."""
+        for e in self.sets:
+            e.load_state_dict(arrays, touched)
+
+    def load_sparse_resharded(self, read: ShardRead, old_world: int, old_placement: str,
+                              touched: bool = False) -> None:
+        """Restore every embedding set from the :meth:`sparse_state` of each rank of another
+        world size or placement (``read(old_rank, name)``)."""
+        for e in self.sets:
+            e.load_resharded(read, old_world, old_placement, touched)
+
+    def load_dense(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore the network and its optimizer from :meth:`dense_state`'s arrays."""
+        for name, dst in self.dense_state().items():
+            assign(dst, need(arrays, name, ""), name)
+
+    def dense_parameters(self) -> list[np.ndarray]:
+        """The network's parameters, in order (views)."""
+        return list(self.net.params)
+
+    def changed_rows(self) -> list[tuple[str, int, ChangedRows]]:
+        """(table stem, table index, rows) of every delta entry of this rank: the rows this
+        window updated, in every embedding set."""
+        return [(e.names[t], t, c) for e in self.sets for t, c in e.changed_rows()]
+
+    def new_window(self) -> None:
+        """A new window begins: no row touched in any embedding set."""
+        for e in self.sets:
+            e.new_window()
+
+    def end_window(self) -> dict[str, list[int]]:
+        """End the window of the dynamic tables (eviction); this rank's figures per
+        ``<set>/<field>``: [live rows, admitted, evicted, bytes]."""
+        names = [n for n, _ in self.spec.sparse_fields]
+        return {f"{e.prefix}/{names[t]}": row for e in self.sets
+                for t, row in sorted(e.end_window().items())}

@@ -51,25 +51,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recs_core.checkpoint import load_manifest, read_rank, reshard_rows, save
+from recs_core.checkpoint import load_manifest, read_rank, save
 from recs_core.checkpoint import save_step as save_step_dir
 from recs_core.checkpoint.manifest import Manifest, read_entry
 from recs_core.checkpoint.store import DamagedCheckpoint, newest_checkpoint
 from recs_core.comm.world import World
-from recs_core.embedding.dynamic_store import merge_shards
-from recs_core.embedding.layer import Embeddings
-from recs_core.embedding.sharded import owners
 from recs_core.errors import RecsError
 from recs_core.features.graph import FeatureGraph
 from recs_core.features.hashing import HASH_VERSION
 from recs_core.train.compat import (
     TRAINER_FORMAT,
     check_compatible,
-    embedding_sets,
     fitted_ops,
     model_description,
     spec_description,
-    table_stems,
     train_description,
 )
 from recs_core.train.window import ResumePoint, Window
@@ -130,24 +125,9 @@ def checkpoint_meta(model: Model, window: Window, config_text: str | None,
 def shard_arrays(model: Model, graph: FeatureGraph, window: Window,
                  rank: int) -> dict[str, np.ndarray]:
     """This rank's arrays of the job's checkpoint (names in the module docstring)."""
-    arrays: dict[str, np.ndarray] = {}
-    for prefix, emb in embedding_sets(model):
-        for t, stem in enumerate(table_stems(model.spec, prefix)):
-            arrays[f"{stem}.values"] = emb.rows_view(t)
-            acc = emb.accumulator_view(t)
-            if acc is not None:
-                arrays[f"{stem}.acc"] = acc
-            arrays[f"{stem}.touched"] = np.packbits(emb.touched_view(t))
-            if t in emb.dynamic:
-                for k, a in emb.dynamic.arrays(t).items():
-                    arrays[f"{stem}.dyn.{k}"] = a
-        if emb.dynamic.tables:
-            arrays[f"{prefix}.dyn_window"] = np.array([emb.dynamic.window], dtype=np.int64)
+    arrays = model.sparse_state()
     if rank == 0:
-        for i, p in enumerate(model.net.params):
-            arrays[f"dense.{i}"] = p
-        for k, a in model.dense_opt.state.items():
-            arrays[f"dense_opt.{k.replace('/', '.')}"] = a
+        arrays.update(model.dense_state())
     for key, op in fitted_ops(graph):
         state = op.fitted_state()
         if state is not None:
@@ -177,57 +157,6 @@ def save_checkpoint(model: Model, graph: FeatureGraph, window: Window, world: Wo
 
 # ---- loading ---------------------------------------------------------------------------
 
-def _assign(dst: np.ndarray, src: np.ndarray, what: str) -> None:
-    if src.shape != dst.shape or src.dtype != dst.dtype:
-        raise RecsError(f"checkpoint array {what} is {src.shape} {src.dtype}, the model's "
-                        f"{dst.shape} {dst.dtype}")
-    dst[...] = src
-
-
-def old_owner(t: int, rows: int, world: int, placement: str) -> np.ndarray:
-    """The rank owning each row of table ``t`` under a writer's world and placement."""
-    if world == 1:
-        return np.zeros(rows, dtype=np.int64)
-    return owners(t, np.arange(rows, dtype=np.int64), world, placement)
-
-
-def _new_owner(model: Model, world: World, t: int) -> Callable[[np.ndarray], np.ndarray]:
-    w = world.size
-    if w == 1:
-        return lambda ids: np.zeros(len(ids), dtype=np.int64)
-    return lambda ids: owners(t, ids, w, model.cfg.placement)
-
-
-def _load_tables_direct(model: Model, mine: dict[str, np.ndarray], resume: bool) -> None:
-    for prefix, emb in embedding_sets(model):
-        for t, stem in enumerate(table_stems(model.spec, prefix)):
-            _assign(emb.rows_view(t), _need(mine, f"{stem}.values"), f"{stem}.values")
-            acc = emb.accumulator_view(t)
-            if acc is not None:
-                _assign(acc, _need(mine, f"{stem}.acc"), f"{stem}.acc")
-            if resume:
-                mark = emb.touched_view(t)
-                bits = np.unpackbits(_need(mine, f"{stem}.touched"), count=len(mark))
-                _assign(mark, bits, f"{stem}.touched")
-            if t in emb.dynamic:
-                emb.dynamic.load_arrays(t, dynamic_part(mine, stem), touched=resume)
-        if emb.dynamic.tables:
-            emb.dynamic.window = int(_need(mine, f"{prefix}.dyn_window")[0])
-
-
-_DYN_PARTS = ("keys", "values", "freq", "last_seen", "sketch", "acc", "touched")
-
-
-def dynamic_part(arrays: dict[str, np.ndarray], stem: str) -> dict[str, np.ndarray]:
-    """One shard's dynamic-table arrays of table ``stem`` (names without the prefix)."""
-    out = {k: arrays[f"{stem}.dyn.{k}"] for k in _DYN_PARTS if f"{stem}.dyn.{k}" in arrays}
-    for k in ("keys", "values", "freq", "last_seen", "sketch", "touched"):
-        if k not in out:
-            raise RecsError(f"the checkpoint has no {stem}.dyn.{k} for this rank (was the "
-                            "table dynamic when it was written?)")
-    return out
-
-
 def _need(arrays: dict[str, np.ndarray], name: str) -> np.ndarray:
     a = arrays.get(name)
     if a is None:
@@ -235,72 +164,20 @@ def _need(arrays: dict[str, np.ndarray], name: str) -> np.ndarray:
     return a
 
 
-def _load_tables_resharded(model: Model, world: World, root: str, m: Manifest) -> None:
-    """Every shard, table by table: keep the rows this rank owns under the job's world
-    size and placement."""
-    old_world, old_placement = m.world_size, m.meta.get("placement", "row")
-    entries = [m.rank_files(r) for r in range(old_world)]
-    rank = world.rank
-    for prefix, emb in embedding_sets(model):
-        for t, stem in enumerate(table_stems(model.spec, prefix)):
-            rows = model.spec.sparse_fields[t][1].fixed_rows
-            old = old_owner(t, rows, old_world, old_placement)
-            keys = ["values"] + (["acc"] if emb.accumulator_view(t) is not None else [])
-            shards = []
-            for r in range(old_world):
-                part: dict[str, np.ndarray] = {"ids": np.flatnonzero(old == r)}
-                for k in keys:
-                    e = entries[r].get(f"{stem}.{k}")
-                    if e is None:
-                        raise RecsError(f"{root}: rank {r} has no {stem}.{k}")
-                    part[k] = read_entry(Path(root), e)
-                    if len(part[k]) != len(part["ids"]):
-                        raise RecsError(f"{root}: rank {r}'s {stem}.{k} has {len(part[k])} "
-                                        f"rows, the placement gives it {len(part['ids'])}")
-                shards.append(part)
-            if t in emb.dynamic:
-                _reshard_dynamic(model, world, emb, t, stem, root, entries)
-                continue
-            got = reshard_rows(shards, _new_owner(model, world, t), rank)
-            if not np.array_equal(got["ids"], emb.owned_rows(t)):
-                raise RecsError(f"{root}: {stem}: the resharded rows are not this rank's")
-            _assign(emb.rows_view(t), got["values"], f"{stem}.values")
-            if "acc" in keys:
-                _assign(emb.accumulator_view(t), got["acc"], f"{stem}.acc")
+def _shard_reader(root: str, m: Manifest) -> Callable[[int, str], np.ndarray | None]:
+    """``read(old_rank, name)``: one array of a shard of the checkpoint, None if absent."""
+    entries = [m.rank_files(r) for r in range(m.world_size)]
 
+    def read(rank: int, name: str) -> np.ndarray | None:
+        e = entries[rank].get(name)
+        return None if e is None else read_entry(Path(root), e)
 
-def _reshard_dynamic(model: Model, world: World, emb: Embeddings, t: int, stem: str,
-                     root: str, entries: list[dict[str, Any]]) -> None:
-    """A dynamic table on a new world size: every old shard's rows, kept where this rank
-    owns their key under the new world (``owners``), in key order; the sketch is the
-    saturating sum of the old shards' sketches (see ``dynamic_store.merge_shards``).
-    Touched marks are cleared: a load starts a new window."""
-    parts = []
-    for files in entries:
-        part = {}
-        for k in _DYN_PARTS:
-            e = files.get(f"{stem}.dyn.{k}")
-            if e is not None:
-                part[k] = read_entry(Path(root), e)
-        parts.append(dynamic_part({f"{stem}.dyn.{k}": v for k, v in part.items()}, stem))
-    owner, rank = _new_owner(model, world, t), world.rank
-    merged = merge_shards(parts, lambda keys: owner(keys) == rank)
-    emb.dynamic.load_arrays(t, merged, touched=False)
-    window = read_entry(Path(root), entries[0][f"{stem.split('.', 1)[0]}.dyn_window"])
-    emb.dynamic.window = int(window[0])
+    return read
 
 
 def _read_named(root: str, m: Manifest, rank: int, names: Callable[[str], bool]) -> dict[
         str, np.ndarray]:
     return {n: read_entry(Path(root), e) for n, e in m.rank_files(rank).items() if names(n)}
-
-
-def _load_dense(model: Model, arrays: dict[str, np.ndarray]) -> None:
-    for i, p in enumerate(model.net.params):
-        _assign(p, _need(arrays, f"dense.{i}"), f"dense.{i}")
-    for k, a in model.dense_opt.state.items():
-        name = f"dense_opt.{k.replace('/', '.')}"
-        _assign(a, _need(arrays, name), name)
 
 
 def _load_fitted(graph: FeatureGraph, arrays: dict[str, np.ndarray]) -> None:
@@ -331,15 +208,16 @@ def load_checkpoint(model: Model, graph: FeatureGraph, world: World, path: str |
         mine: dict[str, np.ndarray] = {}
         if direct:
             mine = read_rank(path, world.rank, manifest=m)
-            _load_tables_direct(model, mine, resume)
+            model.load_sparse(mine, touched=resume)
             dense = mine if world.rank == 0 else _read_named(
                 path, m, 0, lambda n: n.startswith("dense"))
             fitted = mine
         else:
-            _load_tables_resharded(model, world, path, m)
+            model.load_sparse_resharded(_shard_reader(path, m), m.world_size,
+                                        m.meta.get("placement", "row"))
             dense = _read_named(path, m, 0, lambda n: n.startswith(("dense", "feat.")))
             fitted = dense
-        _load_dense(model, dense)
+        model.load_dense(dense)
         _load_fitted(graph, fitted)
         if not resume:
             return None
