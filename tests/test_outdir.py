@@ -72,11 +72,97 @@ def test_a_live_jobs_lock_is_kept(tmp_path: Path) -> None:
         other.wait()
 
 
-def test_a_lock_from_another_host_is_never_taken_over(tmp_path: Path) -> None:
-    before = write_lock(tmp_path, dead_pid(), host="some-other-node")
-    with pytest.raises(RecsError, match="on some-other-node"):
+def test_a_live_lease_of_another_host_is_kept_and_an_expired_one_taken_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = write_lock(tmp_path, dead_pid(), host="some-other-node")  # fresh: just written
+    with pytest.raises(RecsError, match="on some-other-node since then, refreshed 0 s ago"):
         SaveLock(tmp_path).acquire()
     assert json.loads((tmp_path / LOCK).read_text()) == before
+    # not refreshed for longer than the lease (30 s by default): its holder is gone
+    old = time.time() - 31
+    os.utime(tmp_path / LOCK, (old, old))
+    with SaveLock(tmp_path) as lock:
+        assert lock.took_over == before
+    monkeypatch.setenv("RECS_LEASE_SECONDS", "100")  # the lock's own length counts (30 s)
+    owner = write_lock(tmp_path, dead_pid(), host="some-other-node") | {"lease_s": 30}
+    (tmp_path / LOCK).write_text(json.dumps(owner))
+    os.utime(tmp_path / LOCK, (old, old))
+    with SaveLock(tmp_path) as lock:
+        assert lock.took_over is not None
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from recs_core.checkpoint.outdir import SaveLock
+from recs_core.errors import RecsError
+lock = SaveLock(sys.argv[1]).acquire()
+print("held", flush=True)
+ask = Path(sys.argv[2])
+while not ask.exists():
+    time.sleep(0.01)
+try:
+    lock.check()
+except RecsError as e:
+    print("lost", e, flush=True)
+else:
+    print("kept", flush=True)
+lock.release()
+"""
+
+
+def _holder(root: Path, ask: Path, host: str, lease: float) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RECS_HOST_ID=host,
+               RECS_LEASE_SECONDS=str(lease))
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(root), str(ask)], env=env,
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_two_hosts_live_leases_exclude_each_other_and_a_stopped_holder_loses_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real processes under two host names and a 1.5 s lease: while the holder refreshes,
+    the other host is refused (for longer than the lease); once it is stopped (SIGSTOP: no
+    refresh), the other host takes the lock over after the lease, and the holder, resumed,
+    finds it lost before writing."""
+    import signal
+
+    root, ask = tmp_path / "models", tmp_path / "ask"
+    a = _holder(root, ask, "host-a", 1.5)
+    try:
+        monkeypatch.setenv("RECS_HOST_ID", "host-b")
+        monkeypatch.setenv("RECS_LEASE_SECONDS", "1.5")
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 4.0:  # over 2 leases: refreshed all along
+            with pytest.raises(RecsError, match="locked by another job .* on host-a"):
+                SaveLock(root).acquire()
+            time.sleep(0.2)
+        os.kill(a.pid, signal.SIGSTOP)
+        t_stop = time.monotonic()
+        while True:
+            try:
+                lock = SaveLock(root).acquire()
+                break
+            except RecsError:
+                assert time.monotonic() - t_stop < 10, "the stopped holder's lease never expired"
+                time.sleep(0.05)
+        waited = time.monotonic() - t_stop
+        assert waited >= 1.5 - 1.5 / 3 - 0.1, waited  # at least the lease since its last refresh
+        assert lock.took_over is not None and lock.took_over["host"] == "host-a"
+        os.kill(a.pid, signal.SIGCONT)
+        ask.touch()
+        out = a.communicate(timeout=60)[0]
+        assert out.startswith("lost ") and "took it over: stopping before writing" in out, out
+        assert "host-b" in out
+        lock.check()  # the new holder keeps it
+        lock.release()
+        assert not (root / LOCK).exists()
+    finally:
+        if a.poll() is None:
+            os.kill(a.pid, signal.SIGCONT)
+            a.kill()
+            a.wait()
 
 
 def test_a_dead_jobs_lock_is_taken_over_and_its_staging_removed(tmp_path: Path) -> None:

@@ -5,12 +5,18 @@
   a directory holding something other than what the job would write there (user files,
   symbolic links; for a delta: checkpoints, or a checkpoint root's ``step-*``). A delta
   replaces only an earlier delta (recognised by its manifest); nothing else is deleted.
-* :class:`SaveLock` is a save directory's lock: the file ``.recs-save.lock`` naming its
-  owner (host, pid, start time), created atomically (``link(2)`` of a complete file, which
-  fails when the lock exists). A second job gets a one-line error naming the owner. A lock
-  left by a dead job (same host, its pid gone) is taken over under a short-lived guard
-  file (``.recs-save.lock.break``, also created by ``link``), so two jobs never both break
-  it. Taking the lock removes the staging directories of the dead jobs' interrupted saves.
+* :class:`SaveLock` is a save directory's lock, held as a *lease*: the file
+  ``.recs-save.lock`` naming its owner (host, pid, start time, lease length), created
+  atomically (``link(2)`` of a complete file, which fails when the lock exists). The holder
+  refreshes it (a thread sets the file's modification time every third of the lease,
+  :func:`lease_seconds`, 30 s by default). A second job gets a one-line error naming the
+  owner while the lease is live. A lock is taken over when its lease expired (not
+  refreshed for longer than its length: the holder was preempted, on this host or another)
+  or, at once, when its owner is a process of this host that is gone; under a short-lived
+  guard file (``.recs-save.lock.break``, also created by ``link``), so two jobs never both
+  break it. A holder checks its lease before it writes (:meth:`SaveLock.check`): one whose
+  lease was taken over stops. Taking the lock removes the staging directories of the
+  earlier jobs' interrupted saves.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import re
 import secrets
 import shutil
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +36,7 @@ from recs_core.checkpoint.manifest import MANIFEST
 from recs_core.errors import RecsError
 
 LOCK = ".recs-save.lock"
+DEFAULT_LEASE_S = 30.0
 _BREAK = LOCK + ".break"
 _STEP = re.compile(r"step-\d{9,}\Z")
 _DAMAGED = re.compile(r"step-\d{9,}\.damaged\Z")  # set aside as a refused resume advises
@@ -120,9 +128,31 @@ def check_delta_target(path: str | os.PathLike, what: str = "--export-delta") ->
                     f"give an empty or new directory")
 
 
+def lease_seconds() -> float:
+    """How long a save lock lives without a refresh (``RECS_LEASE_SECONDS``, default 30):
+    a job that stopped refreshing for longer (preempted, stopped, its host gone) loses it.
+    Its holder refreshes every third of it. It must exceed the clock skew between hosts
+    sharing the directory (modification times are the file system's)."""
+    raw = os.environ.get("RECS_LEASE_SECONDS", "")
+    try:
+        value = float(raw) if raw else DEFAULT_LEASE_S
+    except ValueError:
+        raise RecsError(f"RECS_LEASE_SECONDS must be a number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise RecsError(f"RECS_LEASE_SECONDS must be positive, got {raw!r}")
+    return value
+
+
+def host_id() -> str:
+    """The name a lease records for this host (``RECS_HOST_ID``, default the host name:
+    a pod's name on Kubernetes)."""
+    return os.environ.get("RECS_HOST_ID") or socket.gethostname()
+
+
 def _owner() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "token": secrets.token_hex(8)}
+    return {"host": host_id(), "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "token": secrets.token_hex(8),
+            "lease_s": lease_seconds()}
 
 
 def _read_owner(path: Path) -> dict[str, Any] | None:
@@ -136,10 +166,31 @@ def _read_owner(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else {}
 
 
+def _age(path: Path) -> float | None:
+    """Seconds since ``path`` was last refreshed; None when it is gone."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def _expired(owner: dict[str, Any], path: Path) -> bool:
+    """True when the lease in ``path`` was not refreshed for longer than its length."""
+    age = _age(path)
+    lease = owner.get("lease_s")
+    if not isinstance(lease, (int, float)) or lease <= 0:
+        lease = lease_seconds()  # a lock written before leases, or unreadable
+    return age is not None and age > lease
+
+
+def _stale(owner: dict[str, Any], path: Path) -> bool:
+    return _dead(owner) or _expired(owner, path)
+
+
 def _dead(owner: dict[str, Any]) -> bool:
     """True when ``owner`` is a process of this host that no longer exists."""
     pid = owner.get("pid")
-    if owner.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+    if owner.get("host") != host_id() or not isinstance(pid, int) or pid <= 0:
         return False
     try:
         os.kill(pid, 0)
@@ -150,73 +201,123 @@ def _dead(owner: dict[str, Any]) -> bool:
     return False
 
 
-def _link_new(path: Path, owner: dict[str, Any]) -> bool:
-    """Create ``path`` holding ``owner`` atomically; False when it already exists."""
+def _link_new(path: Path, owner: dict[str, Any]) -> int | None:
+    """Create ``path`` holding ``owner`` atomically: an open descriptor of it, None when
+    it already exists."""
     tmp = path.parent / f".{path.name}.{owner['token']}.tmp"
-    with open(tmp, "x", encoding="utf-8") as f:
-        json.dump(owner, f)
-        f.flush()
-        os.fsync(f.fileno())
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
     try:
+        os.write(fd, json.dumps(owner).encode())
+        os.fsync(fd)
         os.link(tmp, path)
     except FileExistsError:
-        return False
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
     finally:
         tmp.unlink()
-    return True
+    return fd
 
 
-def _describe(owner: dict[str, Any]) -> str:
+def _describe(owner: dict[str, Any], path: Path | None = None) -> str:
     if not owner:
         return "an unreadable owner"
-    return (f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('started')}")
+    age = _age(path) if path is not None else None
+    fresh = "" if age is None else f", refreshed {max(age, 0.0):.0f} s ago"
+    return (f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('started')}"
+            f"{fresh}")
 
 
 class SaveLock:
-    """The lock of a save directory, held by one job (see the module docstring).
+    """The lock of a save directory, held by one job as a lease (see the module docstring).
 
-    ``SaveLock(root).acquire()`` creates ``root`` if needed and takes the lock (RecsError
-    when another live job holds it); :meth:`release` removes it (only if still ours)."""
+    ``SaveLock(root).acquire()`` creates ``root`` if needed, takes the lock (RecsError
+    when another job holds a live lease) and refreshes it from a thread; :meth:`check`
+    raises when the lease was taken over; :meth:`release` removes it (only if still ours)."""
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         self.path = self.root / LOCK
         self.owner = _owner()
         self.held = False
-        self.took_over: dict[str, Any] | None = None  # the dead owner whose lock was taken
+        self.took_over: dict[str, Any] | None = None  # the stale owner whose lock was taken
+        self._fd: int | None = None
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
 
     def acquire(self) -> SaveLock:
         self.root.mkdir(parents=True, exist_ok=True)
         for _ in range(10):  # a lock broken by another job between our steps: look again
-            if _link_new(self.path, self.owner):
-                self.held = True
+            fd = _link_new(self.path, self.owner)
+            if fd is not None:
+                self._fd, self.held = fd, True
                 self._remove_leftovers()
+                self._refresher = threading.Thread(target=self._refresh, daemon=True,
+                                                   name="recs-lease")
+                self._refresher.start()
                 return self
             found = _read_owner(self.path)
             if found is None:
                 continue
-            if not _dead(found):
-                raise RecsError(f"{self.root}: locked by another job ({_describe(found)}); "
-                                f"wait for it, or if no job uses it, remove {self.path}")
+            if not _stale(found, self.path):
+                raise RecsError(f"{self.root}: locked by another job "
+                                f"({_describe(found, self.path)}); wait for it, or if no "
+                                f"job uses it, remove {self.path} (a lock not refreshed for "
+                                f"{found.get('lease_s', lease_seconds()):g} s is taken over)")
             self._break(found)
         raise RecsError(f"{self.root}: could not take the lock {self.path} (contended)")
 
-    def _break(self, dead: dict[str, Any]) -> None:
-        """Remove the lock of a dead job, under the guard file (one breaker at a time)."""
+    def _break(self, stale: dict[str, Any]) -> None:
+        """Remove a stale lock, under the guard file (one breaker at a time)."""
         guard = self.root / _BREAK
-        if not _link_new(guard, self.owner):
+        fd = _link_new(guard, self.owner)
+        if fd is None:
             holder = _read_owner(guard)
-            if holder and _dead(holder):
+            if holder is not None and _stale(holder, guard):
                 raise RecsError(f"{self.root}: a job died while taking over the stale lock "
                                 f"{self.path}: remove {guard} and {self.path}")
             time.sleep(0.05)
             return
         try:
-            if _read_owner(self.path) == dead:  # still the same dead job's lock
+            if _read_owner(self.path) == stale:  # still the same stale lease
                 self.path.unlink()
-                self.took_over = dead
+                self.took_over = stale
         finally:
+            os.close(fd)
             guard.unlink()
+
+    def _ours(self) -> bool:
+        """True while the lock file is the one this job created."""
+        if self._fd is None:
+            return False
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self._fd).st_ino
+        except FileNotFoundError:
+            return False
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(self.owner["lease_s"] / 3):
+            if self._fd is None or not self._ours():
+                return
+            try:
+                os.utime(self._fd)
+            except OSError:  # e.g. the file system went away: check() will tell
+                return
+
+    def check(self) -> None:
+        """RecsError when this job no longer holds the lock (its lease expired and another
+        job took it over): a job stops before it writes."""
+        if not self.held:
+            return
+        if not self._ours():
+            other = _read_owner(self.path)
+            raise RecsError(f"{self.root}: this job's lease on {self.path} expired and "
+                            f"{'another job' if not other else _describe(other)} took it "
+                            f"over: stopping before writing (was this job stopped for longer "
+                            f"than {self.owner['lease_s']:g} s?)")
+        os.utime(self._fd)  # type: ignore[arg-type]
 
     def _remove_leftovers(self) -> None:
         """The staging directories of saves interrupted in earlier jobs (no job writes
@@ -230,8 +331,15 @@ class SaveLock:
                 shutil.rmtree(entry)
 
     def release(self) -> None:
-        if self.held and _read_owner(self.path) == self.owner:
+        self._stop.set()
+        if self._refresher is not None:
+            self._refresher.join()
+            self._refresher = None
+        if self.held and self._ours():
             self.path.unlink()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         self.held = False
 
     def __enter__(self) -> SaveLock:

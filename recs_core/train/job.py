@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from recs_core.checkpoint.outdir import SaveLock
 from recs_core.comm.objects import dup
 from recs_core.comm.pending import post_allreduce
 from recs_core.comm.world import World
@@ -73,6 +74,7 @@ class Job:
                           if self.world.size > 1 else None)
         self._reader: Reader | None = None
         self._input_warnings: list[str] = []  # from the data arguments, for the next report
+        self.save_lock: SaveLock | None = None  # rank 0's lease on the save directory
 
     @classmethod
     def from_config(cls, path: str | os.PathLike) -> Job:
@@ -379,6 +381,8 @@ class Job:
     def _save(self, path: str | None = None, *, root: str | None = None,
               keep: int | None = None, done: bool = False) -> str:
         t0 = time.perf_counter()
+        lock = self.save_lock  # a job whose lease was taken over stops before it writes
+        self.world.everyone(lambda: lock.check() if lock is not None else None)
         out = save_checkpoint(self.model, self.graph, self.window, self.world, path, root=root,
                               keep=keep, done=done, config_text=self.config_text)
         figures = self.checkpoint_figures
