@@ -161,6 +161,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "checkpoint; refused when that one is damaged) or one step-N checkpoint "
                    "in it; written by any number of ranks (rows are resharded); the feature "
                    "spec, hash and model must match")
+    p.add_argument("--accept-unfinished", action="store_true",
+                   help="let --init-from take a periodic checkpoint of a window that did not "
+                   "finish (refused by default: the rest of that window would never be "
+                   "trained; --resume it instead)")
+    p.add_argument("--retrain", action="store_true",
+                   help="train the data even though the --init-from checkpoint's window "
+                   "already trained exactly these files (refused by default: a retried job "
+                   "would count them twice)")
     p.add_argument("--save", metavar="DIR",
                    help="write checkpoints under DIR as step-N directories (N: global steps "
                    "since the first window): the final one at the end of the pass, and with "
@@ -272,14 +280,14 @@ def _train(a: argparse.Namespace, spec: Spec, world: World, save_root: str | Non
             print(f"recs: no complete checkpoint in {a.resume} yet: the pass starts over {start}",
                   file=sys.stderr)
     if a.init_from and resumed is None:
-        job.load(a.init_from)
+        job.load(a.init_from, unfinished=a.accept_unfinished)
     hook = (job.checkpoint_hook(save_root, a.checkpoint_every, a.keep_checkpoints)
             if a.checkpoint_every else None)
     out = job.run(a.data, eval_fraction=a.eval_fraction, policy=_policy(a, spec),
                   quiet=a.quiet or world.rank != 0, mode=a.mode, trace=a.trace,
                   lookahead=a.lookahead, workers=a.workers, hook=hook,
                   progress_thread=a.progress_thread, chunk_ms=a.chunk_ms,
-                  guard=a.guard == "on")
+                  guard=a.guard == "on", retrain=a.retrain)
     if save_root:
         out["saved"] = job.save_step(save_root, keep=a.keep_checkpoints)
     if a.export_delta:
@@ -336,7 +344,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
         there = "no complete checkpoint there" if os.path.isdir(a.model) else "no such directory"
         raise RecsError(f"--model {a.model}: {there}")
     job = Job(spec, world=world)
-    job.load(found)
+    job.load(found, unfinished=True, flag="--model")  # scoring trains nothing
     t0 = time.perf_counter()
     scores = job.score_rows(a.data, id_column=a.id_column, policy=_policy(a, spec))
     seconds = time.perf_counter() - t0  # reading, scoring and gathering the rows

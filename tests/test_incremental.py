@@ -259,8 +259,9 @@ def test_init_from_refuses_a_damaged_newest_checkpoint(head, tmp_path: Path, cap
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith(f"recs: error: --init-from {tmp_path / 'r'}: the checkpoint "
                              f"{newest} is damaged (")
-    assert f"name it (--init-from {older})" in err[0]
-    assert main(args + ["--data", str(head[1]), "--init-from", str(older)]) == 0
+    assert f"name it (--init-from {older} --accept-unfinished: it is a periodic" in err[0]
+    assert main(args + ["--data", str(head[1]), "--init-from", str(older),
+                        "--accept-unfinished"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["checkpoint"]["loaded_from"] == str(older) and out["global_step"] > 4
     code = main(args + ["--data", str(head[1]), "--init-from", str(newest)])
@@ -275,7 +276,8 @@ def test_a_crafted_world_size_is_refused_at_once(head, tmp_path: Path, capsys) -
     m = json.loads((older / "manifest.json").read_text())
     (older / "manifest.json").write_text(json.dumps(dict(m, world_size=10**9)))
     t0 = time.perf_counter()
-    code = main(args + ["--data", str(head[1]), "--init-from", str(older)])
+    code = main(args + ["--data", str(head[1]), "--init-from", str(older),
+                        "--accept-unfinished"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and time.perf_counter() - t0 < 30
     assert err[0] == (f"recs: error: {older / 'manifest.json'}: malformed manifest: "

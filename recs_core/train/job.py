@@ -42,7 +42,7 @@ from recs_core.sched.training_pass import StepHook, TrainingPass
 from recs_core.train.config import TrainConfig, train_config
 from recs_core.train.delta_export import export_window_delta
 from recs_core.train.model import Model
-from recs_core.train.saving import load_checkpoint, save_checkpoint
+from recs_core.train.saving import data_text, load_checkpoint, save_checkpoint
 from recs_core.train.scores import RankScores, Scores, check_id_column, column_array
 from recs_core.train.window import Window, data_arguments, skip_steps
 
@@ -75,6 +75,8 @@ class Job:
         self._reader: Reader | None = None
         self._input_warnings: list[str] = []  # from the data arguments, for the next report
         self.save_lock: SaveLock | None = None  # rank 0's lease on the save directory
+        # the checkpoint the next window starts from, and its window's meta (load)
+        self._loaded: tuple[str, dict[str, Any]] | None = None
 
     @classmethod
     def from_config(cls, path: str | os.PathLike) -> Job:
@@ -108,14 +110,16 @@ class Job:
     def run(self, paths: DataInput, *, eval_fraction: float | None = None,
             policy: BadRowPolicy | None = None, quiet: bool = True,
             hook: StepHook | None = None, trace: str | None = None, mode: str = "sequential",
-            **options: Any) -> dict[str, Any]:
+            retrain: bool = False, **options: Any) -> dict[str, Any]:
         """One pass over ``paths`` (files: text or Parquet; or an Arrow source: tables,
         record batches, pandas frames, or an iterator of them, see
         :mod:`recs_core.data.sources`): each batch is scored, then trained on; the rows in the last
         ``eval_fraction`` of each rank's shard (by bytes: approximate in rows for .gz) are
         held out, read again after the pass and scored. ``mode`` and ``options``
         (lookahead, workers, chunk_ms, ...): the schedule's Policy (every mode computes
-        the same model); ``hook``, ``trace``: see :meth:`run_batches`. Returns the job's figures."""
+        the same model); ``hook``, ``trace``: see :meth:`run_batches`. Training again the
+        files the loaded checkpoint's window already trained is refused unless ``retrain``.
+        Returns the job's figures."""
         frac = self.cfg.eval_fraction if eval_fraction is None else eval_fraction
         if not 0.0 <= frac < 1.0:
             raise RecsError(f"eval fraction must be in [0, 1), got {frac}")
@@ -124,10 +128,26 @@ class Job:
         data = (data_arguments(reader.paths, frac) if is_file_list(paths)
                 else {"data": "arrow source", "eval_fraction": frac})
         self.window.check_resume(data)
+        if not retrain and self.window.resume_point is None:
+            self._check_not_trained(data)
+        self._loaded = None
         timer = {"input": 0.0, "train": 0.0}
         return self.run_batches(self._timed(reader, timer), schedule=schedule,
                                 held=reader.held_out() if frac > 0 else (), quiet=quiet,
                                 timer=timer, hook=hook, trace=trace, data=data)
+
+    def _check_not_trained(self, data: dict[str, Any]) -> None:
+        """RecsError when the loaded checkpoint's finished window trained exactly the files
+        of ``data`` (a retried job): they would be trained twice, silently."""
+        if self._loaded is None:
+            return
+        found, window = self._loaded
+        if not window.get("done") or not data.get("data") or window.get("data") != data["data"]:
+            return
+        raise RecsError(f"--init-from {found}: its window already trained exactly these "
+                        f"files ({data_text(window)}, same sizes); training them again counts "
+                        f"them twice: give the next window's data, or add --retrain to train "
+                        f"them again on purpose")
 
     @staticmethod
     def schedule(mode: str = "sequential", workers: int | None = None,
@@ -400,20 +420,26 @@ class Job:
         """:meth:`save` to ``root/step-<global step>``, keeping the newest ``keep``."""
         return self._save(root=os.fspath(root), keep=keep, done=done)
 
-    def _load(self, path: str | os.PathLike, resume: bool) -> tuple[str, Any, Any]:
+    def _load(self, path: str | os.PathLike, resume: bool, unfinished: bool = False,
+              flag: str = "--init-from") -> tuple[str, Any, Any]:
         t0 = time.perf_counter()
-        found, m, point = load_checkpoint(self.model, self.graph, self.world, path, resume)
+        found, m, point = load_checkpoint(self.model, self.graph, self.world, path, resume,
+                                          unfinished, flag)
         self.checkpoint_figures["loaded_from"] = found
         self.checkpoint_figures["load_seconds"] = round(time.perf_counter() - t0, 4)
         return found, m, point
 
-    def load(self, path: str | os.PathLike) -> str:
+    def load(self, path: str | os.PathLike, *, unfinished: bool = False,
+             flag: str = "--init-from") -> str:
         """Start from a checkpoint (``--init-from``): a checkpoint directory or a directory
         of ``step-*`` ones (the newest complete), written by any number of ranks. Checks
         the feature spec, hash version and model; the next :meth:`run` is a new window.
-        Returns the checkpoint loaded."""
-        found, m, _ = self._load(path, resume=False)
+        A periodic checkpoint of an unfinished window is refused (the rest of that window
+        would never be trained: :meth:`resume` it) unless ``unfinished``. Returns the
+        checkpoint loaded."""
+        found, m, _ = self._load(path, resume=False, unfinished=unfinished, flag=flag)
         self.window = Window(base_step=int(m.meta.get("step", 0)))
+        self._loaded = (found, dict(m.meta.get("window") or {}))
         self._clear_touched()
         return found
 

@@ -98,7 +98,11 @@ def _damaged_advice(root: str | os.PathLike, e: DamagedCheckpoint, flag: str) ->
                 f"resume from the checkpoint before it or start over")
     if e.older is None:
         return f"{head}, and there is no older complete checkpoint"
-    return (f"{head}; an older one is not taken silently: name it ({flag} {e.older}) "
+    extra = ""
+    if flag == "--init-from" and not (load_manifest(e.older).meta.get("window") or {}).get(
+            "done", True):
+        extra = " --accept-unfinished: it is a periodic checkpoint of an unfinished window"
+    return (f"{head}; an older one is not taken silently: name it ({flag} {e.older}{extra}) "
             f"or move the damaged one away ({away})")
 
 
@@ -190,16 +194,43 @@ def _load_fitted(graph: FeatureGraph, arrays: dict[str, np.ndarray]) -> None:
                 raise RecsError(str(e)) from None
 
 
+def data_text(window: dict[str, Any]) -> str:
+    """A window's data arguments as ``--data`` would name them (shortened)."""
+    files = [f[0] for f in window.get("data") or [] if isinstance(f, list) and f]
+    if not files:
+        return "--data <its data>"
+    shown = " ".join(files[:3])
+    return f"--data {shown}" + (f" (and {len(files) - 3} more files)" if len(files) > 3 else "")
+
+
+def check_finished(m: Manifest, path: str, flag: str = "--init-from") -> None:
+    """RecsError when the checkpoint ``m`` at ``path`` is a periodic one of a window that
+    did not finish: starting a new window from it would never train the rest of that one."""
+    window = m.meta.get("window") or {}
+    if window.get("done", True):
+        return
+    steps = window.get("steps", "?")
+    root = os.path.dirname(os.path.normpath(path)) or "."
+    raise RecsError(f"{flag} {path}: a periodic checkpoint of a window that did not finish "
+                    f"({steps} of its steps trained, the rest never): finish it with "
+                    f"`recs train ... {data_text(window)} --resume {root}` (any number of "
+                    f"ranks), or start from it anyway with --accept-unfinished")
+
+
 def load_checkpoint(model: Model, graph: FeatureGraph, world: World, path: str | os.PathLike,
-                    resume: bool = False) -> tuple[str, Manifest, ResumePoint | None]:
+                    resume: bool = False, unfinished: bool = False,
+                    flag: str = "--init-from") -> tuple[str, Manifest, ResumePoint | None]:
     """Load a checkpoint (a checkpoint directory, or a directory of ``step-*`` ones: the
     newest complete) into ``model`` (and the fitted operators of ``graph``), collectively.
     ``resume``: also restore this rank's input position, progressive scores and touched
-    rows (same world size and config). Returns (the checkpoint loaded, its manifest, the
-    resume point or None)."""
-    path = resolve(path, world, "--resume" if resume else "--init-from")
+    rows (same world size and config); else the checkpoint's window must have finished
+    unless ``unfinished`` (``flag`` names the option in messages). Returns (the checkpoint
+    loaded, its manifest, the resume point or None)."""
+    path = resolve(path, world, "--resume" if resume else flag)
     m = world.everyone(lambda: load_manifest(path))
     world.everyone(lambda: check_compatible(model, world.size, m, path, resume))
+    if not resume and not unfinished:
+        world.everyone(lambda: check_finished(m, path, flag))
     direct = m.world_size == world.size and (world.size == 1 or
                                              m.meta.get("placement") == model.cfg.placement)
     assert direct or not resume  # resume checked the world size and the train config

@@ -1,0 +1,103 @@
+"""Windows are never silently skipped or retrained: ``--init-from`` a periodic checkpoint
+of an unfinished window, and training the files the loaded checkpoint's finished window
+already trained, are each refused with one line whose advice works."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from recs_core.cli import main
+from recs_core.errors import RecsError
+from recs_core.train.job import Job
+from tests.conftest import CONFIGS, small_test_spec
+
+
+@pytest.fixture()
+def cfg(tmp_path: Path) -> Path:
+    c = tmp_path / "c.toml"
+    c.write_text((CONFIGS / "criteo_dlrm.toml").read_text()
+                 .replace("buckets = 262144", "buckets = 1024")
+                 .replace("batch_size = 2048", "batch_size = 256"))
+    return c
+
+
+def last_json(capsys) -> dict:  # noqa: ANN001
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def one_error(capsys) -> str:  # noqa: ANN001
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_init_from_an_unfinished_window_is_refused_and_the_advice_works(
+        two_windows: tuple[Path, Path], cfg: Path, tmp_path: Path, capsys) -> None:
+    """7909061 loaded step 4 of a 5-step window without a word and trained the next
+    window: the window's last step was never trained, rc 0."""
+    w1, w2 = two_windows
+    args = ["train", "--config", str(cfg), "--quiet"]
+    ref = tmp_path / "ref"
+    assert main(args + ["--data", str(w1), "--save", str(ref)]) == 0  # uninterrupted
+    want = last_json(capsys)
+    root = tmp_path / "r"
+    assert main(args + ["--data", str(w1), "--save", str(root), "--checkpoint-every", "4"]) == 0
+    capsys.readouterr()
+    (root / "step-000000005").rename(tmp_path / "final-moved-away")  # the job was killed
+    code = main(args + ["--data", str(w2), "--init-from", str(root), "--save",
+                        str(tmp_path / "next")])
+    err = one_error(capsys)
+    assert code == 2
+    assert err.startswith(f"recs: error: --init-from {root / 'step-000000004'}: a periodic "
+                          "checkpoint of a window that did not finish (4 of its steps "
+                          "trained, the rest never)")
+    assert f"--data {w1} --resume {root}` (any number of ranks)" in err
+    assert not (tmp_path / "next").exists() or not any((tmp_path / "next").iterdir())
+    # the advice: resume the window, which ends as the uninterrupted run did
+    assert main(args + ["--data", str(w1), "--resume", str(root)]) == 0
+    got = last_json(capsys)
+    assert got["checkpoint"]["resumed_at_step"] == 4
+    assert {k: got[k] for k in ("train_rows", "progressive_auc", "global_step")} == {
+        k: want[k] for k in ("train_rows", "progressive_auc", "global_step")}
+    # or accept the loss explicitly
+    (root / "step-000000005").rename(tmp_path / "again-moved-away")
+    assert main(args + ["--data", str(w2), "--init-from", str(root), "--accept-unfinished"]) == 0
+    assert last_json(capsys)["global_step"] == 4 + want["window_steps"]
+
+
+def test_the_same_window_again_from_its_own_checkpoint_is_refused(
+        two_windows: tuple[Path, Path], cfg: Path, tmp_path: Path, capsys) -> None:
+    """7909061 trained a retried window a second time from the checkpoint that had already
+    trained exactly its files: rc 0, its rows counted twice."""
+    w1, w2 = two_windows
+    args = ["train", "--config", str(cfg), "--quiet"]
+    assert main(args + ["--data", str(w1), "--save", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    code = main(args + ["--data", str(w1), "--init-from", str(tmp_path / "a"), "--save",
+                        str(tmp_path / "b")])
+    err = one_error(capsys)
+    assert code == 2 and "its window already trained exactly these files" in err
+    assert f"--data {w1}, same sizes" in err and "add --retrain" in err
+    assert not (tmp_path / "b").exists() or not list((tmp_path / "b").glob("step-*"))
+    # the next window is fine; so is the same one when asked for
+    assert main(args + ["--data", str(w2), "--init-from", str(tmp_path / "a")]) == 0
+    assert main(args + ["--data", str(w1), "--init-from", str(tmp_path / "a"), "--retrain"]) == 0
+
+
+def test_the_library_refuses_the_same_cases(two_windows: tuple[Path, Path],
+                                            tmp_path: Path) -> None:
+    w1, _ = two_windows
+    job = Job(small_test_spec())
+    job.run([w1], hook=job.checkpoint_hook(tmp_path / "p", 5))
+    job.save_step(tmp_path / "done")
+    with pytest.raises(RecsError, match="a periodic checkpoint of a window that did not"):
+        Job(small_test_spec()).load(tmp_path / "p")
+    Job(small_test_spec()).load(tmp_path / "p", unfinished=True)
+    again = Job(small_test_spec())
+    again.load(tmp_path / "done")
+    with pytest.raises(RecsError, match="already trained exactly these files"):
+        again.run([w1])
+    again.run([w1], retrain=True)
