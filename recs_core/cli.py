@@ -178,6 +178,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, metavar="STEPS",
                    help="also write a checkpoint every STEPS global steps (needs --save or "
                    "--resume)")
+    from recs_core.train.saving import FULL_EVERY
+
+    p.add_argument("--full-checkpoint-every", type=int, default=FULL_EVERY, metavar="SAVES",
+                   help="every SAVES-th periodic checkpoint is whole; the others are "
+                   "increments over the one before (the rows changed since and the dense "
+                   f"state; a chain loads as one checkpoint) (default {FULL_EVERY}; 1: every "
+                   "one whole)")
     p.add_argument("--keep-checkpoints", type=int, default=3, metavar="K",
                    help="keep the newest K checkpoints in the save directory (default 3)")
     p.add_argument("--resume", metavar="DIR",
@@ -241,6 +248,9 @@ def _cmd_train(a: argparse.Namespace) -> int:
                             f"with a manifest), not .npz files; give a directory")
     if a.checkpoint_every is not None and (a.checkpoint_every < 1 or not save_root):
         raise RecsError("--checkpoint-every needs a number of steps >= 1 and --save or --resume")
+    if a.full_checkpoint_every < 1:
+        raise RecsError(f"--full-checkpoint-every must be at least 1, got "
+                        f"{a.full_checkpoint_every}")
     if a.keep_checkpoints < 1:
         raise RecsError(f"--keep-checkpoints must be at least 1, got {a.keep_checkpoints}")
     if a.lookahead < 1:
@@ -281,8 +291,8 @@ def _train(a: argparse.Namespace, spec: Spec, world: World, save_root: str | Non
                   file=sys.stderr)
     if a.init_from and resumed is None:
         job.load(a.init_from, unfinished=a.accept_unfinished)
-    hook = (job.checkpoint_hook(save_root, a.checkpoint_every, a.keep_checkpoints)
-            if a.checkpoint_every else None)
+    hook = (job.checkpoint_hook(save_root, a.checkpoint_every, a.keep_checkpoints,
+                                a.full_checkpoint_every) if a.checkpoint_every else None)
     out = job.run(a.data, eval_fraction=a.eval_fraction, policy=_policy(a, spec),
                   quiet=a.quiet or world.rank != 0, mode=a.mode, trace=a.trace,
                   lookahead=a.lookahead, workers=a.workers, hook=hook,

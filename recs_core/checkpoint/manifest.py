@@ -9,7 +9,9 @@
 * ``rank_meta``: one free dict per rank (e.g. that rank's input position);
 * ``files``: one entry per ``.npy`` file: ``path`` (relative, ``/``-separated), ``name``
   (the array's key), ``rank``, ``shape``, ``dtype`` (numpy ``dtype.str``, e.g. ``"<f4"``),
-  ``bytes`` (file size) and ``sha256`` (hex digest of the whole file).
+  ``bytes`` (file size) and ``sha256`` (hex digest of the whole file);
+* ``base`` (checkpoints): null for a full checkpoint; for an *increment*, the directory
+  name of the sibling checkpoint it applies to (see ``store.py``).
 
 A directory without a manifest is incomplete. Structural verification checks that every
 listed file exists with its listed size (cheap: one ``stat`` each); full verification
@@ -67,6 +69,7 @@ class Manifest:
     files: list[FileEntry]
     rank_meta: list[dict[str, Any]] = field(default_factory=list)
     format: int = FORMAT
+    base: str | None = None  # an increment's base: a sibling checkpoint's directory name
 
     def rank_files(self, rank: int) -> dict[str, FileEntry]:
         """The entries rank ``rank`` wrote, by array name."""
@@ -99,8 +102,13 @@ class Manifest:
                 raise RecsError(f"{where}: format {fmt!r} is not supported (this version "
                                 f"reads format {FORMAT})")
             entries = [FileEntry(**{**e, "shape": tuple(e["shape"])}) for e in d["files"]]
+            base = d.get("base")
+            if base is not None and (not isinstance(base, str) or "/" in base
+                                     or base in ("", ".", "..")):
+                raise ValueError(f"bad base {base!r}")
             m = cls(kind=d["kind"], world_size=int(d["world_size"]), meta=dict(d["meta"]),
-                    files=entries, rank_meta=list(d.get("rank_meta", [])), format=fmt)
+                    files=entries, rank_meta=list(d.get("rank_meta", [])), format=fmt,
+                    base=base)
         except (ValueError, KeyError, TypeError) as e:
             raise RecsError(f"{where}: malformed manifest: {type(e).__name__}: {e}") from None
         # a checkpoint's writer gives every rank a rank_meta entry: a world size that

@@ -20,6 +20,15 @@ it (``outdir.SaveLock``), which also removes the staging of earlier jobs' crashe
 Periodic checkpoints live under a root directory as ``step-000000123/``;
 :func:`latest_complete` finds the newest one that verifies and :func:`prune` keeps the
 newest ``keep`` (only ``step-*`` directories, never symbolic links or other entries).
+
+An *increment* is a checkpoint that names a ``base`` (a sibling checkpoint of the same
+world size and an older step) in its manifest and stores some arrays as :class:`RowPatch`
+(files ``<name>.patch-rows``: int64 row indices, ``<name>.patch-values``: those rows):
+read, it is its base's arrays with its own full arrays replacing them and its patches
+applied. Its chain (increment, base, the base's base, ... down to a full checkpoint) is
+checked as a whole: an increment whose chain has a missing or damaged link is itself
+incomplete, so a partial chain is never loaded; :func:`prune` keeps the chains of the
+checkpoints it keeps.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import secrets
 import shutil
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -107,27 +117,60 @@ def _each(fn: Callable[[T], U], items: Iterable[T], workers: int) -> list[U]:
     return out
 
 
-def _write_shard(staging: Path, rank: int, world: int, arrays: Mapping[str, np.ndarray],
+_PATCH = (".patch-rows", ".patch-values")
+
+
+@dataclass(frozen=True)
+class RowPatch:
+    """The rows of an array that changed since the base checkpoint: ``rows`` (int64
+    indices along the first axis, ascending) get ``values``; ``length``: the array's
+    first dimension (checked against the base's when read)."""
+
+    rows: np.ndarray
+    values: np.ndarray
+    length: int
+
+
+def _files_of(arrays: Mapping[str, np.ndarray | RowPatch]) -> list[tuple[str, np.ndarray]]:
+    """(file name, array) per file: a patch is two files."""
+    out = []
+    for name, a in arrays.items():
+        mf.check_name(name, "checkpoint array name")
+        if name.endswith(_PATCH):
+            raise RecsError(f"checkpoint array name {name!r}: ends like a patch's files")
+        if isinstance(a, RowPatch):
+            out += [(name + _PATCH[0], np.asarray(a.rows, np.int64)),
+                    (name + _PATCH[1], a.values)]
+        else:
+            out.append((name, a))
+    return out
+
+
+def _write_shard(staging: Path, rank: int, world: int,
+                 arrays: Mapping[str, np.ndarray | RowPatch],
                  workers: int) -> list[mf.FileEntry]:
     sub = shard_dir(rank, world)
-    for name in arrays:
-        mf.check_name(name, "checkpoint array name")
+    items = _files_of(arrays)
     (staging / sub).mkdir(parents=True, exist_ok=True)
     entries = _each(lambda item: mf.write_array(staging, f"{sub}/{item[0]}.npy", item[0], rank,
-                                                item[1]), arrays.items(), workers)
+                                                item[1]), items, workers)
     fsync_dir(staging)  # the shard directory's entry
     return entries
 
 
-def save(path: str | Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any],
-         comm: Comm | None = None, rank_meta: Mapping[str, Any] | None = None,
-         after_publish: Callable[[], None] | None = None, workers: int = WORKERS) -> str:
+def save(path: str | Path, arrays: Mapping[str, np.ndarray | RowPatch],
+         meta: Mapping[str, Any], comm: Comm | None = None,
+         rank_meta: Mapping[str, Any] | None = None,
+         after_publish: Callable[[], None] | None = None, workers: int = WORKERS,
+         base: str | None = None) -> str:
     """Write a checkpoint to ``path``, replacing any checkpoint already there; return it.
 
     Collective over ``comm`` (an mpi4py communicator) when given: ``arrays`` are this
     rank's shard, ``meta`` is taken from rank 0, ``rank_meta`` (e.g. the input position) is
     kept per rank. Each rank writes up to ``workers`` files at once (threads).
-    ``after_publish`` runs on rank 0 once the checkpoint is in place.
+    ``after_publish`` runs on rank 0 once the checkpoint is in place. ``base``: write an
+    increment over the sibling checkpoint of that name (complete, of this world size and
+    an older step: checked); then ``arrays`` may hold :class:`RowPatch` values.
 
     If any rank fails, every rank raises (the failing one its own exception, an OSError
     such as a full disk as RecsError, the others RecsError naming it) and, when the
@@ -137,6 +180,10 @@ def save(path: str | Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, 
     if final.is_symlink():
         raise RecsError(f"checkpoint {final}: is a symbolic link: refusing to replace it")
     coll = World.of(comm)
+    if base is None and any(isinstance(a, RowPatch) for a in arrays.values()):
+        raise ValueError("row patches need a base checkpoint")
+    if base is not None:
+        coll.everyone(lambda: _check_base(final, base, coll.size) if coll.rank == 0 else None)
     staging = staging_path(final, coll.bcast(secrets.token_hex(6) if coll.rank == 0 else None,
                                              f"checkpoint {final}: staging name broadcast"))
 
@@ -153,7 +200,7 @@ def save(path: str | Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, 
         assert parts is not None
         status = next((f"not saved: {msg}" for _, msg in parts if msg), None)
         if status is None:
-            _, err = _attempt(lambda: _finish(staging, final, parts, coll.size))
+            _, err = _attempt(lambda: _finish(staging, final, parts, coll.size, base))
             status = None if err is None else f"not saved: rank 0: {err}"
         if status is None and after_publish is not None:
             _, err = _attempt(after_publish)
@@ -170,33 +217,123 @@ def save(path: str | Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, 
     return str(final)
 
 
-def _finish(staging: Path, final: Path, parts: list, world: int) -> None:
+def _check_base(final: Path, base: str, world: int) -> None:
+    """RecsError unless ``base`` names a complete sibling checkpoint of ``world`` ranks
+    whose step is older than ``final``'s."""
+    chain = load_chain(final.parent / base)
+    if chain[-1][1].world_size != world:
+        raise RecsError(f"checkpoint {final}: its base {base} was written by "
+                        f"{chain[-1][1].world_size} ranks, this job has {world}")
+    if _step_of(final.name) is not None and not (_step_of(base) or 0) < _step_of(final.name):
+        raise RecsError(f"checkpoint {final}: its base {base} is not older")
+
+
+def _step_of(name: str) -> int | None:
+    m = _STEP.match(name)
+    return int(m.group(1)) if m else None
+
+
+def _finish(staging: Path, final: Path, parts: list, world: int, base: str | None) -> None:
     shards = [shard for shard, _ in parts]  # (entries, meta (rank 0 only), rank meta)
     m = Manifest(kind="checkpoint", world_size=world, meta=shards[0][1],
                  files=[e for entries, _, _ in shards for e in entries],
-                 rank_meta=[rank_meta for _, _, rank_meta in shards])
+                 rank_meta=[rank_meta for _, _, rank_meta in shards], base=base)
     mf.write_manifest(staging, m)
     publish(staging, final)
 
 
-def save_step(root: str | Path, step: int, arrays: Mapping[str, np.ndarray],
+def save_step(root: str | Path, step: int, arrays: Mapping[str, np.ndarray | RowPatch],
               meta: Mapping[str, Any], comm: Comm | None = None,
-              rank_meta: Mapping[str, Any] | None = None, keep: int | None = None) -> str:
-    """:func:`save` to ``root/step-<step>``; then, when ``keep`` is given, :func:`prune`
-    ``root`` to the newest ``keep`` complete checkpoints (rank 0, before returning)."""
+              rank_meta: Mapping[str, Any] | None = None, keep: int | None = None,
+              base: str | None = None) -> str:
+    """:func:`save` to ``root/step-<step>`` (an increment over ``root/<base>`` when
+    given); then, when ``keep`` is given, :func:`prune` ``root`` to the newest ``keep``
+    complete checkpoints and their chains (rank 0, before returning)."""
     if step < 0 or (keep is not None and keep < 1):
         raise ValueError(f"need step >= 0 and keep >= 1, got step {step}, keep {keep}")
     after = None if keep is None else (lambda: prune(root, keep))
-    return save(step_path(root, step), arrays, meta, comm, rank_meta, after)
+    return save(step_path(root, step), arrays, meta, comm, rank_meta, after, base=base)
+
+
+MAX_CHAIN = 1000  # links followed before a chain is called malformed (a cycle)
+
+
+def load_chain(path: str | Path, full: bool = False) -> list[tuple[Path, Manifest]]:
+    """The checkpoint at ``path`` and, for an increment, its bases down to a full one
+    (tip first), every link verified (sizes; also contents when ``full``). RecsError when
+    any link is incomplete or damaged: the message names the link."""
+    chain: list[tuple[Path, Manifest]] = []
+    here = Path(path)
+    while True:
+        m = mf.verify(here, full=full)
+        if m.kind != "checkpoint":
+            raise RecsError(f"{here}: a {m.kind}, not a checkpoint")
+        if chain and m.world_size != chain[-1][1].world_size:
+            raise RecsError(f"{path}: its base {here.name} was written by {m.world_size} "
+                            f"ranks, the increment by {chain[-1][1].world_size}")
+        chain.append((here, m))
+        if m.base is None:
+            return chain
+        if len(chain) > MAX_CHAIN:
+            raise RecsError(f"{path}: malformed chain of increments (over {MAX_CHAIN} links)")
+        nxt = here.parent / m.base
+        if not nxt.is_dir():
+            raise RecsError(f"{path}: the base {m.base} of {here.name} is missing: the "
+                            f"chain of increments is incomplete")
+        here = nxt
 
 
 def load_manifest(path: str | Path, full: bool = False) -> Manifest:
     """The manifest of the checkpoint at ``path``, after checking every file it lists
-    (sizes; also contents when ``full``). RecsError when incomplete or damaged."""
-    m = mf.verify(path, full=full)
-    if m.kind != "checkpoint":
-        raise RecsError(f"{path}: a {m.kind}, not a checkpoint")
-    return m
+    (sizes; also contents when ``full``) and, for an increment, its whole chain. RecsError
+    when incomplete or damaged."""
+    return load_chain(path, full)[0][1]
+
+
+def _patched(name: str) -> tuple[str, str] | None:
+    """(array name, "rows" / "values") for a patch file's name, else None."""
+    for suffix in _PATCH:
+        if name.endswith(suffix):
+            return name[:-len(suffix)], suffix.rsplit("-", 1)[1]
+    return None
+
+
+def _apply(where: Path, name: str, base: np.ndarray | None, rows: np.ndarray,
+           values: np.ndarray) -> np.ndarray:
+    if base is None:
+        raise RecsError(f"{where}: a patch of {name!r}, which its base does not have")
+    if (rows.ndim != 1 or len(rows) != len(values) or values.shape[1:] != base.shape[1:]
+            or values.dtype != base.dtype or (len(rows) and not 0 <= rows.min() <= rows.max()
+                                              < len(base))):
+        raise RecsError(f"{where}: the patch of {name!r} does not fit its base "
+                        f"({len(rows)} rows {values.shape} {values.dtype} onto "
+                        f"{base.shape} {base.dtype})")
+    base[rows] = values
+    return base
+
+
+def _compose(chain: list[tuple[Path, Manifest]], rank: int, names: list[str] | None,
+             read: Callable[[Path, list[mf.FileEntry]], list[np.ndarray]]
+             ) -> dict[str, np.ndarray]:
+    """Rank ``rank``'s arrays (``names`` only, when given) through a chain: the full base
+    first, then each increment's full arrays and patches in order."""
+    out: dict[str, np.ndarray] = {}
+    for where, m in reversed(chain):
+        entries = m.rank_files(rank)
+        wanted = [e for e in entries.values()
+                  if names is None or (_patched(e.name) or (e.name,))[0] in names]
+        got = dict(zip((e.name for e in wanted), read(where, wanted)))
+        for fname, arr in got.items():
+            patch = _patched(fname)
+            if patch is None:
+                out[fname] = arr
+            elif patch[1] == "rows":
+                name = patch[0]
+                values = got.get(name + _PATCH[1])
+                if values is None:
+                    raise RecsError(f"{where}: the patch of {name!r} has no values")
+                out[name] = _apply(where, name, out.get(name), arr, values)
+    return out
 
 
 def read_rank(path: str | Path, rank: int, verify: bool = True, world: int | None = None,
@@ -212,10 +349,17 @@ def read_rank(path: str | Path, rank: int, verify: bool = True, world: int | Non
                         f"read all shards and reshard")
     if not 0 <= rank < m.world_size:
         raise RecsError(f"{path}: no rank {rank} (written by {m.world_size} ranks)")
-    root = Path(path)
-    entries = m.rank_files(rank)
-    arrays = _each(lambda e: mf.read_entry(root, e, verify), entries.values(), workers)
-    return dict(zip(entries, arrays))
+    chain = [(Path(path), m)] if m.base is None else load_chain(path)
+    return _compose(chain, rank, None, lambda where, entries: _each(
+        lambda e: mf.read_entry(where, e, verify), entries, workers))
+
+
+def read_arrays(chain: list[tuple[Path, Manifest]], rank: int, names: list[str],
+                verify: bool = True) -> dict[str, np.ndarray]:
+    """Rank ``rank``'s arrays ``names`` (those it has) of the checkpoint whose
+    :func:`load_chain` is ``chain``: for reading one table at a time when resharding."""
+    return _compose(chain, rank, names, lambda where, entries: [
+        mf.read_entry(where, e, verify) for e in entries])
 
 
 def read_all(path: str | Path, verify: bool = True,
@@ -294,13 +438,19 @@ def prune(root: str | Path, keep: int) -> list[str]:
         raise ValueError(f"keep must be >= 1, got {keep}")
     root = Path(root)
     kept: list[int] = []
+    needed: set[str] = set()  # the kept checkpoints and the links of their chains
     removed = []
-    for step, p in _steps(root):
+    for _, p in _steps(root):
         if len(kept) < keep:
-            if _complete(p):
-                kept.append(step)
+            try:
+                chain = load_chain(p)
+            except RecsError:
+                continue
+            kept.append(1)
+            needed.update(str(q) for q, _ in chain)
             continue
-        removed.append(p)
+        if str(p) not in needed:
+            removed.append(p)
     for p in removed:
         shutil.rmtree(p)
     return [str(p) for p in removed]

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from recs_core.checkpoint.store import RowPatch
 from recs_core.embedding.dynamic_store import DynamicStore
 from recs_core.embedding.sharded import ExchangePlan, ShardedLookup, ShardedTables, owners
 from recs_core.embedding.sparse_optim import SparseOptimizer
@@ -130,14 +131,19 @@ class _Layer(ABC):
 
     # ---- state (checkpoints, deltas, windows) ----------------------------------------------
 
-    def state_dict(self) -> dict[str, np.ndarray]:
+    def state_dict(self, increment: bool = False) -> dict[str, np.ndarray | RowPatch]:
         """This rank's arrays of every table (``<stem>.<name>``, see
-        ``recs_core.embedding.storage``), and the dynamic tables' window index."""
+        ``recs_core.embedding.storage``), and the dynamic tables' window index;
+        ``increment``: over the last checkpoint (:meth:`saved`)."""
         out = {f"{stem}.{k}": a for stem, store in zip(self.names, self.stores)
-               for k, a in store.state().items()}
+               for k, a in (store.increment() if increment else store.state()).items()}
         if self.dynamic.tables:
             out[f"{self.prefix}.dyn_window"] = np.array([self.dynamic.window], np.int64)
         return out
+
+    def saved(self) -> None:
+        """The state is checkpointed: the next increment starts from here."""
+        self.optimizer.clear_dirty()
 
     def load_state_dict(self, arrays: dict[str, np.ndarray], touched: bool = False) -> None:
         """Restore from this rank's :meth:`state_dict` of the same world size and

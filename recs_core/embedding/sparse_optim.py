@@ -4,9 +4,10 @@ touched. ``ids`` must be unique (see :func:`~recs_core.embedding.table.dedup_gra
 bit-deterministic (fixed loop order, no threads).
 
 Each optimizer also marks the rows it updated: ``touched_rows(t, table)`` is a uint8
-[rows] map (1 = updated since the last :meth:`clear_touched`), set inside the update
-kernels at no measurable cost; a delta export lists those rows (see
-``recs_core.train.saving``)."""
+[rows] map set inside the update kernels at no measurable cost, two bits per row:
+:data:`UPDATED` (since the last :meth:`clear_touched`, the window's start: a delta export
+lists those rows) and :data:`DIRTY` (since the last :meth:`clear_dirty`, the last
+checkpoint: an increment saves those rows)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import numpy as np
 from numba import njit
 
 from recs_core.embedding.table import AHEAD, prefetch_w
+
+UPDATED, DIRTY = 1, 2  # bits of the touched map (see the module docstring)
+_MARK = np.uint8(UPDATED | DIRTY)
 
 
 @njit(nogil=True, cache=True)
@@ -38,7 +42,7 @@ def _sgd(table: np.ndarray, touched: np.ndarray, ids: np.ndarray, grads: np.ndar
         if i + AHEAD < n:
             prefetch_w(table, ids[i + AHEAD] * dim)
         r = ids[i]
-        touched[r] = 1
+        touched[r] = _MARK
         for d in range(dim):
             table[r, d] -= step * grads[i, d]
     return -1
@@ -63,7 +67,7 @@ def _rowwise_adagrad(table: np.ndarray, acc: np.ndarray, touched: np.ndarray, id
             prefetch_w(table, ahead * dim)
             prefetch_w(acc, ahead)
         r = ids[i]
-        touched[r] = 1
+        touched[r] = _MARK
         sq = ft(0.0)
         for d in range(dim):
             g = grads[i, d]
@@ -114,9 +118,15 @@ class _Touched:
         return mark
 
     def clear_touched(self) -> None:
-        """Forget which rows were updated (e.g. at the start of a new window)."""
+        """Forget which rows were updated (at the start of a new window); rows changed
+        since the last checkpoint stay marked :data:`DIRTY`."""
         for mark in self.touched.values():
-            mark[:] = 0
+            mark &= np.uint8(DIRTY)
+
+    def clear_dirty(self) -> None:
+        """Rows are saved (a checkpoint): none is :data:`DIRTY` any more."""
+        for mark in self.touched.values():
+            mark &= np.uint8(UPDATED)
 
 
 class SparseSGD(_Touched):

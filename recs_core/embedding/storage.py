@@ -9,9 +9,11 @@ Array names are relative to the table's stem (``emb.cat.C1``):
 
 * fixed: ``values`` float32 [k, dim] (this rank's rows, ascending global row), ``acc``
   float32 [k] (row-wise Adagrad; absent for SGD), ``touched`` uint8 (``numpy.packbits``
-  of the rows updated this window);
+  of the rows updated this window); in an increment ``values`` and ``acc`` are row
+  patches of the rows changed since the last checkpoint;
 * dynamic: ``dyn.keys`` / ``dyn.values`` / ``dyn.freq`` / ``dyn.last_seen`` /
-  ``dyn.sketch`` / ``dyn.acc`` / ``dyn.touched`` (see ``dynamic_store.DynamicStore.arrays``).
+  ``dyn.sketch`` / ``dyn.acc`` / ``dyn.touched`` (see ``dynamic_store.DynamicStore.arrays``),
+  whole in increments too.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from typing import Protocol
 import numpy as np
 
 from recs_core.checkpoint.reshard import reshard_rows
+from recs_core.checkpoint.store import RowPatch
 from recs_core.embedding.dynamic_store import DynamicStore, merge_shards
 from recs_core.embedding.sharded import owners
+from recs_core.embedding.sparse_optim import DIRTY, UPDATED
 from recs_core.errors import RecsError
 
 # an old shard's array by (old rank, name relative to the stem), None when absent
@@ -49,6 +53,10 @@ class TableStore(Protocol):
 
     def state(self) -> dict[str, np.ndarray]:
         """Its arrays (names above); views where possible."""
+
+    def increment(self) -> dict[str, np.ndarray | RowPatch]:
+        """:meth:`state` as an increment over the state at the last checkpoint: the rows
+        changed since (``sparse_optim.DIRTY``) as patches where the kind allows."""
 
     def load(self, arrays: dict[str, np.ndarray], where: str, touched: bool) -> None:
         """Restore from :meth:`state`'s arrays (``where``: the stem, for messages);
@@ -108,7 +116,17 @@ class FixedStore:
         acc = lay.accumulator_view(t)
         if acc is not None:
             out["acc"] = acc
-        out["touched"] = np.packbits(lay.touched_view(t))
+        out["touched"] = np.packbits(lay.touched_view(t) & UPDATED)
+        return out
+
+    def increment(self) -> dict[str, np.ndarray | RowPatch]:
+        lay, t = self.layer, self.t
+        full = self.state()
+        rows = np.flatnonzero(lay.touched_view(t) & DIRTY)
+        out: dict[str, np.ndarray | RowPatch] = {
+            k: RowPatch(rows, full[k][rows], len(full[k])) for k in ("values", "acc")
+            if k in full}
+        out["touched"] = full["touched"]
         return out
 
     def load(self, arrays: dict[str, np.ndarray], where: str, touched: bool) -> None:
@@ -120,7 +138,7 @@ class FixedStore:
         mark = lay.touched_view(t)
         if touched:
             bits = np.unpackbits(need(arrays, "touched", where), count=len(mark))
-            assign(mark, bits, f"{where}.touched")
+            assign(mark, bits * np.uint8(UPDATED), f"{where}.touched")
         else:
             mark[:] = 0
 
@@ -153,13 +171,13 @@ class FixedStore:
             assign(acc, got["acc"], f"{where}.acc")
         mark = lay.touched_view(t)
         if touched:
-            assign(mark, got["touched"], f"{where}.touched")
+            assign(mark, got["touched"] * np.uint8(UPDATED), f"{where}.touched")
         else:
             mark[:] = 0
 
     def changed(self) -> list[ChangedRows]:
         lay, t = self.layer, self.t
-        mark = lay.touched_view(t).astype(bool)
+        mark = (lay.touched_view(t) & UPDATED).astype(bool)
         return [ChangedRows("", lay.owned_rows(t)[mark], lay.rows_view(t)[mark], False)]
 
 
@@ -183,6 +201,10 @@ class DynamicStoreTable:
 
     def state(self) -> dict[str, np.ndarray]:
         return {f"dyn.{k}": a for k, a in self.store.arrays(self.t).items()}
+
+    def increment(self) -> dict[str, np.ndarray | RowPatch]:
+        """The whole table: its rows move (admission, growth), and its budget bounds it."""
+        return dict(self.state())
 
     def load(self, arrays: dict[str, np.ndarray], where: str, touched: bool) -> None:
         self.store.load_arrays(self.t, dynamic_part(arrays, where), touched=touched)

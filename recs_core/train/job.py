@@ -42,7 +42,13 @@ from recs_core.sched.training_pass import StepHook, TrainingPass
 from recs_core.train.config import TrainConfig, train_config
 from recs_core.train.delta_export import export_window_delta
 from recs_core.train.model import Model
-from recs_core.train.saving import data_text, load_checkpoint, save_checkpoint
+from recs_core.train.saving import (
+    FULL_EVERY,
+    Increment,
+    data_text,
+    load_checkpoint,
+    save_checkpoint,
+)
 from recs_core.train.scores import RankScores, Scores, check_id_column, column_array
 from recs_core.train.window import Window, data_arguments, skip_steps
 
@@ -77,6 +83,7 @@ class Job:
         self.save_lock: SaveLock | None = None  # rank 0's lease on the save directory
         # the checkpoint the next window starts from, and its window's meta (load)
         self._loaded: tuple[str, dict[str, Any]] | None = None
+        self._last_save: Increment | None = None  # what a periodic increment applies to
 
     @classmethod
     def from_config(cls, path: str | os.PathLike) -> Job:
@@ -384,30 +391,40 @@ class Job:
                 for k, row in zip(figs, total.tolist())}
 
     def checkpoint_hook(self, root: str | os.PathLike, every: int,
-                        keep: int | None = 3) -> StepHook:
+                        keep: int | None = 3, full_every: int = FULL_EVERY) -> StepHook:
         """A :class:`StepHook` for :meth:`run` that writes ``root/step-<N>`` every
-        ``every`` global steps (collective), keeping the newest ``keep``."""
+        ``every`` global steps (collective), keeping the newest ``keep`` (and the chains
+        they need). Each is an increment over the one before (the rows changed since,
+        the dense state) except every ``full_every``-th, which is whole."""
         if every < 1:
             raise RecsError(f"checkpoint interval must be >= 1 step, got {every}")
+        if full_every < 1:
+            raise RecsError(f"full checkpoint interval must be >= 1 save, got {full_every}")
 
         def fn(steps_done: int) -> None:
             w = self.window
             if w.skipped + steps_done != w.steps:  # the pass and record agree
                 raise RuntimeError(f"step count {w.skipped + steps_done} != {w.steps}")
-            self._save(root=os.fspath(root), keep=keep)
+            last = self._last_save
+            base = last if last is not None and last.fits(root, full_every) else None
+            self._save(root=os.fspath(root), keep=keep, base=base)
 
         return StepHook(every, fn)
 
     def _save(self, path: str | None = None, *, root: str | None = None,
-              keep: int | None = None, done: bool = False) -> str:
+              keep: int | None = None, done: bool = False,
+              base: Increment | None = None) -> str:
         t0 = time.perf_counter()
         lock = self.save_lock  # a job whose lease was taken over stops before it writes
         self.world.everyone(lambda: lock.check() if lock is not None else None)
         out = save_checkpoint(self.model, self.graph, self.window, self.world, path, root=root,
-                              keep=keep, done=done, config_text=self.config_text)
+                              keep=keep, done=done, config_text=self.config_text, base=base)
+        self._last_save = Increment(out, 0 if base is None else base.increments + 1)
         figures = self.checkpoint_figures
         figures["saves"] = figures.get("saves", 0) + 1
         figures["save_seconds"] = figures.get("save_seconds", 0.0) + time.perf_counter() - t0
+        if base is not None:
+            figures["increments"] = figures.get("increments", 0) + 1
         return out
 
     def save(self, path: str | os.PathLike, done: bool = True) -> str:
@@ -438,6 +455,7 @@ class Job:
         would never be trained: :meth:`resume` it) unless ``unfinished``. Returns the
         checkpoint loaded."""
         found, m, _ = self._load(path, resume=False, unfinished=unfinished, flag=flag)
+        self._last_save = None  # the next periodic save is whole
         self.window = Window(base_step=int(m.meta.get("step", 0)))
         self._loaded = (found, dict(m.meta.get("window") or {}))
         self._clear_touched()
@@ -450,6 +468,7 @@ class Job:
         uninterrupted run would have. Returns the checkpoint loaded."""
         found, m, point = self._load(path, resume=True)
         assert point is not None
+        self._last_save = Increment(found, int(m.meta.get("increments", 0)))
         self.window.resumed(point, int((m.meta.get("window") or {}).get("base_step", 0)))
         return found
 

@@ -6,6 +6,7 @@ from collections.abc import Generator
 
 import numpy as np
 
+from recs_core.checkpoint.store import RowPatch
 from recs_core.comm.objects import dup
 from recs_core.comm.pending import Pending, post_allreduce
 from recs_core.comm.world import World
@@ -226,10 +227,15 @@ class Model:
 
     # ---- state (checkpoints, deltas, windows) ----------------------------------------------
 
-    def sparse_state(self) -> dict[str, np.ndarray]:
+    def sparse_state(self, increment: bool = False) -> dict[str, np.ndarray | RowPatch]:
         """This rank's arrays of every embedding set (``emb.<table>.values``, ...; see
-        ``recs_core.embedding.storage``)."""
-        return {k: a for e in self.sets for k, a in e.state_dict().items()}
+        ``recs_core.embedding.storage``); ``increment``: over the last checkpoint."""
+        return {k: a for e in self.sets for k, a in e.state_dict(increment).items()}
+
+    def saved(self) -> None:
+        """The state was checkpointed: the next increment is over this one."""
+        for e in self.sets:
+            e.saved()
 
     def dense_state(self) -> dict[str, np.ndarray]:
         """The network's parameters (``dense.<i>``) and the dense optimizer's state

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,8 +54,14 @@ import numpy as np
 
 from recs_core.checkpoint import load_manifest, read_rank, save
 from recs_core.checkpoint import save_step as save_step_dir
-from recs_core.checkpoint.manifest import Manifest, read_entry
-from recs_core.checkpoint.store import DamagedCheckpoint, newest_checkpoint
+from recs_core.checkpoint.manifest import Manifest
+from recs_core.checkpoint.store import (
+    DamagedCheckpoint,
+    RowPatch,
+    load_chain,
+    newest_checkpoint,
+    read_arrays,
+)
 from recs_core.comm.world import World
 from recs_core.errors import RecsError
 from recs_core.features.graph import FeatureGraph
@@ -127,9 +134,10 @@ def checkpoint_meta(model: Model, window: Window, config_text: str | None,
 
 
 def shard_arrays(model: Model, graph: FeatureGraph, window: Window,
-                 rank: int) -> dict[str, np.ndarray]:
-    """This rank's arrays of the job's checkpoint (names in the module docstring)."""
-    arrays = model.sparse_state()
+                 rank: int, increment: bool = False) -> dict[str, np.ndarray | RowPatch]:
+    """This rank's arrays of the job's checkpoint (names in the module docstring);
+    ``increment``: the tables' rows as patches over the last checkpoint."""
+    arrays = model.sparse_state(increment)
     if rank == 0:
         arrays.update(model.dense_state())
     for key, op in fitted_ops(graph):
@@ -145,18 +153,46 @@ def shard_arrays(model: Model, graph: FeatureGraph, window: Window,
 def save_checkpoint(model: Model, graph: FeatureGraph, window: Window, world: World,
                     path: str | os.PathLike | None = None, *,
                     root: str | os.PathLike | None = None, keep: int | None = None,
-                    done: bool = False, config_text: str | None = None) -> str:
+                    done: bool = False, config_text: str | None = None,
+                    base: Increment | None = None) -> str:
     """Write the checkpoint (collective) to ``path``, or to ``root/step-<step>`` (pruning
-    ``root`` to ``keep`` checkpoints). Returns where it went."""
-    arrays = shard_arrays(model, graph, window, world.rank)
+    ``root`` to ``keep`` checkpoints and their chains); ``base``: an increment over that
+    checkpoint of ``root`` (the last this model saved). Returns where it went."""
+    arrays = shard_arrays(model, graph, window, world.rank, increment=base is not None)
     meta = checkpoint_meta(model, window, config_text, done)
+    meta["increments"] = 0 if base is None else base.increments + 1
     comm = world.comm if world.size > 1 else None
     rank_meta = {"steps": window.steps, "train_rows": int(window.progressive.rows)}
     if root is not None:
-        return save_step_dir(root, window.global_step, arrays, meta, comm, rank_meta=rank_meta,
-                             keep=keep)
-    assert path is not None
-    return save(path, arrays, meta, comm, rank_meta=rank_meta)
+        out = save_step_dir(root, window.global_step, arrays, meta, comm, rank_meta=rank_meta,
+                            keep=keep, base=None if base is None else Path(base.path).name)
+    else:
+        assert path is not None and base is None
+        out = save(path, arrays, meta, comm, rank_meta=rank_meta)
+    model.saved()
+    return out
+
+
+FULL_EVERY = 8  # a periodic checkpoint is whole every this many saves (else an increment)
+
+
+@dataclass(frozen=True)
+class Increment:
+    """A checkpoint the next periodic save may be an increment over: where it is and how
+    many increments its chain already has (``meta.increments``)."""
+
+    path: str
+    increments: int
+
+    def fits(self, root: str | os.PathLike, full_every: int) -> bool:
+        """True when the next save to ``root`` may be an increment over it (same
+        directory, and the chain stays shorter than ``full_every`` saves)."""
+        here = Path(self.path).parent
+        try:
+            same = here.exists() and os.path.samefile(here, root)
+        except OSError:
+            same = False
+        return same and self.increments + 1 < full_every
 
 
 # ---- loading ---------------------------------------------------------------------------
@@ -168,20 +204,22 @@ def _need(arrays: dict[str, np.ndarray], name: str) -> np.ndarray:
     return a
 
 
-def _shard_reader(root: str, m: Manifest) -> Callable[[int, str], np.ndarray | None]:
-    """``read(old_rank, name)``: one array of a shard of the checkpoint, None if absent."""
-    entries = [m.rank_files(r) for r in range(m.world_size)]
+def _shard_reader(root: str) -> Callable[[int, str], np.ndarray | None]:
+    """``read(old_rank, name)``: one array of a shard of the checkpoint (through its chain
+    of increments), None if absent."""
+    chain = load_chain(root)
 
     def read(rank: int, name: str) -> np.ndarray | None:
-        e = entries[rank].get(name)
-        return None if e is None else read_entry(Path(root), e)
+        return read_arrays(chain, rank, [name]).get(name)
 
     return read
 
 
-def _read_named(root: str, m: Manifest, rank: int, names: Callable[[str], bool]) -> dict[
-        str, np.ndarray]:
-    return {n: read_entry(Path(root), e) for n, e in m.rank_files(rank).items() if names(n)}
+def _read_named(root: str, rank: int, names: Callable[[str], bool]) -> dict[str, np.ndarray]:
+    """Rank ``rank``'s arrays whose names pass ``names`` (through the chain)."""
+    chain = load_chain(root)
+    every = {n for _, m in chain for n in m.rank_files(rank)}
+    return read_arrays(chain, rank, [n for n in every if names(n)])
 
 
 def _load_fitted(graph: FeatureGraph, arrays: dict[str, np.ndarray]) -> None:
@@ -241,12 +279,12 @@ def load_checkpoint(model: Model, graph: FeatureGraph, world: World, path: str |
             mine = read_rank(path, world.rank, manifest=m)
             model.load_sparse(mine, touched=resume)
             dense = mine if world.rank == 0 else _read_named(
-                path, m, 0, lambda n: n.startswith("dense"))
+                path, 0, lambda n: n.startswith("dense"))
             fitted = mine
         else:
-            model.load_sparse_resharded(_shard_reader(path, m), m.world_size,
+            model.load_sparse_resharded(_shard_reader(path), m.world_size,
                                         m.meta.get("placement", "row"))
-            dense = _read_named(path, m, 0, lambda n: n.startswith(("dense", "feat.")))
+            dense = _read_named(path, 0, lambda n: n.startswith(("dense", "feat.")))
             fitted = dense
         model.load_dense(dense)
         _load_fitted(graph, fitted)
