@@ -7,13 +7,19 @@ REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 usage() {
     cat <<EOF
-Usage: $PROG [-n N] [--threads T] [--] COMMAND [ARGS...]
+Usage: $PROG [-n N] [--threads T] [--hostfile FILE] [--] COMMAND [ARGS...]
 
 Run COMMAND on N MPI ranks (default 1) through mpiexec.
 
 Options:
   -n, -np N       number of ranks (positive integer, default 1)
-  --threads T     threads per rank (default: max(1, cores / N))
+  --threads T     threads per rank (default: max(1, cores / ranks on this host))
+  --hostfile FILE run the ranks on the hosts FILE names, in the syntax of the MPI
+                  found (MPICH: 'host' or 'host:slots' per line, passed as -f FILE;
+                  Open MPI: 'host slots=N', passed as --hostfile FILE). The hosts must
+                  share the same paths (this checkout, its venv, the data) and reach
+                  each other; without --threads each rank gets cores / ceil(N / hosts)
+                  threads, the cores counted here (hosts alike)
   -h, --help      show this help and exit
 
 Exported to every rank (all set to T):
@@ -45,9 +51,14 @@ is_pos_int() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
 
 nranks=1
 threads=""
+hostfile=""
 while (($#)); do
     case $1 in
         -h | --help) usage; exit 0 ;;
+        --hostfile | -f)
+            (($# >= 2)) || die "$1 needs a value"
+            hostfile=$2; shift 2 ;;
+        --hostfile=*) hostfile=${1#*=}; shift ;;
         -n | -np)
             (($# >= 2)) || die "$1 needs a value"
             nranks=$2; shift 2 ;;
@@ -71,8 +82,15 @@ is_pos_int "$nranks" || die "-n must be a positive integer, got '$nranks'"
 ncores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null \
     || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
 is_pos_int "$ncores" || ncores=1
+per_host=$nranks
+if [[ -n $hostfile ]]; then
+    [[ -f $hostfile && -r $hostfile ]] || die "--hostfile '$hostfile': not a readable file"
+    nhosts=$(grep -cvE '^[[:space:]]*(#|$)' "$hostfile" || true)
+    ((nhosts >= 1)) || die "--hostfile '$hostfile': names no host"
+    per_host=$(((nranks + nhosts - 1) / nhosts))
+fi
 if [[ -z $threads ]]; then
-    threads=$((ncores / nranks))
+    threads=$((ncores / per_host))
     ((threads >= 1)) || threads=1
 fi
 
@@ -140,6 +158,13 @@ if grep -qiE 'open mpi|openrte' <<<"$version"; then
     done
 fi
 # MPICH / Intel MPI (Hydra) forward the whole environment by default.
+if [[ -n $hostfile ]]; then
+    if grep -qiE 'open mpi|openrte' <<<"$version"; then
+        launcher+=(--hostfile "$hostfile")
+    else
+        launcher+=(-f "$hostfile")
+    fi
+fi
 
 # --- resolve COMMAND
 if [[ $1 == recs ]] && ! command -v recs >/dev/null && [[ -x $REPO_DIR/.venv/bin/recs ]]; then

@@ -144,3 +144,37 @@ def test_open_mpi_flags(tmp_path, version, nranks, expected):
         assert "--oversubscribe" not in args and ":OVERSUBSCRIBE" not in args
     assert args.count("-x") == 10 and "RECS_THREADS_PER_RANK" in args
     assert "OMPI_MCA_btl_tcp_eager_limit" in args
+
+
+@pytest.mark.mpi
+def test_hostfile_runs_the_ranks_on_its_hosts(tmp_path):
+    """MPICH's syntax (one host per line, here this host twice): 2 ranks; threads per rank
+    counted by the ranks per host (1 each on 2 hosts)."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("# two hosts\nlocalhost\nlocalhost\n")
+    res = _run("-n", "2", "--hostfile", str(hosts), sys.executable, "-c", RANK_PROBE)
+    assert res.returncode == 0, res.stderr
+    ranks = _ranks(res.stdout)
+    assert [r[:2] for r in ranks] == [["0", "2"], ["1", "2"]], res.stdout
+    cores = len(os.sched_getaffinity(0))
+    assert {r[4] for r in ranks} == {str(max(1, cores))}
+
+
+@pytest.mark.parametrize(("version", "flag"), [("4.1.5", "--hostfile"), ("", "-f")])
+def test_hostfile_flag_per_mpi(tmp_path, version, flag):
+    fake = tmp_path / "mpiexec"
+    name = f"(Open MPI) {version}" if version else "HYDRA build details:"
+    fake.write_text("#!/bin/sh\n"
+                    f'if [ "$1" = "--version" ]; then echo "mpiexec {name}"; exit 0; fi\n'
+                    'echo "ARGS $*"\n')
+    fake.chmod(0o755)
+    hosts = tmp_path / "hosts"
+    hosts.write_text("a slots=2\nb slots=2\n")
+    res = _run("-n", "4", "--hostfile", str(hosts), "echo", "hi", env=_env(MPIEXEC=str(fake)))
+    assert res.returncode == 0, res.stderr
+    args = res.stdout.split()
+    assert args[args.index(flag) + 1] == str(hosts)
+    empty = tmp_path / "empty"
+    empty.write_text("# nothing\n\n")
+    res = _run("-n", "2", "--hostfile", str(empty), "true", env=_env(MPIEXEC=str(fake)))
+    assert res.returncode == 2 and "names no host" in res.stderr
