@@ -194,6 +194,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "says otherwise; into its parent when DIR is one step-N checkpoint). With "
                    "no checkpoint in DIR yet the pass starts over (from --init-from when "
                    "given); a damaged newest checkpoint is refused")
+    p.add_argument("--compare-with", metavar="MODEL",
+                   help="also score the held-out rows (--eval-fraction) with this model (a "
+                   "checkpoint or a published version PUBLISH/<n>): its eval_auc and "
+                   "eval_logloss under 'baseline' in the JSON (for a quality gate)")
     p.add_argument("--export-delta", metavar="DIR",
                    help="at the end, write the embedding rows this window changed and the "
                    "dense parameters to DIR (a delta for serving copies; format: "
@@ -291,6 +295,8 @@ def _train(a: argparse.Namespace, spec: Spec, world: World, save_root: str | Non
                   file=sys.stderr)
     if a.init_from and resumed is None:
         job.load(a.init_from, unfinished=a.accept_unfinished)
+    if a.compare_with:
+        job.compare_with(a.compare_with)
     hook = (job.checkpoint_hook(save_root, a.checkpoint_every, a.keep_checkpoints,
                                 a.full_checkpoint_every) if a.checkpoint_every else None)
     out = job.run(a.data, eval_fraction=a.eval_fraction, policy=_policy(a, spec),
@@ -349,12 +355,18 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     world.everyone(lambda: check_output(a.out) if world.rank == 0 else None)
     if a.id_column is not None:
         check_id_column(spec.schema, a.id_column)
-    found = find_checkpoint(a.model, world, "--model")
-    if found is None:
-        there = "no complete checkpoint there" if os.path.isdir(a.model) else "no such directory"
-        raise RecsError(f"--model {a.model}: {there}")
+    from recs_core.follow.publish import is_version_dir
+
     job = Job(spec, world=world)
-    job.load(found, unfinished=True, flag="--model")  # scoring trains nothing
+    if is_version_dir(a.model):  # a published version: its full model and deltas
+        found = job.load_published(a.model)
+    else:
+        found = find_checkpoint(a.model, world, "--model")
+        if found is None:
+            there = ("no complete checkpoint there" if os.path.isdir(a.model)
+                     else "no such directory")
+            raise RecsError(f"--model {a.model}: {there}")
+        job.load(found, unfinished=True, flag="--model")  # scoring trains nothing
     t0 = time.perf_counter()
     scores = job.score_rows(a.data, id_column=a.id_column, policy=_policy(a, spec))
     seconds = time.perf_counter() - t0  # reading, scoring and gathering the rows
@@ -483,6 +495,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except RecsError as e:
+        if args.command == "train":  # for machines (recs follow): the last stdout line
+            from recs_core.errors import DataError
+
+            print(json.dumps({"error": str(e), "data_error": isinstance(e, DataError),
+                              "reason": getattr(e, "reason", None)}), flush=True)
         return _fail(2, f"recs: error: {e}")
     except KeyboardInterrupt:
         return _fail(130, "recs: interrupted")

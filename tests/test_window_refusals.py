@@ -101,3 +101,36 @@ def test_the_library_refuses_the_same_cases(two_windows: tuple[Path, Path],
     with pytest.raises(RecsError, match="already trained exactly these files"):
         again.run([w1])
     again.run([w1], retrain=True)
+
+
+def test_compare_with_scores_the_held_out_rows_with_another_model(
+        two_windows: tuple[Path, Path], cfg: Path, tmp_path: Path, capsys) -> None:
+    """--compare-with: the held-out rows scored by the baseline equal what that model
+    alone gives them (its own pass with the same rows held out, trained on nothing)."""
+    w1, w2 = two_windows
+    args = ["train", "--config", str(cfg), "--quiet"]
+    assert main(args + ["--data", str(w1), "--save", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    assert main(args + ["--data", str(w2), "--init-from", str(tmp_path / "a"),
+                        "--eval-fraction", "0.2", "--compare-with", str(tmp_path / "a")]) == 0
+    got = last_json(capsys)
+    assert got["finite"] is True and got["baseline"]["model"].startswith(str(tmp_path / "a"))
+    ref = Job.from_config(cfg)
+    ref.load(tmp_path / "a")
+    held = ref._open([w2], None, holdout=0.2)
+    ey, ep = ref._evaluate(held.held_out())
+    from recs_core.metrics.auc import auc, logloss
+    assert got["baseline"]["eval_auc"] == round(auc(ey, ep), 6)
+    assert got["baseline"]["eval_logloss"] == round(logloss(ey, ep), 6)
+    assert got["eval_logloss"] != got["baseline"]["eval_logloss"]
+
+
+def test_a_failed_train_ends_stdout_with_an_error_json(two_windows, cfg: Path, tmp_path: Path,
+                                                      capsys) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_text("x\ty\n" * 200)
+    code = main(["train", "--config", str(cfg), "--quiet", "--data", str(bad)])
+    assert code == 2
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["data_error"] is True and out["reason"] == "too_many_bad_lines"
+    assert out["error"].startswith("too many bad lines")

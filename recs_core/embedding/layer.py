@@ -167,6 +167,15 @@ class _Layer(ABC):
                 raise RecsError(f"rank 0 has no {self.prefix}.dyn_window")
             self.dynamic.window = int(window[0])
 
+    def apply_delta(self, entries: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """Apply a delta's table entries (``<stem><suffix>``: ids or keys, values) of this
+        set to this rank's rows; entries of other sets are ignored."""
+        for stem, store in zip(self.names, self.stores):
+            for name, (ids, values) in entries.items():
+                if name == stem or (name.startswith(stem + ".dyn") and
+                                    name[len(stem):] in (".dyn", ".dyn.evicted")):
+                    store.apply(name[len(stem):], ids, values)
+
     def changed_rows(self) -> list[tuple[int, ChangedRows]]:
         """(table, rows) of every delta entry of this rank: the rows this window updated."""
         return [(t, c) for t, store in enumerate(self.stores) for c in store.changed()]

@@ -69,6 +69,9 @@ class TableStore(Protocol):
     def changed(self) -> list[ChangedRows]:
         """The rows this window updated (for a delta)."""
 
+    def apply(self, suffix: str, ids: np.ndarray, values: np.ndarray) -> None:
+        """Apply one delta entry (:meth:`changed`'s ``suffix``) to this rank's rows."""
+
 
 def need(arrays: dict[str, np.ndarray], name: str, where: str) -> np.ndarray:
     """``arrays[name]``, else RecsError naming ``where.name``."""
@@ -180,6 +183,15 @@ class FixedStore:
         mark = (lay.touched_view(t) & UPDATED).astype(bool)
         return [ChangedRows("", lay.owned_rows(t)[mark], lay.rows_view(t)[mark], False)]
 
+    def apply(self, suffix: str, ids: np.ndarray, values: np.ndarray) -> None:
+        lay, t = self.layer, self.t
+        if suffix or (len(ids) and not 0 <= ids.min() <= ids.max() < self.rows):
+            raise RecsError(f"table {t}: a delta entry {suffix!r} with ids up to "
+                            f"{ids.max() if len(ids) else None} does not fit {self.rows} rows")
+        mine = lay.owner_of(t, ids) == self.rank
+        rows = lay.rows_view(t)
+        rows[np.searchsorted(lay.owned_rows(t), ids[mine])] = values[mine]
+
 
 def dynamic_part(arrays: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
     """A dynamic table's arrays of one shard (``dyn.<part>`` names, returned without the
@@ -229,3 +241,26 @@ class DynamicStoreTable:
         gone = self.store.evicted[self.t]
         return [ChangedRows(".dyn", a["keys"][mark], a["values"][mark], True),
                 ChangedRows(".dyn.evicted", gone, np.zeros((len(gone), 0), np.float32), True)]
+
+    def apply(self, suffix: str, ids: np.ndarray, values: np.ndarray) -> None:
+        """Listed keys this rank owns get their rows (new keys are added, seen once in the
+        current window), evicted keys are removed."""
+        if suffix not in (".dyn", ".dyn.evicted"):
+            raise RecsError(f"table {self.t}: a delta entry {suffix!r} for a dynamic table")
+        a = self.store.arrays(self.t)
+        mine = self.owner_of(ids) == self.rank
+        ids, values = ids[mine], values[mine]
+        keep = ~np.isin(a["keys"], ids)
+        out = {k: v[keep] for k, v in a.items() if k != "sketch"}
+        if suffix == ".dyn":
+            n = len(ids)
+            new = {"keys": ids, "values": values, "freq": np.ones(n, np.int64),
+                   "last_seen": np.full(n, self.store.window, np.int64),
+                   "touched": np.zeros(n, np.uint8)}
+            if "acc" in a:
+                new["acc"] = np.full(n, a["acc"].dtype.type(0), a["acc"].dtype)
+            out = {k: np.concatenate([out[k], new[k]]) for k in out}
+        order = np.argsort(out["keys"], kind="stable")
+        out = {k: v[order] for k, v in out.items()}
+        out["sketch"] = a["sketch"]
+        self.store.load_arrays(self.t, out, touched=False)

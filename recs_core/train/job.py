@@ -84,6 +84,8 @@ class Job:
         # the checkpoint the next window starts from, and its window's meta (load)
         self._loaded: tuple[str, dict[str, Any]] | None = None
         self._last_save: Increment | None = None  # what a periodic increment applies to
+        self._baseline: tuple[str, Model] | None = None  # compare_with's model
+        self.baseline_figures: dict[str, Any] | None = None
 
     @classmethod
     def from_config(cls, path: str | os.PathLike) -> Job:
@@ -207,6 +209,10 @@ class Job:
         t_eval = time.perf_counter()
         eval_y, eval_p = self._evaluate(held)
         out = self._report(sched, timeline, timer, t_start, t_eval, jit_seconds, eval_y, eval_p)
+        out["finite"] = self.finite() and (out["train_rows"] == 0
+                                           or out["train_logloss"] is not None)
+        if self.baseline_figures is not None:
+            out["baseline"] = self.baseline_figures
         if trace:
             events = timeline.events()
             every = self.world.gather(events, "trace gather")
@@ -270,14 +276,41 @@ class Job:
             yield item, fb, self.model.predict(fb)
 
     def _evaluate(self, held: Iterable[RawBatch]) -> tuple[np.ndarray, np.ndarray]:
-        """Labels and scores of every rank's held-out rows, streamed batch by batch."""
-        ys, ps = [], []
+        """Labels and scores of every rank's held-out rows, streamed batch by batch (also
+        scored by the :meth:`compare_with` model, if any: ``baseline_figures``)."""
+        ys, ps, bs = [], [], []
         for _, fb, probs in self._predicted(held):
             ys.append(fb.labels)
             ps.append(probs)
+            if self._baseline is not None:
+                bs.append(self._baseline[1].predict(fb))
         ey = np.concatenate(ys) if ys else np.zeros(0)
         ep = np.concatenate(ps) if ps else np.zeros(0)
-        return self._gathered(ey), self._gathered(ep)
+        ey, ep = self._gathered(ey), self._gathered(ep)
+        if self._baseline is not None:
+            bp = self._gathered(np.concatenate(bs) if bs else np.zeros(0, np.float32))
+            self.baseline_figures = {"model": self._baseline[0],
+                                     "eval_auc": _round(auc(ey, bp)) if len(ey) else None,
+                                     "eval_logloss": _round(logloss(ey, bp)) if len(ey) else None}
+        return ey, ep
+
+    def compare_with(self, path: str | os.PathLike) -> str:
+        """Also score the next pass's held-out rows with the model at ``path`` (a
+        checkpoint, or a published version ``PUBLISH/<n>``): ``baseline_figures`` (and
+        the pass's figures under ``baseline``), e.g. for a quality gate."""
+        other = Job(self.spec, self.cfg, self.world)
+        from recs_core.follow.publish import is_version_dir
+
+        found = (other.load_published(path) if is_version_dir(path)
+                 else other.load(path, unfinished=True, flag="--compare-with"))
+        self._baseline = (found, other.model)
+        return found
+
+    def finite(self) -> bool:
+        """True when every dense parameter and every table row this window changed is
+        finite, on every rank."""
+        mine = self.model.finite()
+        return bool(self.world.allreduce_sum(np.array([int(not mine)]), "finite check")[0] == 0)
 
     def _gathered(self, a: np.ndarray) -> np.ndarray:
         return np.concatenate(self.world.allgather(a, "scores gather"))
@@ -460,6 +493,21 @@ class Job:
         self._loaded = (found, dict(m.meta.get("window") or {}))
         self._clear_touched()
         return found
+
+    def load_published(self, path: str | os.PathLike) -> str:
+        """Start from a published version (``recs follow --publish``: ``PUBLISH/<n>``): its
+        full model, then the deltas of the versions after it, in order (collective).
+        Returns the path."""
+        from recs_core.checkpoint.delta import read_delta
+        from recs_core.follow.publish import version_chain
+
+        full, deltas = self.world.everyone(lambda: version_chain(path))
+        self.load(full, unfinished=True, flag="--model")
+        for d in deltas:
+            tables, dense, _ = self.world.everyone(lambda d=d: read_delta(d))
+            self.world.everyone(lambda t=tables, de=dense: self.model.apply_delta(t, de))
+        self.checkpoint_figures["loaded_from"] = os.fspath(path)
+        return os.fspath(path)
 
     def resume(self, path: str | os.PathLike) -> str:
         """Continue an interrupted window (``--resume``) from a checkpoint written by the

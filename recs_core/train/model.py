@@ -271,6 +271,29 @@ class Model:
         window updated, in every embedding set."""
         return [(e.names[t], t, c) for e in self.sets for t, c in e.changed_rows()]
 
+    def apply_delta(self, tables: dict[str, tuple[np.ndarray, np.ndarray]],
+                    dense: dict[str, np.ndarray]) -> None:
+        """Apply a delta (``recs_core.checkpoint.delta``: table entries by stem, dense
+        parameters by index) to this rank's part of the model."""
+        known = {n for e in self.sets for n in e.names}
+        for name in tables:
+            if name.split(".dyn", 1)[0] not in known:
+                raise RecsError(f"the delta's table {name!r} is not in the model")
+        for e in self.sets:
+            e.apply_delta(tables)
+        params = self.dense_parameters()
+        for k, a in dense.items():
+            i = int(k) if k.isdigit() else -1
+            if not 0 <= i < len(params):
+                raise RecsError(f"the delta's dense parameter {k!r} is not in the model")
+            assign(params[i], a, f"dense {k}")
+
+    def finite(self) -> bool:
+        """True when every dense parameter and every row this rank's tables changed in
+        this window is finite (a NaN or inf can only enter through an update)."""
+        return (all(np.isfinite(p).all() for p in self.net.params)
+                and all(np.isfinite(c.values).all() for _, _, c in self.changed_rows()))
+
     def new_window(self) -> None:
         """A new window begins: no row touched in any embedding set."""
         for e in self.sets:
