@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -283,9 +284,11 @@ def test_a_locked_save_directory_is_refused(tmp_path: Path, sample_1200) -> None
         r = recs("train", "--config", str(small_config(tmp_path)), "--data", str(sample_1200),
                  "--save", str(tmp_path / "m"), "--quiet")
         assert r.returncode == 2 and "Traceback" not in r.stderr
-        assert r.stderr.strip() == (f"recs: error: {tmp_path / 'm'}: locked by another job "
-                                    f"(pid {pid} on {socket.gethostname()} since "
-                                    f"earlier); wait for it, or if no job uses it, remove {lock}")
+        assert re.fullmatch(
+            re.escape(f"recs: error: {tmp_path / 'm'}: locked by another job (pid {pid} on "
+                      f"{socket.gethostname()} since earlier, refreshed ") + r"\d+" +
+            re.escape(f" s ago); wait for it, or if no job uses it, remove {lock} (a lock not "
+                      f"refreshed for 30 s is taken over)"), r.stderr.strip()), r.stderr
         assert [p.name for p in lock.parent.iterdir()] == [lock.name]
     # its owner is gone now: the next job takes the lock over, trains and saves
     r = recs("train", "--config", str(small_config(tmp_path)), "--data", str(sample_1200),
