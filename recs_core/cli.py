@@ -198,6 +198,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="also score the held-out rows (--eval-fraction) with this model (a "
                    "checkpoint or a published version PUBLISH/<n>): its eval_auc and "
                    "eval_logloss under 'baseline' in the JSON (for a quality gate)")
+    p.add_argument("--compare-data", nargs="+", metavar="DATA",
+                   help="with --compare-with: also score the held-out rows of this data (the "
+                   "same --eval-fraction; e.g. the last good window, whose labels a gate "
+                   "trusted) with both models: 'baseline.guard' in the JSON")
     p.add_argument("--export-delta", metavar="DIR",
                    help="at the end, write the embedding rows this window changed and the "
                    "dense parameters to DIR (a delta for serving copies; format: "
@@ -295,8 +299,10 @@ def _train(a: argparse.Namespace, spec: Spec, world: World, save_root: str | Non
                   file=sys.stderr)
     if a.init_from and resumed is None:
         job.load(a.init_from, unfinished=a.accept_unfinished)
+    if a.compare_data and not a.compare_with:
+        raise RecsError("--compare-data needs --compare-with")
     if a.compare_with:
-        job.compare_with(a.compare_with)
+        job.compare_with(a.compare_with, a.compare_data)
     hook = (job.checkpoint_hook(save_root, a.checkpoint_every, a.keep_checkpoints,
                                 a.full_checkpoint_every) if a.checkpoint_every else None)
     out = job.run(a.data, eval_fraction=a.eval_fraction, policy=_policy(a, spec),

@@ -103,26 +103,38 @@ def test_the_library_refuses_the_same_cases(two_windows: tuple[Path, Path],
     again.run([w1], retrain=True)
 
 
-def test_compare_with_scores_the_held_out_rows_with_another_model(
-        two_windows: tuple[Path, Path], cfg: Path, tmp_path: Path, capsys) -> None:
-    """--compare-with: the held-out rows scored by the baseline equal what that model
-    alone gives them (its own pass with the same rows held out, trained on nothing)."""
+@pytest.mark.parametrize("baseline", ["start", "other"])
+def test_compare_with_scores_held_out_and_guard_rows_with_another_model(
+        two_windows: tuple[Path, Path], cfg: Path, tmp_path: Path, capsys,
+        baseline: str) -> None:
+    """--compare-with: the held-out (and --compare-data guard) rows scored by the baseline
+    equal what that model alone gives them; the baseline is the checkpoint the window
+    started from (scored before the pass) or another one (loaded beside)."""
     w1, w2 = two_windows
     args = ["train", "--config", str(cfg), "--quiet"]
-    assert main(args + ["--data", str(w1), "--save", str(tmp_path / "a")]) == 0
+    assert main(args + ["--data", str(w1), "--save", str(tmp_path / "a"),
+                        "--checkpoint-every", "2"]) == 0
     capsys.readouterr()
+    base = (tmp_path / "a" if baseline == "start" else
+            tmp_path / "a" / "step-000000002")
     assert main(args + ["--data", str(w2), "--init-from", str(tmp_path / "a"),
-                        "--eval-fraction", "0.2", "--compare-with", str(tmp_path / "a")]) == 0
+                        "--eval-fraction", "0.2", "--compare-with", str(base),
+                        "--compare-data", str(w1)]) == 0
     got = last_json(capsys)
-    assert got["finite"] is True and got["baseline"]["model"].startswith(str(tmp_path / "a"))
+    assert got["finite"] is True
     ref = Job.from_config(cfg)
-    ref.load(tmp_path / "a")
-    held = ref._open([w2], None, holdout=0.2)
-    ey, ep = ref._evaluate(held.held_out())
+    ref.load(base, unfinished=True)
+    ey, ep, _ = ref._evaluate(ref.open_reader([w2], 0.2).held_out())
+    gy, gp, _ = ref._evaluate(ref.open_reader([w1], 0.2).held_out())
     from recs_core.metrics.auc import auc, logloss
-    assert got["baseline"]["eval_auc"] == round(auc(ey, ep), 6)
-    assert got["baseline"]["eval_logloss"] == round(logloss(ey, ep), 6)
-    assert got["eval_logloss"] != got["baseline"]["eval_logloss"]
+    b = got["baseline"]
+    assert (b["eval_auc"], b["eval_logloss"]) == (round(auc(ey, ep), 6),
+                                                  round(logloss(ey, ep), 6))
+    assert b["guard"]["rows"] == len(gy) > 0
+    assert (b["guard"]["baseline_auc"], b["guard"]["baseline_logloss"]) == (
+        round(auc(gy, gp), 6), round(logloss(gy, gp), 6))
+    assert got["eval_logloss"] != b["eval_logloss"]
+    assert b["guard"]["logloss"] != b["guard"]["baseline_logloss"]
 
 
 def test_a_failed_train_ends_stdout_with_an_error_json(two_windows, cfg: Path, tmp_path: Path,

@@ -39,6 +39,7 @@ from recs_core.progress_bar import ProgressBar
 from recs_core.sched.policy import Policy, policy
 from recs_core.sched.trace import Timeline, summarize, write_trace
 from recs_core.sched.training_pass import StepHook, TrainingPass
+from recs_core.train.comparison import Comparison, same_checkpoint
 from recs_core.train.config import TrainConfig, train_config
 from recs_core.train.delta_export import export_window_delta
 from recs_core.train.model import Model
@@ -84,8 +85,7 @@ class Job:
         # the checkpoint the next window starts from, and its window's meta (load)
         self._loaded: tuple[str, dict[str, Any]] | None = None
         self._last_save: Increment | None = None  # what a periodic increment applies to
-        self._baseline: tuple[str, Model] | None = None  # compare_with's model
-        self.baseline_figures: dict[str, Any] | None = None
+        self.comparison: Comparison | None = None  # compare_with's, for the next pass
 
     @classmethod
     def from_config(cls, path: str | os.PathLike) -> Job:
@@ -143,6 +143,8 @@ class Job:
         timer = {"input": 0.0, "train": 0.0}
         return self.run_batches(self._timed(reader, timer), schedule=schedule,
                                 held=reader.held_out() if frac > 0 else (), quiet=quiet,
+                                held_again=lambda: (self.open_reader(paths, frac).held_out()
+                                                    if frac > 0 else ()),
                                 timer=timer, hook=hook, trace=trace, data=data)
 
     def _check_not_trained(self, data: dict[str, Any]) -> None:
@@ -184,14 +186,17 @@ class Job:
                     hook: StepHook | None = None, trace: str | None = None,
                     held: Iterable[RawBatch] = (), quiet: bool = True,
                     timer: dict[str, float] | None = None,
-                    data: dict[str, Any] | None = None) -> dict[str, Any]:
+                    data: dict[str, Any] | None = None,
+                    held_again: Callable[[], Iterable[RawBatch]] | None = None
+                    ) -> dict[str, Any]:
         """The pass of :meth:`run` over given raw batches (this rank's part of each global
         batch) under ``schedule`` (default: sequential); ``held``: this rank's held-out
         rows, read and scored after the pass. ``hook.fn(steps_done)`` runs after every
         ``hook.every`` steps, in every mode, with the model up to date (for periodic
         checkpoints); ``trace``: write a Chrome trace there. After :meth:`resume` the pass
         skips the steps the checkpoint had done and continues its progressive metrics;
-        otherwise it starts a new window. ``data``: its data arguments (:meth:`run`)."""
+        otherwise it starts a new window. ``data``: its data arguments (:meth:`run`);
+        ``held_again``: the held-out rows read anew (for a comparison before the pass)."""
         schedule = schedule or self.schedule()
         timer = timer if timer is not None else {"input": 0.0, "train": 0.0}
         jit_seconds = warm_up(self.spec)
@@ -204,15 +209,30 @@ class Job:
             skip_steps(source, point)
             self.checkpoint_figures["resumed_at_step"] = point.steps
             self.checkpoint_figures["skip_seconds"] = round(time.perf_counter() - t_skip, 4)
+        comp = self.comparison
+        frac = float((data or {}).get("eval_fraction") or 0.0)
+        if comp is not None and comp.baseline is None:  # the model the window began with
+            comp.scores = self._compared(held_again or (lambda: ()), frac)
         t_start = time.perf_counter()
         sched, timeline = self._train(source, schedule, hook, quiet, timer)
         t_eval = time.perf_counter()
-        eval_y, eval_p = self._evaluate(held)
+        others = (comp.baseline,) if comp is not None and comp.baseline is not None else ()
+        eval_y, eval_p, base_p = self._evaluate(held, others)
+        if comp is not None:
+            if base_p:
+                comp.scores["held"] = (eval_y, base_p[0])
+            if comp.guard is not None:
+                y, p, b = self._evaluate(self.open_reader(comp.guard, frac).held_out(),
+                                         others)
+                comp.trained_guard = (y, p)
+                if b:
+                    comp.scores["guard"] = (y, b[0])
         out = self._report(sched, timeline, timer, t_start, t_eval, jit_seconds, eval_y, eval_p)
         out["finite"] = self.finite() and (out["train_rows"] == 0
                                            or out["train_logloss"] is not None)
-        if self.baseline_figures is not None:
-            out["baseline"] = self.baseline_figures
+        if comp is not None:
+            out["baseline"] = comp.report()
+            self.comparison = None
         if trace:
             events = timeline.events()
             every = self.world.gather(events, "trace gather")
@@ -253,7 +273,8 @@ class Job:
             progress.close()
         return sched, timeline
 
-    def _predicted(self, batches: Iterable[T], raw_of: Callable[[T], RawBatch] | None = None
+    def _predicted(self, batches: Iterable[T], raw_of: Callable[[T], RawBatch] | None = None,
+                   model: Model | None = None
                    ) -> Iterator[tuple[T | None, FeatureBatch, np.ndarray]]:
         """Each of this rank's ``batches`` (``raw_of`` gives an item's raw rows) with its
         features and click probabilities, streamed. Scoring is a collective: while another
@@ -273,37 +294,62 @@ class Job:
                 fb = empty
             else:
                 fb = self.graph.process(item if raw_of is None else raw_of(item))
-            yield item, fb, self.model.predict(fb)
+            self._last_probs = (model or self.model).predict(fb)
+            yield item, fb, self._last_probs
 
-    def _evaluate(self, held: Iterable[RawBatch]) -> tuple[np.ndarray, np.ndarray]:
-        """Labels and scores of every rank's held-out rows, streamed batch by batch (also
-        scored by the :meth:`compare_with` model, if any: ``baseline_figures``)."""
-        ys, ps, bs = [], [], []
+    def _evaluate(self, held: Iterable[RawBatch], others: tuple[Model, ...] = ()
+                  ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """Labels and scores of every rank's held-out rows, streamed batch by batch: by
+        this job's model, and by each of ``others`` (read once)."""
+        ys, ps, os_ = [], [], [[] for _ in others]
         for _, fb, probs in self._predicted(held):
             ys.append(fb.labels)
             ps.append(probs)
-            if self._baseline is not None:
-                bs.append(self._baseline[1].predict(fb))
-        ey = np.concatenate(ys) if ys else np.zeros(0)
-        ep = np.concatenate(ps) if ps else np.zeros(0)
-        ey, ep = self._gathered(ey), self._gathered(ep)
-        if self._baseline is not None:
-            bp = self._gathered(np.concatenate(bs) if bs else np.zeros(0, np.float32))
-            self.baseline_figures = {"model": self._baseline[0],
-                                     "eval_auc": _round(auc(ey, bp)) if len(ey) else None,
-                                     "eval_logloss": _round(logloss(ey, bp)) if len(ey) else None}
-        return ey, ep
+            for o, m in zip(os_, others):
+                o.append(m.predict(fb))
 
-    def compare_with(self, path: str | os.PathLike) -> str:
+        def joined(parts: list[np.ndarray]) -> np.ndarray:
+            return self._gathered(np.concatenate(parts) if parts else np.zeros(0, np.float32))
+
+        return joined(ys), joined(ps), [joined(o) for o in os_]
+
+    def _compared(self, held: Callable[[], Iterable[RawBatch]], frac: float) -> dict[
+            str, tuple[np.ndarray, np.ndarray]]:
+        """The job's model's scores of the held-out (and the comparison's guard) rows."""
+        comp = self.comparison
+        assert comp is not None
+        y, p, _ = self._evaluate(held())
+        out = {"held": (y, p)}
+        if comp.guard is not None:
+            gy, gp, _ = self._evaluate(self.open_reader(comp.guard, frac).held_out())
+            out["guard"] = (gy, gp)
+        return out
+
+    def open_reader(self, data: DataInput, holdout: float) -> Reader:
+        """A reader of ``data`` for this rank (another than the pass's: its own counts)."""
+        reader, _ = open_input(data, self.spec.schema, self.spec.format, rank=self.world.rank,
+                               world=self.world.size, batch_rows=self.local_batch,
+                               policy=self.spec.policy, holdout=holdout)
+        return reader
+
+    def compare_with(self, path: str | os.PathLike, guard: DataInput | None = None) -> str:
         """Also score the next pass's held-out rows with the model at ``path`` (a
-        checkpoint, or a published version ``PUBLISH/<n>``): ``baseline_figures`` (and
-        the pass's figures under ``baseline``), e.g. for a quality gate."""
-        other = Job(self.spec, self.cfg, self.world)
+        checkpoint, or a published version ``PUBLISH/<n>``), and, with ``guard``, the
+        held-out rows of that data (the same eval fraction; e.g. the last good window's,
+        whose labels passed a gate) with both models: the pass's figures under
+        ``baseline`` (``recs_core.train.comparison``). When ``path`` is the checkpoint
+        this job loaded, its rows are scored before the pass instead of loading it twice."""
         from recs_core.follow.publish import is_version_dir
 
+        loaded = self._loaded[0] if self._loaded is not None else None
+        if loaded is not None and not is_version_dir(path) and same_checkpoint(
+                path, loaded, self.world):
+            self.comparison = Comparison(loaded, None, guard)
+            return loaded
+        other = Job(self.spec, self.cfg, self.world)
         found = (other.load_published(path) if is_version_dir(path)
                  else other.load(path, unfinished=True, flag="--compare-with"))
-        self._baseline = (found, other.model)
+        self.comparison = Comparison(found, other.model, guard)
         return found
 
     def finite(self) -> bool:

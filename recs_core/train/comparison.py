@@ -1,0 +1,78 @@
+"""A pass's held-out rows scored by the trained model and by a baseline (the last published
+model), for a quality gate (``recs train --compare-with``, ``recs follow``).
+
+Two row sets: the window's own held-out rows, and optionally *guard* rows, the held-out
+rows of other data (the last good window's: labels a gate already trusted). A window whose
+labels are broken (shuffled, an upstream bug) can look no worse on its own held-out rows,
+whose labels are broken alike, but a model trained on it does worse on the guard rows.
+
+When the baseline is the model the job started from, its scores are computed before the
+pass with the job's own model (no second copy is loaded).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from recs_core.comm.world import World
+from recs_core.data.sources import DataInput
+from recs_core.metrics.auc import auc, logloss
+
+if TYPE_CHECKING:
+    from recs_core.train.model import Model
+
+Scored = tuple[np.ndarray, np.ndarray]  # labels, probabilities (every rank's rows)
+
+
+def same_checkpoint(a: str | os.PathLike, b: str | os.PathLike, world: World) -> bool:
+    """Whether ``a`` (a checkpoint, or a directory of them: its newest) is checkpoint
+    ``b`` (rank 0 looks, every rank gets the answer)."""
+    def look() -> bool:
+        from recs_core.checkpoint.store import newest_checkpoint
+
+        try:
+            found = newest_checkpoint(a)
+            return found is not None and os.path.samefile(found, b)
+        except Exception:  # damaged or missing: not the same (loading it will say why)
+            return False
+    return bool(world.bcast(look() if world.rank == 0 else None, "checkpoint comparison"))
+
+
+def figures(scored: Scored) -> dict[str, Any]:
+    """Rows, AUC and logloss of scored rows."""
+    y, p = scored
+    if not len(y):
+        return {"rows": 0, "auc": None, "logloss": None}
+    return {"rows": int(len(y)), "auc": _round(auc(y, p)), "logloss": _round(logloss(y, p))}
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None or not np.isfinite(x) else round(float(x), 6)
+
+
+@dataclass
+class Comparison:
+    """What ``Job.compare_with`` set up for the next pass, and the baseline's scores."""
+
+    model: str  # the baseline's path
+    baseline: Model | None  # None: the job's own model before the pass
+    guard: DataInput | None = None  # data whose held-out rows both models score
+    scores: dict[str, Scored] = field(default_factory=dict)  # the baseline's: held, guard
+    trained_guard: Scored | None = None  # the trained model's guard rows
+
+    def report(self) -> dict[str, Any]:
+        """``{"model", "eval_auc", "eval_logloss", "guard": {rows, auc, logloss,
+        baseline_auc, baseline_logloss}}``: the baseline on the held-out rows, and both
+        models on the guard rows."""
+        f = figures(self.scores["held"])
+        out: dict[str, Any] = {"model": self.model, "eval_auc": f["auc"],
+                               "eval_logloss": f["logloss"]}
+        if self.guard is not None and self.trained_guard is not None:
+            t, b = figures(self.trained_guard), figures(self.scores["guard"])
+            out["guard"] = {"rows": t["rows"], "auc": t["auc"], "logloss": t["logloss"],
+                            "baseline_auc": b["auc"], "baseline_logloss": b["logloss"]}
+        return out
