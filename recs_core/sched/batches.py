@@ -36,8 +36,7 @@ Run = tuple[OpNode, RowRange]  # one operator on a batch (None) or on a row chun
 class Batch:
     """One admitted batch and its step agreement."""
 
-    raw: RawBatch
-    exhausted: bool  # this rank's shard is done: ``raw`` is an empty batch
+    raw: RawBatch  # an empty batch once this rank's shard is done
     agreement: Pending
     fb: FeatureBatch
     prepared_seconds: float = 0.0  # its admission and operators run by the loop, workers
@@ -173,15 +172,15 @@ class Batches:
             rows = len(raw)
             runs = {p: deque(self.graph.runs(p, rows, lambda fi: self._chunk_rows(fi, rows)))
                     for p in self.graph.pipelines}
-            b = StagedBatch(raw, part is None, agreement, self.graph.start_batch(state),
-                            state=state, remaining=runs)
+            b = StagedBatch(raw, agreement, self.graph.start_batch(state), state=state,
+                            remaining=runs)
         else:
             if fb is None:
                 t1 = time.perf_counter()  # a blocking step processes its batch whole, first
                 fb = self.graph.process(raw)
                 if part is not None:
                     self.feature_seconds += time.perf_counter() - t1
-            b = PreparedBatch(raw, part is None, agreement, fb)
+            b = PreparedBatch(raw, agreement, fb)
         self.held[self.admitted] = b
         self.admitted += 1
         self.most_held = max(self.most_held, len(self.held))
@@ -195,6 +194,10 @@ class Batches:
             with self.timeline.cpu(f"read b{self.admitted}"):
                 self.admit()
         return self.held[t]
+
+    def drop(self, t: int) -> None:
+        """Let go of step t's batch."""
+        self.held.pop(t, None)
 
     def close(self, most: int) -> None:
         """Admit up to ``most`` batches (the ranks' largest count: the filler may have

@@ -85,7 +85,7 @@ class StagedModel(Protocol):
 
 
 @dataclass
-class _StepTasks:
+class _StepLookups:
     """One step's lookups: each set's block, and per (set, pipeline) its task and what its
     push needs."""
 
@@ -109,7 +109,7 @@ class Steps:
         self.plan, self.costs, self._multi = plan, costs, multi
         self.sets = model.sets
         self.traffic: dict[str, int] = {}  # bytes this rank sent to the others, by exchange
-        self._steps: dict[int, _StepTasks] = {}
+        self._steps: dict[int, _StepLookups] = {}
         self._pushed: dict[tuple[int, str], Task] = {}
         self._trains: dict[int, Task] = {}
         self._dense: Task | None = None
@@ -201,7 +201,7 @@ class Steps:
         b = self.batches.held[t]
         step = self._steps.get(t)
         if step is None:
-            step = self._steps[t] = _StepTasks([e.new_block(len(b.raw)) for e in self.sets])
+            step = self._steps[t] = _StepLookups([e.new_block(len(b.raw)) for e in self.sets])
         prev = self._steps.get(t - 1)
         prio = 10 if t == self.batches.current else 30
         for i, p in enumerate(self.plan.order):

@@ -132,7 +132,7 @@ class TrainingPass:
             if not self._schedules[self._active].overlap:
                 steps.settle()  # a blocking step ends with its updates applied
             self.timeline.step(start, time.perf_counter())
-            batches.held.pop(t - 1, None)
+            batches.drop(t - 1)
             steps.drop(t - 1)
             t += 1
             if hook is not None and t % hook.every == 0:
