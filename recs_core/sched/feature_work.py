@@ -73,11 +73,10 @@ class FeatureWork:
                     self._run_node(b, p)
                 yield None
 
-    def dense(self, b: Batch) -> Iterator[None]:
-        """Run the remaining operators of the dense pipelines on batch ``b``, then put
-        its dense values into ``b.fb``."""
+    def finish_dense(self, b: Batch) -> None:
+        """Put batch ``b``'s dense values into ``b.fb`` once :meth:`run` ran its dense
+        pipelines (a prepared batch has them)."""
         if isinstance(b, StagedBatch):
-            yield from self.run(b, self.dense_pipes)
             self.graph.finish_dense(b.state, b.fb)
 
     def _run_node(self, b: StagedBatch, p: str) -> None:

@@ -250,7 +250,8 @@ class Steps:
 
     def _train(self, t: int, global_rows: int, record: Record) -> Iterator[object]:
         b, step = self.batches.held[t], self._steps[t]
-        yield from self.features.dense(b)
+        yield from self.features.run(b, self.features.dense_pipes)
+        self.features.finish_dense(b)
         for task in step.lookups.values():  # rule 3
             if not task.done:
                 yield task
