@@ -3,13 +3,18 @@
 A stage yields a :class:`~recs_core.comm.pending.Pending` exchange it needs completed, a
 marker (:class:`NeedRows`, ``dense.layers.NeedBucket``) just before it reads state that a
 scheduler may still be updating, or ``None`` (a point where other work may run), and
-returns its value. The task loop interleaves stages; :func:`drive` runs one to the end.
+returns its value. A backward stage also hands out what is final early (:class:`SetGrads`,
+dense gradient buckets). The task loop interleaves stages; :func:`drive` runs one to the
+end.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from typing import TypeVar
+
+import numpy as np
 
 from recs_core.comm.pending import Pending
 
@@ -30,6 +35,14 @@ class NeedRows:
 
     def __repr__(self) -> str:
         return f"NeedRows({self.pipeline!r})"
+
+
+@dataclass(frozen=True)
+class SetGrads:
+    """Yielded once by a model's backward stage: d loss / d each embedding set's looked-up
+    block (in the model's set order, shaped like the block), before the weight gradients."""
+
+    grads: list[np.ndarray]
 
 
 def relay(stage: Stage[T], handle: Callable[[object], Iterator[object]]) -> Stage[T]:

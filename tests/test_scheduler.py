@@ -3,7 +3,6 @@ and, under mpiexec, that every mode trains the bit-identical model with agreed p
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import time
@@ -15,10 +14,10 @@ import pytest
 
 from recs_core.comm.pending import Pending
 from recs_core.sched.costs import Costs
+from recs_core.sched.feature_work import RowChunks
 from recs_core.sched.flowshop import best_order, johnson_order, makespan
 from recs_core.sched.loop import Loop
 from recs_core.sched.trace import Timeline, _difference, _intersect, _union, summarize
-from recs_core.sched.training_pass import TrainingPass
 from tests.conftest import ROOT, run_mpi
 
 MODES_CHECK = str(ROOT / "tests" / "mpi" / "modes_check.py")
@@ -87,16 +86,14 @@ def test_a_chain_longer_than_the_chunk_cost_runs_on_chunks_within_it() -> None:
     costs.add("split", 10e-6)
     costs.add("hash", 15e-6)  # the chain: 25 us a row
     chain = [SimpleNamespace(name="split"), SimpleNamespace(name="hash")]
-    sched = SimpleNamespace(active=SimpleNamespace(chunk_seconds=0.02), costs=costs,
-                            graph=SimpleNamespace(chain=lambda feature: chain))
-    rows_per_chunk = functools.partial(TrainingPass._chunk_rows, sched, 0)
-    assert rows_per_chunk(600) is None  # 15 ms: whole
-    assert rows_per_chunk(1000) == 500  # 25 ms: two chunks of 12.5 ms
-    assert rows_per_chunk(2000) == 667  # 50 ms: three
-    sched.active.chunk_seconds = 0.0  # chunking off
-    assert rows_per_chunk(2000) is None
-    sched.active.chunk_seconds, chain[1] = 0.02, SimpleNamespace(name="unmeasured")
-    assert rows_per_chunk(2000) is None
+    graph = SimpleNamespace(chain=lambda feature: chain)
+    chunks = RowChunks(graph, costs, 0.02)  # type: ignore[arg-type]
+    assert chunks.rows(0, 600) is None  # 15 ms: whole
+    assert chunks.rows(0, 1000) == 500  # 25 ms: two chunks of 12.5 ms
+    assert chunks.rows(0, 2000) == 667  # 50 ms: three
+    assert RowChunks(graph, costs, 0.0).rows(0, 2000) is None  # chunking off
+    chain[1] = SimpleNamespace(name="unmeasured")
+    assert chunks.rows(0, 2000) is None
 
 
 # ---- the task loop -----------------------------------------------------------------------

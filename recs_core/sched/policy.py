@@ -2,7 +2,8 @@
 
 Every policy runs the same tasks on the same stages, so every policy computes the same
 model; they differ only in what may run while an exchange is in flight and in what is
-prepared ahead.
+prepared ahead. A pass turns its policy into its components' settings once; what the
+schedule guard switches at a step boundary is a :class:`Schedule`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,22 @@ from recs_core.sched.guard import GuardSettings
 REPLAN_EVERY = 16  # steps between cost agreements (a tiny allreduce); also at step 2
 CHUNK_MS = 20.0  # row-chunk cost of long feature chains (docs/BENCHMARKS.md: the fastest)
 LOOKAHEAD = 4  # batches admitted ahead (docs/BENCHMARKS.md: faster than 2)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What a pass switches at a step boundary: ``overlap``, ``fill`` and ``early`` as in
+    :class:`Policy`; ``staged``: batches are admitted with their operators still to run
+    (rather than prepared whole)."""
+
+    overlap: bool
+    fill: bool
+    early: bool
+    staged: bool
+
+
+# what the schedule guard falls back to: every exchange waited on
+BLOCKING_SCHEDULE = Schedule(overlap=False, fill=False, early=False, staged=False)
 
 
 @dataclass(frozen=True)
@@ -57,9 +74,10 @@ class Policy:
         if not self.chunk_ms >= 0:
             raise RecsError(f"chunk_ms must be >= 0, got {self.chunk_ms}")
 
-    def blocking(self) -> Policy:
-        """This policy with every exchange waited on (what the guard falls back to)."""
-        return replace(self, overlap=False, fill=False, early=False)
+    def schedule(self) -> Schedule:
+        """The schedule this policy runs (a prefetch thread prepares batches whole)."""
+        return Schedule(self.overlap, self.fill, self.early,
+                        staged=self.overlap and not self.prefetch_thread)
 
     @property
     def chunk_seconds(self) -> float:

@@ -38,7 +38,7 @@ from recs_core.metrics.auc import auc, logloss
 from recs_core.progress_bar import ProgressBar
 from recs_core.sched.policy import Policy, policy
 from recs_core.sched.trace import Timeline, summarize, write_trace
-from recs_core.sched.training_pass import StepHook, TrainingPass
+from recs_core.sched.training_pass import PassFigures, StepHook, TrainingPass
 from recs_core.train.comparison import Comparison, same_checkpoint
 from recs_core.train.config import TrainConfig, train_config
 from recs_core.train.delta_export import export_window_delta
@@ -214,7 +214,7 @@ class Job:
         if comp is not None and comp.baseline is None:  # the model the window began with
             comp.scores = self._compared(held_again or (lambda: ()), frac)
         t_start = time.perf_counter()
-        sched, timeline = self._train(source, schedule, hook, quiet, timer)
+        figures, timeline = self._train(source, schedule, hook, quiet, timer)
         t_eval = time.perf_counter()
         others = (comp.baseline,) if comp is not None and comp.baseline is not None else ()
         eval_y, eval_p, base_p = self._evaluate(held, others)
@@ -227,7 +227,8 @@ class Job:
                 comp.trained_guard = (y, p)
                 if b:
                     comp.scores["guard"] = (y, b[0])
-        out = self._report(sched, timeline, timer, t_start, t_eval, jit_seconds, eval_y, eval_p)
+        out = self._report(figures, timeline, timer, t_start, t_eval, jit_seconds, eval_y,
+                           eval_p)
         out["finite"] = self.finite() and (out["train_rows"] == 0
                                            or out["train_logloss"] is not None)
         if comp is not None:
@@ -247,7 +248,7 @@ class Job:
 
     def _train(self, source: Iterator[RawBatch | None], schedule: Policy,
                hook: StepHook | None, quiet: bool, timer: dict[str, float]) -> tuple[
-                   TrainingPass, Timeline]:
+                   PassFigures, Timeline]:
         """Train on every step of ``source`` through the task loop."""
         self.step_probs = []
         progress = ProgressBar("train", quiet=quiet)
@@ -266,12 +267,12 @@ class Job:
         sched = TrainingPass(self.model, self.graph, world, schedule, timeline)
         try:
             t0 = time.perf_counter()
-            sched.run(source, self._empty(), record, hook)
-            timer["input"] += sched.feature_seconds + sched.thread_feature_seconds
-            timer["train"] += time.perf_counter() - t0 - sched.feature_seconds
+            figures = sched.run(source, self._empty(), record, hook)
+            timer["input"] += figures.feature_seconds + figures.thread_feature_seconds
+            timer["train"] += time.perf_counter() - t0 - figures.feature_seconds
         finally:
             progress.close()
-        return sched, timeline
+        return figures, timeline
 
     def _predicted(self, batches: Iterable[T], raw_of: Callable[[T], RawBatch] | None = None,
                    model: Model | None = None
@@ -361,7 +362,7 @@ class Job:
     def _gathered(self, a: np.ndarray) -> np.ndarray:
         return np.concatenate(self.world.allgather(a, "scores gather"))
 
-    def _report(self, sched: TrainingPass, timeline: Timeline, timer: dict[str, float],
+    def _report(self, figures: PassFigures, timeline: Timeline, timer: dict[str, float],
                 t_start: float, t_eval: float, jit_seconds: float, ey: np.ndarray,
                 ep: np.ndarray) -> dict[str, Any]:
         """The pass's figures (global over the ranks, on every rank)."""
@@ -390,9 +391,9 @@ class Job:
             "bad_rows": world.gather_dicts_sum(bad),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "model": self.cfg.preset,
-            "mode": sched.policy.name,
+            "mode": figures.mode,
             "step": summarize(timeline.step_figures()),
-            "sent_mib_per_step": _per_step_mib(sched.traffic, window.steps),
+            "sent_mib_per_step": _per_step_mib(figures.traffic, window.steps),
             "window_steps": window.steps,
             "global_step": window.global_step,
         }
@@ -402,9 +403,9 @@ class Job:
             out["dynamic_tables"] = dyn
         if self.checkpoint_figures:
             out["checkpoint"] = self.checkpoint_report()
-        out["scheduler"] = sched.figures()
+        out["scheduler"] = figures.scheduler
         if world.size > 1:  # idle while each pipeline's (and the dense) exchanges were out
-            waits = {p: round(world.allreduce_max(v), 4) for p, v in sched.comm_waits().items()}
+            waits = {p: round(world.allreduce_max(v), 4) for p, v in figures.comm_waits.items()}
             out["comm_wait_seconds"] = waits
             out["comm_wait_fraction"] = {p: round(v / seconds, 4) if seconds else 0.0
                                          for p, v in waits.items()}

@@ -13,7 +13,7 @@ from recs_core.comm.world import World
 from recs_core.dense.layers import GradPart, grad_part
 from recs_core.dense.loss import bce_with_logits, sigmoid
 from recs_core.dense.optim import make_dense_optimizer
-from recs_core.dense.presets import DLRM, BackwardItem, EmbGrads, WideDeep
+from recs_core.dense.presets import DLRM, EmbGrads, WideDeep
 from recs_core.embedding.layer import Embeddings, LocalEmbeddings, ShardedEmbeddings, slots_of
 from recs_core.embedding.sparse_optim import make_sparse_optimizer
 from recs_core.embedding.storage import ChangedRows, ShardRead, assign, need
@@ -21,7 +21,7 @@ from recs_core.embedding.table import check_fits, size_text
 from recs_core.errors import RecsError
 from recs_core.features.graph import FeatureBatch
 from recs_core.features.spec import Spec
-from recs_core.stages import Stage, drive
+from recs_core.stages import SetGrads, Stage, drive
 from recs_core.train.compat import table_stems
 from recs_core.train.config import TrainConfig
 
@@ -104,10 +104,13 @@ class Model:
 
     def forward(self, fb: FeatureBatch) -> np.ndarray:
         """Logits of a batch (a collective when the tables are sharded)."""
-        z = self.emb.read(fb)
-        if self.wide is None:
-            return self.net.forward(fb.dense, z)
-        return self.net.forward(fb.dense, z, self.wide.read(fb)[:, :, 0])
+        return self.net.forward(fb.dense, *self._net_inputs([e.read(fb) for e in self.sets]))
+
+    @staticmethod
+    def _net_inputs(blocks: list[np.ndarray]) -> list[np.ndarray]:
+        """The net's embedding arguments from the sets' blocks: the vectors, then
+        (Wide&Deep) the 1-dim wide weights as [n, fields]."""
+        return [blocks[0], *(b[:, :, 0] for b in blocks[1:])]
 
     def predict(self, fb: FeatureBatch) -> np.ndarray:
         """Click probabilities of a batch (no update; dynamic tables count nothing)."""
@@ -155,12 +158,13 @@ class Model:
         for part in which:
             self.dense_opt.update_part(self.net.grads, part)
 
-    def forward_loss_stages(self, fb: FeatureBatch, z: np.ndarray, wide_z: np.ndarray | None,
+    def forward_loss_stages(self, fb: FeatureBatch, blocks: list[np.ndarray],
                             global_rows: int | None) -> Generator[
                                 None, None, tuple[np.ndarray, float, np.ndarray]]:
-        """:meth:`forward_loss`, yielding between layers (points to poll exchanges)."""
-        logits = yield from (self.net.forward_stages(fb.dense, z) if self.wide is None
-                             else self.net.forward_stages(fb.dense, z, wide_z[:, :, 0]))
+        """Scores, loss and d loss / d logits of a batch whose embedding sets looked up
+        ``blocks`` (one per set, in :attr:`sets` order), yielding between layers (points
+        to poll exchanges)."""
+        logits = yield from self.net.forward_stages(fb.dense, *self._net_inputs(blocks))
         loss, dlogits = bce_with_logits(logits, fb.labels)
         if global_rows is not None:
             # a short global batch (a window's last) weighs as its share of a full one: a
@@ -171,15 +175,18 @@ class Model:
                 dlogits *= np.float32(len(fb) / full)
         return sigmoid(logits).astype(np.float32), loss, dlogits
 
-    def backward_stages(self, dlogits: np.ndarray) -> Generator[BackwardItem, None, None]:
-        """Backward of the dense network in stages: yields, once, the :class:`EmbGrads`
-        (d z, and d wide_z or None, shaped like the looked-up blocks), and the indices of
-        the dense gradients final after each stage (a bucket for the allreduce; every mode
-        uses the same buckets, so sums come out identical)."""
+    def backward_stages(self, dlogits: np.ndarray) -> Generator[
+            list[GradPart] | SetGrads | None, None, None]:
+        """Backward of the dense network in stages: yields, once, the :class:`SetGrads`
+        (one gradient per embedding set, shaped like its looked-up block), and the indices
+        of the dense gradients final after each stage (a bucket for the allreduce; every
+        mode uses the same buckets, so sums come out identical)."""
         for stage in self.net.backward_stages(dlogits):
-            if isinstance(stage, EmbGrads) and stage.d_wide is not None:
-                stage = EmbGrads(stage.d_emb, stage.d_wide[:, :, None])
-            yield stage
+            if isinstance(stage, EmbGrads):
+                wide = [] if stage.d_wide is None else [stage.d_wide[:, :, None]]
+                yield SetGrads([stage.d_emb, *wide])
+            else:
+                yield stage
 
     def train_step(self, fb: FeatureBatch, global_rows: int | None = None) -> tuple[
             np.ndarray, float]:
@@ -200,16 +207,15 @@ class Model:
             blocks.append(e.new_block(len(fb)))
             for p in e.pipelines:
                 looked[si, p] = yield from e.lookup(fb, p, blocks[si])
-        probs, loss, dlogits = yield from self.forward_loss_stages(
-            fb, blocks[0], blocks[1] if self.wide is not None else None, global_rows)
-        summed, emb_grads = [], None
+        probs, loss, dlogits = yield from self.forward_loss_stages(fb, blocks, global_rows)
+        summed, grads = [], []
         for stage in self.backward_stages(dlogits):
-            if isinstance(stage, EmbGrads):
-                emb_grads = stage
+            if isinstance(stage, SetGrads):
+                grads = stage.grads
             elif stage is not None:
                 summed.append(self.post_dense_allreduce(stage))
                 yield summed[-1]
-        for si, (e, d) in enumerate(zip(self.sets, (emb_grads.d_emb, emb_grads.d_wide))):
+        for si, (e, d) in enumerate(zip(self.sets, grads, strict=True)):
             for p in e.pipelines:
                 yield from e.push(fb, p, looked[si, p], d)
         self.dense_update(summed)
