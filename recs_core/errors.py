@@ -20,3 +20,9 @@ class DataError(RecsError):
         self.path = path
         self.line = line
         self.reason = reason
+
+
+# ``recs train``'s exit status when it stopped on SIGTERM/SIGINT at a step boundary and wrote
+# a checkpoint: the window is resumable (``--resume``, any number of ranks); 75 is
+# EX_TEMPFAIL ("temporary failure; the user is invited to retry")
+EXIT_PREEMPTED = 75
