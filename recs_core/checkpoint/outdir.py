@@ -237,9 +237,9 @@ class SaveLock:
     when another job holds a live lease) and refreshes it from a thread; :meth:`check`
     raises when the lease was taken over; :meth:`release` removes it (only if still ours)."""
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, name: str = LOCK) -> None:
         self.root = Path(root)
-        self.path = self.root / LOCK
+        self.path = self.root / name
         self.owner = _owner()
         self.held = False
         self.took_over: dict[str, Any] | None = None  # the stale owner whose lock was taken
@@ -271,7 +271,7 @@ class SaveLock:
 
     def _break(self, stale: dict[str, Any]) -> None:
         """Remove a stale lock, under the guard file (one breaker at a time)."""
-        guard = self.root / _BREAK
+        guard = self.root / (self.path.name + ".break")
         fd = _link_new(guard, self.owner)
         if fd is None:
             holder = _read_owner(guard)

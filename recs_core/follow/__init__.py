@@ -1,0 +1,1 @@
+"""recs follow: the chain of windows (watch, train, retry, gate, publish) and its report."""
