@@ -530,9 +530,19 @@ def _add_follow(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-versions", type=int, default=10, metavar="N",
                    help="with --publish: keep the newest N versions (and their bases) (10)")
     p.add_argument("--gate-logloss", type=float, default=0.01, metavar="MARGIN",
-                   help="withhold a window whose held-out logloss (its own held-out rows, and "
-                   "the last good window's) exceeds the last published model's by more "
-                   "than MARGIN (default 0.01)")
+                   help="withhold a window whose held-out logloss exceeds the last published "
+                   "model's on the same rows by more than MARGIN (default 0.01)")
+    p.add_argument("--gate-guard-logloss", type=float, default=0.02, metavar="MARGIN",
+                   help="the logloss margin on the last good window's held-out rows (a "
+                   "model that follows drift does a little worse there; one trained on "
+                   "broken labels far worse) (default 0.02)")
+    p.add_argument("--gate-guard-auc", type=float, metavar="MARGIN",
+                   help="also an AUC margin on those rows (default: none)")
+    p.add_argument("--gate-label-drop", type=float, default=0.1, metavar="AUC",
+                   help="withhold a window whose labels the last published model predicts "
+                   "far worse than the last good window's: its AUC lower by more than this "
+                   "on the window's held-out rows than on those (shuffled labels, shifted "
+                   "columns) (default 0.1)")
     p.add_argument("--gate-auc", type=float, metavar="MARGIN",
                    help="also withhold when held-out AUC is lower by more than MARGIN")
     p.add_argument("--on-withheld", choices=("last-good", "trained"), default="last-good",
@@ -568,7 +578,9 @@ def _cmd_follow(a: argparse.Namespace) -> int:
         init_from=a.init_from and os.path.abspath(a.init_from), eval_fraction=a.eval_fraction,
         checkpoint_every=a.checkpoint_every, max_attempts=a.max_attempts, backoff=a.backoff,
         full_every=a.full_every, keep_versions=a.keep_versions,
-        gate=Gate(a.gate_logloss, a.gate_auc), on_withheld=a.on_withheld,
+        gate=Gate(a.gate_logloss, a.gate_auc, a.gate_guard_logloss, a.gate_guard_auc,
+                  a.gate_label_drop),
+        on_withheld=a.on_withheld,
         max_bad_fraction=a.max_bad_fraction, train_args=list(a.train_args))
     sup = Supervisor(cfg)
     sup.ranks()  # a bad --ranks is refused before anything starts

@@ -147,6 +147,16 @@ def test_the_gate_on_recorded_figures() -> None:
     assert gate(worse, Gate(logloss_margin=0.02))[0]
     shuffled = {**GOOD, "baseline": {**GOOD["baseline"], "guard": {
         "logloss": 0.52, "auc": 0.60, "baseline_logloss": 0.465, "baseline_auc": 0.765}}}
+    drifted = {**GOOD, "baseline": {**GOOD["baseline"], "guard": {  # measured: 2 windows on
+        "logloss": 0.530, "auc": 0.661, "baseline_logloss": 0.518, "baseline_auc": 0.687}}}
+    assert gate(drifted, Gate())[0]  # a little worse on older rows: drift, not broken
+    assert not gate(drifted, Gate(guard_auc_margin=0.02))[0]
+    broken = {**GOOD, "eval_logloss": 0.50, "baseline": {  # measured: shuffled labels
+        "eval_logloss": 0.62, "eval_auc": 0.503, "guard": {
+            "logloss": 0.530, "auc": 0.67, "baseline_logloss": 0.518, "baseline_auc": 0.687}}}
+    ok, why = gate(broken, Gate())
+    assert not ok and why.startswith("the window's labels look broken: the last published "
+                                     "model's AUC is 0.50300 on its held-out rows, 0.68700")
     ok, why = gate(shuffled, Gate())
     assert not ok and why.startswith("guard (last good window's held-out) logloss 0.52000")
     assert not gate({**GOOD, "eval_auc": 0.70}, Gate(auc_margin=0.01))[0]

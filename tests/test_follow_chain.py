@@ -1,0 +1,231 @@
+"""recs follow for real: windows landing while it runs, a job killed with SIGKILL and
+retried, the supervisor itself killed and restarted, a window with shuffled labels
+withheld by the gate, a quarantined window, published versions served by recs predict,
+and the faults it must answer with one line. 2 ranks under mpiexec."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recs_core.checkpoint import load_manifest
+from recs_core.data.synth import generate
+from recs_core.follow.ledger import Ledger
+from tests.conftest import CONFIGS, ROOT
+
+pytestmark = [pytest.mark.mpi, pytest.mark.slow]
+WINDOW_ROWS = 12_000
+
+
+def hashes(ckpt: str | Path) -> dict[str, str]:
+    return {e.path: e.sha256 for e in load_manifest(ckpt).files}
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", RECS_PROGRESS_EVERY="0")
+    e["PATH"] = str(Path(sys.executable).parent) + os.pathsep + e.get("PATH", "")
+    return e
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> dict:
+    """A config and 5 windows of a drifting synthetic stream (not landed yet)."""
+    d = tmp_path_factory.mktemp("chain")
+    cfg = d / "c.toml"
+    cfg.write_text((CONFIGS / "criteo_dlrm.toml").read_text()
+                   .replace("buckets = 262144", "buckets = 4096")
+                   .replace("batch_size = 2048", "batch_size = 256"))
+    src = []
+    for i in range(5):
+        p = d / "src" / f"w{i}.txt"
+        p.parent.mkdir(exist_ok=True)
+        generate(p, WINDOW_ROWS, seed=7, window=i, drift=0.1)
+        src.append(p)
+    return {"dir": d, "cfg": cfg, "src": src}
+
+
+def land(landing: Path, i: int, src: Path, marker: bool = True) -> Path:
+    w = landing / "dt=2026-12-07" / f"hour={i:02d}"
+    w.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src, w / "part-00000.txt")
+    if marker:
+        (w / "_SUCCESS").write_text("")
+    return w
+
+
+def follow(made: dict, state: Path, landing: Path, *extra: str, **kw) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "recs_core", "follow", "--config", str(made["cfg"]),
+           "--watch", str(landing), "--state", str(state), "--ranks", "2", "--poll", "0.5",
+           "--backoff", "0.5", "--checkpoint-every", "10", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env(), cwd=ROOT, **kw)
+
+
+def finished(p: subprocess.Popen, timeout: float = 600) -> tuple[int, dict, str]:
+    out, err = p.communicate(timeout=timeout)
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    return p.returncode, (json.loads(lines[-1]) if lines else {}), err
+
+
+def statuses(state: Path) -> dict[str, str]:
+    if not (state / "ledger.jsonl").exists():
+        return {}
+    return {k: v.status for k, v in Ledger(state).windows().items()}
+
+
+def wait_for(cond, timeout: float = 300, what: str = "") -> None:  # noqa: ANN001
+    t0 = time.monotonic()
+    while not cond():
+        assert time.monotonic() - t0 < timeout, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def final_checkpoint(state: Path, window: str) -> str:
+    return Ledger(state).windows()[window].fields["checkpoint"]
+
+
+def job_ranks(window_dir: Path) -> list[int]:
+    """Pids of the python ranks training ``window_dir``."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            args = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (args and b"python" in Path(args[0].decode()).name.encode() and b"train" in args
+                and str(window_dir).encode() in args):
+            pids.append(int(d.name))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def reference(made: dict) -> dict:
+    """The uninterrupted chain of the first 4 windows (all landed, --once)."""
+    d = made["dir"] / "ref"
+    landing = d / "land"
+    for i in range(4):
+        land(landing, i, made["src"][i])
+    code, out, err = finished(follow(made, d / "state", landing, "--once",
+                                     "--publish", str(d / "pub")))
+    assert code == 0, err
+    assert set(out["windows"].values()) == {"published"}, out
+    return {"state": d / "state", "landing": landing, "pub": d / "pub",
+            "final": {w: final_checkpoint(d / "state", w) for w in out["windows"]}}
+
+
+def test_windows_landing_while_it_runs_and_a_killed_job_retried(made: dict, reference: dict,
+                                                                tmp_path: Path) -> None:
+    """4 windows land one after another; the job of window 3 is killed with SIGKILL (a
+    rank) after a periodic checkpoint and retried with --resume: every window's final
+    checkpoint equals the uninterrupted chain's, bit for bit."""
+    landing, state = tmp_path / "land", tmp_path / "state"
+    landing.mkdir()
+    sup = follow(made, state, landing, "--publish", str(tmp_path / "pub"))
+    try:
+        for i in range(4):
+            w = land(landing, i, made["src"][i])
+            wid = f"dt=2026-12-07/hour={i:02d}"
+            if i == 2:  # window 3: kill a rank once a periodic checkpoint is written
+                ckpt = state / "windows" / f"dt=2026-12-07__hour={i:02d}" / "ckpt"
+                wait_for(lambda c=ckpt, w=w: c.is_dir() and any(c.glob("step-*"))
+                         and job_ranks(w), what="window 3's first checkpoint")
+                os.kill(job_ranks(w)[0], signal.SIGKILL)
+            wait_for(lambda wid=wid: statuses(state).get(wid) == "published",
+                     what=f"{wid} published")
+        sup.send_signal(signal.SIGTERM)  # idle: it stops at once
+        code, out, err = finished(sup, 120)
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+    assert code == 0, err
+    states = Ledger(state).windows()
+    three = states["dt=2026-12-07/hour=02"]
+    assert three.attempts == 2 and three.status == "published"
+    assert any(r["status"] == "error" for r in Ledger(state).records
+               if r["window"] == "dt=2026-12-07/hour=02")
+    for wid, ref in reference["final"].items():
+        assert hashes(states[wid].fields["checkpoint"]) == hashes(ref), wid
+
+
+def test_the_supervisor_killed_and_restarted_mid_chain(made: dict, reference: dict,
+                                                       tmp_path: Path) -> None:
+    """SIGKILL of the supervisor while window 2 trains: its job is told to stop (it dies
+    with its parent), the restarted supervisor resumes the window from its checkpoint,
+    and the chain ends as the uninterrupted one."""
+    landing, state = tmp_path / "land", tmp_path / "state"
+    for i in range(4):
+        land(landing, i, made["src"][i])
+    sup = follow(made, state, landing, "--once", "--publish", str(tmp_path / "pub"))
+    ckpt = state / "windows" / "dt=2026-12-07__hour=01" / "ckpt"
+    wait_for(lambda: ckpt.is_dir() and any(ckpt.glob("step-*")), what="window 2's checkpoint")
+    sup.kill()
+    sup.wait()
+    wait_for(lambda: not job_ranks(landing / "dt=2026-12-07" / "hour=01"), timeout=60,
+             what="window 2's job to end with its supervisor")
+    assert statuses(state)["dt=2026-12-07/hour=01"] == "running"
+    code, out, err = finished(follow(made, state, landing, "--once", "--publish",
+                                     str(tmp_path / "pub")))
+    assert code == 0, err
+    assert "resuming the window in progress" in err
+    states = Ledger(state).windows()
+    for wid, ref in reference["final"].items():
+        assert hashes(states[wid].fields["checkpoint"]) == hashes(ref), wid
+
+
+def test_the_gate_withholds_shuffled_labels_and_quarantines_bad_rows(made: dict,
+                                                                      tmp_path: Path) -> None:
+    """Window 2 with its labels shuffled is withheld (the guard rows, the last good
+    window's held-out, say why), window 3 of broken lines is quarantined, window 4 is
+    published from the last good model; the published versions served by recs predict
+    give the trained models' scores."""
+    landing, state, pub = tmp_path / "land", tmp_path / "state", tmp_path / "pub"
+    land(landing, 0, made["src"][0])
+    w = land(landing, 1, made["src"][1])
+    lines = (w / "part-00000.txt").read_text().splitlines(keepends=True)
+    labels = [ln.split("\t", 1)[0] for ln in lines]
+    np.random.default_rng(0).shuffle(labels)
+    (w / "part-00000.txt").write_text("".join(
+        f"{y}\t{ln.split(chr(9), 1)[1]}" for y, ln in zip(labels, lines)))
+    bad = land(landing, 2, made["src"][2])
+    (bad / "part-00000.txt").write_text("not\ta\tcriteo\tline\n" * 500)
+    land(landing, 3, made["src"][3])
+    code, out, err = finished(follow(made, state, landing, "--once", "--publish", str(pub)))
+    assert code == 0, err
+    assert out["windows"] == {"dt=2026-12-07/hour=00": "published",
+                              "dt=2026-12-07/hour=01": "withheld",
+                              "dt=2026-12-07/hour=02": "quarantined",
+                              "dt=2026-12-07/hour=03": "published"}
+    states = Ledger(state).windows()
+    why = states["dt=2026-12-07/hour=01"].fields["gate"]["why"]
+    assert why.startswith("guard (last good window's held-out) logloss"), why
+    assert "too many bad lines" in states["dt=2026-12-07/hour=02"].fields["error"]
+    # window 4 continued from the last good model, so its version is a delta over 1
+    assert json.loads((pub / "2" / "version.json").read_text())["kind"] == "delta"
+    for version, wid in ((1, "dt=2026-12-07/hour=00"), (2, "dt=2026-12-07/hour=03")):
+        data = landing / "dt=2026-12-07" / "hour=03" / "part-00000.txt"
+        outs = []
+        for model in (str(pub / str(version)), states[wid].fields["checkpoint"]):
+            o = tmp_path / f"p{version}-{len(outs)}.csv"
+            r = subprocess.run([sys.executable, "-m", "recs_core", "predict", "--config",
+                                str(made["cfg"]), "--model", model, "--data", str(data),
+                                "--out", str(o)], capture_output=True, text=True, env=env(),
+                               timeout=300)
+            assert r.returncode == 0, r.stderr
+            outs.append(o.read_bytes())
+        assert outs[0] == outs[1], version
+    report = subprocess.run([sys.executable, "-m", "recs_core", "report", str(state), "--png",
+                             str(tmp_path / "chain.png")], capture_output=True, text=True,
+                            env=env(), timeout=120)
+    assert report.returncode == 0, report.stderr
+    assert "withheld" in report.stdout and (tmp_path / "chain.png").stat().st_size > 10_000
