@@ -229,3 +229,106 @@ def test_the_gate_withholds_shuffled_labels_and_quarantines_bad_rows(made: dict,
                             env=env(), timeout=120)
     assert report.returncode == 0, report.stderr
     assert "withheld" in report.stdout and (tmp_path / "chain.png").stat().st_size > 10_000
+
+
+def run_follow(made: dict, state: Path, landing: Path, *extra: str,
+               timeout: float = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "recs_core", "follow", "--config", str(made["cfg"]),
+           "--watch", str(landing), "--state", str(state), "--once", "--ranks", "1", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=ROOT,
+                          timeout=timeout)
+
+
+def one_line(r: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("recs: error:")]
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def test_faults_are_one_line_or_a_ledger_entry(made: dict, tmp_path: Path) -> None:
+    small = made["dir"] / "small.txt"
+    if not small.exists():
+        small.write_text("".join(made["src"][0].read_text().splitlines(keepends=True)[:600]))
+    landing, state = tmp_path / "land", tmp_path / "state"
+    landing.mkdir()
+    # a launcher template without {ranks}
+    assert "must contain {ranks}" in one_line(run_follow(made, state, landing, "--launcher",
+                                                         "mpiexec -n 2"))
+    # a publish directory that is not writable (checked before any training)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "notes.txt").write_text("mine")
+    assert "holds 'notes.txt', which is not a version" in one_line(
+        run_follow(made, state, landing, "--publish", str(ro)))
+    # a _SUCCESS marker with no data: a ledger entry, and the chain goes on
+    (landing / "day=1").mkdir()
+    (landing / "day=1" / "_SUCCESS").write_text("")
+    w2 = landing / "day=2"
+    w2.mkdir()
+    shutil.copy(small, w2 / "part.txt")
+    (w2 / "_SUCCESS").write_text("")
+    r = run_follow(made, state, landing)
+    assert r.returncode == 0, r.stderr
+    assert statuses(state) == {"day=1": "quarantined", "day=2": "accepted"}
+    # files that change after the window was trained: noted once, not retrained
+    with open(w2 / "part.txt", "a") as f:
+        f.write(small.read_text().splitlines(keepends=True)[0])
+    r = run_follow(made, state, landing)
+    assert r.returncode == 0 and "changed after it was trained" in r.stderr
+    assert Ledger(state).windows()["day=2"].fields["note"].startswith("its files changed")
+    n = len(Ledger(state).records)
+    run_follow(made, state, landing)
+    assert len(Ledger(state).records) == n  # noted once
+    # a state directory held by another live supervisor
+    from recs_core.checkpoint.outdir import SaveLock
+    from recs_core.follow.supervisor import FOLLOW_LOCK
+
+    held = SaveLock(state, FOLLOW_LOCK).acquire()
+    try:
+        assert "locked by another job" in one_line(run_follow(made, state, landing))
+    finally:
+        held.release()
+    # a corrupt ledger line: named, nothing guessed
+    text = (state / "ledger.jsonl").read_text().splitlines()
+    bad = text[:1] + ["{oops"] + text[1:]
+    (state / "ledger.jsonl").write_text("\n".join(bad) + "\n")
+    assert "ledger.jsonl:2: corrupt ledger line" in one_line(run_follow(made, state, landing))
+    (state / "ledger.jsonl").write_text("\n".join(text) + "\n")
+    # a damaged pointer: rebuilt from the ledger
+    (state / "current.json").write_text("{")
+    r = run_follow(made, state, landing)
+    assert r.returncode == 0 and "rebuilt from the ledger" in r.stderr
+    assert json.loads((state / "current.json").read_text())["window"] == "day=2"
+    # the chain was made with another config
+    other = tmp_path / "other.toml"
+    other.write_text(made["cfg"].read_text().replace("batch_size = 256", "batch_size = 128"))
+    r = subprocess.run([sys.executable, "-m", "recs_core", "follow", "--config", str(other),
+                        "--watch", str(landing), "--state", str(state), "--once"],
+                       capture_output=True, text=True, env=env(), cwd=ROOT, timeout=120)
+    assert "its chain was made with another config" in one_line(r)
+    # the landing directory deleted under it
+    shutil.rmtree(landing)
+    assert "no such directory (the landing location is gone" in one_line(
+        run_follow(made, state, landing))
+
+
+def test_sigterm_stops_the_chain_resumably(made: dict, reference: dict, tmp_path: Path) -> None:
+    """SIGTERM to the supervisor mid-window: forwarded to the job, which stops (with a
+    checkpoint once preemption checkpoints, or at its last periodic one); the supervisor
+    exits 75 and a restart ends the chain as the uninterrupted one."""
+    landing, state = tmp_path / "land", tmp_path / "state"
+    for i in range(2):
+        land(landing, i, made["src"][i])
+    sup = follow(made, state, landing, "--once")
+    ckpt = state / "windows" / "dt=2026-12-07__hour=01" / "ckpt"
+    wait_for(lambda: ckpt.is_dir() and any(ckpt.glob("step-*")), what="window 2's checkpoint")
+    sup.send_signal(signal.SIGTERM)
+    code, out, err = finished(sup, 120)
+    assert code == 75, err
+    assert statuses(state)["dt=2026-12-07/hour=01"] == "preempted"
+    assert not job_ranks(landing / "dt=2026-12-07" / "hour=01")
+    code, out, err = finished(follow(made, state, landing, "--once"))
+    assert code == 0, err
+    states = Ledger(state).windows()
+    for wid in ("dt=2026-12-07/hour=00", "dt=2026-12-07/hour=01"):
+        assert hashes(states[wid].fields["checkpoint"]) == hashes(reference["final"][wid])

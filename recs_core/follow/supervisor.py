@@ -202,9 +202,9 @@ class Supervisor:
         self.lock = SaveLock(self.state, FOLLOW_LOCK).acquire()
         try:
             self.ledger = Ledger(self.state)
+            self.ledger.read_pointer()
             for w in self.ledger.warnings:
                 self.say(f"warning: {w}")
-            self.ledger.read_pointer()
             while not self.stop.is_set():
                 progressed = self._pass()
                 if self.stop.is_set():
