@@ -390,6 +390,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
                   + ", ".join(f"{k}={v}" for k, v in sorted(scores.bad_rows.items())),
                   file=sys.stderr)
         print(json.dumps({"rows": len(scores), "out": a.out, "bytes": size, "model": found,
+                          **scores.quality(),
                           "seconds": round(seconds, 4),
                           "rows_per_sec": round(len(scores) / seconds, 1) if seconds else 0.0,
                           "bad_rows": scores.bad_rows, "world_size": world.size,

@@ -441,11 +441,12 @@ class Job:
             check_id_column(self.spec.schema, id_column)
         reader = self._open(paths, policy)
         mine = RankScores(reader.part_keys(), [], warnings=self._input_warnings)
-        for item, _, probs in self._predicted(reader.with_origins(), lambda t: t[0]):
+        for item, fb, probs in self._predicted(reader.with_origins(), lambda t: t[0]):
             if item is not None:
                 raw, origins = item
                 mine.origins.append(origins)
                 mine.probs.append(probs)
+                mine.labels.append(np.asarray(fb.labels, np.float32))
                 if id_column is not None:
                     mine.ids.append(column_array(raw, self.spec.schema, id_column))
         mine.part_lines, mine.bad_rows = reader.part_lines, reader.counter.by_reason

@@ -72,6 +72,7 @@ class RankScores:
     ids: list[pa.Array] = field(default_factory=list)
     bad_rows: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass
@@ -84,6 +85,7 @@ class Scores:
     id_column: str | None = None
     bad_rows: dict[str, int] = field(default_factory=dict)  # skipped lines by reason
     warnings: list[str] = field(default_factory=list)
+    labels: np.ndarray | None = None  # the rows' labels, in the same order
 
     def __len__(self) -> int:
         return len(self.probs)
@@ -99,12 +101,13 @@ class Scores:
         for _, r, p, n in sorted(keys):
             first[(r, p)] = at
             at += n
-        pos, probs, ids, bad, warn = [], [], [], {}, []
+        pos, probs, ids, labels, bad, warn = [], [], [], [], {}, []
         for r, rs in enumerate(ranks):
             base = np.array([first[(r, p)] for p in range(len(rs.part_keys))], np.int64)
             pos += [base[o.part] + o.line for o in rs.origins]
             probs += rs.probs
             ids += rs.ids
+            labels += rs.labels
             for k, v in rs.bad_rows.items():
                 bad[k] = bad.get(k, 0) + v
             warn += rs.warnings
@@ -114,13 +117,26 @@ class Scores:
             raise RuntimeError("two scored rows share a position")
         out = cls(positions[order],
                   (np.concatenate(probs) if probs else np.zeros(0, np.float32))[order],
-                  bad_rows=bad, warnings=list(dict.fromkeys(warn)), id_column=id_column)
+                  bad_rows=bad, warnings=list(dict.fromkeys(warn)), id_column=id_column,
+                  labels=(np.concatenate(labels) if labels else np.zeros(0, np.float32))[order])
         if id_column is not None:
             import pyarrow as pa
 
             out.ids = (pa.concat_arrays(ids) if ids else pa.array([], pa.large_string())
                        ).take(pa.array(order))
         return out
+
+    def quality(self) -> dict[str, float | None]:
+        """AUC and logloss of the scores against the rows' labels (None without rows, or
+        AUC with one class only)."""
+        from recs_core.metrics.auc import auc, logloss
+
+        y = self.labels
+        if y is None or not len(y):
+            return {"auc": None, "logloss": None}
+        a, ll = auc(y, self.probs), logloss(y, self.probs)
+        return {"auc": None if a is None or not np.isfinite(a) else round(float(a), 6),
+                "logloss": None if not np.isfinite(ll) else round(float(ll), 6)}
 
     def table(self) -> pa.Table:
         """The rows as an Arrow table: the id column (or ``position``), then
