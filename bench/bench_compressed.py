@@ -1,7 +1,7 @@
 """Reading the same synthetic Criteo rows as plain text, ``.gz`` and ``.zst`` on one rank
 (``ShardReader``: read, decompress, parse; no features), and the decompression alone:
 ``gzip.open`` (the standard library's reader) against the reader's own stream
-(``reader._Decompressed``, which both codecs go through). Interleaved repetitions; each
+(``decompress.Decompressed``, which both codecs go through). Interleaved repetitions; each
 figure is the median.
 
     python bench/bench_compressed.py --rows 300000 --reps 5      # one JSON object
@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from recs_core.data import reader as reader_mod  # noqa: E402
+from recs_core.data.decompress import Decompressed  # noqa: E402
 from recs_core.data.reader import ShardReader  # noqa: E402
 from recs_core.data.synth import generate  # noqa: E402
 from recs_core.features.spec import load_spec  # noqa: E402
@@ -50,7 +50,7 @@ def _decompress(path: Path, codec: str, which: str) -> float:
             _drain(f)
     else:
         with open(path, "rb") as raw:
-            _drain(reader_mod._Decompressed(raw, codec))
+            _drain(Decompressed(raw, codec))
     return time.perf_counter() - t0
 
 

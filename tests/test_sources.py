@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recs_core.data import reader as reader_mod
+from recs_core.data import decompress
 from recs_core.data.parse import COL_FLOAT, COL_INT, COL_LABEL, COL_STR, ColumnSchema
 from recs_core.data.reader import ShardReader
 from recs_core.data.sources import expand_sources, open_input
@@ -172,7 +172,7 @@ def test_zst_reads_the_rows_of_the_plain_text(tmp_path: Path) -> None:
 def test_zst_hold_out_splits_the_rows_once(tmp_path: Path, h: float, monkeypatch) -> None:  # noqa: ANN001
     """A .zst hold-out cut (by compressed position, like .gz): train + held = every row
     in order, the held share near ``h``; the same on every read."""
-    monkeypatch.setattr(reader_mod, "_Z_READ", 4096)
+    monkeypatch.setattr(decompress, "ZSTD_READ", 4096)
     rng = np.random.default_rng(0)
     data = "".join(f"{i % 2}\t{i}\t{rng.integers(1 << 40):x}\n" for i in range(40_000)).encode()
     z = put(tmp_path / "a.zst", data)

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from recs_core.data.arrow import ArrowConverter, check_schema, type_class
 from recs_core.data.bad_rows import BadRowCounter, BadRowPolicy
 from recs_core.data.parse import COL_STR, ColumnSchema, RawBatch
-from recs_core.data.reader import RowOrigins, rebatch_origins
+from recs_core.data.reader import NO_DECOMPRESSION, RowOrigins, rebatch_origins
 from recs_core.data.shards import check_files
 from recs_core.errors import DataError
 
@@ -207,6 +207,7 @@ class ParquetReader:
         return [(index[p.path], p.first + p.lo) for p in self._train]
 
     header_warnings: list[str] = []  # (text files' header-only files: none here)
+    decompressed = NO_DECOMPRESSION  # (compressed text only)
 
     def size_warnings(self) -> list[str]:
         return []

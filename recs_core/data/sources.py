@@ -39,7 +39,13 @@ from recs_core.data.bad_rows import BadRowCounter, BadRowPolicy
 from recs_core.data.header import field_maps
 from recs_core.data.parquet import ParquetInput, ParquetReader, is_parquet
 from recs_core.data.parse import ColumnSchema, RawBatch
-from recs_core.data.reader import RowOrigins, ShardReader, rebatch, rebatch_origins
+from recs_core.data.reader import (
+    NO_DECOMPRESSION,
+    RowOrigins,
+    ShardReader,
+    rebatch,
+    rebatch_origins,
+)
 from recs_core.data.shards import screen_files
 from recs_core.errors import DataError, RecsError
 
@@ -62,6 +68,9 @@ class Reader(Protocol):
     held_rows: int  # held-out rows yielded
     header_warnings: list[str]
     part_lines: list[int]  # lines of each training part (complete after with_origins)
+    # what reading compressed text has cost so far: bytes decompressed, the share of them
+    # parsed ("kept_bytes"), seconds decompressing (zero for other input)
+    decompressed: dict[str, float]
 
     def __iter__(self) -> Iterator[RawBatch]: ...
 
@@ -141,6 +150,18 @@ def expand_sources(args: Sequence[str | os.PathLike]) -> list[str]:
     return out
 
 
+def decompression_figures(per_rank: list[dict[str, float]]) -> dict[str, list[float]] | None:
+    """What reading compressed text cost each rank (``Reader.decompressed`` of every rank;
+    None when no rank read any): MB decompressed (a rank decompresses a compressed file
+    up to its last range of it, so each rank about the whole file), MB of them parsed (its
+    own lines) and seconds decompressing (in the reader thread, beside the parsing)."""
+    if not any(d["bytes"] for d in per_rank):
+        return None
+    return {"decompressed_mb": [round(d["bytes"] / 1e6, 2) for d in per_rank],
+            "parsed_mb": [round(d["kept_bytes"] / 1e6, 2) for d in per_rank],
+            "seconds": [round(d["seconds"], 3) for d in per_rank]}
+
+
 def is_file_list(data: DataInput) -> bool:
     """Whether ``data`` names files (a path, or a list or tuple of paths)."""
     if isinstance(data, (str, os.PathLike)):
@@ -202,6 +223,10 @@ class MixedReader:
     @property
     def part_lines(self) -> list[int]:
         return [n for r in self.readers for n in r.part_lines]
+
+    @property
+    def decompressed(self) -> dict[str, float]:
+        return {k: sum(r.decompressed[k] for r in self.readers) for k in NO_DECOMPRESSION}
 
     def __iter__(self) -> Iterator[RawBatch]:
         return rebatch((b for r in self.readers for b in r), self.batch_rows)
@@ -292,6 +317,7 @@ class ArrowSource:
         return [(self.rank, 0)]
 
     header_warnings: list[str] = []
+    decompressed = NO_DECOMPRESSION
 
     def held_out(self) -> Iterator[RawBatch]:
         return iter(())

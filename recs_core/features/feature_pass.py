@@ -14,7 +14,7 @@ from recs_core.data.arrow import ArrowConverter, sample_batch
 from recs_core.data.bad_rows import BadRowPolicy
 from recs_core.data.parse import ChunkParser
 from recs_core.data.reader import find_lf, rfind_lf
-from recs_core.data.sources import DataInput, open_input
+from recs_core.data.sources import DataInput, decompression_figures, open_input
 from recs_core.features.graph import FeatureGraph
 from recs_core.features.spec import Spec
 from recs_core.progress_bar import ProgressBar
@@ -32,6 +32,7 @@ class FeatureRunStats:
     jit_seconds: float = 0.0  # kernel compile/cache load before the timed pass
     warnings: list[str] = field(default_factory=list)  # a file given twice, an empty file,
     # a file with a header and no rows
+    decompression: dict[str, list[float]] | None = None  # per rank (sources.py)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -44,7 +45,7 @@ class FeatureRunStats:
             "world_size": self.world_size,
             "jit_seconds": round(self.jit_seconds, 3),
             "warnings": self.warnings,
-        }
+        } | ({"decompression": self.decompression} if self.decompression else {})
 
 
 def warm_up(spec: Spec) -> float:
@@ -103,4 +104,5 @@ def run_features(spec: Spec, paths: DataInput, world: World | None = None, *,
         world_size=world.size,
         jit_seconds=world.allreduce_max(jit_seconds),
         warnings=warnings,  # (every rank reads every header)
+        decompression=decompression_figures(world.allgather(reader.decompressed)),
     )

@@ -28,7 +28,14 @@ from recs_core.comm.pending import post_allreduce
 from recs_core.comm.world import World
 from recs_core.data.bad_rows import BadRowPolicy
 from recs_core.data.parse import RawBatch
-from recs_core.data.sources import DataInput, Reader, is_file_list, open_input
+from recs_core.data.sources import (
+    NO_DECOMPRESSION,
+    DataInput,
+    Reader,
+    decompression_figures,
+    is_file_list,
+    open_input,
+)
 from recs_core.errors import RecsError
 from recs_core.features.feature_pass import warm_up
 from recs_core.features.graph import FeatureBatch, FeatureGraph
@@ -290,6 +297,10 @@ class Job:
             "global_step": window.global_step,
         }
         out["warnings"] = self._warnings(train_rows)
+        spent = decompression_figures(world.allgather(
+            self._reader.decompressed if self._reader else NO_DECOMPRESSION))
+        if spent:
+            out["decompression"] = spent
         dyn = self._end_dynamic_window()
         if dyn:
             out["dynamic_tables"] = dyn
