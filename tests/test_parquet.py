@@ -287,11 +287,56 @@ def test_every_row_once_balanced_by_rows(shard_files: list[str], world: int) -> 
     assert max(counts) - min(counts) <= total / world / 4 + 1, counts
 
 
+def test_an_empty_parquet_file_is_warned_about_as_an_empty_text_file_is(tmp_path: Path) -> None:
+    write_groups(tmp_path / "e.parquet", [], 0)  # a valid file of no rows
+    write_groups(tmp_path / "f.parquet", [10], 0)
+    (tmp_path / "e.txt").write_bytes(b"")
+    schema = load_spec(SPEC).schema
+    for world in (1, 2):
+        for rank in range(world):
+            reader, warnings = open_input([tmp_path / "e.parquet", tmp_path / "f.parquet",
+                                           tmp_path / "e.txt"], schema, rank=rank, world=world)
+            assert warnings == [f"{tmp_path / 'e.txt'}: empty file (0 bytes)",
+                                f"{tmp_path / 'e.parquet'}: a Parquet file with no rows (0 "
+                                f"rows read)"]
+
+
 def test_fewer_row_groups_than_ranks_splits_by_rows(tmp_path: Path) -> None:
     write_groups(tmp_path / "one.parquet", [1000], 0)
     plan = ParquetInput.scan([str(tmp_path / "one.parquet")], load_spec(SPEC).schema).plan(3)
     assert [[(p.group, p.lo, p.hi) for p in parts] for parts in plan] == [
         [(0, 0, 333)], [(0, 333, 666)], [(0, 666, 1000)]]
+
+
+def test_many_small_row_groups_open_each_file_once_per_pass(tmp_path: Path,
+                                                             monkeypatch) -> None:  # noqa: ANN001
+    """2,000 one-row row groups (a streaming writer's file), and a file of larger ones: a
+    pass opens each file once (opening parses the whole footer: once per row group made
+    the reading quadratic in row groups), and reads every row once. The time against
+    pyarrow's own read: bench/bench_parquet.py --row-groups."""
+    write_groups(tmp_path / "small.parquet", [1] * 2000, 0)
+    write_groups(tmp_path / "big.parquet", [500, 500], 2000)
+    paths = [str(tmp_path / "small.parquet"), str(tmp_path / "big.parquet")]
+    opened: list[str] = []
+
+    class Counted(pq.ParquetFile):
+        def __init__(self, source, *args, **kw) -> None:  # noqa: ANN001
+            assert str(source) not in opened, f"{source} opened again in one pass"
+            opened.append(str(source))
+            super().__init__(source, *args, **kw)
+
+    schema = load_spec(SPEC).schema
+    for world in (1, 2):
+        ids = []
+        for rank in range(world):
+            r = ParquetReader(paths, schema, rank=rank, world=world, batch_rows=64,
+                              holdout=0.25)
+            monkeypatch.setattr(pq, "ParquetFile", Counted)
+            for stream in (r, r.held_out()):
+                ids += row_ids(stream)
+                opened.clear()
+            monkeypatch.undo()
+        assert sorted(ids) == list(range(3000))
 
 
 @pytest.mark.parametrize("holdout", [0.1, 0.5])
