@@ -90,7 +90,7 @@ def test_compressed_samples_with_headers_read_like_the_plain_files(
     lines = data.read_bytes().splitlines(keepends=True)[:rows + 1]
     plain = tmp_path / data.name
     plain.write_bytes(b"".join(lines))
-    files = {".gz": gzip.compress(plain.read_bytes()), ".zst": zst(plain.read_bytes(), 2)}
+    files = {".zst": zst(plain.read_bytes(), 2), ".gz": gzip.compress(plain.read_bytes())}
     for suffix, content in files.items():
         (tmp_path / (data.name + suffix)).write_bytes(content)
 
