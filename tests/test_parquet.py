@@ -529,9 +529,48 @@ def test_recs_convert_command(tmp_path: Path, sample_1200: Path) -> None:
     md = pq.ParquetFile(out).metadata
     assert [md.row_group(g).num_rows for g in range(3)] == [500, 500, 200]
     assert pq.ParquetFile(out).schema_arrow.field("I1").type == pa.int64()
-    r = recs("convert", str(SPEC), str(bad), "-o", str(out), "--on-error", "fail")
+    kept = out.read_bytes()
+    r = recs("convert", str(SPEC), str(bad), "-o", str(out), "--on-error", "fail",
+             "--overwrite")
     assert r.returncode == 2 and "bad.txt:601: field_count" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    assert out.read_bytes() == kept  # written aside: the old file stays whole
     r = recs("features", "--config", str(SPEC), "--data", str(out), "--quiet")
     assert r.returncode == 0 and '"rows": 1200' in r.stdout
 
+
+
+def test_recs_convert_refuses_its_inputs_existing_files_and_directories_first(
+        tmp_path: Path, sample_1200: Path) -> None:
+    """-o naming an input (also under another name), an existing file without
+    --overwrite, or a directory: one line, rc 2, before any row is read (the input a
+    bad file that --on-error fail would stop at), nothing written; --overwrite replaces a
+    file with the whole new one and leaves no temporary file."""
+    text = tmp_path / "logs.txt"
+    text.write_bytes(sample_1200.read_bytes())
+    bad = tmp_path / "bad.txt"
+    bad.write_text("not\ta\trow\n")
+    (tmp_path / "alias.txt").symlink_to(text)
+    old = tmp_path / "old.parquet"
+    old.write_bytes(b"old")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    cases = {str(text): f"-o {text}: is one of the inputs ({text}): writing it would "
+                        f"destroy them; give another file name",
+             str(tmp_path / "alias.txt"): f"-o {tmp_path / 'alias.txt'}: is one of the "
+                                          f"inputs ({text}): writing",
+             str(old): f"-o {old}: exists: give a new file name, or --overwrite to replace it",
+             str(tmp_path): f"-o {tmp_path}: is a directory: give a file name"}
+    for out, want in cases.items():
+        for more in ((), ("--overwrite",)):
+            if more and out == str(old):
+                continue
+            r = recs("convert", str(SPEC), str(bad), str(text), "-o", out, "--on-error",
+                     "fail", *more)
+            assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+            assert r.stderr.startswith(f"recs: error: {want}"), r.stderr
+    assert text.read_bytes() == sample_1200.read_bytes() and old.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    r = recs("convert", str(SPEC), str(text), "-o", str(old), "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert pq.read_table(old).num_rows == 1200
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
