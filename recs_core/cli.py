@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from recs_core.errors import RecsError
 
 if TYPE_CHECKING:
+    from recs_core.checkpoint.outdir import SaveLock
     from recs_core.comm.world import World
     from recs_core.features.spec import Spec
 
@@ -245,18 +246,22 @@ def _cmd_train(a: argparse.Namespace) -> int:
         save_root, a.export_delta, "--save" if a.save else "--resume")
         if world.rank == 0 else None)
     try:
-        return _train(a, spec, world, save_root)
+        return _train(a, spec, world, save_root, lock)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(a: argparse.Namespace, spec: Spec, world: World, save_root: str | None) -> int:
-    """The training of ``recs train`` once its outputs are claimed."""
+def _train(a: argparse.Namespace, spec: Spec, world: World, save_root: str | None,
+           lock: SaveLock | None) -> int:
+    """The training of ``recs train`` once its outputs are claimed (``lock``: rank 0's
+    lock of the save directory)."""
     from recs_core.train.job import Job, config_text
 
     job = Job(spec, world=world)
     job.config_text = config_text(a.config)
+    if save_root:
+        job.save_locks[os.path.abspath(save_root)] = lock
     resumed = None
     if a.resume:
         from recs_core.train.saving import find_checkpoint

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from recs_core.comm.world import World
+from recs_core.comm.world import World, job_world
 from recs_core.data.arrow import ArrowConverter, sample_batch
 from recs_core.data.bad_rows import BadRowPolicy
 from recs_core.data.parse import ChunkParser
@@ -76,11 +76,13 @@ def run_features(spec: Spec, paths: DataInput, world: World | None = None, *,
                  quiet: bool = False) -> FeatureRunStats:
     """Process this rank's shard of ``paths`` (files, directories, globs: text or Parquet;
     or an Arrow source: record batches, tables, data frames; see
-    :mod:`recs_core.data.sources`) through the spec's operator graph.
+    :mod:`recs_core.data.sources`) through the spec's operator graph, over ``world``
+    (default: the ranks this process was launched on, see
+    :func:`~recs_core.comm.world.job_world`).
 
     Returns the global figures (every rank gets them).
     """
-    world = world or World()
+    world = job_world(world)
     jit_seconds = warm_up(spec)
     graph = FeatureGraph(spec)
     reader, warnings = open_input(paths, spec.schema, spec.format, rank=world.rank,

@@ -18,14 +18,16 @@ from __future__ import annotations
 import os
 import resource
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import numpy as np
 
+from recs_core.checkpoint.outdir import SaveLock, claim_outputs
 from recs_core.comm.objects import dup
 from recs_core.comm.pending import post_allreduce
-from recs_core.comm.world import World
+from recs_core.comm.world import World, job_world
 from recs_core.data.bad_rows import BadRowPolicy
 from recs_core.data.parse import RawBatch
 from recs_core.data.sources import (
@@ -63,7 +65,7 @@ class Job:
                  world: World | None = None) -> None:
         self.spec = spec
         self.cfg = cfg or train_config(spec)
-        self.world = world or World()
+        self.world = job_world(world)
         self.graph = FeatureGraph(spec)
         self.model = Model(spec, self.cfg, self.world)
         # the global batch is split evenly across ranks (the first ranks take the remainder)
@@ -81,11 +83,15 @@ class Job:
                           if self.world.size > 1 else None)
         self._reader: Reader | None = None
         self._input_warnings: list[str] = []  # from the data arguments, for the next report
+        # the save directories this job locked (absolute path: rank 0's lock, None on the
+        # other ranks), or that were locked for it (recs train's --save)
+        self.save_locks: dict[str, SaveLock | None] = {}
 
     @classmethod
-    def from_config(cls, path: str | os.PathLike) -> Job:
-        """Load and validate a config file and build its job."""
-        job = cls(load_spec(path))
+    def from_config(cls, path: str | os.PathLike, world: World | None = None) -> Job:
+        """Load and validate a config file and build its job over ``world`` (default: the
+        ranks this process was launched on, see :func:`~recs_core.comm.world.job_world`)."""
+        job = cls(load_spec(path), world=world)
         job.config_text = config_text(path)
         return job
 
@@ -396,8 +402,29 @@ class Job:
 
         return StepHook(every, fn)
 
+    def claim_save_root(self, root: str | os.PathLike) -> None:
+        """Check and lock ``root`` for this job's ``step-*`` checkpoints as ``--save`` does
+        (collective; rank 0 holds the lock), unless this job holds it already (in
+        :attr:`save_locks`). Held until :meth:`close` (or the process ends)."""
+        key = os.path.abspath(root)
+        if key not in self.save_locks:
+            rank0 = self.world.rank == 0
+            lock = self.world.everyone(lambda: claim_outputs(root, None) if rank0 else None)
+            self.save_locks[key] = lock
+            if lock is not None:
+                weakref.finalize(self, lock.release)
+
+    def close(self) -> None:
+        """Release the save directories' locks (:meth:`claim_save_root`)."""
+        for lock in self.save_locks.values():
+            if lock is not None:
+                lock.release()
+        self.save_locks.clear()
+
     def _save(self, path: str | None = None, *, root: str | None = None,
               keep: int | None = None, done: bool = False) -> str:
+        if root is not None:
+            self.claim_save_root(root)
         t0 = time.perf_counter()
         out = save_checkpoint(self.model, self.graph, self.window, self.world, path, root=root,
                               keep=keep, done=done, config_text=self.config_text)
@@ -413,7 +440,8 @@ class Job:
 
     def save_step(self, root: str | os.PathLike, keep: int | None = None,
                   done: bool = True) -> str:
-        """:meth:`save` to ``root/step-<global step>``, keeping the newest ``keep``."""
+        """:meth:`save` to ``root/step-<global step>``, keeping the newest ``keep``; ``root``
+        is checked and locked as ``--save`` is (:meth:`claim_save_root`)."""
         return self._save(root=os.fspath(root), keep=keep, done=done)
 
     def _load(self, path: str | os.PathLike, resume: bool) -> tuple[str, Any, Any]:
