@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recs_core.data import decompress
+from recs_core.data import decompress, shards
 from recs_core.data.bad_rows import BadRowPolicy
 from recs_core.data.parse import COL_INT, COL_LABEL, COL_STR, ColumnSchema
 from recs_core.data.reader import ShardReader
@@ -118,9 +118,14 @@ def test_cut_at_every_line_start_and_next_to_it(tmp_path: Path, world: int) -> N
             assert (train, held) == reference(files, world, r, h), (r, target)
 
 
-def test_gz_split_is_a_prefix_and_a_suffix(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("block", [None, 700])
+def test_gz_split_is_a_prefix_and_a_suffix(tmp_path: Path, block: int | None,
+                                           monkeypatch) -> None:  # noqa: ANN001
     """.gz positions are approximate, so: train + held = the rank's rows in order, for
-    every fraction, chunk size and zlib schedule, with the same split on every call."""
+    every fraction, chunk size and zlib schedule, with the same split on every call; with
+    a file in one range per rank, or in ranges of 700 bytes dealt to the ranks in turn."""
+    if block is not None:
+        monkeypatch.setattr(shards, "COMPRESSED_BLOCK", block)
     files = [write(tmp_path / "a.txt", rows_text(range(0, 200))),
              write(tmp_path / "g1.gz", rows_text(range(200, 1200), seed=1), gz=True),
              write(tmp_path / "g2.gz", rows_text(range(1200, 1500), seed=2), gz=True),
@@ -196,6 +201,7 @@ def bad_lines_file(tmp_path: Path, gz: bool) -> Path:
 def test_bad_lines_are_counted_once(tmp_path: Path, gz: bool, monkeypatch) -> None:  # noqa: ANN001
     monkeypatch.setattr(decompress, "Z_READ", 64)
     monkeypatch.setattr(decompress, "Z_OUT", 256)
+    monkeypatch.setattr(shards, "COMPRESSED_BLOCK", 300)  # several ranges a rank
     p = bad_lines_file(tmp_path, gz)
     for world in (1, 2, 3, 4):
         for h in HOLDOUTS:
