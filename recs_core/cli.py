@@ -261,7 +261,7 @@ def _train(a: argparse.Namespace, spec: Spec, world: World, save_root: str | Non
     job = Job(spec, world=world)
     job.config_text = config_text(a.config)
     if save_root:
-        job.save_locks[os.path.abspath(save_root)] = lock
+        job.claim_save_root(save_root, lock)
     resumed = None
     if a.resume:
         from recs_core.train.saving import find_checkpoint

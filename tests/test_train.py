@@ -96,9 +96,9 @@ def test_save_load_score_roundtrip(tmp_path: Path, criteo_sample) -> None:
 
 def test_save_step_locks_its_directory_as_save_does(tmp_path: Path, two_windows) -> None:  # noqa: ANN001
     """A library job's save_step checks and locks the directory as ``--save`` does: while
-    another live job holds it, refused with the owner named (nothing written); once
-    taken, held across the job's saves until close(), and `recs train --save` refused
-    meanwhile; a directory holding other files refused."""
+    another live job (process) holds it, refused with the owner named (nothing written);
+    once taken, held for this process (its jobs share it) until close(), and `recs train
+    --save` refused meanwhile; a directory holding other files refused."""
     w1, w2 = two_windows
     job = Job(small_spec())
     job.run([w1])
@@ -117,6 +117,7 @@ def test_save_step_locks_its_directory_as_save_does(tmp_path: Path, two_windows)
     assert json.loads((root / LOCK).read_text())["pid"] == os.getpid()
     job.run([w2])
     assert job.save_step(root) != first  # the same job saves on under its lock
+    assert Job(small_spec()).save_step(root).endswith("step-000000000")  # and the process's
     r = subprocess.run([sys.executable, "-m", "recs_core", "train", "--config",
                         str(CONFIGS / "criteo_dlrm.toml"), "--data", str(w1), "--save",
                         str(root)], capture_output=True, text=True, cwd=ROOT, timeout=120)

@@ -15,10 +15,10 @@ Checkpoints: ``recs_core.train.saving`` (format: docs/CHECKPOINT_FORMAT.md).
 
 from __future__ import annotations
 
+import atexit
 import os
 import resource
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -56,6 +56,9 @@ from recs_core.train.scores import RankScores, Scores, check_id_column, column_a
 from recs_core.train.window import Window, data_arguments, skip_steps
 
 T = TypeVar("T")
+# this process's save-directory locks (rank 0's), by absolute path: a process is one job to
+# another (a lock names its process), so every Job of a process shares them
+_SAVE_LOCKS: dict[str, SaveLock] = {}
 
 
 class Job:
@@ -83,8 +86,7 @@ class Job:
                           if self.world.size > 1 else None)
         self._reader: Reader | None = None
         self._input_warnings: list[str] = []  # from the data arguments, for the next report
-        # the save directories this job locked (absolute path: rank 0's lock, None on the
-        # other ranks), or that were locked for it (recs train's --save)
+        # the save directories this job saved into, by absolute path: rank 0's lock
         self.save_locks: dict[str, SaveLock | None] = {}
 
     @classmethod
@@ -402,23 +404,32 @@ class Job:
 
         return StepHook(every, fn)
 
-    def claim_save_root(self, root: str | os.PathLike) -> None:
-        """Check and lock ``root`` for this job's ``step-*`` checkpoints as ``--save`` does
-        (collective; rank 0 holds the lock), unless this job holds it already (in
-        :attr:`save_locks`). Held until :meth:`close` (or the process ends)."""
+    def claim_save_root(self, root: str | os.PathLike, lock: SaveLock | None = None) -> None:
+        """Check and lock ``root`` for ``step-*`` checkpoints as ``--save`` does, unless this
+        process holds its lock already (collective; rank 0 holds it, for every job of the
+        process, until :meth:`close` or the process ends); ``lock``: rank 0's lock, taken
+        for the job already (``recs train``'s)."""
         key = os.path.abspath(root)
-        if key not in self.save_locks:
-            rank0 = self.world.rank == 0
-            lock = self.world.everyone(lambda: claim_outputs(root, None) if rank0 else None)
-            self.save_locks[key] = lock
-            if lock is not None:
-                weakref.finalize(self, lock.release)
+        rank0 = self.world.rank == 0
+
+        def claim() -> SaveLock | None:
+            if not rank0:
+                return None
+            held = lock or _SAVE_LOCKS.get(key)
+            if held is None or not held.held:
+                held = claim_outputs(root, None)
+                atexit.register(held.release)
+            _SAVE_LOCKS[key] = held
+            return held
+
+        self.save_locks[key] = self.world.everyone(claim)
 
     def close(self) -> None:
-        """Release the save directories' locks (:meth:`claim_save_root`)."""
-        for lock in self.save_locks.values():
-            if lock is not None:
-                lock.release()
+        """Release the locks of the save directories this job saved into."""
+        for key in self.save_locks:
+            held = _SAVE_LOCKS.pop(key, None)
+            if held is not None:
+                held.release()
         self.save_locks.clear()
 
     def _save(self, path: str | None = None, *, root: str | None = None,
