@@ -12,6 +12,11 @@ features` on the 1x and a 10x file (the 1x file's row groups written 10 times), 
 
     python bench/bench_parquet.py --rows 1000000 --reps 3 [--lock /work/cpu.lock]
     python bench/bench_parquet.py --rows 200000 --breakdown   # seconds per step
+    python bench/bench_parquet.py --row-groups 2000 --reps 5  # one-row row groups
+
+``--row-groups N``: files of N/4, N/2 and N one-row row groups (a streaming writer's
+file) read by the reader (one rank, a whole pass) against pyarrow's own read of the same
+columns (``pq.read_table``), interleaved; the reader's rows/s should not fall with N.
 """
 
 from __future__ import annotations
@@ -212,6 +217,43 @@ def breakdown(text: Path, par: Path, lock: str | None) -> dict:
         }
 
 
+def small_row_groups(tmp: Path, n: int, reps: int) -> dict:
+    """Seconds (medians) of the reader and of pyarrow over files of one-row row groups."""
+    from recs_core.data.parquet import ParquetReader
+    from recs_core.features.spec import load_spec
+
+    schema = load_spec(CONFIG).schema
+    cols = list(schema.names)
+    text = tmp / "rows.txt"
+    subprocess.run([str(BIN / "recs"), "gen", "--rows", str(n), "--seed", "1", "--out",
+                    str(text), "--quiet"], check=True, capture_output=True)
+    lines = text.read_bytes().splitlines(keepends=True)
+    files = {}
+    for k in (n // 4, n // 2, n):
+        part, files[k] = tmp / f"rows{k}.txt", tmp / f"rows{k}.parquet"
+        part.write_bytes(b"".join(lines[:k]))
+        subprocess.run([str(BIN / "recs"), "convert", str(CONFIG), str(part), "-o",
+                        str(files[k]), "--row-group-rows", "1"], check=True,
+                       capture_output=True)
+    runs: dict[str, list[float]] = {f"{w} {k}": [] for k in files for w in ("recs", "pyarrow")}
+    sum(len(b) for b in ParquetReader([str(files[n // 4])], schema))  # load the kernels
+    for _ in range(reps):
+        for k, par in files.items():
+            t0 = time.perf_counter()
+            rows = sum(len(b) for b in ParquetReader([str(par)], schema, batch_rows=2048))
+            runs[f"recs {k}"].append(time.perf_counter() - t0)
+            assert rows == k, (rows, k)
+            t0 = time.perf_counter()
+            pq.read_table(par, columns=cols, use_threads=False)
+            runs[f"pyarrow {k}"].append(time.perf_counter() - t0)
+    med = {key: statistics.median(v) for key, v in runs.items()}
+    return {"row_groups": list(files), "reps": reps,
+            "seconds": {key: round(v, 4) for key, v in med.items()},
+            "recs_rows_per_sec": {k: round(k / med[f"recs {k}"]) for k in files},
+            "recs_over_pyarrow_time": {k: round(med[f"recs {k}"] / med[f"pyarrow {k}"], 2)
+                                       for k in files}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -221,9 +263,14 @@ def main() -> None:
     ap.add_argument("--no-rss", action="store_true", help="skip the 10x peak-RSS runs")
     ap.add_argument("--breakdown", action="store_true",
                     help="only the seconds of each step of both paths (in process)")
+    ap.add_argument("--row-groups", type=int, metavar="N",
+                    help="only the reader against pyarrow on files of one-row row groups")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="recs-bench-parquet-", dir=a.dir))
     try:
+        if a.row_groups:
+            print(json.dumps(small_row_groups(tmp, a.row_groups, a.reps)))
+            return
         text, par, big = tmp / "syn.txt", tmp / "syn.parquet", tmp / "syn10x.parquet"
         with locked(a.lock):
             subprocess.run([str(BIN / "recs"), "gen", "--rows", str(a.rows), "--seed", "1",

@@ -283,12 +283,14 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 def _train(a: argparse.Namespace, spec: Spec, world: World, save_root: str | None,
            lock: SaveLock | None) -> int:
-    """The training of ``recs train`` once its outputs are claimed."""
+    """The training of ``recs train`` once its outputs are claimed (``lock``: rank 0's
+    lock of the save directory)."""
     from recs_core.train.job import Job, config_text
 
     job = Job(spec, world=world)
     job.config_text = config_text(a.config)
-    job.save_lock = lock
+    if save_root:
+        job.claim_save_root(save_root, lock)
     resumed = None
     if a.resume:
         from recs_core.train.saving import find_checkpoint
@@ -342,7 +344,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, nargs="+", help=_DATA_HELP)
     p.add_argument("--out", required=True, metavar="FILE",
                    help="FILE.csv or FILE.parquet: the rows' ids or positions and their "
-                   "'probability'; written by rank 0, atomically")
+                   "'probability'; written by rank 0, aside then renamed; refused when it is "
+                   "one of the inputs, or exists (unless --overwrite), checked first")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out file (never one of the inputs)")
     p.add_argument("--id-column", metavar="NAME",
                    help="a column of the spec's [input] to write with each score (default: "
                    "'position', the row's 0-based index in the data: files in --data order, "
@@ -354,6 +359,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_predict(a: argparse.Namespace) -> int:
     from recs_core.comm.world import mpi_world
+    from recs_core.data.sources import expand_sources
     from recs_core.features.spec import load_spec
     from recs_core.train.job import Job
     from recs_core.train.saving import find_checkpoint
@@ -362,7 +368,8 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     _set_comm_timeout(a)
     spec = load_spec(a.config)
     world = mpi_world()
-    world.everyone(lambda: check_output(a.out) if world.rank == 0 else None)
+    world.everyone(lambda: check_output(a.out, expand_sources(a.data), a.overwrite)
+                   if world.rank == 0 else None)
     if a.id_column is not None:
         check_id_column(spec.schema, a.id_column)
     from recs_core.follow.publish import is_version_dir
@@ -432,8 +439,12 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                        "str string; missing values as nulls; snappy). Reading it with the same "
                        "config gives the same rows and features.")
     p.add_argument("config", help="feature spec TOML describing the text input")
-    p.add_argument("inputs", nargs="+", help="text input files (plain or .gz)")
-    p.add_argument("-o", "--out", required=True, help="Parquet file to write")
+    p.add_argument("inputs", nargs="+", help="text input files (plain, .gz or .zst)")
+    p.add_argument("-o", "--out", required=True,
+                   help="Parquet file to write (aside, then renamed); refused when it is one "
+                   "of the inputs, or exists (unless --overwrite), checked first")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing -o file (never one of the inputs)")
     p.add_argument("--row-group-rows", type=int, default=DEFAULT_ROW_GROUP_ROWS, metavar="N",
                    help=f"rows per row group (default {DEFAULT_ROW_GROUP_ROWS})")
     _add_policy_args(p)
@@ -451,7 +462,7 @@ def _cmd_convert(a: argparse.Namespace) -> int:
     if parquet:
         raise RecsError(f"{parquet[0]}: is Parquet input already; recs convert reads text")
     st = convert_to_parquet(a.inputs, spec.schema, a.out, policy=_policy(a, spec),
-                            row_group_rows=a.row_group_rows)
+                            row_group_rows=a.row_group_rows, overwrite=a.overwrite)
     if st.bad_rows:
         print(f"recs: skipped {sum(st.bad_rows.values())} bad line(s): "
               + ", ".join(f"{k}={v}" for k, v in sorted(st.bad_rows.items())), file=sys.stderr)

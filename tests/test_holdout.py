@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recs_core.data import reader as reader_mod
+from recs_core.data import decompress, shards
 from recs_core.data.bad_rows import BadRowPolicy
 from recs_core.data.parse import COL_INT, COL_LABEL, COL_STR, ColumnSchema
 from recs_core.data.reader import ShardReader
@@ -118,16 +118,21 @@ def test_cut_at_every_line_start_and_next_to_it(tmp_path: Path, world: int) -> N
             assert (train, held) == reference(files, world, r, h), (r, target)
 
 
-def test_gz_split_is_a_prefix_and_a_suffix(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("block", [None, 700])
+def test_gz_split_is_a_prefix_and_a_suffix(tmp_path: Path, block: int | None,
+                                           monkeypatch) -> None:  # noqa: ANN001
     """.gz positions are approximate, so: train + held = the rank's rows in order, for
-    every fraction, chunk size and zlib schedule, with the same split on every call."""
+    every fraction, chunk size and zlib schedule, with the same split on every call; with
+    a file in one range per rank, or in ranges of 700 bytes dealt to the ranks in turn."""
+    if block is not None:
+        monkeypatch.setattr(shards, "COMPRESSED_BLOCK", block)
     files = [write(tmp_path / "a.txt", rows_text(range(0, 200))),
              write(tmp_path / "g1.gz", rows_text(range(200, 1200), seed=1), gz=True),
              write(tmp_path / "g2.gz", rows_text(range(1200, 1500), seed=2), gz=True),
              write(tmp_path / "e.gz", b"")]
     for sched in ((64 << 10, 256 << 10), (64, 256), (1000, 77)):
-        monkeypatch.setattr(reader_mod, "_Z_READ", sched[0])
-        monkeypatch.setattr(reader_mod, "_Z_OUT", sched[1])
+        monkeypatch.setattr(decompress, "Z_READ", sched[0])
+        monkeypatch.setattr(decompress, "Z_OUT", sched[1])
         for world in (1, 2, 3, 4):
             whole = [read_both(files, world, r, 0.0)[0] for r in range(world)]
             assert sorted(i for w in whole for i in w) == list(range(1500))
@@ -146,8 +151,8 @@ def test_gz_held_fraction_is_close_to_the_bytes_fraction(tmp_path: Path,
                                                          monkeypatch) -> None:  # noqa: ANN001
     g = write(tmp_path / "g.gz", rows_text(range(40_000), seed=3), gz=True)
     for sched in ((64 << 10, 256 << 10), (64, 256)):
-        monkeypatch.setattr(reader_mod, "_Z_READ", sched[0])
-        monkeypatch.setattr(reader_mod, "_Z_OUT", sched[1])
+        monkeypatch.setattr(decompress, "Z_READ", sched[0])
+        monkeypatch.setattr(decompress, "Z_OUT", sched[1])
         for h in (0.1, 0.5, 0.9):
             train, held, r = read_both([g], 1, 0, h, chunk=1 << 16, batch=4096)
             assert r.shard_bytes == g.stat().st_size
@@ -163,19 +168,24 @@ def test_gz_cut_does_not_depend_on_how_the_stream_is_read(tmp_path: Path) -> Non
     found = set()
     for step in (1, 7, 4096, 1 << 20):
         with open(g, "rb") as f:
-            s = reader_mod._Decompressed(f, "gzip", cut)
+            s = decompress.Decompressed(f, "gzip", [cut])
             buf = bytearray(step)
             out = bytearray()
             while n := (s.readline(step) if step == 7 else s.readinto(memoryview(buf))):
                 out += n if step == 7 else buf[:n]
             assert bytes(out) == data
-            found.add(s.cut_at)
-    assert len(found) == 1 and 0 < found.pop() < len(data)
-    with open(g, "rb") as f:  # skip_to_cut lands on the first line at or after cut_at
-        s = reader_mod._Decompressed(f, "gzip", cut)
-        lfs, pos = s.skip_to_cut()
-        assert pos >= s.cut_at and data[pos - 1] == 10 and data[:pos].count(b"\n") == lfs
-        assert data[s.cut_at - 1:pos].count(b"\n") <= 1
+            found.add(s.offset_of(cut))
+    assert len(found) == 1 and 0 < (at := found.pop()) < len(data)
+    with open(g, "rb") as f:  # skip_to lands on the first line at or after offset_of(cut)
+        s = decompress.Decompressed(f, "gzip", [cut])
+        lfs, pos = s.skip_to(cut)
+        assert pos >= at and data[pos - 1] == 10 and data[:pos].count(b"\n") == lfs
+        assert data[at - 1:pos].count(b"\n") <= 1
+        line = s.readline()  # bytes given back are read again, then the stream goes on
+        s.unread(line[5:])
+        s.unread(line[:5])
+        assert s.readline() == line and s.tell() == pos + len(line)
+        assert s.skip_to(cut) == (0, s.tell())  # a cut already passed: nothing to skip
 
 
 def bad_lines_file(tmp_path: Path, gz: bool) -> Path:
@@ -189,8 +199,9 @@ def bad_lines_file(tmp_path: Path, gz: bool) -> Path:
 
 @pytest.mark.parametrize("gz", [False, True])
 def test_bad_lines_are_counted_once(tmp_path: Path, gz: bool, monkeypatch) -> None:  # noqa: ANN001
-    monkeypatch.setattr(reader_mod, "_Z_READ", 64)
-    monkeypatch.setattr(reader_mod, "_Z_OUT", 256)
+    monkeypatch.setattr(decompress, "Z_READ", 64)
+    monkeypatch.setattr(decompress, "Z_OUT", 256)
+    monkeypatch.setattr(shards, "COMPRESSED_BLOCK", 300)  # several ranges a rank
     p = bad_lines_file(tmp_path, gz)
     for world in (1, 2, 3, 4):
         for h in HOLDOUTS:
@@ -211,8 +222,8 @@ def test_bad_lines_are_counted_once(tmp_path: Path, gz: bool, monkeypatch) -> No
 @pytest.mark.parametrize("gz", [False, True])
 def test_fail_policy_raises_in_the_stream_holding_the_line(tmp_path: Path, gz: bool,
                                                            monkeypatch) -> None:  # noqa: ANN001
-    monkeypatch.setattr(reader_mod, "_Z_READ", 64)
-    monkeypatch.setattr(reader_mod, "_Z_OUT", 256)
+    monkeypatch.setattr(decompress, "Z_READ", 64)
+    monkeypatch.setattr(decompress, "Z_OUT", 256)
     lines = rows_text(range(200)).decode().splitlines()
     lines[189] = "1\t3"
     p = write(tmp_path / ("f.gz" if gz else "f.txt"), ("\n".join(lines) + "\n").encode(), gz=gz)
@@ -284,7 +295,7 @@ def test_empty_and_wholly_held_out_shards(tmp_path: Path) -> None:
 
 
 def test_gzip_members_padding_and_truncation(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
-    monkeypatch.setattr(reader_mod, "_Z_READ", 100)
+    monkeypatch.setattr(decompress, "Z_READ", 100)
     g = tmp_path / "m.gz"
     g.write_bytes(gzip.compress(rows_text(range(300))) + b"\0" * 300
                   + gzip.compress(rows_text(range(300, 500), seed=1)))
@@ -320,4 +331,4 @@ def test_held_out_memory_stays_bounded(tmp_path: Path) -> None:
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         assert n + m == 200_000 and abs(m / 200_000 - 0.5) < 0.02
-        assert peak < 20 * chunk + 4 * reader_mod._Z_OUT, (gz, peak)
+        assert peak < 20 * chunk + 4 * decompress.Z_OUT, (gz, peak)

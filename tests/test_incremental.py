@@ -57,7 +57,9 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(head, tmp_path: Path,
     train = 1200 - held_out_rows(head[0], 0.2)
     n = -(-train // 101)  # global steps: the training rows in batches of 101
     steps = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert steps == [f"step-{s:09d}" for s in sorted({*range(3, n + 1, 3), n})]
+    assert steps == [".recs-save.lock"] + [f"step-{s:09d}" for s in sorted({*range(3, n + 1, 3),
+                                                                          n})]
+    full.close()  # the job held its directory's lock (as --save does) until here
     assert out["window_steps"] == n and out["train_rows"] == train
     for at in (3, 9):
         job = Job(make())

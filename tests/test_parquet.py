@@ -287,11 +287,56 @@ def test_every_row_once_balanced_by_rows(shard_files: list[str], world: int) -> 
     assert max(counts) - min(counts) <= total / world / 4 + 1, counts
 
 
+def test_an_empty_parquet_file_is_warned_about_as_an_empty_text_file_is(tmp_path: Path) -> None:
+    write_groups(tmp_path / "e.parquet", [], 0)  # a valid file of no rows
+    write_groups(tmp_path / "f.parquet", [10], 0)
+    (tmp_path / "e.txt").write_bytes(b"")
+    schema = load_spec(SPEC).schema
+    for world in (1, 2):
+        for rank in range(world):
+            reader, warnings = open_input([tmp_path / "e.parquet", tmp_path / "f.parquet",
+                                           tmp_path / "e.txt"], schema, rank=rank, world=world)
+            assert warnings == [f"{tmp_path / 'e.txt'}: empty file (0 bytes)",
+                                f"{tmp_path / 'e.parquet'}: a Parquet file with no rows (0 "
+                                f"rows read)"]
+
+
 def test_fewer_row_groups_than_ranks_splits_by_rows(tmp_path: Path) -> None:
     write_groups(tmp_path / "one.parquet", [1000], 0)
     plan = ParquetInput.scan([str(tmp_path / "one.parquet")], load_spec(SPEC).schema).plan(3)
     assert [[(p.group, p.lo, p.hi) for p in parts] for parts in plan] == [
         [(0, 0, 333)], [(0, 333, 666)], [(0, 666, 1000)]]
+
+
+def test_many_small_row_groups_open_each_file_once_per_pass(tmp_path: Path,
+                                                             monkeypatch) -> None:  # noqa: ANN001
+    """2,000 one-row row groups (a streaming writer's file), and a file of larger ones: a
+    pass opens each file once (opening parses the whole footer: once per row group made
+    the reading quadratic in row groups), and reads every row once. The time against
+    pyarrow's own read: bench/bench_parquet.py --row-groups."""
+    write_groups(tmp_path / "small.parquet", [1] * 2000, 0)
+    write_groups(tmp_path / "big.parquet", [500, 500], 2000)
+    paths = [str(tmp_path / "small.parquet"), str(tmp_path / "big.parquet")]
+    opened: list[str] = []
+
+    class Counted(pq.ParquetFile):
+        def __init__(self, source, *args, **kw) -> None:  # noqa: ANN001
+            assert str(source) not in opened, f"{source} opened again in one pass"
+            opened.append(str(source))
+            super().__init__(source, *args, **kw)
+
+    schema = load_spec(SPEC).schema
+    for world in (1, 2):
+        ids = []
+        for rank in range(world):
+            r = ParquetReader(paths, schema, rank=rank, world=world, batch_rows=64,
+                              holdout=0.25)
+            monkeypatch.setattr(pq, "ParquetFile", Counted)
+            for stream in (r, r.held_out()):
+                ids += row_ids(stream)
+                opened.clear()
+            monkeypatch.undo()
+        assert sorted(ids) == list(range(3000))
 
 
 @pytest.mark.parametrize("holdout", [0.1, 0.5])
@@ -484,9 +529,48 @@ def test_recs_convert_command(tmp_path: Path, sample_1200: Path) -> None:
     md = pq.ParquetFile(out).metadata
     assert [md.row_group(g).num_rows for g in range(3)] == [500, 500, 200]
     assert pq.ParquetFile(out).schema_arrow.field("I1").type == pa.int64()
-    r = recs("convert", str(SPEC), str(bad), "-o", str(out), "--on-error", "fail")
+    kept = out.read_bytes()
+    r = recs("convert", str(SPEC), str(bad), "-o", str(out), "--on-error", "fail",
+             "--overwrite")
     assert r.returncode == 2 and "bad.txt:601: field_count" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    assert out.read_bytes() == kept  # written aside: the old file stays whole
     r = recs("features", "--config", str(SPEC), "--data", str(out), "--quiet")
     assert r.returncode == 0 and '"rows": 1200' in r.stdout
 
+
+
+def test_recs_convert_refuses_its_inputs_existing_files_and_directories_first(
+        tmp_path: Path, sample_1200: Path) -> None:
+    """-o naming an input (also under another name), an existing file without
+    --overwrite, or a directory: one line, rc 2, before any row is read (the input a
+    bad file that --on-error fail would stop at), nothing written; --overwrite replaces a
+    file with the whole new one and leaves no temporary file."""
+    text = tmp_path / "logs.txt"
+    text.write_bytes(sample_1200.read_bytes())
+    bad = tmp_path / "bad.txt"
+    bad.write_text("not\ta\trow\n")
+    (tmp_path / "alias.txt").symlink_to(text)
+    old = tmp_path / "old.parquet"
+    old.write_bytes(b"old")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    cases = {str(text): f"-o {text}: is one of the inputs ({text}): writing it would "
+                        f"destroy them; give another file name",
+             str(tmp_path / "alias.txt"): f"-o {tmp_path / 'alias.txt'}: is one of the "
+                                          f"inputs ({text}): writing",
+             str(old): f"-o {old}: exists: give a new file name, or --overwrite to replace it",
+             str(tmp_path): f"-o {tmp_path}: is a directory: give a file name"}
+    for out, want in cases.items():
+        for more in ((), ("--overwrite",)):
+            if more and out == str(old):
+                continue
+            r = recs("convert", str(SPEC), str(bad), str(text), "-o", out, "--on-error",
+                     "fail", *more)
+            assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+            assert r.stderr.startswith(f"recs: error: {want}"), r.stderr
+    assert text.read_bytes() == sample_1200.read_bytes() and old.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    r = recs("convert", str(SPEC), str(text), "-o", str(old), "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert pq.read_table(old).num_rows == 1200
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

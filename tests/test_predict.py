@@ -169,8 +169,8 @@ def test_several_ranks_give_the_one_rank_scores(setup: dict, n: int) -> None:
     assert ids.astype(np.int64).tolist() == list(range(1200))
     assert np.array_equal(ids, ids1)
     assert_n_ranks_close(probs, p1, f"scores on {n} ranks")
-    # one compressed file: read whole by one rank, the others score empty batches
-    r = predict(setup, "--out", str(out), "--id-column", "I1", n=n,
+    # one compressed file: shared by the ranks
+    r = predict(setup, "--out", str(out), "--id-column", "I1", "--overwrite", n=n,
                 data=setup["window"] / PARTS[2])
     assert r.returncode == 0, r.stderr
     _, ids, probs = read_csv(out)
@@ -205,6 +205,39 @@ def test_bad_arguments_are_one_line(setup: dict, tmp_path: Path, case: str) -> N
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
 
 
+def test_an_output_that_is_an_input_or_exists_is_refused_before_the_work(
+        setup: dict, tmp_path: Path) -> None:
+    """--out naming one of the inputs (as given, found in a --data directory, or a second
+    name of it) is refused, even with --overwrite; an existing file is replaced only with
+    --overwrite. Refused at once (no model loaded, nothing scored), the files unchanged."""
+    text = tmp_path / "d" / "w.csv"
+    text.parent.mkdir()
+    text.write_text("".join(setup["lines"][:50]))
+    (tmp_path / "alias.csv").symlink_to(text)
+    before = text.read_bytes()
+    base = ["predict", "--config", str(setup["cfg"]), "--model", str(tmp_path / "no-model")]
+    for data, out in ((text, text), (text.parent, text), (text, tmp_path / "alias.csv")):
+        for more in ((), ("--overwrite",)):
+            r = recs(*base, "--data", str(data), "--out", str(out), *more)
+            assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+            assert r.stderr.startswith(f"recs: error: --out {out}: is one of the inputs "
+                                       f"({text}): writing it would destroy them"), r.stderr
+    assert text.read_bytes() == before
+    old = tmp_path / "old.csv"
+    old.write_text("old\n")
+    r = recs(*base, "--data", str(text), "--out", str(old))
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"recs: error: --out {old}: exists: give a new file name, or --overwrite to replace it")
+    assert old.read_text() == "old\n"
+    rows = tmp_path / "rows.txt"  # (a .csv name reads as commas)
+    rows.write_bytes(before)
+    r = predict(setup, "--out", str(old), "--overwrite", data=rows)
+    assert r.returncode == 0, r.stderr
+    assert read_csv(old)[1].astype(np.int64).tolist() == list(range(50))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alias.csv", "d", "old.csv",
+                                                          "rows.txt"]
+
+
 def test_a_failed_write_is_one_line_and_keeps_the_old_file(
         setup: dict, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     from recs_core.cli import main
@@ -222,7 +255,7 @@ def test_a_failed_write_is_one_line_and_keeps_the_old_file(
 
     monkeypatch.setattr(scores, "atomic_write", full_disk)
     args = ["predict", "--config", str(setup["cfg"]), "--model", str(setup["model"]),
-            "--data", str(setup["window"]), "--out", str(out)]
+            "--data", str(setup["window"]), "--out", str(out), "--overwrite"]
     assert main(args) == 2
     assert capsys.readouterr().err.strip() == (f"recs: error: --out {out}: cannot write: No "
                                                f"space left on device")
@@ -286,7 +319,7 @@ def test_a_mixed_window_is_scored_in_window_order(setup: dict, mixed: Path, n: i
     _, ids, probs = read_csv(out)
     assert ids.astype(np.int64).tolist() == list(range(1200))
     assert_n_ranks_close(probs, p1, f"mixed window's scores on {n} ranks")
-    r = predict(setup, "--out", str(out), n=n, data=mixed)
+    r = predict(setup, "--out", str(out), "--overwrite", n=n, data=mixed)
     assert r.returncode == 0, r.stderr
     _, pos, _ = read_csv(out)
     assert pos.astype(np.int64).tolist() == list(range(1200))

@@ -4,6 +4,7 @@ range boundaries, gzip, bad-input policy with file and line, bounded memory."""
 from __future__ import annotations
 
 import gzip
+import json
 import tracemalloc
 from collections import Counter
 from pathlib import Path
@@ -11,11 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recs_core.data import decompress, shards
 from recs_core.data.bad_rows import BadRowPolicy
-from recs_core.data.parse import COL_INT, COL_LABEL, COL_STR, ColumnSchema
+from recs_core.data.parse import COL_INT, COL_LABEL, COL_STR, ColumnSchema, TextFormat
 from recs_core.data.reader import ShardReader, count_lines_before
 from recs_core.data.shards import plan_shards
 from recs_core.errors import DataError
+from tests.conftest import ROOT, run_mpi
+from tests.test_sources import zst
 
 SCHEMA = ColumnSchema(("label", "n", "s"), (COL_LABEL, COL_INT, COL_STR), (8, 24, 64))
 
@@ -68,16 +72,143 @@ def test_batches_are_full_except_the_last(tmp_path: Path) -> None:
     assert sizes == [16] * 6 + [4]
 
 
-def test_plan_gives_gz_whole_files_and_plain_ranges(tmp_path: Path) -> None:
+def test_plan_cuts_every_file_into_ranges(tmp_path: Path) -> None:
+    """Plain files: one byte range per rank; compressed ones: ranges of about ``block``
+    compressed bytes dealt to the ranks in turn (block 0: one per rank). Together each
+    file's ranges cover it once; one rank gets each file whole."""
     a = write_rows(tmp_path / "a.txt", range(100))
-    g1 = write_rows(tmp_path / "g1.gz", range(1000), gz=True)
+    g1 = write_rows(tmp_path / "g1.gz", range(3000), gz=True)
     g2 = write_rows(tmp_path / "g2.gz", range(10), gz=True)
-    plan = plan_shards([str(a), str(g1), str(g2)], 2)
-    gz_owners = {s.path: r for r, spans in enumerate(plan) for s in spans if s.codec}
-    assert set(gz_owners) == {str(g1), str(g2)} and gz_owners[str(g1)] != gz_owners[str(g2)]
-    ranges = sorted((s.start, s.end) for spans in plan for s in spans if not s.codec)
-    assert ranges[0][0] == 0 and ranges[-1][1] == a.stat().st_size
-    assert ranges[0][1] == ranges[1][0]
+    files = [str(a), str(g1), str(g2)]
+    size = {p: Path(p).stat().st_size for p in files}
+    for world in (1, 2, 3):
+        for block in (0, 1000, 1 << 20):
+            plan = plan_shards(files, world, block)
+            for p in files:
+                ranges = sorted((s.start, s.end, r) for r, spans in enumerate(plan)
+                                for s in spans if s.path == p)
+                assert ranges[0][0] == 0 and ranges[-1][1] == size[p]
+                assert all(x[1] == y[0] and x[2] != y[2] for x, y in zip(ranges, ranges[1:]))
+                blocks = 1 if p == str(a) or not block else -(-size[p] // (world * block))
+                assert len(ranges) == min(world * blocks, size[p]) if world > 1 else 1
+                if p == str(g1) and block == 1000 and world > 1:
+                    assert size[p] > 3 * world * block  # several ranges per rank
+                    assert max(e - s for s, e, _ in ranges) <= block + 1
+            for spans in plan:  # in window order
+                assert spans == sorted(spans, key=lambda s: (files.index(s.path), s.start))
+
+
+def compressed(path: Path, text: bytes) -> Path:
+    path.write_bytes(gzip.compress(text) if path.suffix == ".gz" else zst(text, frames=2))
+    return path
+
+
+# (suffix, rows, block): a zstd position is only as fine as a zstd block (its output comes
+# at once, after its compressed bytes were read) plus Arrow's read-ahead (~64 KiB): more
+# rows and larger ranges for it, and a looser share
+SHARED = [(".gz", 6000, 300, 0.1), (".zst", 60_000, 20_000, 0.35)]
+
+
+@pytest.mark.parametrize("suffix,rows,small,share", SHARED)
+@pytest.mark.parametrize("block", ["small", 0, None])
+def test_compressed_files_are_shared_by_the_ranks(tmp_path: Path, suffix: str, rows: int,
+                                                  small: int, share: float, block,  # noqa: ANN001
+                                                  monkeypatch) -> None:  # noqa: ANN001
+    """A compressed file is read by every rank, each its share of the rows (ranges of
+    ``block`` compressed bytes dealt in turn; 0: one per rank; None: the default): the
+    rows of the plain file, each once, in file order on each rank; every rank
+    decompresses up to its last range and hands over only its own lines."""
+    if suffix == ".gz":  # many pieces, each position range narrow
+        monkeypatch.setattr(decompress, "Z_READ", 97)
+        monkeypatch.setattr(decompress, "Z_OUT", 1000)
+    if block is not None:
+        monkeypatch.setattr(shards, "COMPRESSED_BLOCK", small if block == "small" else block)
+    rng = np.random.default_rng(1)
+    text = "".join(f"{i % 2}\t{i}\t{'x' * (i % 37)}{rng.integers(1 << 30):x}\n"
+                   for i in range(rows)).encode()
+    plain = tmp_path / "a.txt"
+    plain.write_bytes(text)
+    f = compressed(tmp_path / f"a{suffix}", text)
+    want = read_ids([plain], 1, 0, check=False)
+    for world in (2, 3, 4, 1):
+        for chunk in (256, 1 << 16):
+            got, spent = [], []
+            for r in range(world):
+                reader = ShardReader([str(f)], SCHEMA, rank=r, world=world, batch_rows=7,
+                                     chunk_bytes=chunk)
+                ids = [i for b in reader for i in b.ints[:, 0].tolist()]
+                assert ids == sorted(ids) and reader.counter.lines == len(ids)
+                assert abs(len(ids) - rows / world) <= share * rows / world, (world, r)
+                got.append(ids)
+                spent.append(reader.decompressed)
+            assert sorted(i for ids in got for i in ids) == want
+            assert sum(s["kept_bytes"] for s in spent) == len(text)
+            assert spent[-1]["bytes"] == len(text)  # the last rank decompresses it all
+            if block == "small" and world > 1:  # interleaved: every rank decompresses
+                assert all(s["bytes"] > 0.8 * len(text) for s in spent)  # (nearly) all
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".zst"])
+@pytest.mark.parametrize("header", [False, True])
+def test_bad_lines_of_a_shared_compressed_file_are_named(tmp_path: Path, suffix: str,
+                                                         header: bool, monkeypatch) -> None:  # noqa: ANN001
+    """On every rank, a bad line of a compressed file read in ranges is named by its line
+    in the file (the header line counted), by the one rank that reads it."""
+    monkeypatch.setattr(shards, "COMPRESSED_BLOCK", 200)
+    schema = ColumnSchema(SCHEMA.names, SCHEMA.kinds, SCHEMA.max_bytes,
+                          text=TextFormat(header=header))
+    for bad in (0, 57, 640, 1999):
+        lines = [f"{i % 2}\t{i}\t{'q' * (i % 11)}" for i in range(2000)]
+        lines[bad] = f"1\t{bad}x\tbad"
+        head = "label\tn\ts\n" if header else ""
+        f = compressed(tmp_path / f"b{bad}{suffix}", (head + "\n".join(lines) + "\n").encode())
+        raised = []
+        for world in (2, 3):
+            for r in range(world):
+                reader = ShardReader([str(f)], schema, rank=r, world=world, chunk_bytes=512,
+                                     policy=BadRowPolicy("fail"))
+                try:
+                    list(reader)
+                except DataError as e:
+                    raised.append(str(e))
+        line = bad + 1 + header
+        assert raised == [f"bad input: {f}:{line}: bad_int in column n (use --on-error skip "
+                          f"to skip bad lines)"] * 2, (bad, raised)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("ranks,block", [(2, None), (3, 20_000)])
+def test_a_compressed_window_on_n_ranks_trains_like_the_plain_file(
+        tmp_path: Path, sample_1200: Path, ranks: int, block: int | None) -> None:
+    """The 1,200 real rows as one plain, one .gz and one .zst file, on 2 ranks (a range
+    per rank) and 3 (ranges of 20 kB dealt in turn): every row read once over the ranks
+    (the rows' CRCs), the same steps of the configured global batch, the hold-out about
+    the same, each rank's decompression reported, and the scores in row order."""
+    text = sample_1200.read_bytes()
+    files = [tmp_path / "w.txt", tmp_path / "w.txt.gz", tmp_path / "w.txt.zst"]
+    files[0].write_bytes(text)
+    files[1].write_bytes(gzip.compress(text))
+    files[2].write_bytes(zst(text))
+    size = str(shards.COMPRESSED_BLOCK if block is None else block)
+    r = run_mpi(ranks, [str(ROOT / "tests" / "mpi" / "compressed_check.py"), size,
+                        *map(str, files)], timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    plain = out[str(files[0])]
+    assert len(plain["crcs"]) == 1200 and plain["decompression"] is None
+    for f in files[1:]:
+        got = out[str(f)]
+        assert got["crcs"] == plain["crcs"]  # every row, once
+        assert all(abs(n - 1200 / ranks) < 0.05 * 1200 for n in got["rows_per_rank"])
+        steps = got["rows_per_step"]
+        assert len(steps) == len(plain["rows_per_step"]) == got["figures"]["window_steps"]
+        assert steps[:-1] == plain["rows_per_step"][:-1] == [101] * (len(steps) - 1)
+        assert got["figures"]["rows"] == 1200 and got["figures"]["world_size"] == ranks
+        assert abs(got["figures"]["eval_rows"] - plain["figures"]["eval_rows"]) <= 24
+        spent = got["decompression"]
+        assert len(spent["decompressed_mb"]) == ranks
+        assert all(p < d for p, d in zip(spent["parsed_mb"], spent["decompressed_mb"]))
+    assert max(plain["scores_differ"]) < 1e-5
 
 
 def test_crlf_file(tmp_path: Path) -> None:

@@ -5,14 +5,17 @@ as a one-line error (rc 2, no traceback) or a counted skip."""
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import tomllib
 
 from tests.conftest import CONFIGS, SAMPLES, run_mpi
 from tests.test_cli import last_json, recs
+from tests.test_sources import zst
 
 AVAZU = SAMPLES / "avazu" / "train.csv"
 ML = SAMPLES / "ml100k" / "ratings_train.inter"
@@ -68,6 +71,56 @@ def test_two_ranks_on_the_samples(config: str, data: Path, rows: int) -> None:
     out = last_json(r.stdout)
     assert out["world_size"] == 2 and out["train_rows"] + out["eval_rows"] == rows
     assert out["eval_auc"] > 0.6, out
+
+
+# the figures of a pass that depend on every row and its order (not on timing)
+SAME = ("rows", "train_rows", "eval_rows", "train_logloss", "progressive_auc", "bad_rows",
+        "window_steps", "global_step")
+
+
+@pytest.mark.parametrize("config,data,rows", [("avazu.toml", AVAZU, 8087),
+                                              ("movielens.toml", ML, 10_000)])
+def test_compressed_samples_with_headers_read_like_the_plain_files(
+        tmp_path: Path, config: str, data: Path, rows: int) -> None:
+    """.gz and .zst copies of a sample (a header line; Avazu's CSV layout, MovieLens' TSV
+    with a label rule) in every command: `train` gives the plain file's figures (one
+    rank, no hold-out: the same rows in the same order), `features` its counts,
+    `predict` its scores file byte for byte, `convert` its Parquet table."""
+    cfg = str(CONFIGS / config)
+    lines = data.read_bytes().splitlines(keepends=True)[:rows + 1]
+    plain = tmp_path / data.name
+    plain.write_bytes(b"".join(lines))
+    files = {".zst": zst(plain.read_bytes(), 2), ".gz": gzip.compress(plain.read_bytes())}
+    for suffix, content in files.items():
+        (tmp_path / (data.name + suffix)).write_bytes(content)
+
+    def run_all(path: Path, tag: str) -> tuple[dict, dict, bytes, object]:
+        model = tmp_path / "model"
+        r = recs("train", "--config", cfg, "--data", str(path), "--quiet",
+                 *(("--save", str(model)) if tag == "plain" else ()), timeout=300)
+        assert r.returncode == 0, (tag, r.stderr)
+        trained = last_json(r.stdout)
+        r = recs("features", "--config", cfg, "--data", str(path), "--quiet")
+        assert r.returncode == 0, (tag, r.stderr)
+        feats = last_json(r.stdout)
+        scores = tmp_path / f"scores-{tag}.csv"
+        r = recs("predict", "--config", cfg, "--model", str(model), "--data", str(path),
+                 "--out", str(scores))
+        assert r.returncode == 0, (tag, r.stderr)
+        table = tmp_path / f"{tag}.parquet"
+        r = recs("convert", cfg, str(path), "-o", str(table))
+        assert r.returncode == 0, (tag, r.stderr)
+        return trained, feats, scores.read_bytes(), pq.read_table(table)
+
+    want = run_all(plain, "plain")
+    assert want[0]["rows"] == want[1]["rows"] == rows and want[0]["bad_rows"] == {}
+    for suffix in files:
+        got = run_all(tmp_path / (data.name + suffix), suffix[1:])
+        assert {k: got[0][k] for k in SAME} == {k: want[0][k] for k in SAME}, suffix
+        assert len(got[0]["decompression"]["decompressed_mb"]) == 1
+        assert {k: got[1][k] for k in ("rows", "lines", "bad_rows")} == {
+            k: want[1][k] for k in ("rows", "lines", "bad_rows")}
+        assert got[2] == want[2] and got[3].equals(want[3]), suffix
 
 
 # ---- bad input ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recs_core.data import reader as reader_mod
+from recs_core.data import decompress
 from recs_core.data.parse import COL_FLOAT, COL_INT, COL_LABEL, COL_STR, ColumnSchema
 from recs_core.data.reader import ShardReader
 from recs_core.data.sources import expand_sources, open_input
@@ -95,6 +95,43 @@ def test_globs(window, monkeypatch) -> None:  # noqa: ANN001
     assert expand_sources(["dt=*/hour=1?"]) == [os.path.relpath(w, root) for w in want[3:]]
 
 
+def test_files_being_written_are_skipped_with_a_warning(tmp_path: Path) -> None:
+    """In a walked directory or a glob's matches, files still being written (an upload's
+    ``.tmp`` cut mid-line, ``.inprogress``, an HDFS copy's ``._COPYING_``) are skipped and
+    named in one warning, checksums (``part-0.crc``) silently; a file named on its own
+    is read."""
+    root = tmp_path / "w"
+    put(root / "part-0.txt", rows_text(range(100)))
+    cut = put(root / "part-1.txt.tmp", rows_text(range(100, 200))[:-5])
+    put(root / "hour=2" / "part-2.txt.inprogress", rows_text(range(200, 300)))
+    put(root / "part-3.txt._COPYING_", rows_text(range(300, 400)))
+    put(root / "part-0.crc", b"\x00\x01 checksum")
+    for arg in (root, f"{root}/**/part-*"):
+        reader, warnings = open_input([arg], SCHEMA)
+        assert reader.paths == [str(root / "part-0.txt")]
+        assert ids_of(reader) == list(range(100)) and reader.counter.bad == 0
+        assert warnings == [f"{root}/hour=2/part-2.txt.inprogress and 2 more: skipped: still "
+                            f"being written (a .tmp, .inprogress, ._COPYING_ name)"]
+    reader, warnings = open_input([cut], SCHEMA)  # named: read (its cut line counted)
+    assert ids_of(reader) == list(range(100, 199)) and warnings == []
+    assert reader.counter.by_reason == {"truncated_last_line": 1}
+
+
+def test_a_glob_enters_each_directory_once(tmp_path: Path) -> None:
+    """``**`` through a symbolic link loop, and a second name of a directory: each
+    directory is entered once, so each file is found once (no "given more than once")."""
+    root = tmp_path / "w"
+    put(root / "a" / "x.txt", rows_text(range(10)))
+    put(root / "b" / "y.txt", rows_text(range(10, 20)))
+    (root / "a" / "loop").symlink_to(root)
+    (root / "c").symlink_to(root / "b")
+    pattern = f"{root}/**/*.txt"
+    assert expand_sources([pattern]) == [str(root / "a" / "x.txt"), str(root / "b" / "y.txt")]
+    reader, warnings = open_input([pattern], SCHEMA)
+    assert ids_of(reader) == list(range(20)) and warnings == []
+    assert expand_sources([f"{root}/c/*.txt"]) == [str(root / "c" / "y.txt")]
+
+
 def test_nothing_to_read_is_one_clear_error(window, tmp_path: Path) -> None:  # noqa: ANN001
     root, _ = window
     with pytest.raises(DataError, match=r"logs/nope-\*: no data file matches this pattern"):
@@ -172,7 +209,7 @@ def test_zst_reads_the_rows_of_the_plain_text(tmp_path: Path) -> None:
 def test_zst_hold_out_splits_the_rows_once(tmp_path: Path, h: float, monkeypatch) -> None:  # noqa: ANN001
     """A .zst hold-out cut (by compressed position, like .gz): train + held = every row
     in order, the held share near ``h``; the same on every read."""
-    monkeypatch.setattr(reader_mod, "_Z_READ", 4096)
+    monkeypatch.setattr(decompress, "ZSTD_READ", 4096)
     rng = np.random.default_rng(0)
     data = "".join(f"{i % 2}\t{i}\t{rng.integers(1 << 40):x}\n" for i in range(40_000)).encode()
     z = put(tmp_path / "a.zst", data)

@@ -30,6 +30,7 @@ from recs_core.errors import DataError
 from recs_core.features.graph import FeatureGraph
 from recs_core.features.spec import parse_spec
 from tests.conftest import CONFIGS
+from tests.test_sources import zst
 
 CSV = ColumnSchema(("y", "i", "s1", "s2", "f"), (COL_LABEL, COL_INT, COL_STR, COL_STR, COL_FLOAT),
                    (8, 24, 64, 64, 32), text=TextFormat(","))
@@ -207,6 +208,48 @@ def test_shards_with_headers_read_every_row_once(tmp_path: Path, world: int) -> 
         assert sorted(ids) == list(range(4003))
         seen += ids
     assert len(seen) == 2 * 4003
+
+
+@pytest.mark.parametrize("layout", ["csv", "tsv", "semicolon"])
+@pytest.mark.parametrize("suffix", [".gz", ".zst"])
+def test_compressed_files_of_every_layout(tmp_path: Path, layout: str, suffix: str,
+                                          monkeypatch) -> None:  # noqa: ANN001
+    """A compressed file in each layout (CSV with quoted separators, quotes and a header;
+    TSV with a header; ``;`` without one) gives the plain file's rows on 1, 2 and 3
+    ranks, each row once (ranges of 2 kB dealt to the ranks in turn)."""
+    from recs_core.data import shards
+
+    monkeypatch.setattr(shards, "COMPRESSED_BLOCK", 2000)
+    sep, header = {"csv": (",", True), "tsv": ("\t", True), "semicolon": (";", False)}[layout]
+    spec = rid_spec(sep=sep) if header else parse_spec({"input": {"sep": sep, "columns": [
+        {"name": "txt", "type": "str"}, {"name": "rid", "type": "int"},
+        {"name": "extra", "type": "str"}, {"name": "click", "type": "label"}]},
+        "pipeline": [{"name": "p", "feature": [{"name": "t", "inputs": ["txt"],
+                                                 "embedding": {"dim": 4},
+                                                 "ops": [{"op": "hash_bucket",
+                                                          "buckets": 16}]}]}]})
+    plain = tmp_path / "a.txt"
+    if layout == "csv":  # quoted fields holding separators and quotes, CRLF line ends
+        write_rid_file(plain, range(3000))
+    else:
+        head = [sep.join(("txt", "rid", "extra", "click"))] if header else []
+        plain.write_text("\n".join(head + [sep.join((f"u{i}", str(i), "x", str(i % 2)))
+                                           for i in range(3000)]) + "\n")
+    text = plain.read_bytes()
+    packed = tmp_path / f"a.txt{suffix}"
+    packed.write_bytes(gzip.compress(text) if suffix == ".gz" else zst(text, 3))
+    want = [(b.ints[:, 0].tolist(), b.str_values(0), b.labels.tolist())
+            for b in ShardReader([plain], spec.schema, batch_rows=10_000)]
+    assert len(want[0][0]) == 3000
+    for world in (1, 2, 3):
+        got: list[tuple[int, str, int]] = []
+        for rank in range(world):
+            r = ShardReader([packed], spec.schema, rank=rank, world=world, batch_rows=97,
+                            chunk_bytes=4096)
+            for b in r:
+                got += zip(b.ints[:, 0].tolist(), b.str_values(0), b.labels.tolist())
+            assert r.counter.bad == 0
+        assert sorted(got) == sorted(zip(*want[0])), (world, layout)
 
 
 def test_bad_line_numbers_count_the_header(tmp_path: Path) -> None:

@@ -12,11 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recs_core.checkpoint.outdir import LOCK
 from recs_core.data.synth import generate
+from recs_core.errors import RecsError
 from recs_core.features.spec import load_spec, parse_spec
 from recs_core.metrics.auc import auc, logloss
 from recs_core.train.job import Job
 from tests.conftest import CONFIGS, ROOT, held_out_rows
+from tests.test_outdir import write_lock
 
 SMALL_MODEL = {"model": {"preset": "dlrm", "bottom_mlp": [16, 16], "top_mlp": [32, 16]},
                "optimizer": {"name": "adagrad", "lr": 0.05}}
@@ -89,6 +92,43 @@ def test_save_load_score_roundtrip(tmp_path: Path, criteo_sample) -> None:
     other.load(tmp_path / "m")
     assert np.array_equal(other.score([criteo_sample]), probs)
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no staging directory left
+
+
+def test_save_step_locks_its_directory_as_save_does(tmp_path: Path, two_windows) -> None:  # noqa: ANN001
+    """A library job's save_step checks and locks the directory as ``--save`` does: while
+    another live job (process) holds it, refused with the owner named (nothing written);
+    once taken, held for this process (its jobs share it) until close(), and `recs train
+    --save` refused meanwhile; a directory holding other files refused."""
+    w1, w2 = two_windows
+    job = Job(small_spec())
+    job.run([w1])
+    root = tmp_path / "models"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        write_lock(root, other.pid)
+        with pytest.raises(RecsError, match=f"locked by another job \\(pid {other.pid} "):
+            job.save_step(root)
+        assert [p.name for p in root.iterdir()] == [LOCK]
+    finally:
+        other.kill()
+        other.wait()
+    (root / LOCK).unlink()
+    first = job.save_step(root)
+    assert json.loads((root / LOCK).read_text())["pid"] == os.getpid()
+    job.run([w2])
+    assert job.save_step(root) != first  # the same job saves on under its lock
+    assert Job(small_spec()).save_step(root).endswith("step-000000000")  # and the process's
+    r = subprocess.run([sys.executable, "-m", "recs_core", "train", "--config",
+                        str(CONFIGS / "criteo_dlrm.toml"), "--data", str(w1), "--save",
+                        str(root)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and f"locked by another job (pid {os.getpid()} " in r.stderr
+    job.close()
+    assert not (root / LOCK).exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    with pytest.raises(RecsError, match="holds 'notes.txt' \\(a file\\) that is not a "
+                                        "checkpoint"):
+        job.save_step(tmp_path / "mine")
 
 
 @pytest.mark.slow

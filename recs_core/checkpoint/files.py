@@ -1,8 +1,10 @@
 """Durable file primitives shared by checkpoints and deltas.
 
 * :func:`atomic_write` is the one way a file is written: a temp file in the target's
-  directory, write, flush, fsync, rename over the target, fsync the directory. It returns
-  the byte size and sha256 of what it wrote (hashed while writing, no second read).
+  directory, write, flush, fsync, rename over the target, fsync the directory
+  (:func:`written_aside`, which a writer that needs a path, such as Parquet's, uses
+  itself). It returns the byte size and sha256 of what it wrote (hashed while writing, no
+  second read).
 * :func:`npy_chunks` streams an array as ``.npy`` bytes (header, then the data buffer
   itself, zero-copy); :func:`read_npy` reads one back, optionally hashing while reading.
 * :func:`publish` moves a fully written staging directory to its final name; when the
@@ -19,6 +21,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -43,28 +46,39 @@ def fsync_tree(root: str | os.PathLike) -> None:
             fsync_dir(parent)
 
 
-def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes | memoryview]) -> tuple[int, str]:
-    """Write ``chunks`` to ``path`` atomically and durably; return (bytes, sha256 hex).
-
-    A crash at any point leaves either the old file (or none) or the complete new one;
-    at worst a hidden ``.<name>.*.tmp`` file is left in the directory."""
+@contextmanager
+def written_aside(path: str | os.PathLike) -> Iterator[Path]:
+    """A new temporary name in ``path``'s directory to write the file to. When the block
+    ends without an error, the file is fsynced and renamed over ``path`` (a reader sees the
+    old file, or none, or the whole new one), then the directory fsynced; else it is
+    removed. A crash leaves at worst a hidden ``.<name>.*.tmp`` file."""
     path = Path(path)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
-    digest, size = hashlib.sha256(), 0
     try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                digest.update(chunk)
-                f.write(chunk)
-                size += len(chunk)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes | memoryview]) -> tuple[int, str]:
+    """Write ``chunks`` to ``path`` atomically and durably (:func:`written_aside`); return
+    (bytes, sha256 hex)."""
+    digest, size = hashlib.sha256(), 0
+    with written_aside(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                digest.update(chunk)
+                f.write(chunk)
+                size += len(chunk)
     return size, digest.hexdigest()
 
 

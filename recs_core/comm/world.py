@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
@@ -139,3 +140,20 @@ def mpi_world() -> World:
     from mpi4py import MPI
 
     return World.of(MPI.COMM_WORLD)
+
+
+def job_world(world: World | None = None) -> World:
+    """The world a library job runs in: ``world`` when given, else the one this process was
+    launched in (MPI's when the launcher started several ranks; else one rank, without
+    starting MPI). A one-rank world in a process launched on several ranks is warned about:
+    each rank would run a whole job of its own."""
+    ranks = launched_ranks()
+    if "mpi4py.MPI" in sys.modules:  # started already (perhaps by a launcher we do not know)
+        ranks = max(ranks, mpi_world().size)
+    if world is None:
+        return mpi_world() if ranks > 1 else World()
+    if world.size == 1 and ranks > 1:
+        warnings.warn(f"a one-rank job in a process launched on {ranks} ranks: each rank runs "
+                      f"a whole job of its own (leave world out for one job over the ranks)",
+                      RuntimeWarning, stacklevel=3)
+    return world

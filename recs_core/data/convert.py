@@ -20,11 +20,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from numba import njit
 
+from recs_core.checkpoint.files import written_aside
 from recs_core.data.bad_rows import BadRowPolicy
 from recs_core.data.labels import OP_LABEL_BYTES
 from recs_core.data.parse import COL_FLOAT, COL_INT, COL_LABEL, COL_STR, ColumnSchema, RawBatch
 from recs_core.data.reader import ShardReader
 from recs_core.errors import RecsError
+from recs_core.outfiles import check_output_file
 
 DEFAULT_ROW_GROUP_ROWS = 1 << 20  # pyarrow's default
 
@@ -104,37 +106,31 @@ def raw_values_schema(schema: ColumnSchema) -> ColumnSchema:
 def convert_to_parquet(paths: list[str], schema: ColumnSchema, out: str, *,
                        policy: BadRowPolicy | None = None,
                        row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
-                       batch_rows: int = 65536) -> ConvertStats:
-    """Write the good rows of the text files ``paths`` to the Parquet file ``out`` (written
-    to ``out.tmp`` first, renamed when complete)."""
+                       batch_rows: int = 65536, overwrite: bool = False) -> ConvertStats:
+    """Write the good rows of the text files ``paths`` to the Parquet file ``out``. ``out``
+    is checked first (as ``recs convert -o``: not a directory, not one of ``paths``, no
+    existing file unless ``overwrite``), then written aside and renamed when complete."""
     if row_group_rows < 1:
         raise RecsError(f"--row-group-rows must be >= 1, got {row_group_rows}")
+    check_output_file(out, "-o", paths, overwrite)
     t0 = time.perf_counter()
     schema = raw_values_schema(schema)
     reader = ShardReader(paths, schema, batch_rows=min(batch_rows, row_group_rows),
                          policy=policy)
-    tmp = out + ".tmp"
     arrow = arrow_schema(schema)
     pending: list[pa.RecordBatch] = []
     have = 0
-    try:
-        with pq.ParquetWriter(tmp, arrow, compression="snappy") as writer:
-            for batch in reader:
-                pending.append(to_record_batch(batch, schema))
-                have += len(batch)
-                if have >= row_group_rows:
-                    table = pa.Table.from_batches(pending, arrow)
-                    writer.write_table(table.slice(0, row_group_rows),
-                                       row_group_size=row_group_rows)
-                    rest = table.slice(row_group_rows)
-                    pending, have = rest.to_batches(), rest.num_rows
-            if have:
-                writer.write_table(pa.Table.from_batches(pending, arrow),
-                                   row_group_size=row_group_rows)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with written_aside(out) as tmp, pq.ParquetWriter(tmp, arrow, compression="snappy") as writer:
+        for batch in reader:
+            pending.append(to_record_batch(batch, schema))
+            have += len(batch)
+            if have >= row_group_rows:
+                table = pa.Table.from_batches(pending, arrow)
+                writer.write_table(table.slice(0, row_group_rows), row_group_size=row_group_rows)
+                rest = table.slice(row_group_rows)
+                pending, have = rest.to_batches(), rest.num_rows
+        if have:
+            writer.write_table(pa.Table.from_batches(pending, arrow), row_group_size=row_group_rows)
     groups = pq.ParquetFile(out).metadata.num_row_groups
     return ConvertStats(reader.rows, reader.counter.lines, dict(reader.counter.by_reason),
                         groups, os.path.getsize(out), time.perf_counter() - t0)

@@ -9,9 +9,8 @@ be in it. A file holding its header only has no rows: said in a warning.
 from __future__ import annotations
 
 import csv
-import gzip
-import zlib
 
+from recs_core.data.decompress import READ_ERRORS, Decompressed, as_data_error
 from recs_core.data.parse import ColumnSchema, FieldMap
 from recs_core.data.shards import check_files
 from recs_core.errors import DataError
@@ -20,19 +19,17 @@ MAX_HEADER_BYTES = 1 << 20
 _BOM = b"\xef\xbb\xbf"
 
 
-def read_first_line(path: str, gz: bool) -> tuple[bytes, bool]:
-    """(the first line of a plain or gzip file without its line end, whether more bytes
-    follow it); a DataError when it is longer than MAX_HEADER_BYTES."""
+def read_first_line(path: str, codec: str = "") -> tuple[bytes, bool]:
+    """(the first line of a plain or compressed (``codec`` "gzip" or "zstd") file without
+    its line end, whether more bytes follow it); a DataError when it is longer than
+    MAX_HEADER_BYTES or the file cannot be read or decompressed."""
     try:
-        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+        with open(path, "rb") as raw:
+            f = Decompressed(raw, codec) if codec else raw
             line = f.readline(MAX_HEADER_BYTES + 1)
-            more = bool(f.read(1))
-    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise DataError(f"{path}: corrupt or truncated gzip input: {e}", path=path,
-                        reason="bad_gzip") from None
-    except OSError as e:
-        raise DataError(f"{path}: read error: {e.strerror or e}", path=path,
-                        reason="read_error") from None
+            more = f.readinto(memoryview(bytearray(1))) > 0
+    except READ_ERRORS as e:
+        raise as_data_error(e, path) from None
     if not line.endswith(b"\n") and len(line) > MAX_HEADER_BYTES:
         raise DataError(f"{path}:1: the header line is longer than {MAX_HEADER_BYTES} bytes",
                         path=path, line=1, reason="header_mismatch")
@@ -66,11 +63,11 @@ def field_maps(schema: ColumnSchema, paths: list[str]) -> tuple[dict[str, FieldM
     maps: dict[str, FieldMap] = {}
     warnings: list[str] = []
     first: tuple[str, tuple[str, ...]] | None = None
-    for path, size, gz in files:
+    for path, size, codec in files:
         if size == 0:  # nothing to read (the empty file is named elsewhere)
             maps[path] = schema.field_map(None, path)
             continue
-        line, more = read_first_line(path, gz)
+        line, more = read_first_line(path, codec)
         sep, quoting = schema.text.resolve(path)
         names = split_header(line, sep, quoting, path)
         if first is None:

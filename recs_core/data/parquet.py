@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from recs_core.data.arrow import ArrowConverter, check_schema, type_class
 from recs_core.data.bad_rows import BadRowCounter, BadRowPolicy
 from recs_core.data.parse import COL_STR, ColumnSchema, RawBatch
-from recs_core.data.reader import RowOrigins, rebatch_origins
+from recs_core.data.reader import NO_DECOMPRESSION, RowOrigins, rebatch_origins
 from recs_core.data.shards import check_files
 from recs_core.errors import DataError
 
@@ -73,6 +73,12 @@ class ParquetInput:
     paths: list[str]
     groups: list[list[int]]  # rows per row group, per file
     dictionary: list[list[list[str]]]  # per file and row group: dictionary_columns
+
+    @property
+    def warnings(self) -> list[str]:
+        """A file without rows is named (as an empty text file is)."""
+        return [f"{p}: a Parquet file with no rows (0 rows read)"
+                for p, g in zip(self.paths, self.groups) if not sum(g)]
 
     @staticmethod
     def scan(paths: list[str], schema: ColumnSchema) -> ParquetInput:
@@ -172,6 +178,7 @@ class ParquetReader:
         self.schema = schema
         self.paths = [os.fspath(p) for p in paths]
         self.input = ParquetInput.scan(self.paths, schema)
+        self.file_index = {p: i for i, p in enumerate(self.paths)}
         self.parts = self.input.plan(world)[rank]
         self.holdout = holdout
         self._train, self._held = split_rows(self.parts, holdout)
@@ -206,17 +213,28 @@ class ParquetReader:
         index = {p: i for i, p in enumerate(self.paths)}
         return [(index[p.path], p.first + p.lo) for p in self._train]
 
-    header_warnings: list[str] = []  # (text files' header-only files: none here)
+    decompressed = NO_DECOMPRESSION  # (compressed text only)
+
+    @property
+    def header_warnings(self) -> list[str]:
+        """The files without rows (what a header-only text file is warned as)."""
+        return self.input.warnings
 
     def size_warnings(self) -> list[str]:
         return []
 
-    def _record_batches(self, part: RowPart) -> Iterator[tuple[int, pa.RecordBatch, int, int]]:
+    def _record_batches(self, part: RowPart, files: dict[tuple[str, tuple[str, ...]],
+                                                     pq.ParquetFile]
+                        ) -> Iterator[tuple[int, pa.RecordBatch, int, int]]:
         """(row within the group, record batch, first and end row in it) of the part's
-        rows, a few thousand at a time."""
+        rows, a few thousand at a time. ``files``: the files opened in this pass, by path
+        and dictionary columns (each is opened once: opening parses the whole footer)."""
         names = list(self.schema.names)
-        dictionary = self.input.dictionary[self.paths.index(part.path)][part.group]
-        pf = pq.ParquetFile(part.path, read_dictionary=dictionary)
+        dictionary = self.input.dictionary[self.file_index[part.path]][part.group]
+        key = (part.path, tuple(dictionary))
+        pf = files.get(key)
+        if pf is None:
+            pf = files[key] = pq.ParquetFile(part.path, read_dictionary=dictionary)
         unit = max(self.batch_rows, CONVERT_ROWS // self.batch_rows * self.batch_rows)
         at = 0
         for rb in pf.iter_batches(batch_size=max(unit, READ_ROWS // unit * unit),
@@ -231,11 +249,21 @@ class ParquetReader:
 
     def _converted(self, parts: list[RowPart]) -> Iterator[tuple[RawBatch, RowOrigins]]:
         names = self.schema.names
+        files: dict[tuple[str, tuple[str, ...]], pq.ParquetFile] = {}
+        try:
+            yield from self._parts_converted(parts, names, files)
+        finally:
+            for pf in files.values():
+                pf.close()
+
+    def _parts_converted(self, parts: list[RowPart], names: tuple[str, ...],
+                         files: dict[tuple[str, tuple[str, ...]], pq.ParquetFile]
+                         ) -> Iterator[tuple[RawBatch, RowOrigins]]:
         for k, part in enumerate(parts):
             where = f"{part.path}: row group {part.group}"
             columns: list[int] | None = None
             try:
-                for row, rb, lo, hi in self._record_batches(part):
+                for row, rb, lo, hi in self._record_batches(part, files):
                     if columns is None:
                         columns = check_schema(self.schema, rb.schema, where)
                     out = self.converter.convert(rb, columns, lo, hi)

@@ -11,15 +11,19 @@ Each chunk gets a fresh buffer that its parsed rows keep as their string arena
 it: the shards hold data lines only, each once.
 
 Hold-out (``ShardReader(..., holdout=h)``): a rank's shard is its spans in order, B bytes
-in all (a plain span counts its byte range, a compressed span its file size), and
-a line's position is the shard offset of its first byte. The held-out lines are those
+in all (a span counts its byte range: of the file, or of the compressed file), and a
+line's position is the shard offset of its first byte. The held-out lines are those
 whose position is >= ``cut = floor((1 - h) * B)``; iterating the reader yields the other
 (training) lines, :meth:`ShardReader.held_out` reads the held-out ones again from the
 files. Nothing is counted or kept beforehand: the cut is found from the spans' sizes.
 In a compressed (``.gz``, ``.zst``) span the position of a decompressed byte is where the
-decompressor was in the compressed file when it produced that byte (see
-:class:`_Decompressed`), so there the
-split is exact in that measure but only approximate in rows.
+decompressor was in the compressed file when it produced that byte
+(:mod:`~recs_core.data.decompress`), so there the split is exact in that measure but only
+approximate in rows.
+
+A compressed file is read through one decompressed stream per pass, from its start: the
+stream passes the lines of other ranks' ranges (counting their line feeds, for line
+numbers in messages) and hands over this rank's.
 """
 
 from __future__ import annotations
@@ -27,14 +31,14 @@ from __future__ import annotations
 import math
 import os
 import threading
-import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
 
 from recs_core.data.bad_rows import BadRowCounter, BadRowPolicy
+from recs_core.data.decompress import Decompressed, as_data_error
 from recs_core.data.header import field_maps
 from recs_core.data.parse import (
     R_LINE_TOO_LONG,
@@ -44,15 +48,13 @@ from recs_core.data.parse import (
     RawBatch,
 )
 from recs_core.data.shards import Span, plan_shards
-from recs_core.errors import DataError
 from recs_core.native import SpscRing
 
 DEFAULT_CHUNK_BYTES = 4 << 20
 _POOL = 4
 _WAIT_S = 0.5  # poll period of ring waits (the other thread may have died)
-# how compressed files are decompressed (this fixes the byte positions of the hold-out cut)
-_Z_READ = 64 << 10  # compressed bytes read from the file at a time
-_Z_OUT = 256 << 10  # most decompressed bytes one piece holds
+# Reader.decompressed of input that is not compressed text (never changed)
+NO_DECOMPRESSION: dict[str, float] = {"bytes": 0, "kept_bytes": 0, "seconds": 0.0}
 
 
 @dataclass
@@ -140,16 +142,13 @@ def rebatch_origins(items: Iterator[tuple[RawBatch, RowOrigins | None]], rows: i
 
 @dataclass(frozen=True)
 class _Part:
-    """What one stream reads of one span. Plain: the lines that start in [start, end).
-    Compressed (``codec`` not ""), ``cut`` < 0: the whole file; else the lines whose
-    compressed position is < ``cut`` (``held`` False) or >= it (``held`` True)."""
+    """What one stream reads of one span: the lines of ``path`` that start in [start, end)
+    (of the compressed file, by position, when ``codec`` is not "")."""
 
     path: str
     codec: str
-    start: int = 0
-    end: int = -1
-    cut: int = -1
-    held: bool = False
+    start: int
+    end: int
 
 
 def split_at_holdout(spans: list[Span], holdout: float) -> tuple[list[_Part], list[_Part], int,
@@ -158,8 +157,7 @@ def split_at_holdout(spans: list[Span], holdout: float) -> tuple[list[_Part], li
     whose shard position is >= ``cut = floor((1 - holdout) * bytes)`` are held out."""
     if not 0.0 <= holdout <= 1.0:
         raise ValueError(f"holdout must be in [0, 1], got {holdout}")
-    sizes = [os.path.getsize(s.path) if s.codec else s.end - s.start for s in spans]
-    total = sum(sizes)
+    total = sum(s.end - s.start for s in spans)
     whole = [_Part(s.path, s.codec, s.start, s.end) for s in spans]
     if holdout == 0.0:
         return whole, [], total, total
@@ -167,210 +165,45 @@ def split_at_holdout(spans: list[Span], holdout: float) -> tuple[list[_Part], li
     train: list[_Part] = []
     held: list[_Part] = []
     off = 0
-    for span, part, n in zip(spans, whole, sizes):
+    for part in whole:
+        n = part.end - part.start
         if off + n <= cut:  # every position in the span is < off + n
             train.append(part)
         elif off >= cut:
             held.append(part)
-        elif span.codec:
-            train.append(_Part(span.path, span.codec, cut=cut - off, held=False))
-            held.append(_Part(span.path, span.codec, cut=cut - off, held=True))
         else:
-            at = span.start + cut - off
-            train.append(_Part(span.path, "", span.start, at))
-            held.append(_Part(span.path, "", at, span.end))
+            at = part.start + cut - off
+            train.append(_Part(part.path, part.codec, part.start, at))
+            held.append(_Part(part.path, part.codec, at, part.end))
         off += n
     return train, held, cut, total
-
-
-def _gzip_pieces(f) -> Iterator[tuple[bytes, int, int]]:  # noqa: ANN001
-    """A gzip file (every member, zero padding between them) decompressed by zlib on a
-    fixed schedule; see :class:`_Decompressed`."""
-    z = None  # the current member's decompressor
-    pending = b""  # compressed bytes read, not yet taken by zlib
-    taken = 0  # compressed bytes zlib has taken
-    file_eof = False
-    while True:
-        if not pending and not file_eof:
-            pending = f.read(_Z_READ)
-            file_eof = not pending
-        if z is not None and z.eof:  # zero padding, then maybe another member
-            rest = pending.lstrip(b"\0")
-            taken += len(pending) - len(rest)
-            pending = rest
-            if not rest:
-                if file_eof:
-                    return
-                continue
-            z = None
-        if z is None:
-            if not pending:  # an empty file
-                return
-            z = zlib.decompressobj(31)
-        data = pending
-        out = z.decompress(data, _Z_OUT)
-        if not data and not out and not z.eof:
-            raise EOFError("Compressed file ended before the end-of-stream marker was reached")
-        rest = z.unused_data if z.eof else z.unconsumed_tail
-        c0 = taken
-        taken += len(data) - len(rest)
-        pending = rest
-        if out:
-            yield out, c0, taken
-
-
-class _Metered:
-    """A file's reads, at most ``_Z_READ`` bytes each, counted (Arrow's decompressor reads
-    ahead through it: the count is how far into the file it was)."""
-
-    def __init__(self, f) -> None:  # noqa: ANN001
-        self.f, self.taken, self.closed = f, 0, False
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(_Z_READ if n is None or n < 0 else min(n, _Z_READ))
-        self.taken += len(data)
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def _zstd_pieces(f) -> Iterator[tuple[bytes, int, int]]:  # noqa: ANN001
-    """A zstd file (every frame) decompressed by pyarrow, ``_Z_OUT`` bytes at a time; see
-    :class:`_Decompressed`."""
-    import pyarrow as pa
-
-    raw = _Metered(f)
-    stream = pa.CompressedInputStream(raw, "zstd")
-    while True:
-        c0 = raw.taken
-        try:
-            out = stream.read(_Z_OUT)
-        except (OSError, pa.ArrowException) as e:
-            raise _Corrupt("zstd", str(e)) from None
-        if not out:
-            return
-        yield out, c0, raw.taken
-
-
-_PIECES = {"gzip": _gzip_pieces, "zstd": _zstd_pieces}
-
-
-class _Corrupt(Exception):
-    """A compressed file that does not decompress (reported as a DataError naming it)."""
-
-    def __init__(self, codec: str, message: str) -> None:
-        super().__init__(message)
-        self.codec = codec
-
-
-class _Decompressed:
-    """A compressed file as a stream of lines, with a position in the compressed file for
-    every decompressed byte. Its codec's pieces (:data:`_PIECES`) read ``_Z_READ``
-    compressed bytes at a time and return at most ``_Z_OUT`` bytes per piece; a piece
-    made while the compressed bytes [c0, c1) were taken, holding decompressed bytes
-    [d0, d1), gives byte d the position ``c0 + (d - d0) * (c1 - c0) // (d1 - d0)`` (< c1
-    when c1 > c0), so positions depend on the file alone (not on how the stream is read)
-    and never decrease. ``cut_at``: the offset of the first byte whose position is >=
-    ``cut``; it is known (not None) as soon as a byte at or past it has been decompressed."""
-
-    def __init__(self, f, codec: str, cut: int = -1) -> None:  # noqa: ANN001
-        self.codec, self.cut = codec, cut
-        self.pieces = _PIECES[codec](f)
-        self.raw = b""  # the last piece, and how far it has been read
-        self.view = memoryview(self.raw)
-        self.at = 0
-        self.produced = 0  # decompressed bytes so far
-        self.cut_at: int | None = None
-
-    def _next_piece(self) -> bool:
-        """Decompress the next non-empty piece; False at the end of the file."""
-        piece = next(self.pieces, None)
-        if piece is None:
-            return False
-        self._piece(*piece)
-        return True
-
-    def _piece(self, out: bytes, c0: int, c1: int) -> None:
-        d0, n = self.produced, len(out)
-        if self.cut_at is None:
-            r = self.cut - c0
-            if r <= 0:
-                self.cut_at = d0
-            elif c1 > c0:
-                k = -(-r * n // (c1 - c0))  # the first k with c0 + k*(c1-c0)//n >= cut
-                if k < n:
-                    self.cut_at = d0 + k
-        self.raw, self.view, self.at = out, memoryview(out), 0
-        self.produced = d0 + n
-
-    def readinto(self, mv: memoryview) -> int:
-        if self.at == len(self.raw) and not self._next_piece():
-            return 0
-        n = min(len(mv), len(self.raw) - self.at)
-        mv[:n] = self.view[self.at:self.at + n]
-        self.at += n
-        return n
-
-    def readline(self, limit: int) -> bytes:
-        if self.at == len(self.raw) and not self._next_piece():
-            return b""
-        stop = min(len(self.raw), self.at + limit)
-        k = self.raw.find(b"\n", self.at, stop)
-        if k >= 0:
-            stop = k + 1
-        part = self.raw[self.at:stop]
-        self.at = stop
-        return part
-
-    def skip_to_cut(self) -> tuple[int, int] | None:
-        """Pass the lines that start before ``cut_at``: (line feeds passed, offset of the
-        first line at or after it), or None when no line starts there."""
-        lfs, last = 0, 10
-        while self.cut_at is None or self.cut_at >= self.produced:
-            if not self._next_piece():
-                return None
-            stop = len(self.raw) if self.cut_at is None else self.cut_at - (
-                self.produced - len(self.raw))
-            if stop > 0:
-                lfs += self.raw.count(b"\n", 0, stop)
-                last = self.raw[stop - 1]
-            self.at = stop
-        pos = self.cut_at
-        if last != 10:  # the line holding byte cut_at - 1 started before the cut
-            while True:
-                part = self.readline(1 << 20)
-                pos += len(part)
-                if not part:
-                    return None
-                if part.endswith(b"\n"):
-                    lfs += 1
-                    break
-        return lfs, pos
 
 
 class _ChunkProducer(threading.Thread):
     """Reads the parts into fresh chunk buffers, each ending at a line boundary."""
 
     def __init__(self, parts: list[_Part], chunk_bytes: int, pool: list[np.ndarray | None],
-                 meta: list[_Chunk], full: SpscRing, free: SpscRing,
+                 meta: list[_Chunk], full: SpscRing, free: SpscRing, sizes: dict[str, int],
                  header: bool = False) -> None:
         super().__init__(daemon=True, name="recs-reader")
         self.parts, self.pool, self.meta, self.full, self.free = parts, pool, meta, full, free
         self.chunk_bytes = chunk_bytes
+        self.sizes = sizes  # the files' sizes the shards were planned on
         self.header = header
         self.error: BaseException | None = None
         self.current_path = ""
         self.stop = False
-        # line feeds before a part's first line, where the reading finds them (a compressed
-        # part from the cut); set before the part's first chunk is handed over
-        self.lines_before: dict[int, int] = {}
+        # per part: (the part read before it from the same decompressed stream, or -1; the
+        # line feeds from that part's end, or the file's start, to its first line), set
+        # before its first chunk is handed over; unset for a plain part that does not
+        # start its file (counted from the file when a message needs it)
+        self.lines_before: dict[int, tuple[int, int]] = {}
+        self.streams: list[Decompressed] = []  # the compressed files' streams opened
+        self.kept_bytes = 0  # decompressed bytes handed over
+        self._z: Decompressed | None = None  # the open compressed file's stream
+        self._z_raw = None
+        self._z_path = ""
+        self._z_last = -1  # the last part read from it
 
     def run(self) -> None:
         try:
@@ -380,6 +213,7 @@ class _ChunkProducer(threading.Thread):
         except BaseException as e:  # handed to the consumer, which raises it
             self.error = e
         finally:
+            self._close_stream()
             self.full.close()
 
     def _take(self) -> int | None:
@@ -389,23 +223,42 @@ class _ChunkProducer(threading.Thread):
                 return slot
         return None
 
+    def _stream(self, part: _Part) -> Decompressed:
+        """The decompressed stream of the part's file: opened at its first part here (with
+        the cuts of all of them), kept open for the next ones."""
+        if self._z is None or self._z_path != part.path:
+            self._close_stream()
+            size = self.sizes[part.path]
+            cuts = [c for p in self.parts if p.path == part.path for c in (p.start, p.end)
+                    if c < size]
+            self._z_raw = open(part.path, "rb")  # noqa: SIM115 (closed with the stream)
+            self._z = Decompressed(self._z_raw, part.codec, cuts)
+            self._z_path, self._z_last = part.path, -1
+            self.streams.append(self._z)
+        return self._z
+
+    def _close_stream(self) -> None:
+        if self._z_raw is not None:
+            self._z_raw.close()
+        self._z = self._z_raw = None
+
     def _read_part(self, index: int, part: _Part) -> bool:
         """Hand over the part's chunks; False when the consumer has gone."""
         self.current_path = part.path
         if part.codec:
-            with open(part.path, "rb") as raw:
-                f = _Decompressed(raw, part.codec, part.cut)
-                if part.cut < 0:
-                    return self._read_lines(index, f, self._skip_header(index, f),
-                                            lambda: None)
-                if not part.held:  # the lines before the cut
-                    return self._read_lines(index, f, self._skip_header(index, f),
-                                            lambda: f.cut_at)
-                at = f.skip_to_cut()
-                if at is None:
-                    return True
-                self.lines_before[index] = at[0]
-                return self._read_lines(index, f, at[1], lambda: None)
+            f = self._stream(part)
+            at = f.skip_to(part.start)
+            lines, pos = at if at is not None else (0, -1)
+            if part.start == 0:
+                header, pos = self._skip_header(f)
+                lines += header
+            self.lines_before[index] = (self._z_last, lines)
+            self._z_last = index
+            if pos < 0:  # the file ends before the part's first line
+                return True
+            end = part.end
+            return self._read_lines(index, f, pos, (lambda: None) if end >= self.sizes[
+                part.path] else (lambda: f.offset_of(end)))
         with open(part.path, "rb") as f:
             if part.start > 0:
                 f.seek(part.start - 1)
@@ -413,29 +266,34 @@ class _ChunkProducer(threading.Thread):
                     _skip_line(f)
                 pos = f.tell()
             else:
-                pos = self._skip_header(index, f)
+                header, pos = self._skip_header(f)
+                self.lines_before[index] = (-1, header)
             end = part.end
             return self._read_lines(index, f, pos, lambda: end)
 
-    def _skip_header(self, index: int, f) -> int:  # noqa: ANN001
+    def _skip_header(self, f) -> tuple[int, int]:  # noqa: ANN001
         """At a file's start: read past its header line, if the files have one (the
-        part's lines then start at line 2); returns the bytes skipped."""
+        part's lines then start at line 2); returns (lines, bytes) skipped."""
         if not self.header:
-            return 0
+            return 0, 0
         n = _skip_line(f)
-        self.lines_before[index] = 1 if n else 0
-        return n
+        return (1 if n else 0), n
 
-    def _read_lines(self, index: int, f, pos: int, end_of) -> bool:  # noqa: ANN001
+    def _read_lines(self, index: int, f, pos: int,  # noqa: ANN001
+                    end_of: Callable[[], int | None]) -> bool:
         """Hand over the lines of ``f`` (at offset ``pos``, a line start) that start before
         ``end_of()`` (None: to the end of the file; it may become known during reading,
-        always before the bytes at it are read)."""
+        always before the bytes at it are read). A decompressed stream gets back the bytes
+        read past the part (the next part, or another rank's, starts there)."""
+        stream = f if isinstance(f, Decompressed) else None
         carry = np.empty(0, dtype=np.uint8)
         skipped = 0
         eof = False
         while not eof:
             end = end_of()
             if end is not None and pos >= end:  # the line at pos is not this part's
+                if stream is not None:
+                    stream.unread(carry.tobytes())
                 break
             slot = self._take()
             if slot is None:
@@ -471,6 +329,10 @@ class _ChunkProducer(threading.Thread):
                 self.free.push(slot, None)
                 continue
             carry = buf[cut:total].copy() if not done else carry[:0]
+            if stream is not None:
+                self.kept_bytes += cut
+                if done:
+                    stream.unread(buf[cut:total].tobytes())
             self.meta[slot] = _Chunk(index, cut, done, skipped)
             skipped = 0
             pos += cut
@@ -550,6 +412,9 @@ class ShardReader:
         # files whose size changed while being read: path -> (planned, after a stream)
         self.size_changes: dict[str, tuple[int, int]] = {}
         self.part_lines: list[int] = []  # lines of each training part (with_origins)
+        # what reading the compressed files has cost so far (every pass): bytes
+        # decompressed, the share of them handed to the parser, seconds decompressing
+        self.decompressed = dict(NO_DECOMPRESSION)
 
     def __iter__(self) -> Iterator[RawBatch]:
         for batch, _ in self._stream(self._train):
@@ -596,10 +461,11 @@ class ShardReader:
         full, free = SpscRing(_POOL), SpscRing(_POOL)
         for i in range(_POOL):
             free.push(i, None)
-        producer = _ChunkProducer(parts, self.chunk_bytes, pool, meta, full, free,
+        producer = _ChunkProducer(parts, self.chunk_bytes, pool, meta, full, free, self.sizes,
                                   self.schema.text.header)
         producer.start()
         lines_in_part = [0] * len(parts) if part_lines is None else part_lines
+        first_lines: list[int | None] = []  # per part so far: line feeds before its first line
         try:
             while True:
                 slot = full.pop(_WAIT_S)
@@ -613,7 +479,11 @@ class ShardReader:
                                            fields=self.fields[part.path])
                 pool[slot] = None
                 free.push(slot, None)
-                first = producer.lines_before.get(m.part)
+                while len(first_lines) <= m.part:  # the parts before it are done
+                    gap = producer.lines_before.get(len(first_lines))
+                    first_lines.append(None if gap is None else gap[1] + (
+                        0 if gap[0] < 0 else first_lines[gap[0]] + lines_in_part[gap[0]]))
+                first = first_lines[m.part]
                 base = lines_in_part[m.part]
                 for _ in range(m.skipped_long_lines):
                     self.counter.lines += 1
@@ -631,12 +501,16 @@ class ShardReader:
                                        f"{len(row_lines)} good lines")
                 yield batch, RowOrigins(np.full(len(batch), m.part, np.int32), row_lines)
             if producer.error is not None:
-                raise _as_data_error(producer.error, producer.current_path)
+                raise as_data_error(producer.error, producer.current_path)
             self._check_sizes(parts)
             self.counter.check(final=True)
         finally:
             producer.stop = True
             producer.join(timeout=5)
+            for z in producer.streams:
+                self.decompressed["bytes"] += z.produced
+                self.decompressed["seconds"] += z.seconds
+            self.decompressed["kept_bytes"] += producer.kept_bytes
 
     def _check_sizes(self, parts: list[_Part]) -> None:
         """Record the files of ``parts`` whose size is not the one the shards were planned
@@ -681,15 +555,3 @@ class ShardReader:
                                  parsed.bad_col.tolist()):
             self.counter.record(part.path, self._line_of(part, first, base, li), code,
                                 names[col] if col >= 0 else None)
-
-
-def _as_data_error(err: BaseException, path: str) -> BaseException:
-    if isinstance(err, (EOFError, zlib.error)):
-        err = _Corrupt("gzip", str(err))
-    if isinstance(err, _Corrupt):
-        return DataError(f"{path}: corrupt or truncated {err.codec} input: {err}", path=path,
-                         reason=f"bad_{err.codec}")
-    if isinstance(err, OSError):
-        return DataError(f"{err.filename or ''}: read error: {err.strerror or err}",
-                         path=err.filename, reason="read_error")
-    return err

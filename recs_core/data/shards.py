@@ -1,9 +1,13 @@
 """Which bytes of which input files each MPI rank reads.
 
-Plain files are cut into one byte range per rank (each range owns the lines that
-*start* inside it, so every line is read exactly once); compressed files (gzip or
-zstd, known by their first bytes) cannot be split and go whole to ranks, largest
-first, to the least-loaded rank.
+Every file is cut into byte ranges, and a range owns the lines that *start* in it, so
+every line is read exactly once. A plain file gets one range per rank. A compressed file
+(gzip or zstd, known by its first bytes) is cut by the positions of its decompressed
+bytes in the compressed file (:mod:`~recs_core.data.decompress`): into ``world * k``
+ranges of about ``block`` compressed bytes, dealt to the ranks in turn (range j to rank
+j mod world), so that ranks reading it side by side stay near each other in it; every
+rank decompresses the file up to its last range and parses only its own (docs/DESIGN.md,
+Input: why).
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from recs_core.errors import DataError
 
 # compression formats by their first bytes, and the file name ending that names each
 CODECS = {"gzip": (b"\x1f\x8b", ".gz"), "zstd": (b"\x28\xb5\x2f\xfd", ".zst")}
+# compressed bytes per range of a compressed file (see plan_shards; docs/DESIGN.md, Input)
+COMPRESSED_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
 class Span:
-    """Lines of ``path`` that start in byte range [start, end); a compressed span
-    (``codec`` "gzip" or "zstd", else "") covers the whole file."""
+    """Lines of ``path`` that start in byte range [start, end): of the file, or of the
+    compressed file (``codec`` "gzip" or "zstd", else "") by their position in it."""
 
     path: str
     start: int
@@ -91,28 +97,23 @@ def screen_files(paths: list[str]) -> tuple[list[str], list[str]]:
     return kept, warnings
 
 
-def plan_shards(paths: list[str], world: int) -> list[list[Span]]:
-    """The spans each of ``world`` ranks reads; together they cover every line once."""
+def plan_shards(paths: list[str], world: int, block: int | None = None) -> list[list[Span]]:
+    """The spans each of ``world`` ranks reads; together they cover every line once. A
+    compressed file's ranges are about ``block`` compressed bytes (default
+    :data:`COMPRESSED_BLOCK`; 0: one range per rank)."""
     if world < 1:
         raise ValueError("world size must be >= 1")
-    files = check_files(paths)
+    block = COMPRESSED_BLOCK if block is None else block
     plan: list[list[Span]] = [[] for _ in range(world)]
-    load = [0] * world
-    for path, size, codec in files:
-        if codec:
-            continue
-        for r in range(world):
-            a, b = size * r // world, size * (r + 1) // world
-            if b > a:
-                plan[r].append(Span(path, a, b, ""))
-                load[r] += b - a
-    packed = sorted(((size, i, path, codec) for i, (path, size, codec) in enumerate(files)
-                     if codec), key=lambda t: (-t[0], t[1]))
-    for size, _, path, codec in packed:
-        r = min(range(world), key=lambda k: (load[k], k))
-        plan[r].append(Span(path, 0, -1, codec))
-        load[r] += size * 4  # roughly the uncompressed size
-    order = {path: i for i, (path, _, _) in enumerate(files)}
-    for spans in plan:
-        spans.sort(key=lambda s: (order[s.path], s.start))
+    for path, size, codec in check_files(paths):
+        n = world * (max(1, -(-size // (world * block))) if codec and block > 0 else 1)
+        for j in range(n):
+            a, b = size * j // n, size * (j + 1) // n
+            if b <= a:
+                continue
+            spans = plan[j % world]
+            if spans and spans[-1].path == path and spans[-1].end == a:  # one rank: merged
+                spans[-1] = Span(path, spans[-1].start, b, codec)
+            else:
+                spans.append(Span(path, a, b, codec))
     return plan

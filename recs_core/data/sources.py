@@ -2,9 +2,12 @@
 this rank's reader for it.
 
 ``--data`` takes files, directories and globs. A directory is walked recursively; a glob
-(``*``, ``?``, ``[...]``; ``**`` for any depth) is matched, and a directory it matches
-is walked. Names starting with ``.`` or ``_`` below the named directory or the glob's
-fixed part are skipped (``_SUCCESS``, ``.part-0.crc``, ``_temporary/``). The files of
+(``*``, ``?``, ``[...]``; ``**`` for any depth, entering each directory once, so a
+symbolic link loop is not followed round) is matched, and a directory it matches is
+walked. Below the named directory or the glob's fixed part, names that are not data are
+skipped: starting with ``.`` or ``_`` (``_SUCCESS``, ``_temporary/``) or checksums
+(``*.crc``); and so are names of files still being written (``*.tmp``, ``*.inprogress``,
+``*._COPYING_``), with a warning. The files of
 one argument are read in path order, compared one path component at a time: a Hive
 partition ``key=value`` by key, then by value (integers numerically, before other
 values, which compare as strings: ``hour=2`` before ``hour=10``), other names as
@@ -24,10 +27,11 @@ type checks as Parquet files.
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import itertools
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
@@ -39,7 +43,13 @@ from recs_core.data.bad_rows import BadRowCounter, BadRowPolicy
 from recs_core.data.header import field_maps
 from recs_core.data.parquet import ParquetInput, ParquetReader, is_parquet
 from recs_core.data.parse import ColumnSchema, RawBatch
-from recs_core.data.reader import RowOrigins, ShardReader, rebatch, rebatch_origins
+from recs_core.data.reader import (
+    NO_DECOMPRESSION,
+    RowOrigins,
+    ShardReader,
+    rebatch,
+    rebatch_origins,
+)
 from recs_core.data.shards import screen_files
 from recs_core.errors import DataError, RecsError
 
@@ -62,6 +72,9 @@ class Reader(Protocol):
     held_rows: int  # held-out rows yielded
     header_warnings: list[str]
     part_lines: list[int]  # lines of each training part (complete after with_origins)
+    # what reading compressed text has cost so far: bytes decompressed, the share of them
+    # parsed ("kept_bytes"), seconds decompressing (zero for other input)
+    decompressed: dict[str, float]
 
     def __iter__(self) -> Iterator[RawBatch]: ...
 
@@ -92,31 +105,95 @@ def order_key(rel: str) -> tuple[tuple[str, int, int, str], ...]:
     return tuple(_component_key(c) for c in rel.split(os.sep))
 
 
-def _hidden(rel: str) -> bool:
-    return any(c.startswith((".", "_")) for c in rel.split(os.sep) if c not in ("", "."))
+# names of files still being written: an upload, a copy, a writer's temporary file
+IN_PROGRESS = (".tmp", ".inprogress", "._COPYING_")
 
 
-def _walk(top: str) -> list[str]:
-    """The files below directory ``top`` (hidden names skipped), in partition order."""
+def _kept(rel: str, path: str, skipped: list[str]) -> bool:
+    """Whether ``rel`` (below a walked directory or a glob's fixed part) names data (module
+    docstring); an in-progress name is added to ``skipped`` (``path``)."""
+    for c in rel.split(os.sep):
+        if c in ("", "."):
+            continue
+        if c.startswith((".", "_")) or c.endswith(".crc"):
+            return False
+        if c.endswith(IN_PROGRESS):
+            skipped.append(path)
+            return False
+    return True
+
+
+def _walk(top: str, skipped: list[str]) -> list[str]:
+    """The data files below directory ``top`` (module docstring), in partition order."""
     found = []
     for d, dirs, files in os.walk(top):
-        dirs[:] = [x for x in dirs if not _hidden(x)]
-        found += [os.path.join(d, f) for f in files if not _hidden(f)]
+        dirs[:] = [x for x in dirs if _kept(x, os.path.join(d, x), skipped)]
+        found += [os.path.join(d, f) for f in files if _kept(f, os.path.join(d, f), skipped)]
     return sorted(found, key=lambda p: order_key(os.path.relpath(p, top)))
 
 
-def _glob(pattern: str) -> list[str]:
-    """The files ``pattern`` matches (directories walked), in partition order."""
+def _listdir(d: str) -> list[str]:
+    try:
+        return sorted(os.listdir(d or os.curdir))
+    except OSError:
+        return []
+
+
+def _dirs_below(top: str) -> list[str]:
+    """``top`` and the directories below it (names starting with ``.`` skipped, as glob
+    does), symbolic links followed, each directory once (by device and inode)."""
+    out: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    todo = [top]
+    while todo:
+        d = todo.pop()
+        try:
+            st = os.stat(d or os.curdir)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        out.append(d)
+        todo += [os.path.join(d, n) for n in reversed(_listdir(d)) if not n.startswith(".")]
+    return out
+
+
+def _match(pattern: str) -> list[str]:
+    """The paths ``pattern`` matches, one component at a time (``fnmatch``; a name starting
+    with ``.`` only by a component starting with ``.``); ``**`` matches zero or more
+    directories, each entered once (glob.glob follows a symbolic link loop until the
+    path is too long)."""
+    absolute = pattern.startswith(os.sep)
+    paths = [os.sep if absolute else ""]
+    for part in pattern.split(os.sep)[1 if absolute else 0:]:
+        if not part:  # a doubled or trailing separator
+            continue
+        found: list[str] = []
+        for p in paths:
+            if part == "**":
+                found += _dirs_below(p)
+            elif _GLOB.search(part):
+                found += [os.path.join(p, n) for n in _listdir(p) if fnmatch.fnmatchcase(n, part)
+                          and (part.startswith(".") or not n.startswith("."))]
+            elif os.path.lexists(os.path.join(p, part)):
+                found.append(os.path.join(p, part))
+        paths = found
+    return [p or os.curdir for p in paths]
+
+
+def _glob(pattern: str, skipped: list[str]) -> list[str]:
+    """The data files ``pattern`` matches (directories walked), in partition order."""
     parts = pattern.split(os.sep)
     fixed = os.sep.join(parts[:next(i for i, c in enumerate(parts) if _GLOB.search(c))])
     root = fixed or ("/" if pattern.startswith(os.sep) else ".")
     found = []
-    for m in glob.glob(pattern, recursive=True):
+    for m in _match(pattern):
         rel = os.path.relpath(m, root)
-        if _hidden(rel):
+        if not _kept(rel, m, skipped):
             continue
         found += [(rel, m)] if not os.path.isdir(m) else [
-            (os.path.relpath(f, root), f) for f in _walk(m)]
+            (os.path.relpath(f, root), f) for f in _walk(m, skipped)]
     return [m for _, m in sorted(set(found), key=lambda t: order_key(t[0]))]
 
 
@@ -124,21 +201,44 @@ def expand_sources(args: Sequence[str | os.PathLike]) -> list[str]:
     """The files ``args`` name (module docstring); a directory or glob that names no file
     is a DataError. A path that does not exist and is no glob is kept (reported when
     read)."""
+    return _expand(args)[0]
+
+
+def _expand(args: Sequence[str | os.PathLike]) -> tuple[list[str], list[str]]:
+    """:func:`expand_sources`, and the warning about in-progress files skipped."""
     out: list[str] = []
+    skipped: list[str] = []
     for arg in args:
         a = os.fspath(arg)
         if os.path.isdir(a):
-            found = _walk(a)
-            what = "no data file in this directory (names starting with . or _ are skipped)"
+            found = _walk(a, skipped)
+            what = ("no data file in this directory (names starting with . or _, and "
+                    "checksum and in-progress files, are skipped)")
         elif not os.path.exists(a) and _GLOB.search(a):
-            found = _glob(a)
+            found = _glob(a, skipped)
             what = "no data file matches this pattern"
         else:
             found, what = [a], ""
         if not found:
             raise DataError(f"{a}: {what}", path=a, reason="no_match")
         out += found
-    return out
+    skipped = sorted(set(skipped))
+    warn = [] if not skipped else [
+        f"{skipped[0]}{f' and {len(skipped) - 1} more' if len(skipped) > 1 else ''}: "
+        f"skipped: still being written (a {', '.join(IN_PROGRESS)} name)"]
+    return out, warn
+
+
+def decompression_figures(per_rank: list[dict[str, float]]) -> dict[str, list[float]] | None:
+    """What reading compressed text cost each rank (``Reader.decompressed`` of every rank;
+    None when no rank read any): MB decompressed (a rank decompresses a compressed file
+    up to its last range of it, so each rank about the whole file), MB of them parsed (its
+    own lines) and seconds decompressing (in the reader thread, beside the parsing)."""
+    if not any(d["bytes"] for d in per_rank):
+        return None
+    return {"decompressed_mb": [round(d["bytes"] / 1e6, 2) for d in per_rank],
+            "parsed_mb": [round(d["kept_bytes"] / 1e6, 2) for d in per_rank],
+            "seconds": [round(d["seconds"], 3) for d in per_rank]}
 
 
 def is_file_list(data: DataInput) -> bool:
@@ -163,7 +263,9 @@ def open_input(data: DataInput, schema: ColumnSchema, fmt: str | None = None, *,
                             "score held-out rows with a second source")
         return ArrowSource(data, schema, batch_rows=batch_rows, policy=policy, rank=rank), []
     args = [data] if isinstance(data, (str, os.PathLike)) else list(data)
-    paths, warnings = screen_files(expand_sources(args))
+    found, skipped = _expand(args)
+    paths, warnings = screen_files(found)
+    warnings = skipped + warnings
     kw = dict(rank=rank, world=world, batch_rows=batch_rows, policy=policy, holdout=holdout)
     runs: list[Reader] = []
     counter = None
@@ -202,6 +304,10 @@ class MixedReader:
     @property
     def part_lines(self) -> list[int]:
         return [n for r in self.readers for n in r.part_lines]
+
+    @property
+    def decompressed(self) -> dict[str, float]:
+        return {k: sum(r.decompressed[k] for r in self.readers) for k in NO_DECOMPRESSION}
 
     def __iter__(self) -> Iterator[RawBatch]:
         return rebatch((b for r in self.readers for b in r), self.batch_rows)
@@ -292,6 +398,7 @@ class ArrowSource:
         return [(self.rank, 0)]
 
     header_warnings: list[str] = []
+    decompressed = NO_DECOMPRESSION
 
     def held_out(self) -> Iterator[RawBatch]:
         return iter(())

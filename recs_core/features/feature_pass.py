@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from recs_core.comm.world import World
+from recs_core.comm.world import World, job_world
 from recs_core.data.arrow import ArrowConverter, sample_batch
 from recs_core.data.bad_rows import BadRowPolicy
 from recs_core.data.parse import ChunkParser
 from recs_core.data.reader import find_lf, rfind_lf
-from recs_core.data.sources import DataInput, open_input
+from recs_core.data.sources import DataInput, decompression_figures, open_input
 from recs_core.features.graph import FeatureGraph
 from recs_core.features.spec import Spec
 from recs_core.progress_bar import ProgressBar
@@ -32,6 +32,7 @@ class FeatureRunStats:
     jit_seconds: float = 0.0  # kernel compile/cache load before the timed pass
     warnings: list[str] = field(default_factory=list)  # a file given twice, an empty file,
     # a file with a header and no rows
+    decompression: dict[str, list[float]] | None = None  # per rank (sources.py)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -44,7 +45,7 @@ class FeatureRunStats:
             "world_size": self.world_size,
             "jit_seconds": round(self.jit_seconds, 3),
             "warnings": self.warnings,
-        }
+        } | ({"decompression": self.decompression} if self.decompression else {})
 
 
 def warm_up(spec: Spec) -> float:
@@ -75,11 +76,13 @@ def run_features(spec: Spec, paths: DataInput, world: World | None = None, *,
                  quiet: bool = False) -> FeatureRunStats:
     """Process this rank's shard of ``paths`` (files, directories, globs: text or Parquet;
     or an Arrow source: record batches, tables, data frames; see
-    :mod:`recs_core.data.sources`) through the spec's operator graph.
+    :mod:`recs_core.data.sources`) through the spec's operator graph, over ``world``
+    (default: the ranks this process was launched on, see
+    :func:`~recs_core.comm.world.job_world`).
 
     Returns the global figures (every rank gets them).
     """
-    world = world or World()
+    world = job_world(world)
     jit_seconds = warm_up(spec)
     graph = FeatureGraph(spec)
     reader, warnings = open_input(paths, spec.schema, spec.format, rank=world.rank,
@@ -103,4 +106,5 @@ def run_features(spec: Spec, paths: DataInput, world: World | None = None, *,
         world_size=world.size,
         jit_seconds=world.allreduce_max(jit_seconds),
         warnings=warnings,  # (every rank reads every header)
+        decompression=decompression_figures(world.allgather(reader.decompressed)),
     )

@@ -15,6 +15,7 @@ Checkpoints: ``recs_core.train.saving`` (format: docs/CHECKPOINT_FORMAT.md).
 
 from __future__ import annotations
 
+import atexit
 import os
 import resource
 import time
@@ -23,13 +24,20 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from recs_core.checkpoint.outdir import SaveLock
+from recs_core.checkpoint.outdir import SaveLock, claim_outputs
 from recs_core.comm.objects import dup
 from recs_core.comm.pending import post_allreduce
-from recs_core.comm.world import World
+from recs_core.comm.world import World, job_world
 from recs_core.data.bad_rows import BadRowPolicy
 from recs_core.data.parse import RawBatch
-from recs_core.data.sources import DataInput, Reader, is_file_list, open_input
+from recs_core.data.sources import (
+    NO_DECOMPRESSION,
+    DataInput,
+    Reader,
+    decompression_figures,
+    is_file_list,
+    open_input,
+)
 from recs_core.errors import RecsError
 from recs_core.features.feature_pass import warm_up
 from recs_core.features.graph import FeatureBatch, FeatureGraph
@@ -54,6 +62,9 @@ from recs_core.train.scores import RankScores, Scores, check_id_column, column_a
 from recs_core.train.window import Window, data_arguments, skip_steps
 
 T = TypeVar("T")
+# this process's save-directory locks (rank 0's), by absolute path: a process is one job to
+# another (a lock names its process), so every Job of a process shares them
+_SAVE_LOCKS: dict[str, SaveLock] = {}
 
 
 class Job:
@@ -63,7 +74,7 @@ class Job:
                  world: World | None = None) -> None:
         self.spec = spec
         self.cfg = cfg or train_config(spec)
-        self.world = world or World()
+        self.world = job_world(world)
         self.graph = FeatureGraph(spec)
         self.model = Model(spec, self.cfg, self.world)
         # the global batch is split evenly across ranks (the first ranks take the remainder)
@@ -81,16 +92,18 @@ class Job:
                           if self.world.size > 1 else None)
         self._reader: Reader | None = None
         self._input_warnings: list[str] = []  # from the data arguments, for the next report
-        self.save_lock: SaveLock | None = None  # rank 0's lease on the save directory
+        # the save directories this job saved into, by absolute path: rank 0's lock (lease)
+        self.save_locks: dict[str, SaveLock | None] = {}
         # the checkpoint the next window starts from, and its window's meta (load)
         self._loaded: tuple[str, dict[str, Any]] | None = None
         self._last_save: Increment | None = None  # what a periodic increment applies to
         self.comparison: Comparison | None = None  # compare_with's, for the next pass
 
     @classmethod
-    def from_config(cls, path: str | os.PathLike) -> Job:
-        """Load and validate a config file and build its job."""
-        job = cls(load_spec(path))
+    def from_config(cls, path: str | os.PathLike, world: World | None = None) -> Job:
+        """Load and validate a config file and build its job over ``world`` (default: the
+        ranks this process was launched on, see :func:`~recs_core.comm.world.job_world`)."""
+        job = cls(load_spec(path), world=world)
         job.config_text = config_text(path)
         return job
 
@@ -398,6 +411,10 @@ class Job:
             "global_step": window.global_step,
         }
         out["warnings"] = self._warnings(train_rows)
+        spent = decompression_figures(world.allgather(
+            self._reader.decompressed if self._reader else NO_DECOMPRESSION))
+        if spent:
+            out["decompression"] = spent
         dyn = self._end_dynamic_window()
         if dyn:
             out["dynamic_tables"] = dyn
@@ -492,11 +509,42 @@ class Job:
 
         return StepHook(every, fn)
 
+    def claim_save_root(self, root: str | os.PathLike, lock: SaveLock | None = None) -> None:
+        """Check and lock ``root`` for ``step-*`` checkpoints as ``--save`` does, unless this
+        process holds its lock already (collective; rank 0 holds it, for every job of the
+        process, until :meth:`close` or the process ends); ``lock``: rank 0's lock, taken
+        for the job already (``recs train``'s)."""
+        key = os.path.abspath(root)
+        rank0 = self.world.rank == 0
+
+        def claim() -> SaveLock | None:
+            if not rank0:
+                return None
+            held = lock or _SAVE_LOCKS.get(key)
+            if held is None or not held.held:
+                held = claim_outputs(root, None)
+                atexit.register(held.release)
+            _SAVE_LOCKS[key] = held
+            return held
+
+        self.save_locks[key] = self.world.everyone(claim)
+
+    def close(self) -> None:
+        """Release the locks of the save directories this job saved into."""
+        for key in self.save_locks:
+            held = _SAVE_LOCKS.pop(key, None)
+            if held is not None:
+                held.release()
+        self.save_locks.clear()
+
     def _save(self, path: str | None = None, *, root: str | None = None,
               keep: int | None = None, done: bool = False,
               base: Increment | None = None) -> str:
+        if root is not None:
+            self.claim_save_root(root)
         t0 = time.perf_counter()
-        lock = self.save_lock  # a job whose lease was taken over stops before it writes
+        lock = self.save_locks.get(os.path.abspath(root)) if root is not None else None
+        # a job whose lease was taken over stops before it writes
         self.world.everyone(lambda: lock.check() if lock is not None else None)
         out = save_checkpoint(self.model, self.graph, self.window, self.world, path, root=root,
                               keep=keep, done=done, config_text=self.config_text, base=base)
@@ -515,7 +563,8 @@ class Job:
 
     def save_step(self, root: str | os.PathLike, keep: int | None = None,
                   done: bool = True) -> str:
-        """:meth:`save` to ``root/step-<global step>``, keeping the newest ``keep``."""
+        """:meth:`save` to ``root/step-<global step>``, keeping the newest ``keep``; ``root``
+        is checked and locked as ``--save`` is (:meth:`claim_save_root`)."""
         return self._save(root=os.fspath(root), keep=keep, done=done)
 
     def _load(self, path: str | os.PathLike, resume: bool, unfinished: bool = False,

@@ -8,7 +8,7 @@ that was skipped keeps its number and has no score), so positions line up with t
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -18,6 +18,7 @@ from recs_core.checkpoint.files import atomic_write
 from recs_core.data.parse import COL_FLOAT, COL_INT, COL_LABEL, COL_STR, ColumnSchema, RawBatch
 from recs_core.data.reader import RowOrigins
 from recs_core.errors import RecsError
+from recs_core.outfiles import check_output_file
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -147,18 +148,13 @@ class Scores:
         return pa.table({key[0]: key[1], PROBABILITY: self.probs})
 
 
-def check_output(path: str) -> None:
-    """RecsError unless ``path`` can take the scores: a .csv or .parquet name, not a
-    directory, in an existing directory this process may write in."""
+def check_output(path: str, inputs: Iterable[str] = (), overwrite: bool = False) -> None:
+    """RecsError unless ``path`` can take the scores: a .csv or .parquet name, and
+    :func:`~recs_core.outfiles.check_output_file` (not a directory, not one of the
+    ``inputs``, no existing file unless ``overwrite``, in a writable directory)."""
     if not path.lower().endswith(FORMATS):
         raise RecsError(f"--out {path}: give a .csv or .parquet file name")
-    parent = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise RecsError(f"--out {path}: is a directory")
-    if not os.path.isdir(parent):
-        raise RecsError(f"--out {path}: no directory {parent}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise RecsError(f"--out {path}: {parent} is not writable")
+    check_output_file(path, "--out", inputs, overwrite)
 
 
 def write_scores(scores: Scores, path: str) -> int:
