@@ -235,9 +235,9 @@ class Decompressed:
             passed = n
         return passed
 
-    def line_starts(self) -> dict[int, int]:
-        """Decompress the file from its start to its end: per cut, the lines that start
-        before :meth:`offset_of` it (the file's lines when no byte is at or past it)."""
+    def line_starts(self) -> tuple[dict[int, int], int]:
+        """Decompress the file from its start to its end: (per cut, the lines that start
+        before :meth:`offset_of` it (all when no byte is at or past it), the lines)."""
         out: dict[int, int] = {}
         lfs, last = 0, 10  # line feeds before the piece, the byte before it
         done = 0  # cuts handled
@@ -251,9 +251,8 @@ class Decompressed:
             lfs += self.raw.count(b"\n")
             last = self.raw[-1]
             self.at = len(self.raw)
-        for cut in self._cuts[done:]:
-            out[cut] = lfs + (last != 10)
-        return out
+        total = lfs + (last != 10)
+        return out | {cut: total for cut in self._cuts[done:]}, total
 
     def skip_to(self, cut: int) -> tuple[int, int] | None:
         """From a line start, pass the lines that start before :meth:`offset_of` ``cut``:

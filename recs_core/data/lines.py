@@ -103,13 +103,16 @@ def line_starts(path: str, codec: str, cuts: Iterable[int]) -> dict[int, int]:
     """Per cut, the physical lines of the file that start before it: a byte offset of a
     plain file (``codec`` ""), a position in a compressed one (module docstring of
     :mod:`~recs_core.data.decompress`: the lines before the first byte at or past it).
-    A cut at or past the end gets the file's lines."""
+    A cut at or past the file's size gets all its lines, as a reader reads a span that
+    ends there to the end (a zstd stream's last bytes may all have its size as their
+    position: Arrow has read the whole file by then)."""
     if not codec:
         return scan_plain(path, cuts)[0]
+    size = os.path.getsize(path)
     cuts = list(cuts)
     try:
         with open(path, "rb") as raw:
-            out = Decompressed(raw, codec, cuts).line_starts()
+            out, total = Decompressed(raw, codec, [c for c in cuts if c < size]).line_starts()
     except READ_ERRORS as e:
         raise as_data_error(e, path) from None
-    return out | {c: 0 for c in cuts if c <= 0}
+    return out | {c: 0 for c in cuts if c <= 0} | {c: total for c in cuts if c >= size}
