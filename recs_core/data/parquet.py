@@ -169,7 +169,7 @@ class ParquetInput:
             if len(r) and r.end > first:
                 raise DataError(f"{self.paths[r.file]}: rows [{r.first}, {r.end}) to read, "
                                 f"but the file has {first}: it changed since the ranges "
-                                f"were made", path=self.paths[r.file], reason="bad_parquet")
+                                f"were made", path=self.paths[r.file], reason="file_changed")
         return out
 
 

@@ -351,7 +351,7 @@ class _ChunkProducer(threading.Thread):
         return DataError(f"{part.path}: the file ends before data line {part.end - 1}, the "
                          f"last of lines [{part.start}, {part.end}) to read: it changed "
                          f"since the line ranges were made", path=part.path,
-                         reason="read_error")
+                         reason="file_changed")
 
     def _skip_header(self, f) -> tuple[int, int]:  # noqa: ANN001
         """At a file's start: read past its header line, if the files have one (the
