@@ -269,7 +269,7 @@ def open_input(data: DataInput, schema: ColumnSchema, fmt: str | None = None, *,
             raise RecsError("a hold-out (eval fraction) or line ranges need files; for "
                             "Arrow batches score held-out rows with a second source")
         return ArrowSource(data, schema, batch_rows=batch_rows, policy=policy, rank=rank), []
-    _, warnings, runs = _window(data, schema, fmt)
+    warnings, runs = _window(data, schema, fmt)
     kw = dict(rank=rank, world=world, batch_rows=batch_rows, policy=policy, holdout=holdout)
     parts = _run_units(units, runs) if units is not None else [None] * len(runs)
     readers: list[Reader] = []
@@ -292,7 +292,7 @@ def default_units(data: DataInput, schema: ColumnSchema, fmt: str | None, world:
     read."""
     if not is_file_list(data):
         raise RecsError("line ranges need files (an Arrow source has none)")
-    _, _, runs = _window(data, schema, fmt)
+    _, runs = _window(data, schema, fmt)
     out = [RankUnits() for _ in range(world)]
     first = 0
     for parquet, run in runs:
@@ -309,8 +309,8 @@ def _shifted(ranges: Iterable[LineRange], by: int) -> tuple[LineRange, ...]:
 
 
 def _window(data: DataInput, schema: ColumnSchema, fmt: str | None
-            ) -> tuple[list[str], list[str], list[tuple[bool, list[str]]]]:
-    """(the window's files, warnings, its runs: (Parquet?, files) per run of consecutive
+            ) -> tuple[list[str], list[tuple[bool, list[str]]]]:
+    """(warnings, the window's files in runs: (Parquet?, files) per run of consecutive
     files of one format); a mixed window's files are checked against one schema."""
     args = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     found, skipped = _expand(args)
@@ -320,7 +320,7 @@ def _window(data: DataInput, schema: ColumnSchema, fmt: str | None
         ParquetInput.scan([p for p in paths if is_parquet(p, fmt)], schema)
     runs = [(parquet, list(group))
             for parquet, group in itertools.groupby(paths, key=lambda p: is_parquet(p, fmt))]
-    return paths, skipped + warnings, runs
+    return skipped + warnings, runs
 
 
 def _run_units(units: RankUnits, runs: list[tuple[bool, list[str]]]) -> list[RankUnits]:
@@ -330,7 +330,7 @@ def _run_units(units: RankUnits, runs: list[tuple[bool, list[str]]]) -> list[Ran
     out = [RankUnits() for _ in runs]
     for kind, ranges in (("train", units.train), ("held", units.held)):
         at = 0
-        for r in check_ranges(ranges, bounds[-1]):
+        for r in check_ranges(ranges, bounds[-1] if bounds else 0):
             k = bisect.bisect_right(bounds, r.file)
             if k < at:
                 raise RecsError(f"line ranges of a window of text and Parquet files must "
