@@ -217,6 +217,43 @@ class Decompressed:
         if data:
             self.raw, self.at = bytes(data) + self.raw[self.at:], 0
 
+    def skip_lines(self, n: int) -> int:
+        """From a line start, pass ``n`` lines (a last one without a line feed counts):
+        the lines passed, fewer when the file ends first."""
+        passed, mid = 0, False  # mid: bytes of a line passed, not its line feed
+        while passed < n:
+            if self.at == len(self.raw) and not self._next_piece():
+                return passed + mid
+            c = self.raw.count(b"\n", self.at)
+            if c < n - passed:
+                passed += c
+                mid = self.raw[-1] != 10
+                self.at = len(self.raw)
+                continue
+            for _ in range(n - passed):  # at most a piece's lines
+                self.at = self.raw.index(b"\n", self.at) + 1
+            passed = n
+        return passed
+
+    def line_starts(self) -> tuple[dict[int, int], int]:
+        """Decompress the file from its start to its end: (per cut, the lines that start
+        before :meth:`offset_of` it (all when no byte is at or past it), the lines)."""
+        out: dict[int, int] = {}
+        lfs, last = 0, 10  # line feeds before the piece, the byte before it
+        done = 0  # cuts handled
+        while self._next_piece():
+            d0 = self.produced - len(self.raw)
+            for cut in self._cuts[done:self._next_cut]:  # their offsets are in this piece
+                k = self._offsets[cut] - d0
+                before = self.raw[k - 1] if k > 0 else last
+                out[cut] = lfs + self.raw.count(b"\n", 0, k) + (before != 10)
+            done = self._next_cut
+            lfs += self.raw.count(b"\n")
+            last = self.raw[-1]
+            self.at = len(self.raw)
+        total = lfs + (last != 10)
+        return out | {cut: total for cut in self._cuts[done:]}, total
+
     def skip_to(self, cut: int) -> tuple[int, int] | None:
         """From a line start, pass the lines that start before :meth:`offset_of` ``cut``:
         (line feeds passed, the offset of the first line at or after it), or None when

@@ -16,13 +16,16 @@ time.
 
 Hold-out (``holdout=h``): a rank's shard is its rows in order; the rows from
 ``floor((1 - h) * rows)`` on are held out (exact in rows), read by :meth:`held_out`.
+
+Given line ranges (``units``: rows of files, :mod:`~recs_core.data.units`) a reader reads
+those instead, each range as the stretches of row groups it covers.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +37,7 @@ from recs_core.data.bad_rows import BadRowCounter, BadRowPolicy
 from recs_core.data.parse import COL_STR, ColumnSchema, RawBatch
 from recs_core.data.reader import NO_DECOMPRESSION, RowOrigins, rebatch_origins
 from recs_core.data.shards import check_files
+from recs_core.data.units import LineRange, RankUnits, check_ranges, merged
 from recs_core.errors import DataError
 
 READ_ROWS = 65536  # rows per record batch decoded by pyarrow (fewer calls: faster)
@@ -140,6 +144,34 @@ class ParquetInput:
                     plan[r].append(RowPart(self.paths[fi], g, a - g0, b - g0, f0))
         return plan
 
+    def units(self, world: int, holdout: float) -> list[RankUnits]:
+        """What each of ``world`` ranks reads with ``holdout`` (:meth:`plan`,
+        :func:`split_rows`) as line ranges (:mod:`~recs_core.data.units`: rows)."""
+        index = {p: i for i, p in enumerate(self.paths)}
+
+        def ranges(parts: list[RowPart]) -> tuple[LineRange, ...]:
+            return tuple(merged([LineRange(index[p.path], p.first + p.lo, p.first + p.hi)
+                                 for p in parts]))
+        return [RankUnits(*map(ranges, split_rows(parts, holdout)))
+                for parts in self.plan(world)]
+
+    def row_parts(self, ranges: Sequence[LineRange]) -> list[RowPart]:
+        """The row parts of ``ranges`` (rows of one file each), in their order; a
+        DataError for rows past a file's end."""
+        out = []
+        for r in check_ranges(ranges, len(self.paths)):
+            first = 0
+            for g, n in enumerate(self.groups[r.file]):
+                a, b = max(r.first, first), min(r.end, first + n)
+                if a < b:
+                    out.append(RowPart(self.paths[r.file], g, a - first, b - first, first))
+                first += n
+            if len(r) and r.end > first:
+                raise DataError(f"{self.paths[r.file]}: rows [{r.first}, {r.end}) to read, "
+                                f"but the file has {first}: it changed since the ranges "
+                                f"were made", path=self.paths[r.file], reason="file_changed")
+        return out
+
 
 def split_rows(parts: list[RowPart], holdout: float) -> tuple[list[RowPart], list[RowPart]]:
     """(training parts, held-out parts): the rows from ``floor((1 - holdout) * rows)`` of
@@ -168,20 +200,27 @@ class ParquetReader:
     ``batch_rows`` rows, with the interface of :class:`~recs_core.data.reader.ShardReader`
     (``paths``, ``counter``, ``rows``, ``held_rows``, :meth:`held_out`,
     :meth:`with_origins`, :meth:`part_keys`, ``part_lines``, :meth:`size_warnings`); a
-    part is rows of one row group (``RowPart``), its lines are its rows."""
+    part is rows of one row group (``RowPart``), its lines are its rows. ``units``: read
+    those rows instead (``rank``, ``world`` and ``holdout`` are then not used)."""
 
     def __init__(self, paths: list[str], schema: ColumnSchema, *, rank: int = 0,
                  world: int = 1, batch_rows: int = 2048, policy: BadRowPolicy | None = None,
-                 holdout: float = 0.0, counter: BadRowCounter | None = None) -> None:
+                 holdout: float = 0.0, counter: BadRowCounter | None = None,
+                 units: RankUnits | None = None) -> None:
         if batch_rows < 1:
             raise ValueError("batch_rows must be >= 1")
         self.schema = schema
         self.paths = [os.fspath(p) for p in paths]
         self.input = ParquetInput.scan(self.paths, schema)
         self.file_index = {p: i for i, p in enumerate(self.paths)}
-        self.parts = self.input.plan(world)[rank]
         self.holdout = holdout
-        self._train, self._held = split_rows(self.parts, holdout)
+        if units is None:
+            self.parts = self.input.plan(world)[rank]
+            self._train, self._held = split_rows(self.parts, holdout)
+        else:
+            self._train = self.input.row_parts(units.train)
+            self._held = self.input.row_parts(units.held)
+            self.parts = self._train + self._held
         self.batch_rows = batch_rows
         self.converter = ArrowConverter(schema)
         self.counter = counter or BadRowCounter(policy or BadRowPolicy())
@@ -201,7 +240,8 @@ class ParquetReader:
 
     def with_origins(self) -> Iterator[tuple[RawBatch, RowOrigins]]:
         """The training rows with their origins: per row, its part (see
-        :meth:`part_keys`) and its row in the part (a skipped bad row keeps its number)."""
+        :meth:`part_keys`) and its row in the part (a skipped bad row keeps its number),
+        its file and its row in the file."""
         for batch, origins in rebatch_origins(self._converted(self._train), self.batch_rows):
             self.rows += len(batch)
             yield batch, origins  # type: ignore[misc]
@@ -278,7 +318,11 @@ class ParquetReader:
                         good = np.ones(out.n_rows, bool)
                         good[out.bad_row] = False
                         lines = np.flatnonzero(good).astype(np.int64) + (row - part.lo)
-                        yield out.batch, RowOrigins(np.full(len(lines), k, np.int32), lines)
+                        n = len(lines)
+                        yield out.batch, RowOrigins(
+                            np.full(n, k, np.int32), lines,
+                            np.full(n, self.file_index[part.path], np.int32),
+                            lines + (part.first + part.lo))
             except (pa.ArrowException, OSError) as e:
                 msg = str(e).splitlines()[0] if str(e) else type(e).__name__
                 raise DataError(f"{where}: cannot read: {msg}", path=part.path,

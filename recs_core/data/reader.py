@@ -32,7 +32,7 @@ import math
 import os
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numba import njit
@@ -40,6 +40,7 @@ from numba import njit
 from recs_core.data.bad_rows import BadRowCounter, BadRowPolicy
 from recs_core.data.decompress import Decompressed, as_data_error
 from recs_core.data.header import field_maps
+from recs_core.data.lines import count_line_feeds, line_starts, nth_lf, scan_plain
 from recs_core.data.parse import (
     R_LINE_TOO_LONG,
     ChunkParser,
@@ -47,7 +48,9 @@ from recs_core.data.parse import (
     ParsedChunk,
     RawBatch,
 )
-from recs_core.data.shards import Span, plan_shards
+from recs_core.data.shards import Span, check_files, plan_shards
+from recs_core.data.units import LineRange, RankUnits, check_ranges, merged
+from recs_core.errors import DataError
 from recs_core.native import SpscRing
 
 DEFAULT_CHUNK_BYTES = 4 << 20
@@ -67,21 +70,6 @@ class _Chunk:
     skipped_long_lines: int = 0  # overlong lines dropped right before this chunk
 
 
-def count_line_feeds(path: str, lo: int, hi: int) -> int:
-    """Number of line feeds in bytes [lo, hi) of a plain file, read in bounded blocks."""
-    n = 0
-    with open(path, "rb") as f:
-        f.seek(lo)
-        left = hi - lo
-        while left > 0:
-            block = f.read(min(left, 1 << 22))
-            if not block:
-                break
-            n += block.count(b"\n")
-            left -= len(block)
-    return n
-
-
 def count_lines_before(path: str, offset: int) -> int:
     """Number of line feeds in the first ``offset`` bytes of a plain file."""
     return count_line_feeds(path, 0, offset)
@@ -91,18 +79,24 @@ def count_lines_before(path: str, offset: int) -> int:
 class RowOrigins:
     """Where a batch's rows are: per row, the index of its part among the reader's
     (see :meth:`ShardReader.part_keys`) and its 0-based line in the part (every line
-    counts, a skipped bad one too)."""
+    counts, a skipped bad one too); and the row's identity in the window: the index of
+    its file among the reader's ``paths`` (-1: an Arrow source) and its line in that
+    file (:mod:`~recs_core.data.units`: its 0-based index among the file's data lines; a
+    Parquet file's row; an Arrow source's row)."""
 
     part: np.ndarray  # int32
     line: np.ndarray  # int64
+    file: np.ndarray  # int32
+    file_line: np.ndarray  # int64
 
     @staticmethod
     def concat(parts: list[RowOrigins]) -> RowOrigins:
-        return RowOrigins(np.concatenate([p.part for p in parts]),
-                          np.concatenate([p.line for p in parts]))
+        return RowOrigins(*(np.concatenate([getattr(p, k) for p in parts])
+                            for k in ("part", "line", "file", "file_line")))
 
     def slice(self, a: int, b: int) -> RowOrigins:
-        return RowOrigins(self.part[a:b], self.line[a:b])
+        return RowOrigins(self.part[a:b], self.line[a:b], self.file[a:b],
+                          self.file_line[a:b])
 
     def __len__(self) -> int:
         return len(self.part)
@@ -143,12 +137,41 @@ def rebatch_origins(items: Iterator[tuple[RawBatch, RowOrigins | None]], rows: i
 @dataclass(frozen=True)
 class _Part:
     """What one stream reads of one span: the lines of ``path`` that start in [start, end)
-    (of the compressed file, by position, when ``codec`` is not "")."""
+    (of the compressed file, by position, when ``codec`` is not ""); ``by_lines``: its
+    data lines [start, end) instead (a :class:`~recs_core.data.units.LineRange`)."""
 
     path: str
     codec: str
     start: int
     end: int
+    by_lines: bool = False
+
+
+@dataclass
+class _LineScans:
+    """What scans of plain files found (:func:`~recs_core.data.lines.scan_plain`), kept by
+    a reader for its next passes: per (path, byte), the lines that start before it; per
+    (path, physical line), the offset of its first byte (-1: the file has no such line)."""
+
+    starts: dict[tuple[str, int], int] = field(default_factory=dict)
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def lines_before(self, path: str, start: int, parts: list[_Part]) -> int:
+        """Lines of ``path`` that start before byte ``start``; the first call for a file
+        scans it for the starts of all its byte parts among ``parts``."""
+        if (path, start) not in self.starts:
+            cuts = {p.start for p in parts if p.path == path and not p.by_lines} | {start}
+            self.starts |= {(path, c): n for c, n in scan_plain(path, cuts)[0].items()}
+        return self.starts[(path, start)]
+
+    def offset_of(self, path: str, line: int, parts: list[_Part], header: int) -> int:
+        """The offset of physical line ``line`` of ``path`` (-1: none); the first call for
+        a file scans it for the first lines of all its line parts among ``parts``."""
+        if (path, line) not in self.offsets:
+            want = {p.start + header for p in parts if p.path == path and p.by_lines} | {line}
+            found = scan_plain(path, lines=want)[1]
+            self.offsets |= {(path, n): found.get(n, -1) for n in want}
+        return self.offsets[(path, line)]
 
 
 def split_at_holdout(spans: list[Span], holdout: float) -> tuple[list[_Part], list[_Part], int,
@@ -179,24 +202,48 @@ def split_at_holdout(spans: list[Span], holdout: float) -> tuple[list[_Part], li
     return train, held, cut, total
 
 
+def text_units(paths: list[str], header: bool, world: int, holdout: float) -> list[RankUnits]:
+    """What each of ``world`` ranks reads of text files with ``holdout`` (the spans of
+    :func:`~recs_core.data.shards.plan_shards`, :func:`split_at_holdout`) as line ranges
+    (:mod:`~recs_core.data.units`): one scan of each plain file and one decompression of
+    each compressed one, to count the lines before each span's cuts."""
+    files = check_files(paths)
+    index = {p: i for i, (p, _, _) in enumerate(files)}
+    plans = [split_at_holdout(spans, holdout)[:2] for spans in plan_shards(paths, world)]
+    cuts: dict[str, set[int]] = {p: set() for p, _, _ in files}
+    for parts in (q for plan in plans for q in plan):
+        for p in parts:
+            cuts[p.path] |= {p.start, p.end}
+    starts = {p: line_starts(p, codec, cuts[p]) for p, _, codec in files if cuts[p]}
+    h = int(header)
+
+    def ranges(parts: list[_Part]) -> tuple[LineRange, ...]:
+        return tuple(merged([LineRange(index[p.path], max(0, starts[p.path][p.start] - h),
+                                       max(0, starts[p.path][p.end] - h)) for p in parts]))
+    return [RankUnits(ranges(train), ranges(held)) for train, held in plans]
+
+
 class _ChunkProducer(threading.Thread):
     """Reads the parts into fresh chunk buffers, each ending at a line boundary."""
 
     def __init__(self, parts: list[_Part], chunk_bytes: int, pool: list[np.ndarray | None],
                  meta: list[_Chunk], full: SpscRing, free: SpscRing, sizes: dict[str, int],
-                 header: bool = False) -> None:
+                 header: bool = False, scans: _LineScans | None = None) -> None:
         super().__init__(daemon=True, name="recs-reader")
         self.parts, self.pool, self.meta, self.full, self.free = parts, pool, meta, full, free
         self.chunk_bytes = chunk_bytes
         self.sizes = sizes  # the files' sizes the shards were planned on
         self.header = header
+        # where plain files' lines are; None: a byte part's first line is counted only
+        # for a message (rows' file lines are not wanted)
+        self.scans = scans
         self.error: BaseException | None = None
         self.current_path = ""
         self.stop = False
         # per part: (the part read before it from the same decompressed stream, or -1; the
         # line feeds from that part's end, or the file's start, to its first line), set
         # before its first chunk is handed over; unset for a plain part that does not
-        # start its file (counted from the file when a message needs it)
+        # start its file, without ``scans`` (counted from the file when a message needs it)
         self.lines_before: dict[int, tuple[int, int]] = {}
         self.streams: list[Decompressed] = []  # the compressed files' streams opened
         self.kept_bytes = 0  # decompressed bytes handed over
@@ -204,6 +251,7 @@ class _ChunkProducer(threading.Thread):
         self._z_raw = None
         self._z_path = ""
         self._z_last = -1  # the last part read from it
+        self._z_line = 0  # the line it is at (reading by lines)
 
     def run(self) -> None:
         try:
@@ -229,11 +277,11 @@ class _ChunkProducer(threading.Thread):
         if self._z is None or self._z_path != part.path:
             self._close_stream()
             size = self.sizes[part.path]
-            cuts = [c for p in self.parts if p.path == part.path for c in (p.start, p.end)
-                    if c < size]
+            cuts = [c for p in self.parts if p.path == part.path and not p.by_lines
+                    for c in (p.start, p.end) if c < size]
             self._z_raw = open(part.path, "rb")  # noqa: SIM115 (closed with the stream)
             self._z = Decompressed(self._z_raw, part.codec, cuts)
-            self._z_path, self._z_last = part.path, -1
+            self._z_path, self._z_last, self._z_line = part.path, -1, 0
             self.streams.append(self._z)
         return self._z
 
@@ -245,6 +293,8 @@ class _ChunkProducer(threading.Thread):
     def _read_part(self, index: int, part: _Part) -> bool:
         """Hand over the part's chunks; False when the consumer has gone."""
         self.current_path = part.path
+        if part.by_lines:
+            return self._read_by_lines(index, part)
         if part.codec:
             f = self._stream(part)
             at = f.skip_to(part.start)
@@ -265,11 +315,43 @@ class _ChunkProducer(threading.Thread):
                 if f.read(1) != b"\n":  # that line belongs to the previous range
                     _skip_line(f)
                 pos = f.tell()
+                if self.scans is not None:
+                    self.lines_before[index] = (-1, self.scans.lines_before(
+                        part.path, part.start, self.parts))
             else:
                 header, pos = self._skip_header(f)
                 self.lines_before[index] = (-1, header)
             end = part.end
             return self._read_lines(index, f, pos, lambda: end)
+
+    def _read_by_lines(self, index: int, part: _Part) -> bool:
+        """Hand over the part's data lines: a plain file from the offset of its first
+        line (:class:`_LineScans`), a compressed one decompressed and its lines passed up
+        to it (from the file's start, unless the stream is before it already)."""
+        first, n = part.start + self.header, part.end - part.start  # (physical lines)
+        self.lines_before[index] = (-1, first)
+        if not part.codec:
+            assert self.scans is not None
+            at = self.scans.offset_of(part.path, first, self.parts, int(self.header))
+            if at < 0:
+                raise self._past_end(part)
+            with open(part.path, "rb") as f:
+                f.seek(at)
+                return self._read_lines(index, f, at, lines=n)
+        f = self._stream(part)
+        if self._z_line > first:  # the stream is past it: from the start again
+            self._close_stream()
+            f = self._stream(part)
+        if f.skip_lines(first - self._z_line) < first - self._z_line:
+            raise self._past_end(part)
+        self._z_line = first + n
+        return self._read_lines(index, f, f.tell(), lines=n)
+
+    def _past_end(self, part: _Part) -> DataError:
+        return DataError(f"{part.path}: the file ends before data line {part.end - 1}, the "
+                         f"last of lines [{part.start}, {part.end}) to read: it changed "
+                         f"since the line ranges were made", path=part.path,
+                         reason="file_changed")
 
     def _skip_header(self, f) -> tuple[int, int]:  # noqa: ANN001
         """At a file's start: read past its header line, if the files have one (the
@@ -280,18 +362,20 @@ class _ChunkProducer(threading.Thread):
         return (1 if n else 0), n
 
     def _read_lines(self, index: int, f, pos: int,  # noqa: ANN001
-                    end_of: Callable[[], int | None]) -> bool:
+                    end_of: Callable[[], int | None] = lambda: None,
+                    lines: int | None = None) -> bool:
         """Hand over the lines of ``f`` (at offset ``pos``, a line start) that start before
         ``end_of()`` (None: to the end of the file; it may become known during reading,
-        always before the bytes at it are read). A decompressed stream gets back the bytes
-        read past the part (the next part, or another rank's, starts there)."""
+        always before the bytes at it are read), or its next ``lines`` lines (a DataError
+        when the file ends first). A decompressed stream gets back the bytes read past
+        the part (the next part, or another rank's, starts there)."""
         stream = f if isinstance(f, Decompressed) else None
         carry = np.empty(0, dtype=np.uint8)
         skipped = 0
         eof = False
         while not eof:
-            end = end_of()
-            if end is not None and pos >= end:  # the line at pos is not this part's
+            end = end_of() if lines is None else None
+            if lines == 0 or end is not None and pos >= end:  # the line at pos is not ours
                 if stream is not None:
                     stream.unread(carry.tobytes())
                 break
@@ -310,22 +394,34 @@ class _ChunkProducer(threading.Thread):
                     eof = True
                     break
                 total += got
-            end = end_of()
             cut = -1
             done = eof
-            if end is not None and pos + total >= end:
-                if end <= pos:
-                    cut, done = 0, True
+            if lines is not None:
+                k, n, last = nth_lf(buf, c, total, lines)  # (the carry holds no line feed)
+                if k >= 0:
+                    cut, done, lines = k + 1, True, 0
+                elif eof:
+                    if n + (total > last + 1) < lines:
+                        raise self._past_end(self.parts[index])
+                    lines = 0
                 else:
-                    k = find_lf(buf, end - 1 - pos, total)
-                    if k >= 0:
-                        cut, done = k + 1, True
+                    cut, lines = last + 1, lines - n
+            else:
+                end = end_of()
+                if end is not None and pos + total >= end:
+                    if end <= pos:
+                        cut, done = 0, True
+                    else:
+                        k = find_lf(buf, end - 1 - pos, total)
+                        if k >= 0:
+                            cut, done = k + 1, True
             if cut < 0:
                 cut = total if eof else rfind_lf(buf, 0, total) + 1
             if cut == 0 and total == cap and not done:  # a line longer than the buffer
                 pos += total + _skip_line(f)
                 carry = carry[:0]
                 skipped += 1
+                lines = None if lines is None else lines - 1
                 self.free.push(slot, None)
                 continue
             carry = buf[cut:total].copy() if not done else carry[:0]
@@ -385,19 +481,30 @@ class ShardReader:
     docstring) and :meth:`held_out` the lines from it, each a line exactly once; both
     re-read the files and give the same rows on every call. Bad lines follow ``policy``;
     ``counter`` holds the line and bad-line counts of both streams (each line is in one).
+    ``units``: read those line ranges instead (training ones in their order, held-out
+    ones by :meth:`held_out`); ``rank``, ``world`` and ``holdout`` are then not used.
     """
 
     def __init__(self, paths: list[str], schema: ColumnSchema, *, rank: int = 0, world: int = 1,
                  batch_rows: int = 2048, policy: BadRowPolicy | None = None,
                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, holdout: float = 0.0,
-                 counter: BadRowCounter | None = None) -> None:
+                 counter: BadRowCounter | None = None, units: RankUnits | None = None) -> None:
         if batch_rows < 1:
             raise ValueError("batch_rows must be >= 1")
         self.paths = [os.fspath(p) for p in paths]
-        self.spans = plan_shards(self.paths, world)[rank]
         self.holdout = holdout
-        self._train, self._held, self.cut, self.shard_bytes = split_at_holdout(self.spans,
-                                                                               holdout)
+        if units is None:
+            self.spans = plan_shards(self.paths, world)[rank]
+            self._train, self._held, self.cut, self.shard_bytes = split_at_holdout(
+                self.spans, holdout)
+        else:
+            codecs = [codec for _, _, codec in check_files(self.paths)]
+            self.spans, self.cut, self.shard_bytes = [], 0, 0
+            self._train, self._held = (
+                [_Part(self.paths[r.file], codecs[r.file], r.first, r.end, by_lines=True)
+                 for r in check_ranges(ranges, len(self.paths)) if len(r)]
+                for ranges in (units.train, units.held))
+        self._scans = _LineScans()
         self.parser = ChunkParser(schema)
         self.schema = schema
         # each file's fields (read from its header when the files have one)
@@ -408,7 +515,7 @@ class ShardReader:
         self.counter = counter or BadRowCounter(policy or BadRowPolicy())  # may be shared
         self.rows = 0  # training rows yielded
         self.held_rows = 0  # held-out rows yielded
-        self.sizes = {s.path: os.path.getsize(s.path) for s in self.spans}
+        self.sizes = {p.path: os.path.getsize(p.path) for p in self._train + self._held}
         # files whose size changed while being read: path -> (planned, after a stream)
         self.size_changes: dict[str, tuple[int, int]] = {}
         self.part_lines: list[int] = []  # lines of each training part (with_origins)
@@ -430,10 +537,12 @@ class ShardReader:
 
     def with_origins(self) -> Iterator[tuple[RawBatch, RowOrigins]]:
         """The training rows as :meth:`__iter__` gives them, each batch with where its rows
-        are in the window (for putting every rank's rows back in window order); once it
-        is exhausted, :attr:`part_lines` holds the lines of every part read."""
+        are in the window (for putting every rank's rows back in window order, and
+        their files and lines); once it is exhausted, :attr:`part_lines` holds the lines
+        of every part read. A plain part that does not start its file first counts the
+        lines before it (one scan of the file's prefix per reader, in the reader thread)."""
         self.part_lines = [0] * len(self._train)
-        for batch, origins in self._stream(self._train, self.part_lines):
+        for batch, origins in self._stream(self._train, self.part_lines, origins=True):
             self.rows += len(batch)
             yield batch, origins
 
@@ -443,15 +552,14 @@ class ShardReader:
         index = {p: i for i, p in enumerate(self.paths)}
         return [(index[p.path], p.start) for p in self._train]
 
-    def _stream(self, parts: list[_Part], part_lines: list[int] | None = None) -> Iterator[
-            tuple[RawBatch, RowOrigins]]:
-        """Batches of ``batch_rows`` of ``parts``' good rows with their origins;
-        ``part_lines`` (one per part) gets the lines of each part."""
-        return rebatch_origins(self._chunks(parts, part_lines),  # type: ignore[return-value]
-                               self.batch_rows)
+    def _stream(self, parts: list[_Part], part_lines: list[int] | None = None,
+                origins: bool = False) -> Iterator[tuple[RawBatch, RowOrigins | None]]:
+        """Batches of ``batch_rows`` of ``parts``' good rows with their origins (None
+        unless ``origins``); ``part_lines`` (one per part) gets the lines of each part."""
+        return rebatch_origins(self._chunks(parts, part_lines, origins), self.batch_rows)
 
-    def _chunks(self, parts: list[_Part], part_lines: list[int] | None) -> Iterator[
-            tuple[RawBatch, RowOrigins]]:
+    def _chunks(self, parts: list[_Part], part_lines: list[int] | None, origins: bool
+                ) -> Iterator[tuple[RawBatch, RowOrigins | None]]:
         """The good rows of each chunk read, with their origins (see :meth:`_stream`)."""
         if not parts:
             self.counter.check(final=True)
@@ -462,7 +570,10 @@ class ShardReader:
         for i in range(_POOL):
             free.push(i, None)
         producer = _ChunkProducer(parts, self.chunk_bytes, pool, meta, full, free, self.sizes,
-                                  self.schema.text.header)
+                                  self.schema.text.header, self._scans if origins or any(
+                                      p.by_lines for p in parts) else None)
+        file_of = {p: i for i, p in enumerate(self.paths)}
+        header = int(self.schema.text.header)
         producer.start()
         lines_in_part = [0] * len(parts) if part_lines is None else part_lines
         first_lines: list[int | None] = []  # per part so far: line feeds before its first line
@@ -491,15 +602,21 @@ class ShardReader:
                                         R_LINE_TOO_LONG, None)
                     base += 1
                 self._record_bad(part, first, base, parsed)
-                row_lines = np.delete(np.arange(base, base + parsed.n_lines), parsed.bad_line)
                 lines_in_part[m.part] = base + parsed.n_lines
                 self.counter.lines += parsed.n_lines
                 self.counter.check(final=False)
                 batch = parsed.batch
-                if len(row_lines) != len(batch):
+                if not origins:
+                    yield batch, None
+                    continue
+                row_lines = np.delete(np.arange(base, base + parsed.n_lines), parsed.bad_line)
+                if len(row_lines) != len(batch) or first is None:
                     raise RuntimeError(f"{part.path}: {len(batch)} rows from "
-                                       f"{len(row_lines)} good lines")
-                yield batch, RowOrigins(np.full(len(batch), m.part, np.int32), row_lines)
+                                       f"{len(row_lines)} good lines (first: {first})")
+                n = len(batch)
+                yield batch, RowOrigins(np.full(n, m.part, np.int32), row_lines,
+                                        np.full(n, file_of[part.path], np.int32),
+                                        row_lines + (first - header))
             if producer.error is not None:
                 raise as_data_error(producer.error, producer.current_path)
             self._check_sizes(parts)

@@ -27,6 +27,7 @@ type checks as Parquet files.
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import itertools
 import os
@@ -49,8 +50,10 @@ from recs_core.data.reader import (
     ShardReader,
     rebatch,
     rebatch_origins,
+    text_units,
 )
 from recs_core.data.shards import screen_files
+from recs_core.data.units import LineRange, RankUnits, check_ranges
 from recs_core.errors import DataError, RecsError
 
 if TYPE_CHECKING:
@@ -251,35 +254,94 @@ def is_file_list(data: DataInput) -> bool:
 
 def open_input(data: DataInput, schema: ColumnSchema, fmt: str | None = None, *, rank: int = 0,
                world: int = 1, batch_rows: int = 2048, policy: BadRowPolicy | None = None,
-               holdout: float = 0.0) -> tuple[Reader, list[str]]:
+               holdout: float = 0.0, units: RankUnits | None = None
+               ) -> tuple[Reader, list[str]]:
     """This rank's reader of ``data`` and the warnings about it (a file given twice, an
     empty file, a file with a header and no rows). ``data``: files, directories and globs
     (the window they name, module docstring; each rank reads its shard), or an Arrow
-    source (each rank reads the source it is given; no hold-out). Every entry point
-    reads through here."""
+    source (each rank reads the source it is given; no hold-out). ``units``: read these
+    line ranges of the window's files instead of the rank's shard (``rank``, ``world``
+    and ``holdout`` are then not used; a mixed window's ranges run by run, as
+    :func:`default_units` and :func:`~recs_core.data.units.redistribute` give them).
+    Every entry point reads through here."""
     if not is_file_list(data):
-        if holdout:
-            raise RecsError("a hold-out (eval fraction) needs files; for Arrow batches "
-                            "score held-out rows with a second source")
+        if holdout or units is not None:
+            raise RecsError("a hold-out (eval fraction) or line ranges need files; for "
+                            "Arrow batches score held-out rows with a second source")
         return ArrowSource(data, schema, batch_rows=batch_rows, policy=policy, rank=rank), []
+    warnings, runs = _window(data, schema, fmt)
+    kw = dict(rank=rank, world=world, batch_rows=batch_rows, policy=policy, holdout=holdout)
+    parts = _run_units(units, runs) if units is not None else [None] * len(runs)
+    readers: list[Reader] = []
+    counter = None
+    for (parquet, run), mine in zip(runs, parts):
+        one: Reader = (ParquetReader(run, schema, counter=counter, units=mine, **kw) if parquet
+                       else ShardReader(run, schema, counter=counter, units=mine, **kw))
+        counter = one.counter
+        readers.append(one)
+    reader = readers[0] if len(readers) == 1 else MixedReader(readers)
+    return reader, warnings + reader.header_warnings
+
+
+def default_units(data: DataInput, schema: ColumnSchema, fmt: str | None, world: int,
+                  holdout: float) -> list[RankUnits]:
+    """What each of ``world`` ranks reads of the window ``data`` names with ``holdout``
+    (what :func:`open_input` without ``units`` reads), as line ranges of the window's
+    files: reading rank r's with ``units`` gives the same rows in the same batches. Text
+    files are scanned once each (compressed ones decompressed), Parquet files' footers
+    read."""
+    if not is_file_list(data):
+        raise RecsError("line ranges need files (an Arrow source has none)")
+    _, runs = _window(data, schema, fmt)
+    out = [RankUnits() for _ in range(world)]
+    first = 0
+    for parquet, run in runs:
+        got = (ParquetInput.scan(run, schema).units(world, holdout) if parquet
+               else text_units(run, schema.text.header, world, holdout))
+        out = [RankUnits(u.train + _shifted(g.train, first), u.held + _shifted(g.held, first))
+               for u, g in zip(out, got)]
+        first += len(run)
+    return out
+
+
+def _shifted(ranges: Iterable[LineRange], by: int) -> tuple[LineRange, ...]:
+    return tuple(LineRange(r.file + by, r.first, r.end) for r in ranges)
+
+
+def _window(data: DataInput, schema: ColumnSchema, fmt: str | None
+            ) -> tuple[list[str], list[tuple[bool, list[str]]]]:
+    """(warnings, the window's files in runs: (Parquet?, files) per run of consecutive
+    files of one format); a mixed window's files are checked against one schema."""
     args = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     found, skipped = _expand(args)
     paths, warnings = screen_files(found)
-    warnings = skipped + warnings
-    kw = dict(rank=rank, world=world, batch_rows=batch_rows, policy=policy, holdout=holdout)
-    runs: list[Reader] = []
-    counter = None
     if len({is_parquet(p, fmt) for p in paths}) > 1:  # mixed: one schema over the runs too
         field_maps(schema, [p for p in paths if not is_parquet(p, fmt)])
         ParquetInput.scan([p for p in paths if is_parquet(p, fmt)], schema)
-    for parquet, group in itertools.groupby(paths, key=lambda p: is_parquet(p, fmt)):
-        run = list(group)
-        one: Reader = (ParquetReader(run, schema, counter=counter, **kw) if parquet
-                       else ShardReader(run, schema, counter=counter, **kw))
-        counter = one.counter
-        runs.append(one)
-    reader = runs[0] if len(runs) == 1 else MixedReader(runs)
-    return reader, warnings + reader.header_warnings
+    runs = [(parquet, list(group))
+            for parquet, group in itertools.groupby(paths, key=lambda p: is_parquet(p, fmt))]
+    return skipped + warnings, runs
+
+
+def _run_units(units: RankUnits, runs: list[tuple[bool, list[str]]]) -> list[RankUnits]:
+    """``units`` of a window split by run, each with its run's file numbers; a RecsError
+    when a range names no file of the window or the ranges go back to an earlier run."""
+    bounds = list(itertools.accumulate(len(run) for _, run in runs))
+    out = [RankUnits() for _ in runs]
+    for kind, ranges in (("train", units.train), ("held", units.held)):
+        at = 0
+        for r in check_ranges(ranges, bounds[-1] if bounds else 0):
+            k = bisect.bisect_right(bounds, r.file)
+            if k < at:
+                raise RecsError(f"line ranges of a window of text and Parquet files must "
+                                f"come run by run: {r.as_json()} ({kind}) comes after a "
+                                f"range of a later run")
+            at = k
+            base = bounds[k - 1] if k else 0
+            one = LineRange(r.file - base, r.first, r.end)
+            out[k] = (RankUnits(out[k].train + (one,), out[k].held) if kind == "train"
+                      else RankUnits(out[k].train, out[k].held + (one,)))
+    return out
 
 
 class MixedReader:
@@ -316,11 +378,15 @@ class MixedReader:
         return rebatch((b for r in self.readers for b in r.held_out()), self.batch_rows)
 
     def with_origins(self) -> Iterator[tuple[RawBatch, RowOrigins]]:
-        """Every run's rows with their origins, part numbers counted over the runs."""
+        """Every run's rows with their origins, part and file numbers counted over the
+        runs."""
         def each() -> Iterator[tuple[RawBatch, RowOrigins]]:
+            first = 0  # the run's first file
             for r, base in zip(self.readers, self._part_bases()):
                 for batch, o in r.with_origins():
-                    yield batch, RowOrigins(o.part + np.int32(base), o.line)
+                    yield batch, RowOrigins(o.part + np.int32(base), o.line,
+                                            o.file + np.int32(first), o.file_line)
+                first += len(r.paths)
         return rebatch_origins(each(), self.batch_rows)  # type: ignore[return-value]
 
     def part_keys(self) -> list[tuple[int, int]]:
@@ -388,7 +454,8 @@ class ArrowSource:
             yield batch
 
     def with_origins(self) -> Iterator[tuple[RawBatch, RowOrigins]]:
-        """The rows with their origins: part 0, the row's 0-based number in the source."""
+        """The rows with their origins: part 0, the row's 0-based number in the source;
+        file -1, the same number."""
         for batch, origins in rebatch_origins(self._converted(), self.batch_rows):
             self.rows += len(batch)
             yield batch, origins  # type: ignore[misc]
@@ -427,5 +494,7 @@ class ArrowSource:
                 row += out.n_rows
                 self.part_lines = [row]
                 if len(out.batch):
-                    yield out.batch, RowOrigins(np.zeros(len(lines), np.int32), lines)
+                    n = len(lines)
+                    yield out.batch, RowOrigins(np.zeros(n, np.int32), lines,
+                                                np.full(n, -1, np.int32), lines)
         self.counter.check(final=True)

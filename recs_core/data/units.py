@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from recs_core.errors import RecsError
+
 
 @dataclass(frozen=True, order=True)
 class LineRange:
@@ -58,6 +60,30 @@ class RankUnits:
     def from_json(cls, v: Any) -> RankUnits:
         return cls(tuple(LineRange.from_json(r) for r in v.get("train", [])),
                    tuple(LineRange.from_json(r) for r in v.get("held", [])))
+
+
+def merged(ranges: Sequence[LineRange]) -> list[LineRange]:
+    """``ranges`` in their order without empty ones, a range that continues the one before
+    it (same file, next line) joined to it."""
+    out: list[LineRange] = []
+    for r in ranges:
+        if not len(r):
+            continue
+        if out and out[-1].file == r.file and out[-1].end == r.first:
+            out[-1] = LineRange(r.file, out[-1].first, r.end)
+        else:
+            out.append(r)
+    return out
+
+
+def check_ranges(ranges: Sequence[LineRange], files: int) -> Sequence[LineRange]:
+    """``ranges``, unless one names a file beyond the window's ``files`` (a RecsError)."""
+    for r in ranges:
+        if r.file >= files:
+            raise RecsError(f"line range {r.as_json()} is of file {r.file}, but the window "
+                            f"has {files} file{'s' if files != 1 else ''}: the ranges were "
+                            f"made for another window")
+    return ranges
 
 
 def remaining(units: RankUnits, consumed: tuple[int, int] | None) -> list[LineRange]:
