@@ -413,10 +413,8 @@ def test_checkpoints_load_on_other_world_sizes(two_rank_run: dict, head, tmp_pat
     for name, e in three.rank_files(0).items():  # dense optimizer state: rank 0's
         if name.startswith("dense"):
             assert one_r.rank_files(0)[name].sha256 == e.sha256, name
-    # --resume needs the world size that wrote the checkpoint
-    with pytest.raises(RecsError, match="written by 3 rank.*this job has 1: --resume needs "
-                                        "the same world size"):
-        Job.from_config(cfg).resume(direct["saved"])
+    # --resume takes any world size (the rows left are dealt again: tests/test_elastic.py)
+    assert Job.from_config(cfg).resume(direct["saved"]) == direct["saved"]
 
 
 

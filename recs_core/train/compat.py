@@ -166,11 +166,6 @@ def check_compatible(model: Model, world_size: int, m: Manifest, path: str,
             raise RecsError(f"{path}: the checkpoint's {what} differs from this job's: {diff}")
     if not resume:
         return
-    if m.world_size != world_size:
-        raise RecsError(f"{path}: written by {m.world_size} rank(s), this job has "
-                        f"{world_size}: --resume needs the same world size (the input "
-                        f"position is per rank); use --init-from to load it on "
-                        f"{world_size} rank(s) and start the window over")
     for key, want in (("train_config", train_description(model.cfg)),
                       ("batch_size", model.spec.batch_size)):
         diff = first_difference(meta.get(key), as_json(want), key)

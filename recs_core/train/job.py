@@ -38,6 +38,7 @@ from recs_core.data.sources import (
     is_file_list,
     open_input,
 )
+from recs_core.data.units import RankUnits
 from recs_core.errors import RecsError
 from recs_core.features.feature_pass import warm_up
 from recs_core.features.graph import FeatureBatch, FeatureGraph
@@ -50,6 +51,7 @@ from recs_core.sched.training_pass import PassFigures, StepHook, TrainingPass
 from recs_core.train.comparison import Comparison, same_checkpoint
 from recs_core.train.config import TrainConfig, train_config
 from recs_core.train.delta_export import export_window_delta
+from recs_core.train.elastic import continued_units, trained_checksum
 from recs_core.train.model import Model
 from recs_core.train.saving import (
     FULL_EVERY,
@@ -107,15 +109,37 @@ class Job:
         job.config_text = config_text(path)
         return job
 
-    def _open(self, data: DataInput, policy: BadRowPolicy | None, holdout: float = 0.0) -> Reader:
+    def _open(self, data: DataInput, policy: BadRowPolicy | None, holdout: float = 0.0,
+              units: RankUnits | None = None) -> Reader:
         """This rank's reader of ``data`` (files, directories, globs, or an Arrow source:
         ``recs_core.data.sources``); the last ``holdout`` of its shard are the held-out
-        rows (its ``held_out()``)."""
+        rows (its ``held_out()``); ``units``: these line ranges instead."""
         self._reader, self._input_warnings = open_input(
             data, self.spec.schema, self.spec.format, rank=self.world.rank,
             world=self.world.size, batch_rows=self.local_batch,
-            policy=policy or self.spec.policy, holdout=holdout)
+            policy=policy or self.spec.policy, holdout=holdout, units=units)
         return self._reader
+
+    def _units(self, data: DataInput, frac: float) -> RankUnits | None:
+        """The line ranges this rank reads in the next pass: a resumed window's (None: the
+        default plan); on another world size than the checkpoint's, the rows no old rank
+        trained dealt over this job's ranks (``recs_core.train.elastic``)."""
+        point = self.window.resume_point
+        if point is None:
+            return None
+        if point.others is None:
+            return point.units
+        mine = self.world.everyone(lambda: continued_units(
+            point, data, self.spec.schema, self.spec.format, frac, self.world))
+        self.checkpoint_figures["resharded_from_ranks"] = len(point.others)
+        point.units = self.window.units = mine
+        return mine
+
+    def _tallied(self, reader: Reader) -> Iterator[RawBatch]:
+        """The reader's training batches; each one's origins go to the window's tally."""
+        for raw, origins in reader.with_origins():
+            self.window.tally.read(origins)
+            yield raw
 
     @staticmethod
     def _timed(batches: Iterable[RawBatch], timer: dict[str, float],
@@ -146,7 +170,8 @@ class Job:
         if not 0.0 <= frac < 1.0:
             raise RecsError(f"eval fraction must be in [0, 1), got {frac}")
         schedule = self.schedule(mode, **options)
-        reader = self._open(paths, policy, holdout=frac)
+        units = self._units(paths, frac)
+        reader = self._open(paths, policy, holdout=frac, units=units)
         data = (data_arguments(reader.paths, frac) if is_file_list(paths)
                 else {"data": "arrow source", "eval_fraction": frac})
         self.window.check_resume(data)
@@ -154,7 +179,7 @@ class Job:
             self._check_not_trained(data)
         self._loaded = None
         timer = {"input": 0.0, "train": 0.0}
-        return self.run_batches(self._timed(reader, timer), schedule=schedule,
+        return self.run_batches(self._timed(self._tallied(reader), timer), schedule=schedule,
                                 held=reader.held_out() if frac > 0 else (), quiet=quiet,
                                 held_again=lambda: (self.open_reader(paths, frac).held_out()
                                                     if frac > 0 else ()),
@@ -219,7 +244,7 @@ class Job:
         source = self._local_parts(batches)
         if point is not None:  # the steps the checkpoint had done: read, not trained
             t_skip = time.perf_counter()
-            skip_steps(source, point)
+            skip_steps(source, point, self.window.tally)
             self.checkpoint_figures["resumed_at_step"] = point.steps
             self.checkpoint_figures["skip_seconds"] = round(time.perf_counter() - t_skip, 4)
         comp = self.comparison
@@ -407,6 +432,7 @@ class Job:
             "mode": figures.mode,
             "step": summarize(timeline.step_figures()),
             "sent_mib_per_step": _per_step_mib(figures.traffic, window.steps),
+            "trained_rows_checksum": trained_checksum(window, world),
             "window_steps": window.steps,
             "global_step": window.global_step,
         }
@@ -613,7 +639,9 @@ class Job:
         uninterrupted run would have. Returns the checkpoint loaded."""
         found, m, point = self._load(path, resume=True)
         assert point is not None
-        self._last_save = Increment(found, int(m.meta.get("increments", 0)))
+        # on another world size the next save is whole (an increment's base has its ranks)
+        self._last_save = (None if point.others is not None
+                           else Increment(found, int(m.meta.get("increments", 0))))
         self.window.resumed(point, int((m.meta.get("window") or {}).get("base_step", 0)))
         return found
 

@@ -63,6 +63,7 @@ from recs_core.checkpoint.store import (
     read_arrays,
 )
 from recs_core.comm.world import World
+from recs_core.data.units import RankUnits
 from recs_core.errors import RecsError
 from recs_core.features.graph import FeatureGraph
 from recs_core.features.hashing import HASH_VERSION
@@ -74,6 +75,7 @@ from recs_core.train.compat import (
     spec_description,
     train_description,
 )
+from recs_core.train.tally import MASK, RowTally
 from recs_core.train.window import ResumePoint, Window
 
 if TYPE_CHECKING:
@@ -162,7 +164,7 @@ def save_checkpoint(model: Model, graph: FeatureGraph, window: Window, world: Wo
     meta = checkpoint_meta(model, window, config_text, done)
     meta["increments"] = 0 if base is None else base.increments + 1
     comm = world.comm if world.size > 1 else None
-    rank_meta = {"steps": window.steps, "train_rows": int(window.progressive.rows)}
+    rank_meta = window.rank_meta()
     if root is not None:
         out = save_step_dir(root, window.global_step, arrays, meta, comm, rank_meta=rank_meta,
                             keep=keep, base=None if base is None else Path(base.path).name)
@@ -271,7 +273,7 @@ def load_checkpoint(model: Model, graph: FeatureGraph, world: World, path: str |
         world.everyone(lambda: check_finished(m, path, flag))
     direct = m.world_size == world.size and (world.size == 1 or
                                              m.meta.get("placement") == model.cfg.placement)
-    assert direct or not resume  # resume checked the world size and the train config
+    elastic = resume and m.world_size != world.size
 
     def read() -> ResumePoint | None:
         mine: dict[str, np.ndarray] = {}
@@ -283,16 +285,48 @@ def load_checkpoint(model: Model, graph: FeatureGraph, world: World, path: str |
             fitted = mine
         else:
             model.load_sparse_resharded(_shard_reader(path), m.world_size,
-                                        m.meta.get("placement", "row"))
+                                        m.meta.get("placement", "row"), touched=resume)
             dense = _read_named(path, 0, lambda n: n.startswith(("dense", "feat.")))
             fitted = dense
         model.load_dense(dense)
         _load_fitted(graph, fitted)
         if not resume:
             return None
+        window = dict(m.meta.get("window") or {})
+        if elastic:
+            return _elastic_point(path, m, world, window)
         rm = m.rank_meta[world.rank] if world.rank < len(m.rank_meta) else {}
+        units = rm.get("units")
         return ResumePoint(path, int(rm.get("steps", -1)), int(rm.get("train_rows", -1)),
                            _need(mine, "progressive.labels"), _need(mine, "progressive.probs"),
-                           dict(m.meta.get("window") or {}))
+                           window, RowTally.restored(rm.get("tally")),
+                           None if units is None else RankUnits.from_json(units))
 
     return path, m, world.everyone(read)
+
+
+def _elastic_point(path: str, m: Manifest, world: World, window: dict[str, Any]
+                   ) -> ResumePoint:
+    """This rank's part of a window continued on another world size: the progressive
+    scores of the old ranks ``r`` with ``r % world == rank`` (so the ranks together hold
+    every scored row), and rank 0 the old ranks' tallies summed; the lines to read are
+    dealt when the data is known (``Job.run``)."""
+    chain = load_chain(path)
+    mine = [r for r in range(m.world_size) if r % world.size == world.rank]
+    labels, probs = [], []
+    for r in mine:
+        got = read_arrays(chain, r, ["progressive.labels", "progressive.probs"])
+        labels.append(_need(got, "progressive.labels"))
+        probs.append(_need(got, "progressive.probs"))
+    steps = {int(rm.get("steps", -1)) for rm in m.rank_meta}
+    if len(steps) != 1:
+        raise RecsError(f"{path}: its ranks disagree on the steps done ({sorted(steps)})")
+    tally = RowTally()
+    if world.rank == 0:
+        for rm in m.rank_meta:
+            tally.checksum = (tally.checksum + RowTally.restored(rm.get("tally")).checksum
+                              ) & MASK
+    lab = np.concatenate(labels) if labels else np.zeros(0, np.float32)
+    return ResumePoint(path, steps.pop(), len(lab), lab,
+                       np.concatenate(probs) if probs else np.zeros(0, np.float32), window,
+                       tally, None, [dict(rm) for rm in m.rank_meta])

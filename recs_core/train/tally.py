@@ -54,6 +54,7 @@ class RowTally:
     consumed: tuple[int, int] | None = None  # (file, line) of the last row trained
     phase_steps: int = 0  # steps trained (or skipped on resume) by this phase's reader
     phase_rows: int = 0  # rows of those steps on this rank
+    untracked: int = 0  # rows trained whose origins were not known (batches given directly)
     _read: deque[RowOrigins] = field(default_factory=deque)
 
     def read(self, origins: RowOrigins) -> None:
@@ -66,12 +67,15 @@ class RowTally:
         self.phase_steps += 1
         if rows == 0:
             return
+        self.phase_rows += rows
+        if not self._read:  # batches without origins (Job.run_batches given raw batches)
+            self.untracked += rows
+            return
         o = self._read.popleft()
         if len(o) != rows:
             raise RuntimeError(f"a step trained {rows} rows of a {len(o)}-row batch")
         self.checksum = (self.checksum + checksum(row_keys(o))) & MASK
         self.consumed = (int(o.file[-1]), int(o.file_line[-1]))
-        self.phase_rows += rows
 
     def skipped(self, rows: int) -> None:
         """The oldest read batch was a step done before a resume (its rows are in the
@@ -83,7 +87,8 @@ class RowTally:
         """What a checkpoint keeps of it (rank meta)."""
         return {"checksum": hex64(self.checksum),
                 "consumed": None if self.consumed is None else list(self.consumed),
-                "phase_steps": self.phase_steps, "phase_rows": self.phase_rows}
+                "phase_steps": self.phase_steps, "phase_rows": self.phase_rows,
+                "untracked": self.untracked}
 
     @classmethod
     def restored(cls, state: dict[str, Any] | None) -> RowTally:
@@ -93,4 +98,5 @@ class RowTally:
         c = state.get("consumed")
         return cls(int(state.get("checksum", "0"), 16), None if c is None else (int(c[0]),
                                                                                int(c[1])),
-                   int(state.get("phase_steps", 0)), int(state.get("phase_rows", 0)))
+                   int(state.get("phase_steps", 0)), int(state.get("phase_rows", 0)),
+                   int(state.get("untracked", 0)))

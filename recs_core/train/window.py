@@ -10,21 +10,47 @@ from typing import Any
 import numpy as np
 
 from recs_core.data.parse import RawBatch
+from recs_core.data.units import RankUnits
 from recs_core.errors import RecsError
 from recs_core.metrics.auc import ProgressiveMetrics
 from recs_core.train.compat import as_json, first_difference
+from recs_core.train.tally import RowTally
 
 
 @dataclass
 class ResumePoint:
-    """Where a resumed window continues (this rank's part of a checkpoint)."""
+    """Where a resumed window continues (this rank's part of a checkpoint).
+
+    On the checkpoint's world size the pass reads the rank's rows as the checkpoint's job
+    did (``units``: its line ranges, None: the default plan) and skips the ``skip`` local
+    batches that job trained. On another world size (``others``: every old rank's meta,
+    the *elastic* case) the ranks deal the rows no old rank trained among themselves
+    (``recs_core.data.units.redistribute``) and skip nothing."""
 
     path: str
-    steps: int  # global steps of the window done: local batches to skip
-    train_rows: int  # this rank's trained rows in those steps
+    steps: int  # global steps of the window done
+    train_rows: int  # this rank's trained rows in those steps (all of ``labels``)
     labels: np.ndarray
     probs: np.ndarray
     window: dict[str, Any]  # the checkpoint's window meta (its data arguments)
+    tally: RowTally = field(default_factory=RowTally)
+    units: RankUnits | None = None
+    others: list[dict[str, Any]] | None = None  # elastic: every old rank's meta
+
+    @property
+    def skip(self) -> int:
+        """Local batches to read, not train, before the pass goes on."""
+        if self.others is not None:
+            return 0
+        return self.tally.phase_steps if self.tally.phase_steps or self.units else self.steps
+
+    @property
+    def skip_rows(self) -> int:
+        """This rank's rows of those batches (the last ones of ``labels``)."""
+        if self.others is not None:
+            return 0
+        return self.tally.phase_rows if self.tally.phase_steps or self.units else \
+            self.train_rows
 
 
 @dataclass
@@ -38,6 +64,8 @@ class Window:
     progressive: ProgressiveMetrics = field(default_factory=ProgressiveMetrics)
     resume_point: ResumePoint | None = None  # set by a resume, taken by the next pass
     skipped: int = 0  # steps of this window the pass skipped (done before a resume)
+    tally: RowTally = field(default_factory=RowTally)  # this rank's trained rows
+    units: RankUnits | None = None  # this rank's line ranges (None: the default plan)
 
     @property
     def global_step(self) -> int:
@@ -49,6 +77,7 @@ class Window:
         self.steps = self.skipped = 0
         self.resume_point = None
         self.progressive = ProgressiveMetrics()
+        self.tally, self.units = RowTally(), None
 
     def resumed(self, point: ResumePoint, base_step: int) -> None:
         """Continue a checkpoint's window from ``point`` (the next pass skips its steps)."""
@@ -57,6 +86,7 @@ class Window:
         self.progressive = ProgressiveMetrics()
         self.progressive.add(point.labels, point.probs)
         self.resume_point = point
+        self.tally, self.units = point.tally, point.units
 
     def check_resume(self, data: dict[str, Any]) -> None:
         """RecsError unless a resumed window's next pass reads the checkpoint's data."""
@@ -83,6 +113,14 @@ class Window:
         """One global step done; ``probs``: this rank's scores before the update."""
         self.steps += 1
         self.progressive.add(labels, probs)
+        self.tally.trained(len(labels))
+
+    def rank_meta(self) -> dict[str, Any]:
+        """What a checkpoint keeps per rank: steps, trained rows, the row tally and, when
+        not the default plan, the rank's line ranges."""
+        return {"steps": self.steps, "train_rows": int(self.progressive.rows),
+                "tally": self.tally.state(),
+                "units": None if self.units is None else self.units.as_json()}
 
     def meta(self, done: bool) -> dict[str, Any]:
         """What a checkpoint records of the window."""
@@ -103,19 +141,23 @@ def _size(p: str) -> int | None:
         return None
 
 
-def skip_steps(parts: Iterator[RawBatch | None], point: ResumePoint) -> None:
-    """Consume this rank's first ``point.steps`` local batches (their held-out rows are
+def skip_steps(parts: Iterator[RawBatch | None], point: ResumePoint,
+               tally: RowTally) -> None:
+    """Consume this rank's first ``point.skip`` local batches (their held-out rows are
     collected by the iterator as usual) and check them against the checkpoint: the same
-    number of training rows with the same labels."""
+    number of training rows with the same labels (the tally forgets them: the checkpoint's
+    tally has them)."""
     got = []
-    for _ in range(point.steps):
+    for _ in range(point.skip):
         part = next(parts)
         if part is None:
             break
         got.append(np.asarray(part.labels, dtype=np.float32))
+        tally.skipped(len(part))
     labels = np.concatenate(got) if got else np.zeros(0, np.float32)
-    if len(labels) != point.train_rows or not np.array_equal(labels, point.labels):
+    want = point.labels[len(point.labels) - point.skip_rows:]
+    if len(labels) != point.skip_rows or not np.array_equal(labels, want):
         raise RecsError(f"{point.path}: the data differs from the checkpoint's: its first "
-                        f"{point.steps} steps held {point.train_rows} training rows on this "
+                        f"{point.skip} steps held {point.skip_rows} training rows on this "
                         f"rank, the data gives {len(labels)}"
-                        + ("" if len(labels) != point.train_rows else " with other labels"))
+                        + ("" if len(labels) != point.skip_rows else " with other labels"))
