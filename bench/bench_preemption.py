@@ -10,8 +10,9 @@ stdout line is the JSON with ``"preempted": true`` and that it names that checkp
     .venv/bin/python bench/bench_preemption.py --data /tmp/c1m.txt --ranks 2 3 \\
         --targets mpiexec rank --reps 5          # one JSON object
 
-Measure on an otherwise idle machine: the JSON gives the load average before and after
-each case.
+Measure on an otherwise idle machine: ``--quiet-below L`` waits before each case until
+the 1-minute load average is below L (the job's own runs raise it too); the JSON gives
+the load average before and after each case.
 """
 
 from __future__ import annotations
@@ -124,6 +125,17 @@ def one_run(n: int, target: str, data: str, every: int, delay: float, work: Path
             "rc": proc.returncode}
 
 
+def wait_quiet(below: float | None, limit: float = 3600) -> float:
+    """Wait until the 1-minute load average is below ``below``; returns the seconds
+    waited."""
+    t0 = time.monotonic()
+    while below is not None and os.getloadavg()[0] >= below:
+        if time.monotonic() - t0 > limit:
+            raise RuntimeError(f"the load stayed above {below} for {limit:.0f} s")
+        time.sleep(15)
+    return time.monotonic() - t0
+
+
 def _summary(values: list[float]) -> dict:
     return {"median": round(statistics.median(values), 3), "max": round(max(values), 3)}
 
@@ -141,18 +153,23 @@ def main() -> int:
     ap.add_argument("--limit", type=float, default=120.0,
                     help="give up this long after the signal")
     ap.add_argument("--dir", help="where the save directories go (default: a temp dir)")
+    ap.add_argument("--quiet-below", type=float, metavar="LOAD",
+                    help="before each case, wait until the 1-minute load average is below "
+                    "LOAD")
     a = ap.parse_args()
     work = Path(a.dir or tempfile.mkdtemp(prefix="recs-preempt-"))
     work.mkdir(parents=True, exist_ok=True)
     cases = []
     for n in a.ranks:
         for target in a.targets:
+            waited = wait_quiet(a.quiet_below)
             load_before = os.getloadavg()
             runs = [one_run(n, target, a.data, a.every, a.delay, work, a.limit)
                     for _ in range(a.reps)]
             cases.append({"ranks": n, "target": target, "runs": runs,
                           "checkpoint_s": _summary([r["checkpoint_s"] for r in runs]),
                           "gone_s": _summary([r["gone_s"] for r in runs]),
+                          "waited_for_quiet_s": round(waited),
                           "load_before": [round(x, 2) for x in load_before],
                           "load_after": [round(x, 2) for x in os.getloadavg()]})
             print(json.dumps(cases[-1]), file=sys.stderr, flush=True)
