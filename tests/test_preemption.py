@@ -268,7 +268,9 @@ def test_sigterm_mid_window_checkpoints_and_resumes_bit_identical(window: dict, 
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert int(EVERY) < got["window_steps"] < ref["window_steps"]  # mid-window
+    # mid-window (at the periodic checkpoint's step when the request rode on the batch
+    # admitted right after it: that one is the preemption checkpoint then)
+    assert int(EVERY) <= got["window_steps"] < ref["window_steps"]
     out = last_json(run_mpi(n, train_cmd(window["cfg"], window["data"], "--resume", str(root),
                                          "--eval-fraction", "0.1", "--checkpoint-every",
                                          EVERY), timeout=600))
@@ -293,7 +295,7 @@ def test_sigterm_during_a_periodic_save_lets_it_finish(window: dict, tmp_path: P
     finally:
         job.cleanup()
     assert (root / f"step-{int(EVERY):09d}" / "manifest.json").exists()
-    assert got["window_steps"] > int(EVERY)
+    assert got["window_steps"] >= int(EVERY)
 
 
 @pytest.mark.mpi
