@@ -12,7 +12,12 @@ stdout line is the JSON with ``"preempted": true`` and that it names that checkp
 
 Measure on an otherwise idle machine: ``--quiet-below L`` waits before each case until
 the 1-minute load average is below L (the job's own runs raise it too); the JSON gives
-the load average before and after each case.
+the load average before and after each case, and per run ``foreign_cpu_s``: CPU seconds
+the machine spent between the signal and the end on other processes than the job's
+(``/proc/stat`` busy time less the job's own, its ranks' CPU taken from ``/proc`` at the
+signal and from ``getrusage`` once it ended, and less this script's polling).
+``--redo-above S`` runs a run again when that exceeds S (at most 5 x ``--reps`` times a
+case).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -36,6 +42,7 @@ from recs_core.checkpoint import load_manifest  # noqa: E402
 
 CONFIG = ROOT / "configs" / "criteo_dlrm.toml"
 POLL_S = 0.005
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _alive(pid: int) -> bool:
@@ -66,6 +73,35 @@ def _ranks(marker: str, n: int) -> dict[int, int]:
     return found
 
 
+def _busy_s() -> float:
+    """CPU seconds the machine has been busy (user, nice, system, irq, softirq)."""
+    f = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return sum(int(x) for x in f[1:4] + f[6:8]) / TICK
+
+
+def _tree_cpu_s(root: int) -> float:
+    """CPU seconds used so far by process ``root`` and its descendants."""
+    procs: dict[int, tuple[int, float]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                f = (d / "stat").read_text().rsplit(") ", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            procs[int(d.name)] = (int(f[1]), (int(f[11]) + int(f[12])) / TICK)
+    tree, grew = {root}, True
+    while grew:
+        more = {p for p, (pp, _) in procs.items() if pp in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(procs[p][1] for p in tree if p in procs)
+
+
+def _rusage_s(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
 def _manifests(save: Path) -> set[str]:
     return {p.parent.name for p in save.glob("step-*/manifest.json")}
 
@@ -78,6 +114,7 @@ def one_run(n: int, target: str, data: str, every: int, delay: float, work: Path
     cmd = [str(ROOT / "mpi_launch.sh"), "-n", str(n), "--", sys.executable, "-m", "recs_core",
            "train", "--config", str(CONFIG), "--data", data, "--quiet", "--save", str(save),
            "--checkpoint-every", str(every)]
+    children0 = _rusage_s(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, cwd=ROOT)
     try:
@@ -93,6 +130,8 @@ def one_run(n: int, target: str, data: str, every: int, delay: float, work: Path
         ranks = _ranks(str(save), n)
         before = _manifests(save)
         pid = proc.pid if target == "mpiexec" else ranks[n - 1]
+        job_cpu0, busy0 = _tree_cpu_s(proc.pid), _busy_s()
+        self0 = _rusage_s(resource.RUSAGE_SELF)  # (this polling is not foreign either)
         t0 = time.monotonic()
         os.kill(pid, signal.SIGTERM)
         t_ckpt = t_gone = None
@@ -103,7 +142,7 @@ def one_run(n: int, target: str, data: str, every: int, delay: float, work: Path
             if t_ckpt is None and _manifests(save) - before:
                 t_ckpt = now
             if proc.poll() is not None and not any(_alive(p) for p in ranks.values()):
-                t_gone = now
+                t_gone, busy1 = now, _busy_s() - _rusage_s(resource.RUSAGE_SELF) + self0
             time.sleep(POLL_S)
         out, err = proc.communicate()
     finally:
@@ -119,10 +158,11 @@ def one_run(n: int, target: str, data: str, every: int, delay: float, work: Path
     if t_ckpt is None:  # the stop came at a step already saved: nothing new to write
         t_ckpt = 0.0 if saved in before else t_gone
     increment = load_manifest(save / saved).base is not None
+    job_cpu = _rusage_s(resource.RUSAGE_CHILDREN) - children0 - job_cpu0  # after the signal
     shutil.rmtree(save, ignore_errors=True)
     return {"checkpoint_s": round(t_ckpt, 3), "gone_s": round(t_gone, 3),
             "stopped_at_step": last["global_step"], "saved": saved, "increment": increment,
-            "rc": proc.returncode}
+            "rc": proc.returncode, "foreign_cpu_s": round(max(0.0, busy1 - busy0 - job_cpu), 3)}
 
 
 def wait_quiet(below: float | None, limit: float = 3600) -> float:
@@ -153,6 +193,9 @@ def main() -> int:
     ap.add_argument("--limit", type=float, default=120.0,
                     help="give up this long after the signal")
     ap.add_argument("--dir", help="where the save directories go (default: a temp dir)")
+    ap.add_argument("--redo-above", type=float, metavar="SECONDS",
+                    help="run a run again when other processes took more CPU seconds than "
+                    "this between its signal and its end")
     ap.add_argument("--quiet-below", type=float, metavar="LOAD",
                     help="before each case, wait until the 1-minute load average is below "
                     "LOAD")
@@ -164,12 +207,20 @@ def main() -> int:
         for target in a.targets:
             waited = wait_quiet(a.quiet_below)
             load_before = os.getloadavg()
-            runs = [one_run(n, target, a.data, a.every, a.delay, work, a.limit)
-                    for _ in range(a.reps)]
+            runs, redone = [], 0
+            while len(runs) < a.reps:
+                run = one_run(n, target, a.data, a.every, a.delay, work, a.limit)
+                if a.redo_above is not None and run["foreign_cpu_s"] > a.redo_above \
+                        and redone < 5 * a.reps:
+                    redone += 1
+                    print(f"redone: {run}", file=sys.stderr, flush=True)
+                    wait_quiet(a.quiet_below)
+                    continue
+                runs.append(run)
             cases.append({"ranks": n, "target": target, "runs": runs,
                           "checkpoint_s": _summary([r["checkpoint_s"] for r in runs]),
                           "gone_s": _summary([r["gone_s"] for r in runs]),
-                          "waited_for_quiet_s": round(waited),
+                          "waited_for_quiet_s": round(waited), "redone": redone,
                           "load_before": [round(x, 2) for x in load_before],
                           "load_after": [round(x, 2) for x in os.getloadavg()]})
             print(json.dumps(cases[-1]), file=sys.stderr, flush=True)
