@@ -34,7 +34,9 @@ rndv_eager_limit,max_send_size,sndbuf,rcvbuf}=4194304 (over TCP, exchanges then
 progress while ranks compute). If COMMAND is 'recs' and not on PATH, .venv/bin/recs
 is used. Under bench/emulated_network.sh --hosts (\$RECS_EMULATED_HOSTS: namespace
 names), rank K runs in namespace K mod N ('ip netns exec', an MPMD launch). The exit
-status is that of mpiexec.
+status is that of mpiexec. Under Open MPI, whose mpirun ends the ranks at once on SIGTERM
+and SIGINT, the first SIGTERM or SIGINT this script gets reaches the ranks as SIGUSR1
+(recs train: stop at the next step and checkpoint), a second one mpirun as itself.
 
 Example:
   $PROG -n 2 recs features --config c.toml --data f.txt
@@ -171,6 +173,37 @@ if [[ $1 == recs ]] && ! command -v recs >/dev/null && [[ -x $REPO_DIR/.venv/bin
     set -- "$REPO_DIR/.venv/bin/recs" "${@:2}"
 fi
 
+# --- run it. Open MPI's mpirun ends the ranks at once on SIGTERM or SIGINT (SIGCONT,
+# SIGTERM, SIGKILL a moment later): no time for recs train to stop at a step boundary and
+# write a checkpoint. It forwards SIGUSR1 to every rank, which recs train takes as the same
+# stop request. So under Open MPI this script stays mpirun's parent, mpirun in a session
+# of its own (a terminal's Ctrl-C reaches this script only): the first SIGTERM or SIGINT
+# goes on as SIGUSR1, a later one as itself (mpirun's abort). MPICH's mpiexec forwards
+# SIGTERM and a first SIGINT to the ranks itself.
+launch() {
+    if ! grep -qiE 'open mpi|openrte' <<<"$version" || ! command -v setsid >/dev/null; then
+        exec "$@"
+    fi
+    setsid "$@" &
+    pid=$!
+    relayed=0
+    relay() {
+        if ((relayed)); then
+            kill -s "$1" "$pid" 2>/dev/null || true
+        else
+            relayed=1
+            kill -s USR1 "$pid" 2>/dev/null || true
+        fi
+    }
+    trap 'relay TERM' TERM
+    trap 'relay INT' INT
+    while :; do
+        status=0
+        wait "$pid" || status=$?
+        kill -0 "$pid" 2>/dev/null || exit "$status"  # (else a trapped signal ended the wait)
+    done
+}
+
 # --- one emulated host per rank (bench/emulated_network.sh --hosts): an MPMD launch,
 # rank K run under 'ip netns exec' in namespace K mod N
 if [[ -n ${RECS_EMULATED_HOSTS:-} ]]; then
@@ -180,6 +213,6 @@ if [[ -n ${RECS_EMULATED_HOSTS:-} ]]; then
         ((rank == 0)) || apps+=(:)
         apps+=(-n 1 ip netns exec "${hosts[rank % ${#hosts[@]}]}" "$@")
     done
-    exec "${launcher[@]}" "${apps[@]}"
+    launch "${launcher[@]}" "${apps[@]}"
 fi
-exec "${launcher[@]}" -n "$nranks" "$@"
+launch "${launcher[@]}" -n "$nranks" "$@"

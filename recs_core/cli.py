@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from recs_core.checkpoint.outdir import SaveLock
     from recs_core.comm.world import World
     from recs_core.features.spec import Spec
+    from recs_core.stop_signals import StopSignals
+    from recs_core.train.job import Job
 
 
 _DATA_HELP = ("input: files, directories (read recursively, Hive partitions such as "
@@ -178,9 +180,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "--checkpoint-every periodic ones; sharded (each rank its rows), atomic, "
                    "verified by the manifest. DIR must be new, empty or hold only checkpoints "
                    "(checked before the pass); the job locks it (DIR/.recs-save.lock)")
-    p.add_argument("--checkpoint-every", type=int, metavar="STEPS",
-                   help="also write a checkpoint every STEPS global steps (needs --save or "
-                   "--resume)")
+    p.add_argument("--checkpoint-every", metavar="STEPS|DURATION",
+                   help="also write a checkpoint every STEPS steps (an integer), or every "
+                   "DURATION (300s, 5m, 1h: by rank 0's clock, at a step every rank agrees "
+                   "on) (needs --save or --resume)")
     from recs_core.train.saving import FULL_EVERY
 
     p.add_argument("--full-checkpoint-every", type=int, default=FULL_EVERY, metavar="SAVES",
@@ -243,7 +246,40 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def checkpoint_interval(text: str) -> tuple[int | None, float | None]:
+    """``--checkpoint-every``: (steps, None) for an integer, (None, seconds) for a
+    duration such as 300s, 5m or 1.5h."""
+    t = text.strip().lower()
+    try:
+        if t.isdigit():
+            steps = int(t)
+            if steps >= 1:
+                return steps, None
+        elif t[-1:] in _DURATION_UNITS:
+            seconds = float(t[:-1]) * _DURATION_UNITS[t[-1]]
+            if 0 < seconds < float("inf"):
+                return None, seconds
+    except ValueError:
+        pass
+    raise RecsError(f"--checkpoint-every takes a number of steps >= 1 (200) or a duration "
+                    f"(300s, 5m, 1h), got {text!r}")
+
+
 def _cmd_train(a: argparse.Namespace) -> int:
+    from recs_core.stop_signals import StopSignals
+
+    stop = StopSignals().install()  # first: a signal while setting up stops the job too
+    try:
+        return _claim_and_train(a, stop)
+    finally:
+        stop.restore()
+
+
+def _claim_and_train(a: argparse.Namespace, stop: StopSignals) -> int:
+    """``recs train``: its arguments checked and its outputs claimed, then the training."""
     from recs_core.checkpoint.manifest import MANIFEST
     from recs_core.checkpoint.outdir import claim_outputs
     from recs_core.comm.world import mpi_world
@@ -257,8 +293,10 @@ def _cmd_train(a: argparse.Namespace) -> int:
         if path and path.endswith(".npz"):
             raise RecsError(f"{flag} {path}: models are checkpoint directories now (sharded, "
                             f"with a manifest), not .npz files; give a directory")
-    if a.checkpoint_every is not None and (a.checkpoint_every < 1 or not save_root):
-        raise RecsError("--checkpoint-every needs a number of steps >= 1 and --save or --resume")
+    if a.checkpoint_every is not None:
+        a.checkpoint_every = checkpoint_interval(a.checkpoint_every)
+        if not save_root:
+            raise RecsError("--checkpoint-every needs --save or --resume")
     if a.full_checkpoint_every < 1:
         raise RecsError(f"--full-checkpoint-every must be at least 1, got "
                         f"{a.full_checkpoint_every}")
@@ -275,19 +313,20 @@ def _cmd_train(a: argparse.Namespace) -> int:
         save_root, a.export_delta, "--save" if a.save else "--resume")
         if world.rank == 0 else None)
     try:
-        return _train(a, spec, world, save_root, lock)
+        return _train(a, spec, world, save_root, lock, stop)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _train(a: argparse.Namespace, spec: Spec, world: World, save_root: str | None,
-           lock: SaveLock | None) -> int:
+           lock: SaveLock | None, stop: StopSignals) -> int:
     """The training of ``recs train`` once its outputs are claimed (``lock``: rank 0's
     lock of the save directory)."""
     from recs_core.train.job import Job, config_text
 
     job = Job(spec, world=world)
+    stop.attach(job.request_stop)
     job.config_text = config_text(a.config)
     if save_root:
         job.claim_save_root(save_root, lock)
@@ -308,13 +347,16 @@ def _train(a: argparse.Namespace, spec: Spec, world: World, save_root: str | Non
         raise RecsError("--compare-data needs --compare-with")
     if a.compare_with:
         job.compare_with(a.compare_with, a.compare_data)
-    hook = (job.checkpoint_hook(save_root, a.checkpoint_every, a.keep_checkpoints,
-                                a.full_checkpoint_every) if a.checkpoint_every else None)
+    steps, seconds = a.checkpoint_every or (None, None)
+    hook = (job.checkpoint_hook(save_root, steps, a.keep_checkpoints, a.full_checkpoint_every,
+                                seconds=seconds) if a.checkpoint_every else None)
     out = job.run(a.data, eval_fraction=a.eval_fraction, policy=_policy(a, spec),
                   quiet=a.quiet or world.rank != 0, mode=a.mode, trace=a.trace,
                   lookahead=a.lookahead, workers=a.workers, hook=hook,
                   progress_thread=a.progress_thread, chunk_ms=a.chunk_ms,
                   guard=a.guard == "on", retrain=a.retrain)
+    if out["preempted"]:
+        return _preempted(a, job, out, save_root, stop)
     if save_root:
         out["saved"] = job.save_step(save_root, keep=a.keep_checkpoints)
     if a.export_delta:
@@ -323,12 +365,42 @@ def _train(a: argparse.Namespace, spec: Spec, world: World, save_root: str | Non
         out["delta_seconds"] = round(time.perf_counter() - t0, 4)
     if job.checkpoint_figures:
         out["checkpoint"] = job.checkpoint_report()
+    _report(world, out)
+    return 0
+
+
+def _preempted(a: argparse.Namespace, job: Job, out: dict, save_root: str | None,
+               stop: StopSignals) -> int:
+    """After a pass stopped on a signal: a checkpoint of the unfinished window in the save
+    root and EXIT_PREEMPTED (resumable); without a save root nothing can be kept: 128 +
+    the signal's number, as if it had ended the job."""
+    import signal
+
+    from recs_core.errors import EXIT_PREEMPTED
+
+    if save_root:
+        out["saved"] = job.checkpoint(save_root, a.keep_checkpoints, a.full_checkpoint_every)
+        code = EXIT_PREEMPTED
+        if a.export_delta:
+            out["warnings"].append(f"preempted: no delta written to {a.export_delta} (the "
+                                   f"window is unfinished; --resume it to write one)")
+    else:
+        code = 128 + (stop.signum or signal.SIGTERM)
+        out["warnings"].append("preempted without --save or --resume: nothing was saved; the "
+                               "window must be trained again from its start")
+    if job.checkpoint_figures:
+        out["checkpoint"] = job.checkpoint_report()
+    _report(job.world, out)
+    return code
+
+
+def _report(world: World, out: dict) -> None:
+    """Rank 0 prints the warnings on stderr and the figures as the last stdout line."""
     out["command_seconds"] = round(time.perf_counter() - _T0, 4)
     if world.rank == 0:
         for w in out["warnings"]:
             print(f"recs: warning: {w}", file=sys.stderr)
         print(json.dumps(out), flush=True)
-    return 0
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
@@ -527,8 +599,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"error": str(e), "data_error": isinstance(e, DataError),
                               "reason": getattr(e, "reason", None)}), flush=True)
         return _fail(2, f"recs: error: {e}")
-    except KeyboardInterrupt:
-        return _fail(130, "recs: interrupted")
+    except KeyboardInterrupt as e:  # (recs train: a second stop signal, stop_signals)
+        return _fail(getattr(e, "code", 130), "recs: interrupted")
     except Exception as e:  # a bug, or the system's (out of memory, I/O): ends every rank too
         if _world_size() == 1:
             raise

@@ -78,7 +78,8 @@ def _attempt(fn: Callable[[], T]) -> tuple[T | None, BaseException | None]:
 
 def _each(fn: Callable[[T], U], items: Iterable[T], workers: int) -> list[U]:
     """``[fn(x) for x in items]`` on up to ``workers`` threads (hashlib, file I/O and
-    fsync release the GIL); the first exception is raised after all calls end.
+    fsync release the GIL); the first exception is raised after all calls end (after an
+    interrupt, the calls under way).
 
     The calling thread is one of the workers and helper threads that cannot start (a
     memory limit) are simply not used, so a save never fails for want of a thread."""
@@ -100,6 +101,10 @@ def _each(fn: Callable[[T], U], items: Iterable[T], workers: int) -> list[U]:
                 out[i] = fn(items[i])
             except BaseException as e:  # raised by the caller once every call ended
                 errors.append((i, e))
+                if not isinstance(e, Exception):  # an interrupt (Ctrl-C): no call starts
+                    with take:
+                        for _ in todo:
+                            pass
 
     helpers = []
     for _ in range(min(workers, len(items)) - 1):

@@ -5,7 +5,9 @@ blocking step before its lookups) or *staged* (its operators still to run, as ta
 by the filler, on the whole batch or on row chunks). Admission reads the next local
 batch (this rank's part of the next global step, or an empty batch once the shard is
 done) and posts the step agreement: every rank learns whether any rank still has data,
-and the global batch's rows.
+the global batch's rows, whether any rank was asked to stop (preemption) and whether a
+periodic checkpoint is due (rank 0's clock). One allreduce decides each of them for
+every rank at once, so every rank stops, or saves, at the same step.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 
@@ -32,14 +34,37 @@ if TYPE_CHECKING:
 Run = tuple[OpNode, RowRange]  # one operator on a batch (None) or on a row chunk of it
 
 
+class StepAgreement(NamedTuple):
+    """What every rank agreed on for a step: the sums over the ranks of [has data, rows,
+    asked to stop, checkpoint due]."""
+
+    active: int  # ranks with data left
+    rows: int  # the global batch's rows
+    stop: int  # ranks asked to stop: no rank trains this step or any after it
+    checkpoint_due: int  # 1 when rank 0's clock wants a periodic checkpoint before it
+
+    @property
+    def trains(self) -> bool:
+        """Whether the step is trained: some rank has data and none was asked to stop."""
+        return self.active > 0 and not self.stop
+
+
+def _never() -> bool:
+    return False
+
+
 @dataclass
 class Batch:
     """One admitted batch and its step agreement."""
 
     raw: RawBatch  # an empty batch once this rank's shard is done
-    agreement: Pending
+    agreement: Pending[StepAgreement]
     fb: FeatureBatch
     prepared_seconds: float = 0.0  # its admission and operators run by the loop, workers
+
+    def agreed(self) -> StepAgreement:
+        """The step agreement (once complete)."""
+        return self.agreement.result()
 
     def featured(self, pipeline: str) -> bool:
         """Whether every operator of ``pipeline`` has run on this batch."""
@@ -139,7 +164,9 @@ class Batches:
 
     ``staged``: admit batches staged (set at a step boundary by the pass's schedule);
     ``chunk_rows(feature, rows)``: rows per chunk of a staged batch's feature chain
-    (None: the whole batch); ``current``: the step being trained."""
+    (None: the whole batch); ``current``: the step being trained. Each agreement carries
+    this rank's ``stop_requested()`` and ``checkpoint_due()`` at its admission (set by
+    :meth:`open`)."""
 
     def __init__(self, graph: FeatureGraph, comm: Comm | None, costs: Costs, timeline: Timeline,
                  chunk_rows: Callable[[int, int], int | None]) -> None:
@@ -153,10 +180,16 @@ class Batches:
         self.feature_seconds = 0.0  # whole batches processed by the loop's thread
         self._source: BatchSource | None = None
         self._empty: RawBatch | None = None
+        self._stop_requested: Callable[[], bool] = _never
+        self._checkpoint_due: Callable[[], bool] = _never
 
-    def open(self, source: BatchSource, empty: RawBatch) -> None:
-        """Read from ``source``; ``empty``: the batch a rank with no data left trains."""
+    def open(self, source: BatchSource, empty: RawBatch,
+             stop_requested: Callable[[], bool] = _never,
+             checkpoint_due: Callable[[], bool] = _never) -> None:
+        """Read from ``source``; ``empty``: the batch a rank with no data left trains;
+        ``stop_requested``, ``checkpoint_due``: this rank's votes in each agreement."""
         self._source, self._empty = source, empty
+        self._stop_requested, self._checkpoint_due = stop_requested, checkpoint_due
 
     def admit(self) -> Batch:
         """Read the next local batch and post the step agreement for it."""
@@ -164,8 +197,10 @@ class Batches:
         t0 = time.perf_counter()
         part, fb = self._source.next()
         raw = self._empty if part is None else part
-        agreement = post_allreduce(self._comm, np.array([part is not None, len(raw)], np.int64),
-                                   "step agreement", traced=False)
+        votes = [part is not None, len(raw), self._stop_requested(), self._checkpoint_due()]
+        agreement = post_allreduce(self._comm, np.array(votes, np.int64), "step agreement",
+                                   traced=False,
+                                   finish=lambda a: StepAgreement(*(int(x) for x in a)))
         b: Batch
         if self.staged:
             state = self.graph.start(raw)

@@ -27,7 +27,12 @@ compute the blocking trainer's model bit for bit:
    every update of step t-1 is applied;
 4. :meth:`Steps.settle` runs until the last step's pushes, weight gradients and updates
    are applied: a blocking step ends with it, and so does the step before a switch to
-   the blocking schedule or a step hook.
+   the blocking schedule or a step hook;
+5. a step is started (its lookups too, early ones included) only when its agreement says
+   it trains (:attr:`~recs_core.sched.batches.StepAgreement.trains`): after a stop every
+   rank's model is the one after the step before, exactly what a periodic checkpoint
+   there holds, so a pass resumed from it trains the same steps an uninterrupted one
+   would.
 
 With one rank the stages move nothing; the same tasks run them.
 """
@@ -243,7 +248,7 @@ class Steps:
         agreement decides for all."""
         b = self.batches.get(t)
         yield b.agreement
-        if int(b.agreement.result()[0]):
+        if b.agreed().trains:  # rule 5
             self._spawn_lookups(t, featured_only=True)
 
     # ---- train, dense, update -----------------------------------------------------------

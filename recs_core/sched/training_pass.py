@@ -8,6 +8,11 @@ filler. A :class:`~recs_core.sched.policy.Policy` is turned into the components'
 settings once; the schedule guard (``sched.guard``) switches between the policy's
 :class:`~recs_core.sched.policy.Schedule` and the blocking one at step boundaries, after
 settling. At the end the pass closes its admissions and returns its figures.
+
+A pass stops early, at a step boundary, when a rank is asked to (``stop_requested``, e.g.
+on SIGTERM): the request rides on the next step agreement that rank posts, and the first
+agreed step that carries one is trained by no rank (``sched.step``, rule 5). A step hook
+with ``seconds`` runs at the boundary whose agreement carries rank 0's "checkpoint due".
 """
 
 from __future__ import annotations
@@ -37,11 +42,43 @@ from recs_core.sched.trace import CPU, Timeline
 
 @dataclass(frozen=True)
 class StepHook:
-    """``fn(steps_done)`` after every ``every`` steps, with the model up to date (e.g. a
-    periodic checkpoint)."""
+    """``fn(steps_done)`` at step boundaries, with the model up to date (e.g. a periodic
+    checkpoint): after every ``every`` steps, or, with ``seconds`` instead, at the first
+    boundary after ``seconds`` have passed on rank 0's clock since the pass began or the
+    hook last ran (the ranks agree on that step in its step agreement)."""
 
-    every: int
+    every: int | None
     fn: Callable[[int], None]
+    seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.every is None) == (self.seconds is None):
+            raise ValueError("a step hook needs either every (steps) or seconds")
+        if self.every is not None and self.every < 1 or (self.seconds is not None
+                                                         and not self.seconds > 0):
+            raise ValueError(f"a step hook needs every >= 1 or seconds > 0, got "
+                             f"{self.every}, {self.seconds}")
+
+
+class CheckpointClock:
+    """Rank 0's vote for a time-based step hook: due once ``seconds`` have passed since
+    the clock started or the hook last ran; asked at each admission, it says so once and
+    then waits for :meth:`ran` (the agreed step may be a few admissions later)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._since = time.monotonic()
+        self._voted = False
+
+    def due(self) -> bool:
+        if self._voted or time.monotonic() - self._since < self.seconds:
+            return False
+        self._voted = True
+        return True
+
+    def ran(self) -> None:
+        """The hook ran at the agreed step: the next interval starts now."""
+        self._since, self._voted = time.monotonic(), False
 
 
 @dataclass(frozen=True)
@@ -55,6 +92,7 @@ class PassFigures:
     traffic: dict[str, int]  # bytes sent to the other ranks, by exchange
     comm_waits: dict[str, float]  # seconds idle on each pipeline's exchanges, and "dense"
     scheduler: dict[str, object]  # the loop's, the plan's and the guard's, for the JSON
+    preempted: bool = False  # the ranks stopped at a step boundary before the data's end
 
 
 class TrainingPass:
@@ -88,24 +126,33 @@ class TrainingPass:
         self._use(OVERLAP)  # (the policy's own schedule, also for a blocking policy)
 
     def run(self, parts: Iterator[RawBatch | None], empty: RawBatch, record: Record,
-            hook: StepHook | None = None) -> PassFigures:
+            hook: StepHook | None = None,
+            stop_requested: Callable[[], bool] | None = None) -> PassFigures:
         """Train on every global step of ``parts`` (this rank's parts, None once
-        exhausted); ``record(fb, probs)`` gets each batch's scores; ``hook`` runs after
-        every ``hook.every`` steps, with those steps' updates applied."""
+        exhausted); ``record(fb, probs)`` gets each batch's scores; ``hook`` runs at step
+        boundaries (:class:`StepHook`), with the steps' updates applied. When
+        ``stop_requested()`` turns true on any rank, every rank stops at the same step
+        boundary, with the steps before it applied (the figures say ``preempted``)."""
         source: BatchSource = (PrefetchThread(parts, self.graph, self.timeline, self._prefetch)
                                if self._prefetch else ReadSource(parts))
-        self.batches.open(source, empty)
+        clock = (CheckpointClock(hook.seconds) if hook is not None and hook.seconds is not None
+                 else None)
+        self.batches.open(source, empty, stop_requested or (lambda: False),
+                          clock.due if clock is not None and self.world.rank == 0
+                          else lambda: False)
         progress_thread = ProgressThread(self.world.comm).start() if self.poke else None
         try:
-            steps = self._run(record, hook)
+            steps, preempted = self._run(record, hook, clock)
         finally:
             if progress_thread is not None:
                 progress_thread.stop()
             self.features.close()
             source.close()
-        return self._figures(steps, source.seconds)
+        return self._figures(steps, source.seconds, preempted)
 
-    def _run(self, record: Record, hook: StepHook | None) -> int:
+    def _run(self, record: Record, hook: StepHook | None,
+             clock: CheckpointClock | None) -> tuple[int, bool]:
+        """The pass's steps; returns (steps trained, whether it stopped on a request)."""
         t, last_start, hook_s, ahead = 0, None, 0.0, 0.0
         batches, loop, steps = self.batches, self.loop, self.steps
         while True:
@@ -121,28 +168,36 @@ class TrainingPass:
             # its reading and operators run before its step (by overlapped steps)
             ahead = b.prepared_seconds if admitted else 0.0
             loop.run_until(b.agreement)
-            active, global_rows = (int(x) for x in b.agreement.result())
-            if active == 0:
+            agreed = b.agreed()
+            if not agreed.trains:
                 break
+            if agreed.checkpoint_due and clock is not None and hook is not None:
+                if t > 0:
+                    hook_s = self._hook(hook, t)
+                clock.ran()
             if self.guard is not None:
                 self.guard_steps[self._active] += 1
             if t and t % self._replan_every == 0 or t == 2:
                 self.plan.agree(*steps.plan_costs(), self._plan_comm)
-            loop.run_until(steps.start(t, global_rows, record))
+            loop.run_until(steps.start(t, agreed.rows, record))
             if not self._schedules[self._active].overlap:
                 steps.settle()  # a blocking step ends with its updates applied
             self.timeline.step(start, time.perf_counter())
             batches.drop(t - 1)
             steps.drop(t - 1)
             t += 1
-            if hook is not None and t % hook.every == 0:
-                steps.settle()
-                t_hook = time.perf_counter()
-                hook.fn(t)
-                hook_s = time.perf_counter() - t_hook
-        loop.drain()
+            if hook is not None and hook.every is not None and t % hook.every == 0:
+                hook_s = self._hook(hook, t)
+        loop.drain()  # (after a stop: the last trained step's updates applied)
         self._close()
-        return t
+        return t, bool(agreed.stop)
+
+    def _hook(self, hook: StepHook, steps_done: int) -> float:
+        """Run ``hook`` with the steps' updates applied; returns its seconds."""
+        self.steps.settle()
+        t0 = time.perf_counter()
+        hook.fn(steps_done)
+        return time.perf_counter() - t0
 
     def _guarded(self, t: int) -> None:
         """Before step t: agree on the guard's decision if a probe just ended, then run
@@ -182,7 +237,8 @@ class TrainingPass:
         if self._plan_comm is not None:
             self._plan_comm.Free()
 
-    def _figures(self, steps: int, thread_feature_seconds: float) -> PassFigures:
+    def _figures(self, steps: int, thread_feature_seconds: float,
+                 preempted: bool) -> PassFigures:
         """The pass's figures: its feature time and traffic, the loop's own figures
         (consumer lateness, loop overhead, idle time by exchange), the plan, the guard."""
         lp = self.loop
@@ -214,4 +270,4 @@ class TrainingPass:
             feature_seconds=self.batches.feature_seconds + self.features.feature_seconds,
             thread_feature_seconds=thread_feature_seconds, traffic=dict(self.steps.traffic),
             comm_waits={g: lp.waits.get(g, 0.0) for g in [*self.plan.pipelines, "dense"]},
-            scheduler=scheduler)
+            scheduler=scheduler, preempted=preempted)

@@ -10,6 +10,9 @@
     scores = job.score_rows(["day3/"], id_column="user")   # on rank 0: positions, ids
 
 A killed job continues with ``job.resume("models/day2")`` and the same ``run`` call.
+``job.request_stop()`` (e.g. from a SIGTERM handler; ``recs train`` installs one) makes
+every rank stop at the next step boundary: ``run`` returns with ``preempted`` true and the
+caller writes a checkpoint (``job.checkpoint("models/day2")``) to resume from.
 Checkpoints: ``recs_core.train.saving`` (format: docs/CHECKPOINT_FORMAT.md).
 """
 
@@ -100,6 +103,19 @@ class Job:
         self._loaded: tuple[str, dict[str, Any]] | None = None
         self._last_save: Increment | None = None  # what a periodic increment applies to
         self.comparison: Comparison | None = None  # compare_with's, for the next pass
+        self._stop = False  # request_stop: set by a signal handler, read at each admission
+
+    def request_stop(self) -> None:
+        """Ask the pass to stop at the next step boundary (safe from a signal handler: it
+        only sets a flag). This rank's next step agreement carries the request, so every
+        rank stops at the same step; :meth:`run` then returns with ``preempted`` true,
+        before the held-out rows are scored. A job asked to stop stays so: a later pass
+        stops before its first step."""
+        self._stop = True
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop
 
     @classmethod
     def from_config(cls, path: str | os.PathLike, world: World | None = None) -> Job:
@@ -165,7 +181,8 @@ class Job:
         (lookahead, workers, chunk_ms, ...): the schedule's Policy (every mode computes
         the same model); ``hook``, ``trace``: see :meth:`run_batches`. Training again the
         files the loaded checkpoint's window already trained is refused unless ``retrain``.
-        Returns the job's figures."""
+        Returns the job's figures; ``preempted`` true when the pass stopped on
+        :meth:`request_stop` (the held-out rows not scored, the window unfinished)."""
         frac = self.cfg.eval_fraction if eval_fraction is None else eval_fraction
         if not 0.0 <= frac < 1.0:
             raise RecsError(f"eval fraction must be in [0, 1), got {frac}")
@@ -234,7 +251,9 @@ class Job:
         checkpoints); ``trace``: write a Chrome trace there. After :meth:`resume` the pass
         skips the steps the checkpoint had done and continues its progressive metrics;
         otherwise it starts a new window. ``data``: its data arguments (:meth:`run`);
-        ``held_again``: the held-out rows read anew (for a comparison before the pass)."""
+        ``held_again``: the held-out rows read anew (for a comparison before the pass).
+        After :meth:`request_stop` the pass ends at a step boundary and nothing after it
+        runs (held-out rows, comparison, the dynamic tables' end of window)."""
         schedule = schedule or self.schedule()
         timer = timer if timer is not None else {"input": 0.0, "train": 0.0}
         jit_seconds = warm_up(self.spec)
@@ -254,6 +273,9 @@ class Job:
         t_start = time.perf_counter()
         figures, timeline = self._train(source, schedule, hook, quiet, timer)
         t_eval = time.perf_counter()
+        if figures.preempted:  # the window goes on later: nothing of its end runs
+            comp = self.comparison = None
+            held = ()
         others = (comp.baseline,) if comp is not None and comp.baseline is not None else ()
         eval_y, eval_p, base_p = self._evaluate(held, others)
         if comp is not None:
@@ -269,6 +291,7 @@ class Job:
                            eval_p)
         out["finite"] = self.finite() and (out["train_rows"] == 0
                                            or out["train_logloss"] is not None)
+        out["preempted"] = figures.preempted
         if comp is not None:
             out["baseline"] = comp.report()
             self.comparison = None
@@ -305,7 +328,7 @@ class Job:
         sched = TrainingPass(self.model, self.graph, world, schedule, timeline)
         try:
             t0 = time.perf_counter()
-            figures = sched.run(source, self._empty(), record, hook)
+            figures = sched.run(source, self._empty(), record, hook, lambda: self._stop)
             timer["input"] += figures.feature_seconds + figures.thread_feature_seconds
             timer["train"] += time.perf_counter() - t0 - figures.feature_seconds
         finally:
@@ -436,12 +459,12 @@ class Job:
             "window_steps": window.steps,
             "global_step": window.global_step,
         }
-        out["warnings"] = self._warnings(train_rows)
+        out["warnings"] = self._warnings(train_rows if not figures.preempted else None)
         spent = decompression_figures(world.allgather(
             self._reader.decompressed if self._reader else NO_DECOMPRESSION))
         if spent:
             out["decompression"] = spent
-        dyn = self._end_dynamic_window()
+        dyn = {} if figures.preempted else self._end_dynamic_window()  # (a window's end)
         if dyn:
             out["dynamic_tables"] = dyn
         if self.checkpoint_figures:
@@ -454,15 +477,15 @@ class Job:
                                          for p, v in waits.items()}
         return out
 
-    def _warnings(self, train_rows: int) -> list[str]:
+    def _warnings(self, train_rows: int | None) -> list[str]:
         """What the user should be told about the pass (every rank's, each once): files
         given twice or empty, header-only files, files that changed size while being read,
-        no row trained."""
+        no row trained in a finished window (``train_rows`` None: it did not finish)."""
         mine = self._input_warnings + (self._reader.size_warnings() if self._reader else [])
         self._input_warnings = []
         every = self.world.comm.allgather(mine) if self.world.size > 1 else [mine]
         out = list(dict.fromkeys(w for part in every for w in part))
-        if train_rows == 0:
+        if train_rows == 0:  # (None: a preempted window, to be continued)
             out.append("no rows trained in this window: the model is unchanged (what was "
                        "asked is still written: checkpoint, delta)")
         return out
@@ -514,14 +537,19 @@ class Job:
         return {k: dict(zip(("rows", "admitted", "evicted", "bytes"), row))
                 for k, row in zip(figs, total.tolist())}
 
-    def checkpoint_hook(self, root: str | os.PathLike, every: int,
-                        keep: int | None = 3, full_every: int = FULL_EVERY) -> StepHook:
-        """A :class:`StepHook` for :meth:`run` that writes ``root/step-<N>`` every
-        ``every`` global steps (collective), keeping the newest ``keep`` (and the chains
-        they need). Each is an increment over the one before (the rows changed since,
-        the dense state) except every ``full_every``-th, which is whole."""
-        if every < 1:
+    def checkpoint_hook(self, root: str | os.PathLike, every: int | None = None,
+                        keep: int | None = 3, full_every: int = FULL_EVERY, *,
+                        seconds: float | None = None) -> StepHook:
+        """A :class:`StepHook` for :meth:`run` that writes a periodic checkpoint
+        (:meth:`checkpoint`) every ``every`` steps, or, with ``seconds`` instead, at the
+        first step boundary after ``seconds`` have passed on rank 0 since the pass began
+        or the last one (the ranks agree on the step); collective."""
+        if (every is None) == (seconds is None):
+            raise RecsError("a checkpoint interval is a number of steps or of seconds")
+        if every is not None and every < 1:
             raise RecsError(f"checkpoint interval must be >= 1 step, got {every}")
+        if seconds is not None and not 0 < seconds < float("inf"):
+            raise RecsError(f"checkpoint interval must be > 0 seconds, got {seconds:g}")
         if full_every < 1:
             raise RecsError(f"full checkpoint interval must be >= 1 save, got {full_every}")
 
@@ -529,11 +557,22 @@ class Job:
             w = self.window
             if w.skipped + steps_done != w.steps:  # the pass and record agree
                 raise RuntimeError(f"step count {w.skipped + steps_done} != {w.steps}")
-            last = self._last_save
-            base = last if last is not None and last.fits(root, full_every) else None
-            self._save(root=os.fspath(root), keep=keep, base=base)
+            self.checkpoint(root, keep, full_every)
 
-        return StepHook(every, fn)
+        return StepHook(every, fn, seconds)
+
+    def checkpoint(self, root: str | os.PathLike, keep: int | None = 3,
+                   full_every: int = FULL_EVERY) -> str:
+        """Write the window as it stands (unfinished) to ``root/step-<N>`` (collective;
+        e.g. after a preempted :meth:`run`), keeping the newest ``keep`` (and the chains
+        they need): an increment over the last checkpoint this job wrote or resumed from
+        (the rows changed since, the dense state) unless that chain holds ``full_every``
+        saves. When that checkpoint is already ``root/step-<N>``, it is returned."""
+        last = self._last_save
+        if last is not None and last.at(root, self.window.global_step):
+            return last.path
+        base = last if last is not None and last.fits(root, full_every) else None
+        return self._save(root=os.fspath(root), keep=keep, base=base)
 
     def claim_save_root(self, root: str | os.PathLike, lock: SaveLock | None = None) -> None:
         """Check and lock ``root`` for ``step-*`` checkpoints as ``--save`` does, unless this

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recs_core.checkpoint import load_manifest, read_rank, save
+from recs_core.checkpoint import load_manifest, read_rank, save, step_path
 from recs_core.checkpoint import save_step as save_step_dir
 from recs_core.checkpoint.manifest import Manifest
 from recs_core.checkpoint.store import (
@@ -195,6 +195,13 @@ class Increment:
         except OSError:
             same = False
         return same and self.increments + 1 < full_every
+
+    def at(self, root: str | os.PathLike, step: int) -> bool:
+        """True when it is ``root``'s checkpoint of global step ``step``."""
+        try:
+            return os.path.samefile(self.path, step_path(root, step))
+        except OSError:
+            return False
 
 
 # ---- loading ---------------------------------------------------------------------------
