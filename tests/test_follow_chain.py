@@ -332,3 +332,37 @@ def test_sigterm_stops_the_chain_resumably(made: dict, reference: dict, tmp_path
     states = Ledger(state).windows()
     for wid in ("dt=2026-12-07/hour=00", "dt=2026-12-07/hour=01"):
         assert hashes(states[wid].fields["checkpoint"]) == hashes(reference["final"][wid])
+
+
+def test_a_preempted_window_finishes_on_another_number_of_ranks(made: dict, reference: dict,
+                                                               tmp_path: Path) -> None:
+    """SIGTERM while window 2 trains on 2 ranks; the chain restarts with 3 (--ranks @FILE):
+    the window resumes elastically and trains every row once (its trained-rows checksum
+    and rows equal the uninterrupted chain's)."""
+    landing, state, ranks = tmp_path / "land", tmp_path / "state", tmp_path / "ranks"
+    ranks.write_text("2\n")
+    for i in range(2):
+        land(landing, i, made["src"][i])
+    cmd = [sys.executable, "-m", "recs_core", "follow", "--config", str(made["cfg"]), "--watch",
+           str(landing), "--state", str(state), "--ranks", f"@{ranks}", "--once",
+           "--checkpoint-every", "10"]
+    sup = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=env(), cwd=ROOT)
+    ckpt = state / "windows" / "dt=2026-12-07__hour=01" / "ckpt"
+    wait_for(lambda: ckpt.is_dir() and any(ckpt.glob("step-*")), what="window 2's checkpoint")
+    sup.send_signal(signal.SIGTERM)
+    code, _, err = finished(sup, 120)
+    assert code == 75, err
+    pre = [r for r in Ledger(state).records if r["status"] == "preempted"]
+    assert pre and pre[-1]["checkpoint"], pre  # the job checkpointed as it stopped
+    ranks.write_text("3\n")
+    code, out, err = finished(subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                               stderr=subprocess.PIPE, text=True, env=env(),
+                                               cwd=ROOT))
+    assert code == 0, err
+    ref = Ledger(reference["state"]).windows()["dt=2026-12-07/hour=01"].fields
+    got = Ledger(state).windows()["dt=2026-12-07/hour=01"].fields
+    assert got["ranks"] == 3
+    assert (got["trained_rows_checksum"], got["train_rows"]) == (
+        ref["trained_rows_checksum"], ref["train_rows"])
+    assert abs(got["eval_auc"] - ref["eval_auc"]) < 0.005

@@ -391,7 +391,9 @@ class Supervisor:
         self.ledger.append(
             w.id, status, attempt=attempt, ranks=ranks, start=_stamp(start),
             end=_stamp(time.time()), rows=out.get("rows"), train_rows=out.get("train_rows"),
-            eval_rows=out.get("eval_rows"), progressive_auc=out.get("progressive_auc"),
+            eval_rows=out.get("eval_rows"),
+            trained_rows_checksum=out.get("trained_rows_checksum"),
+            progressive_auc=out.get("progressive_auc"),
             progressive_logloss=out.get("train_logloss"), eval_auc=out.get("eval_auc"),
             eval_logloss=out.get("eval_logloss"), baseline=out.get("baseline"),
             samples_per_sec=out.get("samples_per_sec"), seconds=round(result.seconds, 3),
