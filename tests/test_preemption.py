@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 
 from recs_core.checkpoint import load_manifest
-from recs_core.cli import checkpoint_interval, main
+from recs_core.cli import main
 from recs_core.errors import EXIT_PREEMPTED, RecsError
 from recs_core.sched.training_pass import StepHook
+from recs_core.train.command import checkpoint_interval
 from recs_core.train.job import Job
 from tests.conftest import CONFIGS, ROOT, mpiexec, run_mpi, small_test_spec
 from tests.test_abort import _Job, survivors
