@@ -271,9 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_gen(sub)
     _add_features(sub)
-    from recs_core.train.command import add_train
+    from recs_core.train.command import add_train, add_worker
 
     add_train(sub)
+    add_worker(sub)
     _add_predict(sub)
     _add_timeline(sub)
     _add_spec(sub)
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except RecsError as e:
-        if args.command == "train":  # for machines (recs follow): the last stdout line
+        if args.command in ("train", "worker"):  # for machines (recs follow): the last line
             from recs_core.errors import DataError
 
             print(json.dumps({"error": str(e), "data_error": isinstance(e, DataError),

@@ -93,19 +93,49 @@ def final_checkpoint(state: Path, window: str) -> str:
     return Ledger(state).windows()[window].fields["checkpoint"]
 
 
-def job_ranks(window_dir: Path) -> list[int]:
-    """Pids of the python ranks training ``window_dir``."""
-    pids = []
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...)."""
+    parent: dict[int, int] = {}
     for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            parent[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
+
+
+def job_ranks(sup: subprocess.Popen) -> list[int]:
+    """Pids of the python ranks training under the supervisor ``sup``."""
+    pids = []
+    for pid in descendants(sup.pid):
         try:
-            args = (d / "cmdline").read_bytes().split(b"\0")
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if (args and b"python" in Path(args[0].decode()).name.encode() and b"train" in args
-                and str(window_dir).encode() in args):
-            pids.append(int(d.name))
+        if args and b"python" in Path(args[0].decode()).name.encode() and b"recs_core" in args:
+            pids.append(pid)
+    return pids
+
+
+def rank_processes() -> list[int]:
+    """Every process of this machine running ``python -m recs_core worker`` or ``train``."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                args = (d / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"recs_core" in args and (b"worker" in args or b"train" in args):
+                pids.append(int(d.name))
     return pids
 
 
@@ -134,13 +164,13 @@ def test_windows_landing_while_it_runs_and_a_killed_job_retried(made: dict, refe
     sup = follow(made, state, landing, "--publish", str(tmp_path / "pub"))
     try:
         for i in range(4):
-            w = land(landing, i, made["src"][i])
+            land(landing, i, made["src"][i])
             wid = f"dt=2026-12-07/hour={i:02d}"
             if i == 2:  # window 3: kill a rank once a periodic checkpoint is written
                 ckpt = state / "windows" / f"dt=2026-12-07__hour={i:02d}" / "ckpt"
-                wait_for(lambda c=ckpt, w=w: c.is_dir() and any(c.glob("step-*"))
-                         and job_ranks(w), what="window 3's first checkpoint")
-                os.kill(job_ranks(w)[0], signal.SIGKILL)
+                wait_for(lambda c=ckpt: c.is_dir() and any(c.glob("step-*"))
+                         and job_ranks(sup), what="window 3's first checkpoint")
+                os.kill(job_ranks(sup)[0], signal.SIGKILL)
             wait_for(lambda wid=wid: statuses(state).get(wid) == "published",
                      what=f"{wid} published")
         sup.send_signal(signal.SIGTERM)  # idle: it stops at once
@@ -169,9 +199,11 @@ def test_the_supervisor_killed_and_restarted_mid_chain(made: dict, reference: di
     sup = follow(made, state, landing, "--once", "--publish", str(tmp_path / "pub"))
     ckpt = state / "windows" / "dt=2026-12-07__hour=01" / "ckpt"
     wait_for(lambda: ckpt.is_dir() and any(ckpt.glob("step-*")), what="window 2's checkpoint")
+    ranks = job_ranks(sup)
+    assert ranks
     sup.kill()
     sup.wait()
-    wait_for(lambda: not job_ranks(landing / "dt=2026-12-07" / "hour=01"), timeout=60,
+    wait_for(lambda: not set(ranks) & set(rank_processes()), timeout=60,
              what="window 2's job to end with its supervisor")
     assert statuses(state)["dt=2026-12-07/hour=01"] == "running"
     code, out, err = finished(follow(made, state, landing, "--once", "--publish",
@@ -326,7 +358,7 @@ def test_sigterm_stops_the_chain_resumably(made: dict, reference: dict, tmp_path
     code, out, err = finished(sup, 120)
     assert code == 75, err
     assert statuses(state)["dt=2026-12-07/hour=01"] == "preempted"
-    assert not job_ranks(landing / "dt=2026-12-07" / "hour=01")
+    assert not job_ranks(sup)
     code, out, err = finished(follow(made, state, landing, "--once"))
     assert code == 0, err
     states = Ledger(state).windows()

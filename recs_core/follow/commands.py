@@ -78,6 +78,9 @@ def add_follow(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--on-withheld", choices=("last-good", "trained"), default="last-good",
                    help="after a withheld window the chain continues from the last good "
                    "model (default) or from the withheld one")
+    p.add_argument("--relaunch", action="store_true",
+                   help="a job (launch, load, save) per window instead of one worker that "
+                   "keeps its ranks and model up while windows are waiting (recs worker)")
     p.add_argument("--max-bad-fraction", type=float,
                    help="a window with a larger share of bad lines is quarantined (not "
                    "trained) (default: the config's input.max_bad_fraction)")
@@ -111,7 +114,8 @@ def _cmd_follow(a: argparse.Namespace) -> int:
         gate=Gate(a.gate_logloss, a.gate_auc, a.gate_guard_logloss, a.gate_guard_auc,
                   a.gate_label_drop),
         on_withheld=a.on_withheld,
-        max_bad_fraction=a.max_bad_fraction, train_args=list(a.train_args))
+        max_bad_fraction=a.max_bad_fraction, train_args=list(a.train_args),
+        keep_ranks=not a.relaunch)
     sup = Supervisor(cfg)
     sup.ranks()  # a bad --ranks is refused before anything starts
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import queue
 import shlex
 import signal
 import subprocess
@@ -50,6 +51,14 @@ def job_command(template: str, ranks: int, train_args: list[str]) -> list[str]:
     return [*prefix, sys.executable, "-m", "recs_core", "train", *train_args]
 
 
+def worker_command(template: str, ranks: int) -> list[str]:
+    """The command line of a worker (``recs worker``: windows on its stdin, the ranks
+    kept up between them)."""
+    check_template(template)
+    prefix = shlex.split(template.format(ranks=ranks, mpi_launch=MPI_LAUNCH))
+    return [*prefix, sys.executable, "-m", "recs_core", "worker"]
+
+
 @dataclass
 class JobResult:
     """What a finished job left: its status, the last JSON line of its stdout, the tail
@@ -85,15 +94,18 @@ def _die_with_parent() -> None:
 
 
 class Running:
-    """One job being run: its process, its output readers, signal forwarding."""
+    """One job (or worker) being run: its process, its output readers, signal forwarding;
+    a worker takes windows through :meth:`send` and gives each result by :meth:`result`."""
 
     def __init__(self, cmd: list[str], env: dict[str, str] | None = None,
-                 log: Any = None) -> None:
+                 log: Any = None, worker: bool = False) -> None:
         self.cmd = cmd
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     stdin=subprocess.PIPE if worker else subprocess.DEVNULL,
                                      text=True, env=env, preexec_fn=_die_with_parent)
         self.last_json: dict[str, Any] | None = None
+        self.results: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.tail: deque[str] = deque(maxlen=40)
         self.log = log if log is not None else sys.stderr
         self._threads = [threading.Thread(target=self._read_out, daemon=True),
@@ -112,6 +124,8 @@ class Running:
                     continue
                 if isinstance(obj, dict):
                     self.last_json = obj
+                    self.results.put(obj)
+        self.results.put(None)  # the process ended
 
     def _read_err(self) -> None:
         assert self.proc.stderr is not None
@@ -133,6 +147,35 @@ class Running:
         for t in self._threads:
             t.join(timeout=10)
         return JobResult(rc, self.last_json, list(self.tail), time.monotonic() - self.t0)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def send(self, train_args: list[str]) -> None:
+        """Give a worker its next window."""
+        assert self.proc.stdin is not None
+        self.t0 = time.monotonic()
+        self.proc.stdin.write(json.dumps({"args": train_args}) + "\n")
+        self.proc.stdin.flush()
+
+    def result(self) -> JobResult:
+        """The worker's result of the window sent last: its JSON line, or, when the
+        process ended instead, its exit."""
+        got = self.results.get()
+        if got is not None and self.alive and got.get("saved") and not got.get("preempted"):
+            return JobResult(0, got, list(self.tail), time.monotonic() - self.t0)
+        end = self.wait()
+        return JobResult(end.returncode, got or end.out, end.stderr_tail, end.seconds)
+
+    def finish(self) -> JobResult:
+        """Close a worker's input (no more windows) and wait for it to end."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
+        return self.wait()
 
 
 def env_for_job() -> dict[str, str]:

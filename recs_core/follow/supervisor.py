@@ -43,7 +43,14 @@ from typing import Any
 from recs_core.checkpoint.files import atomic_write
 from recs_core.checkpoint.outdir import SaveLock
 from recs_core.errors import EXIT_PREEMPTED, RecsError
-from recs_core.follow.launch import DEFAULT_LAUNCHER, JobResult, Running, env_for_job, job_command
+from recs_core.follow.launch import (
+    DEFAULT_LAUNCHER,
+    JobResult,
+    Running,
+    env_for_job,
+    job_command,
+    worker_command,
+)
 from recs_core.follow.ledger import GOOD, Ledger
 from recs_core.follow.publish import check_publish_dir, publish, retain, versions
 from recs_core.follow.windows import Landing, Window
@@ -135,6 +142,7 @@ class FollowConfig:
     keep_versions: int = 10
     gate: Gate = field(default_factory=Gate)
     on_withheld: str = "last-good"  # or "trained"
+    keep_ranks: bool = True  # one worker trains consecutive windows (else a job each)
     max_bad_fraction: float | None = None
     train_args: list[str] = field(default_factory=list)
 
@@ -151,6 +159,8 @@ class Supervisor:
         self.state = Path(cfg.state).absolute()
         self.stop = threading.Event()
         self.running: Running | None = None
+        self.worker: Running | None = None  # keep_ranks: the ranks kept up between windows
+        self.worker_ranks = 0
         self.interrupted = False  # a job was stopped (preempted) by a signal to us
         self.lock: SaveLock | None = None
         self.landing = Landing(cfg.watch, cfg.settle)
@@ -207,6 +217,7 @@ class Supervisor:
                 self.say(f"warning: {w}")
             while not self.stop.is_set():
                 progressed = self._pass()
+                self.stop_worker()  # caught up: nothing waits between windows
                 if self.stop.is_set():
                     break
                 if self.cfg.once and not progressed:
@@ -215,6 +226,9 @@ class Supervisor:
                     self.stop.wait(self.cfg.poll)
             return EXIT_PREEMPTED if self.interrupted else 0
         finally:
+            if self.worker is not None:
+                self.worker.signal(signal.SIGTERM)
+                self.worker.wait()
             self.lock.release()
 
     def _pass(self) -> bool:
@@ -311,15 +325,15 @@ class Supervisor:
                                 f"stops: {last}")
             ranks = self.ranks()
             attempts += 1
-            cmd = job_command(c.launcher, ranks, self._train_args(w, ckpt, delta))
+            args = self._train_args(w, ckpt, delta)
+            cmd = (worker_command(c.launcher, ranks) + ["<", *args] if c.keep_ranks
+                   else job_command(c.launcher, ranks, args))
             start = time.time()
             self.ledger.append(w.id, "running", attempt=attempts, ranks=ranks,
                                start=_stamp(start), files=w.signature, data=w.path,
                                command=cmd)
             self.say(f"{w.id}: training on {ranks} rank(s) (attempt {attempts})")
-            self.running = Running(cmd, env_for_job())
-            result = self.running.wait()
-            self.running = None
+            result = self._run(ranks, cmd)
             if result.preempted:
                 preemptions += 1
                 attempts -= 1  # a preemption is not a failed attempt
@@ -354,6 +368,38 @@ class Supervisor:
             self.say(f"{w.id}: attempt {attempts} failed: {result.error}")
             if attempts < c.max_attempts:
                 self.stop.wait(c.backoff * 2 ** (attempts - 1))
+
+    def _run(self, ranks: int, cmd: list[str]) -> JobResult:
+        """Train one window: a job of its own, or (``keep_ranks``) the next window of the
+        worker on ``ranks`` ranks (started, or restarted on another number, as needed)."""
+        if not self.cfg.keep_ranks:
+            self.running = Running(cmd, env_for_job())
+            try:
+                return self.running.wait()
+            finally:
+                self.running = None
+        args = cmd[cmd.index("<") + 1:]
+        if self.worker is None or not self.worker.alive or self.worker_ranks != ranks:
+            self.stop_worker()
+            self.worker = Running(worker_command(self.cfg.launcher, ranks), env_for_job(),
+                                  worker=True)
+            self.worker_ranks = ranks
+        self.running = self.worker
+        try:
+            self.worker.send(args)
+            return self.worker.result()
+        except BrokenPipeError:  # it ended before taking the window
+            return self.worker.wait()
+        finally:
+            self.running = None
+            if self.worker is not None and not self.worker.alive:
+                self.worker = None
+
+    def stop_worker(self) -> None:
+        """No more windows for now: the worker ends (its ranks wait on no one)."""
+        if self.worker is not None:
+            self.worker.finish()
+            self.worker = None
 
     def _finished(self, w: Window, result: JobResult, start: float, attempt: int,
                   ranks: int, delta: Path) -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from recs_core.cli_args import (
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
     from recs_core.stop_signals import StopSignals
     from recs_core.train.job import Job
 
-_T0 = time.perf_counter()  # the command's start (its imports included), for its JSON
+# the command's start (its imports included), or a worker's window's: for its JSON
+_START = [time.perf_counter()]
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
@@ -159,8 +161,10 @@ def _cmd_train(a: argparse.Namespace) -> int:
         stop.restore()
 
 
-def _claim_and_train(a: argparse.Namespace, stop: StopSignals) -> int:
-    """``recs train``: its arguments checked and its outputs claimed, then the training."""
+def _claim_and_train(a: argparse.Namespace, stop: StopSignals,
+                     kept: Kept | None = None) -> int:
+    """``recs train``: its arguments checked and its outputs claimed, then the training
+    (``kept``: a worker's job, reused when this window starts from its last save)."""
     from recs_core.checkpoint.manifest import MANIFEST
     from recs_core.checkpoint.outdir import claim_outputs
     from recs_core.comm.world import mpi_world
@@ -194,21 +198,38 @@ def _claim_and_train(a: argparse.Namespace, stop: StopSignals) -> int:
         save_root, a.export_delta, "--save" if a.save else "--resume")
         if world.rank == 0 else None)
     try:
-        return _train(a, spec, world, save_root, lock, stop)
+        return _train(a, spec, world, save_root, lock, stop, kept)
     finally:
         if lock is not None:
             lock.release()
 
 
+@dataclass
+class Kept:
+    """What ``recs worker`` keeps between windows: the job, and its last final checkpoint."""
+
+    job: Job | None = None
+    saved: str | None = None
+
+
 def _train(a: argparse.Namespace, spec: Spec, world: World, save_root: str | None,
-           lock: SaveLock | None, stop: StopSignals) -> int:
+           lock: SaveLock | None, stop: StopSignals, kept: Kept | None = None) -> int:
     """The training of ``recs train`` once its outputs are claimed (``lock``: rank 0's
     lock of the save directory)."""
+    from recs_core.train.comparison import same_checkpoint
     from recs_core.train.job import Job, config_text
 
-    job = Job(spec, world=world)
+    text = config_text(a.config)
+    keep = (kept is not None and kept.job is not None and kept.saved is not None
+            and kept.job.config_text == text and bool(a.init_from)
+            and same_checkpoint(a.init_from, kept.saved, world)
+            and not _has_checkpoint(a.resume, world))
+    job = kept.job if keep and kept is not None and kept.job is not None else Job(spec,
+                                                                                   world=world)
     stop.attach(job.request_stop)
-    job.config_text = config_text(a.config)
+    job.config_text = text
+    if kept is not None:
+        kept.job, kept.saved = job, None
     if save_root:
         job.claim_save_root(save_root, lock)
     resumed = None
@@ -223,7 +244,10 @@ def _train(a: argparse.Namespace, spec: Spec, world: World, save_root: str | Non
             print(f"recs: no complete checkpoint in {a.resume} yet: the pass starts over {start}",
                   file=sys.stderr)
     if a.init_from and resumed is None:
-        job.load(a.init_from, unfinished=a.accept_unfinished)
+        if keep:  # a worker's job already holds the model it saved last
+            job.continue_from(kept.saved)  # type: ignore[union-attr, arg-type]
+        else:
+            job.load(a.init_from, unfinished=a.accept_unfinished)
     if a.compare_data and not a.compare_with:
         raise RecsError("--compare-data needs --compare-with")
     if a.compare_with:
@@ -240,6 +264,8 @@ def _train(a: argparse.Namespace, spec: Spec, world: World, save_root: str | Non
         return _preempted(a, job, out, save_root, stop)
     if save_root:
         out["saved"] = job.save_step(save_root, keep=a.keep_checkpoints)
+        if kept is not None:
+            kept.saved = out["saved"]
     if a.export_delta:
         t0 = time.perf_counter()
         out["delta"] = job.export_delta(a.export_delta)
@@ -277,8 +303,62 @@ def _preempted(a: argparse.Namespace, job: Job, out: dict, save_root: str | None
 
 def _report(world: World, out: dict) -> None:
     """Rank 0 prints the warnings on stderr and the figures as the last stdout line."""
-    out["command_seconds"] = round(time.perf_counter() - _T0, 4)
+    out["command_seconds"] = round(time.perf_counter() - _START[0], 4)
     if world.rank == 0:
         for w in out["warnings"]:
             print(f"recs: warning: {w}", file=sys.stderr)
         print(json.dumps(out), flush=True)
+
+
+def _has_checkpoint(path: str | None, world: World) -> bool:
+    """Whether ``--resume``'s directory holds a checkpoint to resume from."""
+    if not path:
+        return False
+    from recs_core.train.saving import find_checkpoint
+
+    return find_checkpoint(path, world, "--resume") is not None
+
+
+def add_worker(sub: argparse._SubParsersAction) -> None:
+    """The ``recs worker`` subcommand."""
+    p = sub.add_parser("worker", help="train windows read from stdin, the ranks kept up",
+                       description="The ranks of a chain kept up between windows (recs "
+                       "follow launches it): reads one JSON object per line on stdin, "
+                       '{"args": [recs train arguments]}, trains each window in turn and '
+                       "prints each one's JSON (recs train's) on stdout. A window whose "
+                       "--init-from is the checkpoint the previous window saved starts from "
+                       "the model in memory (nothing is loaded). Ends at the end of its "
+                       "input (0), when a window fails (its status, every rank) or is "
+                       "preempted (75).")
+    add_comm_timeout(p)
+    p.set_defaults(func=_cmd_worker)
+
+
+def _cmd_worker(a: argparse.Namespace) -> int:
+    from recs_core.cli import build_parser
+    from recs_core.comm.world import mpi_world
+    from recs_core.stop_signals import StopSignals
+
+    set_comm_timeout_arg(a)
+    stop = StopSignals().install()
+    try:
+        world = mpi_world()
+        kept = Kept()
+        while True:
+            line = world.bcast(sys.stdin.readline() if world.rank == 0 else None,
+                               "the next window's arguments")
+            if not line.strip():
+                return 0
+            try:
+                args = json.loads(line)["args"]
+                if not isinstance(args, list) or not all(isinstance(x, str) for x in args):
+                    raise ValueError("args must be a list of strings")
+            except (ValueError, KeyError, TypeError) as e:
+                raise RecsError(f"recs worker: not a window's arguments ({e}): "
+                                f"{line.strip()[:200]}") from None
+            _START[0] = time.perf_counter()
+            code = _claim_and_train(build_parser().parse_args(["train", *args]), stop, kept)
+            if code != 0:
+                return code
+    finally:
+        stop.restore()

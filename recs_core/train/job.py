@@ -656,6 +656,15 @@ class Job:
         self._clear_touched()
         return found
 
+    def continue_from(self, path: str) -> str:
+        """Start the next window from the checkpoint this job saved last at ``path``, the
+        model being still in memory (what :meth:`load` of it would give, nothing read):
+        for a worker that keeps its ranks up between windows."""
+        self._loaded = (path, {"data": self.window.data.get("data"), "done": True})
+        self.checkpoint_figures = {"loaded_from": path, "load_seconds": 0.0,
+                                   "kept_in_memory": True}
+        return path
+
     def load_published(self, path: str | os.PathLike) -> str:
         """Start from a published version (``recs follow --publish``: ``PUBLISH/<n>``): its
         full model, then the deltas of the versions after it, in order (collective).
