@@ -108,16 +108,20 @@ def test_check_meta_names_the_key(tmp_path: Path) -> None:
 
 
 def crash_after(monkeypatch: pytest.MonkeyPatch, calls: int) -> None:
-    """Make the ``calls``-th atomic write from now on raise (a simulated crash)."""
-    real, seen = files.atomic_write, []
+    """Make the ``calls``-th file write from now on (an array's or the manifest's) raise
+    (a simulated crash)."""
+    seen = []
 
-    def flaky(path, chunks):
-        seen.append(path)
-        if len(seen) == calls:
-            raise OSError("simulated crash")
-        return real(path, chunks)
+    def flaky(real):  # noqa: ANN001, ANN202
+        def write(path, chunks):  # noqa: ANN001, ANN202
+            seen.append(path)
+            if len(seen) == calls:
+                raise OSError("simulated crash")
+            return real(path, chunks)
+        return write
 
-    monkeypatch.setattr(files, "atomic_write", flaky)
+    monkeypatch.setattr(files, "atomic_write", flaky(files.atomic_write))
+    monkeypatch.setattr(files, "staged_write", flaky(files.staged_write))
 
 
 @pytest.mark.parametrize("calls", [1, 3, 7])  # first file, mid-shard, the manifest

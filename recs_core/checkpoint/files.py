@@ -39,11 +39,10 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 def fsync_tree(root: str | os.PathLike) -> None:
-    """fsync ``root`` and every directory below it that has subdirectories, making the
-    entries of freshly made subdirectories durable."""
-    for parent, dirs, _ in os.walk(root):
-        if dirs:
-            fsync_dir(parent)
+    """fsync ``root`` and every directory below it, making the entries of freshly written
+    files and subdirectories durable."""
+    for parent, _, _ in os.walk(root):
+        fsync_dir(parent)
 
 
 @contextmanager
@@ -66,6 +65,27 @@ def written_aside(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def staged_write(path: str | os.PathLike, chunks: Iterable[bytes | memoryview]
+                 ) -> tuple[int, str]:
+    """Write ``chunks`` to the new file ``path`` inside a staging directory and fsync it;
+    return (bytes, sha256 hex). No rename: the directory is published whole, by its
+    writer, once its entries are fsynced (:func:`fsync_tree`)."""
+    digest, size = hashlib.sha256(), 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                digest.update(chunk)
+                f.write(chunk)
+                size += len(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        Path(path).unlink(missing_ok=True)
+        raise
+    return size, digest.hexdigest()
 
 
 def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes | memoryview]) -> tuple[int, str]:

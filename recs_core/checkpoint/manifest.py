@@ -148,9 +148,11 @@ def to_jsonable(value: Any, what: str) -> Any:
 
 
 def write_array(root: Path, rel: str, name: str, rank: int, arr: np.ndarray) -> FileEntry:
-    """Write ``arr`` to ``root/rel`` atomically; return its manifest entry."""
+    """Write ``arr`` to ``root/rel`` in a staging directory ``root`` (fsynced; the caller
+    fsyncs the directories and publishes ``root`` by a rename); return its manifest
+    entry."""
     arr = np.asarray(arr)
-    size, sha = files.atomic_write(root / rel, files.npy_chunks(arr))
+    size, sha = files.staged_write(root / rel, files.npy_chunks(arr))
     return FileEntry(path=rel, name=name, rank=rank, shape=tuple(arr.shape),
                      dtype=arr.dtype.str, bytes=size, sha256=sha)
 

@@ -159,6 +159,7 @@ def _write_shard(staging: Path, rank: int, world: int,
     (staging / sub).mkdir(parents=True, exist_ok=True)
     entries = _each(lambda item: mf.write_array(staging, f"{sub}/{item[0]}.npy", item[0], rank,
                                                 item[1]), items, workers)
+    fsync_dir(staging / sub)  # the files' entries
     fsync_dir(staging)  # the shard directory's entry
     return entries
 
@@ -223,12 +224,13 @@ def save(path: str | Path, arrays: Mapping[str, np.ndarray | RowPatch],
 
 
 def _check_base(final: Path, base: str, world: int) -> None:
-    """RecsError unless ``base`` names a complete sibling checkpoint of ``world`` ranks
-    whose step is older than ``final``'s."""
-    chain = load_chain(final.parent / base)
-    if chain[-1][1].world_size != world:
-        raise RecsError(f"checkpoint {final}: its base {base} was written by "
-                        f"{chain[-1][1].world_size} ranks, this job has {world}")
+    """RecsError unless ``base`` names a sibling checkpoint (its manifest: the files are
+    checked when the chain is loaded) of ``world`` ranks whose step is older than
+    ``final``'s."""
+    m = mf.read_manifest(final.parent / base)
+    if m.kind != "checkpoint" or m.world_size != world:
+        raise RecsError(f"checkpoint {final}: its base {base} is a {m.kind} of "
+                        f"{m.world_size} ranks, this job has {world}")
     if _step_of(final.name) is not None and not (_step_of(base) or 0) < _step_of(final.name):
         raise RecsError(f"checkpoint {final}: its base {base} is not older")
 
@@ -263,14 +265,21 @@ def save_step(root: str | Path, step: int, arrays: Mapping[str, np.ndarray | Row
 MAX_CHAIN = 1000  # links followed before a chain is called malformed (a cycle)
 
 
-def load_chain(path: str | Path, full: bool = False) -> list[tuple[Path, Manifest]]:
+def load_chain(path: str | Path, full: bool = False,
+               verified: dict[Path, Manifest] | None = None) -> list[tuple[Path, Manifest]]:
     """The checkpoint at ``path`` and, for an increment, its bases down to a full one
     (tip first), every link verified (sizes; also contents when ``full``). RecsError when
-    any link is incomplete or damaged: the message names the link."""
+    any link is incomplete or damaged: the message names the link. ``verified``: links
+    verified already (by this call or earlier ones sharing it), not checked again."""
     chain: list[tuple[Path, Manifest]] = []
     here = Path(path)
     while True:
-        m = mf.verify(here, full=full)
+        if verified is not None and here in verified:
+            m = verified[here]
+        else:
+            m = mf.verify(here, full=full)
+            if verified is not None:
+                verified[here] = m
         if m.kind != "checkpoint":
             raise RecsError(f"{here}: a {m.kind}, not a checkpoint")
         if chain and m.world_size != chain[-1][1].world_size:
@@ -445,10 +454,11 @@ def prune(root: str | Path, keep: int) -> list[str]:
     kept: list[int] = []
     needed: set[str] = set()  # the kept checkpoints and the links of their chains
     removed = []
+    verified: dict[Path, Manifest] = {}  # each link is checked once
     for _, p in _steps(root):
         if len(kept) < keep:
             try:
-                chain = load_chain(p)
+                chain = load_chain(p, verified=verified)
             except RecsError:
                 continue
             kept.append(1)

@@ -615,10 +615,14 @@ class Job:
                               keep=keep, done=done, config_text=self.config_text, base=base)
         self._last_save = Increment(out, 0 if base is None else base.increments + 1)
         figures = self.checkpoint_figures
+        took = time.perf_counter() - t0
         figures["saves"] = figures.get("saves", 0) + 1
-        figures["save_seconds"] = figures.get("save_seconds", 0.0) + time.perf_counter() - t0
+        figures["save_seconds"] = figures.get("save_seconds", 0.0) + took
         if base is not None:
             figures["increments"] = figures.get("increments", 0) + 1
+        # each save: [this rank's seconds, "increment" or "whole"]
+        figures.setdefault("each", []).append([round(took, 4),
+                                               "increment" if base is not None else "whole"])
         return out
 
     def save(self, path: str | os.PathLike, done: bool = True) -> str:
@@ -703,6 +707,10 @@ class Job:
         out = dict(self.checkpoint_figures)
         if "save_seconds" in out:
             out["save_seconds"] = round(self.world.allreduce_max(out["save_seconds"]), 4)
+        if "each" in out:  # the slowest rank's time of each save
+            every = self.world.allgather(out["each"], "save times")
+            out["each"] = [[max(r[i][0] for r in every), kind]
+                           for i, (_, kind) in enumerate(out["each"])]
         return out
 
 
