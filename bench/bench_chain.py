@@ -6,7 +6,10 @@ supervisor's gate + publish. Prints one JSON object; the overhead is (wall - tra
 train per window, medians over the windows after the first (which has nothing to load,
 compare or publish a delta of).
 
-    python bench/bench_chain.py --rows 2000000 --windows 4 --ranks 2
+    python bench/bench_chain.py --rows 2000000 --windows 4 --ranks 2 --dir /tmp/chain
+    python bench/bench_chain.py --rows 2000000 --windows 4 --ranks 2 --dir /tmp/chain --relaunch
+
+(``--dir`` keeps the generated windows for the next run.)
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ def main() -> int:
     ap.add_argument("--config", default=str(ROOT / "configs" / "criteo_dlrm.toml"))
     ap.add_argument("--checkpoint-every", default=None,
                     help="passed to recs follow (default: none)")
+    ap.add_argument("--relaunch", action="store_true",
+                    help="recs follow --relaunch: a job per window (default: one worker)")
     ap.add_argument("--dir", help="work directory (default: a temporary one, removed)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     a = ap.parse_args()
@@ -57,6 +62,8 @@ def main() -> int:
                "--ranks", str(a.ranks)]
         if a.checkpoint_every:
             cmd += ["--checkpoint-every", a.checkpoint_every]
+        if a.relaunch:
+            cmd.append("--relaunch")
         env = dict(os.environ, PYTHONPATH=str(ROOT), RECS_PROGRESS_EVERY="0")
         t0 = time.perf_counter()
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -76,6 +83,7 @@ def main() -> int:
                                               / train, 4) if train else None})
         later = [w["overhead"] for w in windows[1:] if w["overhead"] is not None]
         out = {"rows_per_window": a.rows, "windows": a.windows, "ranks": a.ranks,
+               "mode": "relaunch" if a.relaunch else "worker",
                "wall_seconds": round(wall, 2), "per_window": windows,
                "overhead_median": statistics.median(later) if later else None,
                "date": time.strftime("%Y-%m-%d")}
