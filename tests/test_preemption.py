@@ -335,7 +335,7 @@ def test_checkpoint_every_seconds_saves_at_agreed_steps_and_resumes_bit_identica
     root = tmp_path / "timed"
     out = last_json(run_mpi(2, train_cmd(window["cfg"], window["data"], "--save", str(root),
                                          "--eval-fraction", "0.1", "--checkpoint-every",
-                                         "0.5s", "--keep-checkpoints", "1000",
+                                         "0.1s", "--keep-checkpoints", "1000",
                                          "--full-checkpoint-every", "3"), timeout=600))
     assert hashes(out["saved"]) == hashes(ref["saved"])  # saving changes nothing
     periodic = sorted(p for p in root.glob("step-*") if p.name != Path(out["saved"]).name)

@@ -28,15 +28,17 @@ def _inject_raise(rank: int, kind: str, n: int) -> None:
     from recs_core.data.reader import ShardReader
 
     error = {"RuntimeError": RuntimeError, "MemoryError": MemoryError, "OSError": OSError}[kind]
-    original = ShardReader.__iter__
+    def failing(original):  # noqa: ANN001, ANN202
+        def batches(self):  # noqa: ANN001, ANN202
+            for i, batch in enumerate(original(self)):
+                if i == n and RANK == rank:
+                    raise error(f"injected {kind} on rank {rank} at batch {n}")
+                yield batch
+        return batches
 
-    def batches(self):  # noqa: ANN001, ANN202
-        for i, batch in enumerate(original(self)):
-            if i == n and RANK == rank:
-                raise error(f"injected {kind} on rank {rank} at batch {n}")
-            yield batch
-
-    ShardReader.__iter__ = batches
+    # a training pass reads with origins (the rows' files and lines), other reads plainly
+    ShardReader.__iter__ = failing(ShardReader.__iter__)
+    ShardReader.with_origins = failing(ShardReader.with_origins)
 
 
 def _inject_slow_save(rank: int, seconds: float) -> None:
