@@ -5,9 +5,8 @@ repetitions, pairs against another checkout of the code).
   (mpiexec), paired, this code then DIR's: ``recs features`` rows/s (iterating the
   reader), and the same pass over ``Reader.with_origins()`` (what a job that records its
   rows' lines reads): rows/s and each rank's seconds to its first batch;
-* each rank's reader alone (rank 0 then 1 of 2, no MPI), ``with_origins``, paired with
-  DIR's: wall and CPU seconds of the pass (CPU less sensitive to other jobs on the
-  machine), seconds to the first batch;
+* each rank's reader alone (rank 0 and 1 of 2, no MPI, one warm process), passes with
+  ``with_origins`` against iterating: wall and CPU seconds, seconds to the first batch;
 * the scan behind a plain file's row lines (lines before the middle byte: rank 1 of 2);
 * ``default_units`` of the window on 2 ranks with a 10% hold-out, the file plain, ``.gz``
   and ``.zst``;
@@ -63,38 +62,33 @@ def worker(config: str, data: str, origins: bool) -> None:
         print(json.dumps(out))
 
 
-def reader_pass(config: str, data: str, rank: int, origins: bool) -> None:
-    """Rank ``rank`` of 2's reader alone, in this process (no MPI): wall and CPU seconds
-    (both threads) of its pass, seconds to its first batch."""
+def origins_against_iteration(config: str, data: str, reps: int) -> dict:
+    """Rank 0's and rank 1's reader of 2 alone, in this (warm) process, a fresh reader per
+    pass: ``with_origins`` against iterating (no row lines), alternated; medians of wall
+    and CPU seconds (both threads) and of seconds to the first batch."""
+    sys.path.insert(0, str(ROOT))
     from recs_core.data.sources import open_input
     from recs_core.features.spec import load_spec
 
     spec = load_spec(config)
-    reader, _ = open_input([data], spec.schema, spec.format, rank=rank, world=2,
-                           batch_rows=spec.batch_size, policy=spec.policy)
-    t0, c0 = time.perf_counter(), time.process_time()
-    first = None
-    for _ in (reader.with_origins() if origins else reader):
-        first = time.perf_counter() - t0 if first is None else first
-    print(json.dumps({"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,
-                      "first": first}))
 
-
-def one_rank_at_a_time(base: Path, config: str, data: str, reps: int) -> dict:
-    """Each rank's reader pass with origins, this code and base's, paired: medians."""
-    runs: dict[str, list[float]] = {}
+    def one(rank: int, origins: bool) -> tuple[float, float, float]:
+        reader, _ = open_input([data], spec.schema, spec.format, rank=rank, world=2,
+                               batch_rows=spec.batch_size, policy=spec.policy)
+        t0, c0 = time.perf_counter(), time.process_time()
+        first = None
+        for _ in (reader.with_origins() if origins else reader):
+            first = time.perf_counter() - t0 if first is None else first
+        return time.perf_counter() - t0, time.process_time() - c0, first or 0.0
+    one(1, True)  # (kernels loaded)
+    runs: dict[str, list[tuple[float, float, float]]] = {}
     for _ in range(reps):
         for rank in (0, 1):
-            for name, code in (("new", ROOT), ("base", base)):
-                env = dict(os.environ, PYTHONPATH=str(code))
-                out = subprocess.run(
-                    [sys.executable, str(ROOT / "bench" / "bench_row_units.py"), "--rank-pass",
-                     str(rank), "--config", config, "--data", data], capture_output=True,
-                    text=True, check=True, env=env, cwd=code).stdout
-                r = json.loads(out.strip().splitlines()[-1])
-                for k in ("wall", "cpu", "first"):
-                    runs.setdefault(f"rank{rank}_{k}_{name}", []).append(round(r[k], 4))
-    return {k: statistics.median(v) for k, v in runs.items()} | {"runs": runs}
+            for origins in (True, False):
+                runs.setdefault(f"rank{rank}_{'origins' if origins else 'iter'}", []).append(
+                    one(rank, origins))
+    return {k: {m: round(statistics.median(x[i] for x in v), 4)
+                for i, m in enumerate(("wall", "cpu", "first"))} for k, v in runs.items()}
 
 
 def on_two_ranks(code: Path, args: list[str]) -> dict:
@@ -176,22 +170,14 @@ def main() -> None:
     ap.add_argument("--base", help="a checkout of the code to pair against")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--rank-pass", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--skip-two-ranks", action="store_true",
-                    help="with --base: only the readers one rank at a time")
     a = ap.parse_args()
     if a.worker:
         worker(a.config, a.data, True)
         return
-    if a.rank_pass is not None:
-        reader_pass(a.config, a.data, a.rank_pass, True)
-        return
     out = {"load_before": os.getloadavg()[0]}
     if a.base:
-        out["readers_one_rank_at_a_time"] = one_rank_at_a_time(Path(a.base), a.config, a.data,
-                                                               a.reps)
-        if not a.skip_two_ranks:
-            out["two_ranks"] = paired(Path(a.base), a.config, a.data, a.reps)
+        out["two_ranks"] = paired(Path(a.base), a.config, a.data, a.reps)
+    out["origins_against_iteration"] = origins_against_iteration(a.config, a.data, a.reps)
     out["one_process"] = in_process(a.config, a.data, a.reps)
     out["load_after"] = os.getloadavg()[0]
     print(json.dumps(out))
