@@ -5,6 +5,8 @@ repetitions, pairs against another checkout of the code).
   (mpiexec), paired, this code then DIR's: ``recs features`` rows/s (iterating the
   reader), and the same pass over ``Reader.with_origins()`` (what a job that records its
   rows' lines reads): rows/s and each rank's seconds to its first batch;
+* each rank's reader alone (rank 0 and 1 of 2, no MPI, one warm process), passes with
+  ``with_origins`` against iterating: wall and CPU seconds, seconds to the first batch;
 * the scan behind a plain file's row lines (lines before the middle byte: rank 1 of 2);
 * ``default_units`` of the window on 2 ranks with a 10% hold-out, the file plain, ``.gz``
   and ``.zst``;
@@ -58,6 +60,35 @@ def worker(config: str, data: str, origins: bool) -> None:
            "first": world.allgather(round(first or 0.0, 4))}
     if world.rank == 0:
         print(json.dumps(out))
+
+
+def origins_against_iteration(config: str, data: str, reps: int) -> dict:
+    """Rank 0's and rank 1's reader of 2 alone, in this (warm) process, a fresh reader per
+    pass: ``with_origins`` against iterating (no row lines), alternated; medians of wall
+    and CPU seconds (both threads) and of seconds to the first batch."""
+    sys.path.insert(0, str(ROOT))
+    from recs_core.data.sources import open_input
+    from recs_core.features.spec import load_spec
+
+    spec = load_spec(config)
+
+    def one(rank: int, origins: bool) -> tuple[float, float, float]:
+        reader, _ = open_input([data], spec.schema, spec.format, rank=rank, world=2,
+                               batch_rows=spec.batch_size, policy=spec.policy)
+        t0, c0 = time.perf_counter(), time.process_time()
+        first = None
+        for _ in (reader.with_origins() if origins else reader):
+            first = time.perf_counter() - t0 if first is None else first
+        return time.perf_counter() - t0, time.process_time() - c0, first or 0.0
+    one(1, True)  # (kernels loaded)
+    runs: dict[str, list[tuple[float, float, float]]] = {}
+    for _ in range(reps):
+        for rank in (0, 1):
+            for origins in (True, False):
+                runs.setdefault(f"rank{rank}_{'origins' if origins else 'iter'}", []).append(
+                    one(rank, origins))
+    return {k: {m: round(statistics.median(x[i] for x in v), 4)
+                for i, m in enumerate(("wall", "cpu", "first"))} for k, v in runs.items()}
 
 
 def on_two_ranks(code: Path, args: list[str]) -> dict:
@@ -146,6 +177,7 @@ def main() -> None:
     out = {"load_before": os.getloadavg()[0]}
     if a.base:
         out["two_ranks"] = paired(Path(a.base), a.config, a.data, a.reps)
+    out["origins_against_iteration"] = origins_against_iteration(a.config, a.data, a.reps)
     out["one_process"] = in_process(a.config, a.data, a.reps)
     out["load_after"] = os.getloadavg()[0]
     print(json.dumps(out))

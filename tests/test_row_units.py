@@ -186,11 +186,26 @@ def test_ranges_of_text_across_chunk_boundaries(files, chunk: int) -> None:
             assert ("line_too_long" in today.counter.by_reason) == (chunk == 76)
 
 
-def test_iteration_is_with_origins_without_them(files) -> None:
+def test_plain_files_are_scanned_once_and_only_for_origins(files, monkeypatch) -> None:  # noqa: ANN001
+    """Iterating scans nothing; with_origins scans each plain file with a part that starts
+    mid-file once (its first pass), and gives the rows iterating gives."""
+    import recs_core.data.reader as reader_mod
+
+    scanned: list[str] = []
+
+    def counted(path: str, *a, **kw):  # noqa: ANN002, ANN003, ANN202
+        scanned.append(Path(path).name)
+        return scan_plain(path, *a, **kw)
+    monkeypatch.setattr(reader_mod, "scan_plain", counted)
     paths, _ = window(files, "mixed", True)
-    a, _ = open_input(paths, schema(True), rank=1, world=3, batch_rows=50)
-    b, _ = open_input(paths, schema(True), rank=1, world=3, batch_rows=50)
-    assert [content(x) for x in a] == [content(x) for x, _ in b.with_origins()]
+    a, _ = open_input(paths, schema(True), rank=1, world=3, batch_rows=50, holdout=0.2)
+    rows_a = [content(x) for x in a]
+    assert scanned == []
+    b, _ = open_input(paths, schema(True), rank=1, world=3, batch_rows=50, holdout=0.2)
+    assert rows_a == [content(x) for x, _ in b.with_origins()]
+    assert sorted(scanned) == ["a.txt", "f.txt"]
+    list(b.with_origins())
+    assert len(scanned) == 2
 
 
 def rows(reader) -> list[tuple]:  # noqa: ANN001

@@ -156,14 +156,6 @@ class _LineScans:
     starts: dict[tuple[str, int], int] = field(default_factory=dict)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
-    def lines_before(self, path: str, start: int, parts: list[_Part]) -> int:
-        """Lines of ``path`` that start before byte ``start``; the first call for a file
-        scans it for the starts of all its byte parts among ``parts``."""
-        if (path, start) not in self.starts:
-            cuts = {p.start for p in parts if p.path == path and not p.by_lines} | {start}
-            self.starts |= {(path, c): n for c, n in scan_plain(path, cuts)[0].items()}
-        return self.starts[(path, start)]
-
     def offset_of(self, path: str, line: int, parts: list[_Part], header: int) -> int:
         """The offset of physical line ``line`` of ``path`` (-1: none); the first call for
         a file scans it for the first lines of all its line parts among ``parts``."""
@@ -172,6 +164,38 @@ class _LineScans:
             found = scan_plain(path, lines=want)[1]
             self.offsets |= {(path, n): found.get(n, -1) for n in want}
         return self.offsets[(path, line)]
+
+
+class _PrefixCounts(threading.Thread):
+    """Counts, beside the reading and parsing, the lines before each plain part of
+    ``parts`` that starts mid-file (one scan per file, kept in ``scans``): the lines of
+    its rows are known once it is done."""
+
+    def __init__(self, parts: list[_Part], scans: _LineScans) -> None:
+        super().__init__(daemon=True, name="recs-line-count")
+        self.scans = scans
+        self.cuts: dict[str, set[int]] = {}
+        for p in parts:
+            if not (p.codec or p.by_lines or p.start == 0 or (p.path, p.start) in scans.starts):
+                self.cuts.setdefault(p.path, set()).add(p.start)
+        self.error: BaseException | None = None
+        if self.cuts:
+            self.start()
+
+    def run(self) -> None:
+        try:
+            for path, cuts in self.cuts.items():
+                self.scans.starts |= {(path, c): n for c, n in scan_plain(path, cuts)[0].items()}
+        except BaseException as e:  # raised by lines_before, in the consumer
+            self.error = e
+
+    def lines_before(self, part: _Part) -> int:
+        """The lines of the part's file that start before it (waits for the count)."""
+        if self.cuts:
+            self.join()
+        if self.error is not None:
+            raise as_data_error(self.error, part.path)
+        return self.scans.starts[(part.path, part.start)]
 
 
 def split_at_holdout(spans: list[Span], holdout: float) -> tuple[list[_Part], list[_Part], int,
@@ -234,16 +258,14 @@ class _ChunkProducer(threading.Thread):
         self.chunk_bytes = chunk_bytes
         self.sizes = sizes  # the files' sizes the shards were planned on
         self.header = header
-        # where plain files' lines are; None: a byte part's first line is counted only
-        # for a message (rows' file lines are not wanted)
-        self.scans = scans
+        self.scans = scans or _LineScans()  # where plain files' lines are (reading by lines)
         self.error: BaseException | None = None
         self.current_path = ""
         self.stop = False
         # per part: (the part read before it from the same decompressed stream, or -1; the
         # line feeds from that part's end, or the file's start, to its first line), set
         # before its first chunk is handed over; unset for a plain part that does not
-        # start its file, without ``scans`` (counted from the file when a message needs it)
+        # start its file (counted by _PrefixCounts, or when a message needs it)
         self.lines_before: dict[int, tuple[int, int]] = {}
         self.streams: list[Decompressed] = []  # the compressed files' streams opened
         self.kept_bytes = 0  # decompressed bytes handed over
@@ -315,9 +337,6 @@ class _ChunkProducer(threading.Thread):
                 if f.read(1) != b"\n":  # that line belongs to the previous range
                     _skip_line(f)
                 pos = f.tell()
-                if self.scans is not None:
-                    self.lines_before[index] = (-1, self.scans.lines_before(
-                        part.path, part.start, self.parts))
             else:
                 header, pos = self._skip_header(f)
                 self.lines_before[index] = (-1, header)
@@ -331,7 +350,6 @@ class _ChunkProducer(threading.Thread):
         first, n = part.start + self.header, part.end - part.start  # (physical lines)
         self.lines_before[index] = (-1, first)
         if not part.codec:
-            assert self.scans is not None
             at = self.scans.offset_of(part.path, first, self.parts, int(self.header))
             if at < 0:
                 raise self._past_end(part)
@@ -539,8 +557,9 @@ class ShardReader:
         """The training rows as :meth:`__iter__` gives them, each batch with where its rows
         are in the window (for putting every rank's rows back in window order, and
         their files and lines); once it is exhausted, :attr:`part_lines` holds the lines
-        of every part read. A plain part that does not start its file first counts the
-        lines before it (one scan of the file's prefix per reader, in the reader thread)."""
+        of every part read. The lines before a plain part that does not start its file
+        are counted by one scan of the file's prefix per reader, in a thread beside the
+        reading and parsing (its rows wait for the count)."""
         self.part_lines = [0] * len(self._train)
         for batch, origins in self._stream(self._train, self.part_lines, origins=True):
             self.rows += len(batch)
@@ -570,8 +589,8 @@ class ShardReader:
         for i in range(_POOL):
             free.push(i, None)
         producer = _ChunkProducer(parts, self.chunk_bytes, pool, meta, full, free, self.sizes,
-                                  self.schema.text.header, self._scans if origins or any(
-                                      p.by_lines for p in parts) else None)
+                                  self.schema.text.header, self._scans)
+        counts = _PrefixCounts(parts, self._scans) if origins else None
         file_of = {p: i for i, p in enumerate(self.paths)}
         header = int(self.schema.text.header)
         producer.start()
@@ -595,6 +614,8 @@ class ShardReader:
                     first_lines.append(None if gap is None else gap[1] + (
                         0 if gap[0] < 0 else first_lines[gap[0]] + lines_in_part[gap[0]]))
                 first = first_lines[m.part]
+                if first is None and counts is not None:
+                    first = first_lines[m.part] = counts.lines_before(part)
                 base = lines_in_part[m.part]
                 for _ in range(m.skipped_long_lines):
                     self.counter.lines += 1
