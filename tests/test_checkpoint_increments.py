@@ -119,3 +119,35 @@ def test_a_patch_must_fit_its_base(tmp_path: Path) -> None:
     save_step(tmp_path, 3, {"x": bad}, {}, base="step-000000002")
     with pytest.raises(RecsError, match="the patch of 'x' does not fit its base"):
         read_rank(tmp_path / "step-000000003", 0)
+
+
+def test_an_increments_pack_is_checked_blob_by_blob(tmp_path: Path) -> None:
+    """An increment's arrays are one file per rank; truncated, too long or corrupt, it is
+    refused naming the file (and for a corrupt blob, which array), as separate files are."""
+    a = {"x": np.arange(12, dtype=np.float32).reshape(4, 3), "y": np.ones(5)}
+    save_step(tmp_path, 1, a, {})
+    inc = {"x": RowPatch(np.array([2]), np.full((1, 3), 9, np.float32), 4), "y": np.zeros(5)}
+    path = Path(save_step(tmp_path, 2, inc, {}, base="step-000000001"))
+    entries = load_manifest(path).files
+    pack = path / "rank00000-of-00001" / "arrays.pack"
+    assert {e.path for e in entries} == {"rank00000-of-00001/arrays.pack"}
+    assert min(e.offset for e in entries) == 0
+    assert pack.stat().st_size == sum(e.bytes for e in entries)
+    got = read_rank(path, 0)
+    assert got["x"][2].tolist() == [9, 9, 9] and got["x"][1].tolist() == [3, 4, 5]
+    assert got["y"].tolist() == [0] * 5
+    good = pack.read_bytes()
+    for damage, message in ((good[:-1], "arrays.pack: truncated"),
+                            (good + b"\0", "arrays.pack: too long")):
+        pack.write_bytes(damage)
+        with pytest.raises(RecsError, match=message):
+            load_manifest(path)
+    last = max(entries, key=lambda e: e.offset)
+    corrupt = bytearray(good)
+    corrupt[-1] ^= 1
+    pack.write_bytes(bytes(corrupt))
+    load_manifest(path)  # structurally whole
+    with pytest.raises(RecsError, match=f"arrays.pack \\(array {last.name}\\): sha256 mismatch"):
+        read_rank(path, 0)
+    first = min(entries, key=lambda e: e.offset)
+    assert read_rank(path, 0, verify=False)[first.name.removesuffix(".patch-rows")] is not None

@@ -7,6 +7,7 @@
   second read).
 * :func:`npy_chunks` streams an array as ``.npy`` bytes (header, then the data buffer
   itself, zero-copy); :func:`read_npy` reads one back, optionally hashing while reading.
+  :func:`staged_write_blobs` writes several such blobs into one file (a pack).
 * :func:`publish` moves a fully written staging directory to its final name; when the
   final directory exists it is swapped atomically (``renameat2(RENAME_EXCHANGE)`` where
   the file system supports it, else two renames) and the old one removed.
@@ -88,6 +89,32 @@ def staged_write(path: str | os.PathLike, chunks: Iterable[bytes | memoryview]
     return size, digest.hexdigest()
 
 
+def staged_write_blobs(path: str | os.PathLike, blobs: Iterable[Iterable[bytes | memoryview]]
+                       ) -> list[tuple[int, int, str]]:
+    """:func:`staged_write` of several blobs one after another into one new file (a pack:
+    one create and one fsync for many small arrays); return (offset, bytes, sha256 hex)
+    per blob."""
+    out = []
+    pos = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunks in blobs:
+                digest, size = hashlib.sha256(), 0
+                for chunk in chunks:
+                    digest.update(chunk)
+                    f.write(chunk)
+                    size += len(chunk)
+                out.append((pos, size, digest.hexdigest()))
+                pos += size
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        Path(path).unlink(missing_ok=True)
+        raise
+    return out
+
+
 def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes | memoryview]) -> tuple[int, str]:
     """Write ``chunks`` to ``path`` atomically and durably (:func:`written_aside`); return
     (bytes, sha256 hex)."""
@@ -127,16 +154,20 @@ def npy_chunks(arr: np.ndarray) -> Iterator[bytes | memoryview]:
         yield data[i:i + CHUNK]
 
 
-def read_npy(path: str | os.PathLike, hash_it: bool) -> tuple[np.ndarray, int, str | None]:
-    """Read a ``.npy`` file whole; return (array, file bytes, sha256 hex or None).
+def read_npy(path: str | os.PathLike, hash_it: bool, at: tuple[int, int] | None = None
+             ) -> tuple[np.ndarray, int, str | None]:
+    """Read a ``.npy`` file whole, or the ``.npy`` blob at ``at`` = (offset, bytes) of a
+    pack; return (array, bytes read, sha256 hex or None).
 
     The array is a view into the buffer the file was read into (one copy of the data).
     Raises ValueError when the header is bad or the data length does not match it."""
-    size = os.path.getsize(path)
+    size = os.path.getsize(path) if at is None else at[1]
     buf = np.empty(size, dtype=np.uint8)
     digest = hashlib.sha256() if hash_it else None
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
+        if at is not None:
+            f.seek(at[0])
         pos = 0
         while pos < size:
             n = f.readinto(view[pos:pos + CHUNK])

@@ -9,7 +9,10 @@
 * ``rank_meta``: one free dict per rank (e.g. that rank's input position);
 * ``files``: one entry per ``.npy`` file: ``path`` (relative, ``/``-separated), ``name``
   (the array's key), ``rank``, ``shape``, ``dtype`` (numpy ``dtype.str``, e.g. ``"<f4"``),
-  ``bytes`` (file size) and ``sha256`` (hex digest of the whole file);
+  ``bytes`` (file size) and ``sha256`` (hex digest of the whole file); an entry with an
+  ``offset`` is a ``.npy`` blob of ``bytes`` bytes at that offset inside a *pack* (a file
+  holding several arrays' blobs back to back, whose size is the end of its last blob),
+  and its ``sha256`` is the blob's;
 * ``base`` (checkpoints): null for a full checkpoint; for an *increment*, the directory
   name of the sibling checkpoint it applies to (see ``store.py``).
 
@@ -57,6 +60,7 @@ class FileEntry:
     dtype: str
     bytes: int
     sha256: str
+    offset: int | None = None  # a blob inside a pack (see the module docstring)
 
 
 @dataclass
@@ -89,7 +93,9 @@ class Manifest:
     def to_json(self) -> bytes:
         """Indented JSON with one line per file entry."""
         d = asdict(self)
-        entries = ",\n  ".join(json.dumps(e, sort_keys=True) for e in d.pop("files"))
+        entries = ",\n  ".join(json.dumps({k: v for k, v in e.items()
+                                            if not (k == "offset" and v is None)},
+                                           sort_keys=True) for e in d.pop("files"))
         head = json.dumps(d, indent=1, sort_keys=True)[:-2]  # without the closing "\n}"
         return f'{head},\n "files": [\n  {entries}\n ]\n}}\n'.encode()
 
@@ -118,7 +124,9 @@ class Manifest:
                             f"rank_meta for {len(m.rank_meta)} rank(s)")
         for e in m.files:
             p = PurePosixPath(e.path)
-            if p.is_absolute() or ".." in p.parts or not (0 <= e.rank < m.world_size):
+            if (p.is_absolute() or ".." in p.parts or not (0 <= e.rank < m.world_size)
+                    or (e.offset is not None and not (isinstance(e.offset, int)
+                                                      and e.offset >= 0))):
                 raise RecsError(f"{where}: malformed manifest: bad entry {e.path!r} "
                                 f"(rank {e.rank})")
         return m
@@ -157,6 +165,17 @@ def write_array(root: Path, rel: str, name: str, rank: int, arr: np.ndarray) -> 
                      dtype=arr.dtype.str, bytes=size, sha256=sha)
 
 
+def write_pack(root: Path, rel: str, rank: int, arrays: list[tuple[str, np.ndarray]]
+               ) -> list[FileEntry]:
+    """Write ``arrays`` (name, array) as one pack ``root/rel`` in a staging directory
+    (fsynced, as :func:`write_array`); return their manifest entries."""
+    arrays = [(name, np.asarray(a)) for name, a in arrays]
+    blobs = files.staged_write_blobs(root / rel, (files.npy_chunks(a) for _, a in arrays))
+    return [FileEntry(path=rel, name=name, rank=rank, shape=tuple(a.shape), dtype=a.dtype.str,
+                      bytes=size, sha256=sha, offset=offset)
+            for (name, a), (offset, size, sha) in zip(arrays, blobs)]
+
+
 def write_manifest(root: Path, manifest: Manifest) -> None:
     """Write ``root/manifest.json`` atomically (the last step of any save)."""
     files.atomic_write(root / MANIFEST, [manifest.to_json()])
@@ -176,18 +195,23 @@ def read_manifest(root: str | Path) -> Manifest:
 
 
 def _fail(root: Path, entry: FileEntry, what: str) -> RecsError:
-    return RecsError(f"{root}: {entry.path}: {what}")
+    blob = "" if entry.offset is None else f" (array {entry.name})"
+    return RecsError(f"{root}: {entry.path}{blob}: {what}")
 
 
-def check_file(root: Path, entry: FileEntry) -> None:
-    """Structural check of one entry: the file exists with its listed size."""
+def check_file(root: Path, entry: FileEntry, pack_bytes: int | None = None) -> None:
+    """Structural check of one entry: the file exists with its listed size (a blob of a
+    pack: the pack reaches the blob's end, and is ``pack_bytes`` long when given)."""
     try:
         size = (root / entry.path).stat().st_size
     except FileNotFoundError:
         raise _fail(root, entry, "missing") from None
-    if size != entry.bytes:
-        what = "truncated" if size < entry.bytes else "too long"
-        raise _fail(root, entry, f"{what}: {size} bytes, the manifest lists {entry.bytes}")
+    listed = entry.bytes if entry.offset is None else (
+        entry.offset + entry.bytes if pack_bytes is None else pack_bytes)
+    if size != listed and (entry.offset is None or pack_bytes is not None or size < listed):
+        what = "truncated" if size < listed else "too long"
+        raise RecsError(f"{root}: {entry.path}: {what}: {size} bytes, the manifest lists "
+                        f"{listed}")
 
 
 def read_entry(root: Path, entry: FileEntry, verify: bool = True) -> np.ndarray:
@@ -195,7 +219,8 @@ def read_entry(root: Path, entry: FileEntry, verify: bool = True) -> np.ndarray:
     ``verify``, the sha256 of the whole file; RecsError naming the file otherwise."""
     check_file(root, entry)
     try:
-        arr, _, sha = files.read_npy(root / entry.path, hash_it=verify)
+        arr, _, sha = files.read_npy(root / entry.path, hash_it=verify, at=None if (
+            entry.offset is None) else (entry.offset, entry.bytes))
     except ValueError as e:
         raise _fail(root, entry, f"not a valid .npy file: {e}") from None
     if verify and sha != entry.sha256:
@@ -212,9 +237,12 @@ def verify(root: str | Path, manifest: Manifest | None = None, full: bool = Fals
     the manifest. Raises RecsError naming the first bad file."""
     root = Path(root)
     m = read_manifest(root) if manifest is None else manifest
+    packs: dict[str, int] = {}  # each pack's size: the end of its last blob
     for e in m.files:
+        if e.offset is not None:
+            packs[e.path] = max(packs.get(e.path, 0), e.offset + e.bytes)
+    for e in m.files:
+        check_file(root, e, packs.get(e.path))
         if full:
             read_entry(root, e, verify=True)
-        else:
-            check_file(root, e)
     return m

@@ -23,7 +23,8 @@ newest ``keep`` (only ``step-*`` directories, never symbolic links or other entr
 
 An *increment* is a checkpoint that names a ``base`` (a sibling checkpoint of the same
 world size and an older step) in its manifest and stores some arrays as :class:`RowPatch`
-(files ``<name>.patch-rows``: int64 row indices, ``<name>.patch-values``: those rows):
+(arrays ``<name>.patch-rows``: int64 row indices, ``<name>.patch-values``: those rows);
+each rank writes an increment's arrays as one pack, ``arrays.pack`` (see manifest.py):
 read, it is its base's arrays with its own full arrays replacing them and its patches
 applied. Its chain (increment, base, the base's base, ... down to a full checkpoint) is
 checked as a whole: an increment whose chain has a missing or damaged link is itself
@@ -151,14 +152,20 @@ def _files_of(arrays: Mapping[str, np.ndarray | RowPatch]) -> list[tuple[str, np
     return out
 
 
+PACK = "arrays.pack"  # an increment's arrays, in one file per rank
+
+
 def _write_shard(staging: Path, rank: int, world: int,
                  arrays: Mapping[str, np.ndarray | RowPatch],
-                 workers: int) -> list[mf.FileEntry]:
+                 workers: int, pack: bool) -> list[mf.FileEntry]:
     sub = shard_dir(rank, world)
     items = _files_of(arrays)
     (staging / sub).mkdir(parents=True, exist_ok=True)
-    entries = _each(lambda item: mf.write_array(staging, f"{sub}/{item[0]}.npy", item[0], rank,
-                                                item[1]), items, workers)
+    if pack:  # an increment is small: one create and one fsync, not one per array
+        entries = mf.write_pack(staging, f"{sub}/{PACK}", rank, items)
+    else:
+        entries = _each(lambda item: mf.write_array(staging, f"{sub}/{item[0]}.npy", item[0],
+                                                    rank, item[1]), items, workers)
     fsync_dir(staging / sub)  # the files' entries
     fsync_dir(staging)  # the shard directory's entry
     return entries
@@ -196,7 +203,8 @@ def save(path: str | Path, arrays: Mapping[str, np.ndarray | RowPatch],
     def write() -> tuple[list[mf.FileEntry], Any, Any]:
         m = mf.to_jsonable(dict(meta), "checkpoint meta") if coll.rank == 0 else None
         rm = mf.to_jsonable(dict(rank_meta or {}), f"rank {coll.rank} meta")
-        return _write_shard(staging, coll.rank, coll.size, arrays, workers), m, rm
+        return _write_shard(staging, coll.rank, coll.size, arrays, workers,
+                            pack=base is not None), m, rm
 
     mine, err = _attempt(write)
     parts = coll.gather((mine, None if err is None else f"rank {coll.rank}: {err}"),
