@@ -159,6 +159,15 @@ def test_the_gate_on_recorded_figures() -> None:
                                      "model's AUC is 0.50300 on its held-out rows, 0.68700")
     ok, why = gate(shuffled, Gate())
     assert not ok and why.startswith("guard (last good window's held-out) logloss 0.52000")
+    # measured, 2M-row windows: what a model learns of new rows it forgets of older ones
+    followed = {"finite": True, "eval_logloss": 0.450986, "eval_auc": 0.7945, "baseline": {
+        "eval_logloss": 0.490576, "eval_auc": 0.7492, "guard": {
+            "logloss": 0.467861, "auc": 0.7758, "baseline_logloss": 0.44586,
+            "baseline_auc": 0.8013}}}
+    assert gate(followed, Gate())[0]
+    ok, why = gate({**followed, "eval_logloss": 0.495}, Gate())  # learnt nothing: withheld
+    assert not ok and why == ("guard (last good window's held-out) logloss 0.46786 > "
+                              "0.44586 (last published) + 0.02")
     assert not gate({**GOOD, "eval_auc": 0.70}, Gate(auc_margin=0.01))[0]
     assert gate({"finite": True}, Gate())[0]  # the first window: nothing to compare with
 

@@ -63,9 +63,10 @@ def add_follow(sub: argparse._SubParsersAction) -> None:
                    help="withhold a window whose held-out logloss exceeds the last published "
                    "model's on the same rows by more than MARGIN (default 0.01)")
     p.add_argument("--gate-guard-logloss", type=float, default=0.02, metavar="MARGIN",
-                   help="the logloss margin on the last good window's held-out rows (a "
-                   "model that follows drift does a little worse there; one trained on "
-                   "broken labels far worse) (default 0.02)")
+                   help="the logloss margin on the last good window's held-out rows, "
+                   "plus the window's gain on its own (a model that follows drift does "
+                   "worse there by about what it learnt; one trained on broken labels far "
+                   "worse) (default 0.02)")
     p.add_argument("--gate-guard-auc", type=float, metavar="MARGIN",
                    help="also an AUC margin on those rows (default: none)")
     p.add_argument("--gate-label-drop", type=float, default=0.1, metavar="AUC",

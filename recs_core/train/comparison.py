@@ -5,6 +5,8 @@ Two row sets: the window's own held-out rows, and optionally *guard* rows, the h
 rows of other data (the last good window's: labels a gate already trusted). A window whose
 labels are broken (shuffled, an upstream bug) can look no worse on its own held-out rows,
 whose labels are broken alike, but a model trained on it does worse on the guard rows.
+At most :data:`GUARD_ROWS` guard rows are scored (enough to see such a loss: the gate's
+margins are ten times the standard error of 50,000 rows' logloss).
 
 When the baseline is the model the job started from, its scores are computed before the
 pass with the job's own model (no second copy is loaded).
@@ -13,12 +15,14 @@ pass with the job's own model (no second copy is loaded).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from recs_core.comm.world import World
+from recs_core.data.parse import RawBatch
 from recs_core.data.sources import DataInput
 from recs_core.metrics.auc import auc, logloss
 
@@ -26,6 +30,19 @@ if TYPE_CHECKING:
     from recs_core.train.model import Model
 
 Scored = tuple[np.ndarray, np.ndarray]  # labels, probabilities (every rank's rows)
+GUARD_ROWS = 50_000  # guard rows scored at most (their first, over all ranks)
+
+
+def capped(batches: Iterable[RawBatch], rows: int) -> Iterator[RawBatch]:
+    """``batches`` until ``rows`` rows were given (the last batch cut)."""
+    left = rows
+    for b in batches:
+        if left <= 0:
+            return
+        if len(b) > left:
+            b = b.slice(0, left)
+        left -= len(b)
+        yield b
 
 
 def same_checkpoint(a: str | os.PathLike, b: str | os.PathLike, world: World) -> bool:

@@ -51,7 +51,7 @@ from recs_core.progress_bar import ProgressBar
 from recs_core.sched.policy import Policy, policy
 from recs_core.sched.trace import Timeline, summarize, write_trace
 from recs_core.sched.training_pass import PassFigures, StepHook, TrainingPass
-from recs_core.train.comparison import Comparison, same_checkpoint
+from recs_core.train.comparison import GUARD_ROWS, Comparison, capped, same_checkpoint
 from recs_core.train.config import TrainConfig, train_config
 from recs_core.train.delta_export import export_window_delta
 from recs_core.train.elastic import continued_units, trained_checksum
@@ -282,8 +282,7 @@ class Job:
             if base_p:
                 comp.scores["held"] = (eval_y, base_p[0])
             if comp.guard is not None:
-                y, p, b = self._evaluate(self.open_reader(comp.guard, frac).held_out(),
-                                         others)
+                y, p, b = self._evaluate(self._guard_rows(comp.guard, frac), others)
                 comp.trained_guard = (y, p)
                 if b:
                     comp.scores["guard"] = (y, b[0])
@@ -383,9 +382,14 @@ class Job:
         y, p, _ = self._evaluate(held())
         out = {"held": (y, p)}
         if comp.guard is not None:
-            gy, gp, _ = self._evaluate(self.open_reader(comp.guard, frac).held_out())
+            gy, gp, _ = self._evaluate(self._guard_rows(comp.guard, frac))
             out["guard"] = (gy, gp)
         return out
+
+    def _guard_rows(self, guard: DataInput, frac: float) -> Iterator[RawBatch]:
+        """This rank's share of the first GUARD_ROWS held-out rows of ``guard``."""
+        share = -(-GUARD_ROWS // self.world.size)
+        return capped(self.open_reader(guard, frac).held_out(), share)
 
     def open_reader(self, data: DataInput, holdout: float) -> Reader:
         """A reader of ``data`` for this rank (another than the pass's: its own counts)."""
