@@ -17,7 +17,15 @@ from recs_core.sched.costs import Costs
 from recs_core.sched.feature_work import RowChunks
 from recs_core.sched.flowshop import best_order, johnson_order, makespan
 from recs_core.sched.loop import Loop
-from recs_core.sched.trace import Timeline, _difference, _intersect, _union, summarize
+from recs_core.sched.trace import (
+    Timeline,
+    _clip,
+    _difference,
+    _intersect,
+    _Spans,
+    _union,
+    summarize,
+)
 from tests.conftest import ROOT, run_mpi
 
 MODES_CHECK = str(ROOT / "tests" / "mpi" / "modes_check.py")
@@ -462,3 +470,18 @@ def test_pending_keeps_buffers_alive_until_completion() -> None:
     np.testing.assert_array_equal(p.wait(), np.arange(4, dtype=np.float32))
     gc.collect()
     assert gone() is None  # released once complete
+
+
+def test_spans_clipped_by_bisection_equal_the_scan() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        raw = [(float(a), float(a + d)) for a, d in zip(rng.uniform(0, 100, 30),
+                                                        rng.uniform(0, 5, 30))]
+        spans = _union(raw)
+        at = _Spans(spans)
+        for a, b in [(float(x), float(x + w)) for x, w in zip(rng.uniform(-5, 105, 20),
+                                                             rng.uniform(0, 20, 20))]:
+            assert at.clip(a, b) == _clip(spans, a, b)
+        edge = spans[len(spans) // 2]
+        assert at.clip(*edge) == _clip(spans, *edge) == [edge]
+        assert at.clip(edge[1], edge[1] + 1e-9) == _clip(spans, edge[1], edge[1] + 1e-9)

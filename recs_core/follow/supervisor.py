@@ -445,6 +445,7 @@ class Supervisor:
         parts = {"launch": round(max(0.0, result.seconds - out.get("command_seconds",
                                                                   result.seconds)), 3),
                  "load": ck.get("load_seconds"), "train": out.get("seconds"),
+                 "score": out.get("eval_seconds"),
                  "save": ck.get("save_seconds"), "delta": out.get("delta_seconds"),
                  "publish": round(publish_s, 3)}
         self.ledger.append(
