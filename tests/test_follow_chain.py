@@ -398,3 +398,38 @@ def test_a_preempted_window_finishes_on_another_number_of_ranks(made: dict, refe
     assert (got["trained_rows_checksum"], got["train_rows"]) == (
         ref["trained_rows_checksum"], ref["train_rows"])
     assert abs(got["eval_auc"] - ref["eval_auc"]) < 0.005
+
+
+def test_a_worker_starts_the_next_window_from_the_model_in_memory(made: dict,
+                                                                  tmp_path: Path) -> None:
+    """recs worker: window 2 starts from window 1's model in memory (nothing loaded) and
+    compares with it as the job's own model before the pass; its figures and checkpoint
+    equal a recs train of the same window loading that checkpoint."""
+    def args(i: int, *extra: str) -> list[str]:
+        return ["--config", str(made["cfg"]), "--data", str(made["src"][i]), "--save",
+                str(tmp_path / f"w{i}"), "--eval-fraction", "0.1", "--quiet", *extra]
+
+    first = tmp_path / "w0"
+    second = ["--init-from", "INIT", "--compare-with", "INIT", "--compare-data",
+              str(made["src"][0])]
+    r = subprocess.run([sys.executable, "-m", "recs_core", "worker"], input="\n".join(
+        json.dumps({"args": a}) for a in (args(0), [x.replace("INIT", str(first))
+                                                     for x in args(1, *second)])) + "\n",
+                       capture_output=True, text=True, env=env(), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    outs = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
+    saved0 = outs[0]["saved"]
+    assert outs[1]["checkpoint"]["loaded_from"] == saved0
+    assert outs[1]["checkpoint"]["kept_in_memory"] is True
+    assert outs[1]["baseline"]["model"] == saved0  # its own model, scored before the pass
+    again = subprocess.run([sys.executable, "-m", "recs_core", "train", *[
+        x.replace("INIT", saved0).replace(str(tmp_path / "w1"), str(tmp_path / "ref"))
+        for x in args(1, *second)]],
+        capture_output=True, text=True, env=env(), timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    ref = json.loads([ln for ln in again.stdout.splitlines() if ln.startswith("{")][-1])
+    for k in ("eval_auc", "eval_logloss", "train_logloss", "trained_rows_checksum",
+              "baseline"):
+        assert outs[1][k] == ref[k], k
+    assert ref["saved"] != outs[1]["saved"]
+    assert hashes(outs[1]["saved"]) == hashes(ref["saved"])

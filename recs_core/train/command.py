@@ -226,6 +226,7 @@ def _train(a: argparse.Namespace, spec: Spec, world: World, save_root: str | Non
             and not _has_checkpoint(a.resume, world))
     job = kept.job if keep and kept is not None and kept.job is not None else Job(spec,
                                                                                    world=world)
+    in_memory = kept.saved if keep and kept is not None else None
     stop.attach(job.request_stop)
     job.config_text = text
     if kept is not None:
@@ -244,8 +245,8 @@ def _train(a: argparse.Namespace, spec: Spec, world: World, save_root: str | Non
             print(f"recs: no complete checkpoint in {a.resume} yet: the pass starts over {start}",
                   file=sys.stderr)
     if a.init_from and resumed is None:
-        if keep:  # a worker's job already holds the model it saved last
-            job.continue_from(kept.saved)  # type: ignore[union-attr, arg-type]
+        if in_memory is not None:  # a worker's job already holds the model it saved last
+            job.continue_from(in_memory)
         else:
             job.load(a.init_from, unfinished=a.accept_unfinished)
     if a.compare_data and not a.compare_with:
