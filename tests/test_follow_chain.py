@@ -433,3 +433,28 @@ def test_a_worker_starts_the_next_window_from_the_model_in_memory(made: dict,
         assert outs[1][k] == ref[k], k
     assert ref["saved"] != outs[1]["saved"]
     assert hashes(outs[1]["saved"]) == hashes(ref["saved"])
+
+
+@pytest.mark.mpi
+def test_guard_rows_are_the_held_out_rows_their_window_set_aside(made: dict,
+                                                                 tmp_path: Path) -> None:
+    """A window trained on 2 ranks, then the next on 3 with it as baseline and guard: the
+    guard rows are the first window's held-out rows (its 2-rank cut, not a 3-rank one,
+    whose held-out rows it trained on), so the baseline scores them as it scored its own
+    held-out rows."""
+    from tests.conftest import run_mpi
+
+    def train(n: int, i: int, *extra: str) -> dict:
+        r = run_mpi(n, ["-m", "recs_core", "train", "--config", str(made["cfg"]), "--data",
+                        str(made["src"][i]), "--save", str(tmp_path / f"w{i}"),
+                        "--eval-fraction", "0.1", "--quiet", *extra], timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("{")][-1])
+
+    first = train(2, 0)
+    out = train(3, 1, "--init-from", first["saved"], "--compare-with", first["saved"],
+                "--compare-data", str(made["src"][0]))
+    guard = out["baseline"]["guard"]
+    assert guard["rows"] == first["eval_rows"]
+    assert (guard["baseline_auc"], guard["baseline_logloss"]) == (first["eval_auc"],
+                                                                  first["eval_logloss"])

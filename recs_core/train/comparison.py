@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recs_core.comm.world import World
-from recs_core.data.parse import RawBatch
-from recs_core.data.sources import DataInput
+from recs_core.data.parse import ColumnSchema, RawBatch
+from recs_core.data.sources import DataInput, default_units
+from recs_core.data.units import RankUnits, split
 from recs_core.metrics.auc import auc, logloss
 
 if TYPE_CHECKING:
@@ -59,6 +60,27 @@ def same_checkpoint(a: str | os.PathLike, b: str | os.PathLike, world: World) ->
     return bool(world.bcast(look() if world.rank == 0 else None, "checkpoint comparison"))
 
 
+def guard_units(manifest_ranks: list[dict[str, Any]], guard: DataInput, schema: ColumnSchema,
+                fmt: str | None, frac: float, world: World) -> RankUnits | None:
+    """This rank's share of the held-out rows of ``guard`` as the job that trained it set
+    them aside (``manifest_ranks``: its checkpoint's rank_meta, one per rank; a rank's
+    recorded ``units``, else the default plan of that job's world size), dealt over
+    ``world``; None when that plan is this job's own (the reader's cut gives them)."""
+    recorded = [rm.get("units") for rm in manifest_ranks]
+    if len(manifest_ranks) == world.size and all(u is None for u in recorded):
+        return None
+
+    def plan() -> list[tuple]:
+        old = (default_units(guard, schema, fmt, len(manifest_ranks), frac)
+               if any(u is None for u in recorded) else [])
+        held = [r for i, u in enumerate(recorded)
+                for r in (RankUnits.from_json(u) if u is not None else old[i]).held]
+        return [tuple(h) for h in split(held, world.size)]
+
+    shares = world.bcast(plan() if world.rank == 0 else None, "the guard rows' ranges")
+    return RankUnits((), shares[world.rank])
+
+
 def figures(scored: Scored) -> dict[str, Any]:
     """Rows, AUC and logloss of scored rows."""
     y, p = scored
@@ -78,6 +100,11 @@ class Comparison:
     model: str  # the baseline's path
     baseline: Model | None  # None: the job's own model before the pass
     guard: DataInput | None = None  # data whose held-out rows both models score
+    # the rank_meta of the checkpoint compared with (the guard's held-out rows are those
+    # its job set aside), None for a published version (the rows at this job's cut)
+    trained_by: list[dict[str, Any]] | None = None
+    guard_units: RankUnits | None = None  # this rank's share of them, once computed
+    guard_planned: bool = False
     scores: dict[str, Scored] = field(default_factory=dict)  # the baseline's: held, guard
     trained_guard: Scored | None = None  # the trained model's guard rows
 

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from recs_core.checkpoint.outdir import SaveLock, claim_outputs
+from recs_core.checkpoint.store import load_manifest
 from recs_core.comm.objects import dup
 from recs_core.comm.pending import post_allreduce
 from recs_core.comm.world import World, job_world
@@ -51,7 +52,13 @@ from recs_core.progress_bar import ProgressBar
 from recs_core.sched.policy import Policy, policy
 from recs_core.sched.trace import Timeline, summarize, write_trace
 from recs_core.sched.training_pass import PassFigures, StepHook, TrainingPass
-from recs_core.train.comparison import GUARD_ROWS, Comparison, capped, same_checkpoint
+from recs_core.train.comparison import (
+    GUARD_ROWS,
+    Comparison,
+    capped,
+    guard_units,
+    same_checkpoint,
+)
 from recs_core.train.config import TrainConfig, train_config
 from recs_core.train.delta_export import export_window_delta
 from recs_core.train.elastic import continued_units, trained_checksum
@@ -389,7 +396,18 @@ class Job:
     def _guard_rows(self, guard: DataInput, frac: float) -> Iterator[RawBatch]:
         """This rank's share of the first GUARD_ROWS held-out rows of ``guard``."""
         share = -(-GUARD_ROWS // self.world.size)
-        return capped(self.open_reader(guard, frac).held_out(), share)
+        comp = self.comparison
+        if comp is not None and comp.trained_by is not None and not comp.guard_planned:
+            comp.guard_units = guard_units(comp.trained_by, guard, self.spec.schema,
+                                           self.spec.format, frac, self.world)
+            comp.guard_planned = True
+        if comp is not None and comp.guard_units is not None:
+            reader, _ = open_input(guard, self.spec.schema, self.spec.format,
+                                   batch_rows=self.local_batch, policy=self.spec.policy,
+                                   units=comp.guard_units)
+        else:
+            reader = self.open_reader(guard, frac)
+        return capped(reader.held_out(), share)
 
     def open_reader(self, data: DataInput, holdout: float) -> Reader:
         """A reader of ``data`` for this rank (another than the pass's: its own counts)."""
@@ -410,13 +428,22 @@ class Job:
         loaded = self._loaded[0] if self._loaded is not None else None
         if loaded is not None and not is_version_dir(path) and same_checkpoint(
                 path, loaded, self.world):
-            self.comparison = Comparison(loaded, None, guard)
+            self.comparison = Comparison(loaded, None, guard,
+                                         trained_by=self._rank_meta(loaded, guard))
             return loaded
         other = Job(self.spec, self.cfg, self.world)
         found = (other.load_published(path) if is_version_dir(path)
                  else other.load(path, unfinished=True, flag="--compare-with"))
-        self.comparison = Comparison(found, other.model, guard)
+        self.comparison = Comparison(found, other.model, guard, trained_by=None if (
+            is_version_dir(path)) else self._rank_meta(found, guard))
         return found
+
+    def _rank_meta(self, checkpoint: str, guard: DataInput | None) -> list[dict[str, Any]] | None:
+        """The checkpoint's rank_meta (rank 0 reads it), when there are guard rows."""
+        if guard is None:
+            return None
+        return self.world.bcast(load_manifest(checkpoint).rank_meta if self.world.rank == 0
+                                else None, "the compared checkpoint's rank meta")
 
     def finite(self) -> bool:
         """True when every dense parameter and every table row this window changed is
