@@ -401,19 +401,16 @@ class Job:
             comp.guard_units = guard_units(comp.trained_by, guard, self.spec.schema,
                                            self.spec.format, frac, self.world)
             comp.guard_planned = True
-        if comp is not None and comp.guard_units is not None:
-            reader, _ = open_input(guard, self.spec.schema, self.spec.format,
-                                   batch_rows=self.local_batch, policy=self.spec.policy,
-                                   units=comp.guard_units)
-        else:
-            reader = self.open_reader(guard, frac)
-        return capped(reader.held_out(), share)
+        units = comp.guard_units if comp is not None else None
+        return capped(self.open_reader(guard, frac, units).held_out(), share)
 
-    def open_reader(self, data: DataInput, holdout: float) -> Reader:
-        """A reader of ``data`` for this rank (another than the pass's: its own counts)."""
+    def open_reader(self, data: DataInput, holdout: float, units: RankUnits | None = None
+                    ) -> Reader:
+        """A reader of ``data`` for this rank (another than the pass's: its own counts);
+        ``units``: these line ranges instead of the rank's shard (``open_input``)."""
         reader, _ = open_input(data, self.spec.schema, self.spec.format, rank=self.world.rank,
                                world=self.world.size, batch_rows=self.local_batch,
-                               policy=self.spec.policy, holdout=holdout)
+                               policy=self.spec.policy, holdout=holdout, units=units)
         return reader
 
     def compare_with(self, path: str | os.PathLike, guard: DataInput | None = None) -> str:
