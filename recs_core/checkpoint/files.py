@@ -73,20 +73,8 @@ def staged_write(path: str | os.PathLike, chunks: Iterable[bytes | memoryview]
     """Write ``chunks`` to the new file ``path`` inside a staging directory and fsync it;
     return (bytes, sha256 hex). No rename: the directory is published whole, by its
     writer, once its entries are fsynced (:func:`fsync_tree`)."""
-    digest, size = hashlib.sha256(), 0
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                digest.update(chunk)
-                f.write(chunk)
-                size += len(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        Path(path).unlink(missing_ok=True)
-        raise
-    return size, digest.hexdigest()
+    (_, size, sha), = staged_write_blobs(path, [chunks])
+    return size, sha
 
 
 def staged_write_blobs(path: str | os.PathLike, blobs: Iterable[Iterable[bytes | memoryview]]
