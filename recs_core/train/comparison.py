@@ -23,7 +23,7 @@ import numpy as np
 
 from recs_core.comm.world import World
 from recs_core.data.parse import ColumnSchema, RawBatch
-from recs_core.data.sources import DataInput, default_units
+from recs_core.data.sources import DataInput
 from recs_core.data.units import RankUnits, split
 from recs_core.metrics.auc import auc, logloss
 
@@ -70,15 +70,11 @@ def guard_units(manifest_ranks: list[dict[str, Any]], guard: DataInput, schema: 
     if len(manifest_ranks) == world.size and all(u is None for u in recorded):
         return None
 
-    def plan() -> list[tuple]:
-        old = (default_units(guard, schema, fmt, len(manifest_ranks), frac)
-               if any(u is None for u in recorded) else [])
-        held = [r for i, u in enumerate(recorded)
-                for r in (RankUnits.from_json(u) if u is not None else old[i]).held]
-        return [tuple(h) for h in split(held, world.size)]
+    from recs_core.train.elastic import recorded_units
 
-    shares = world.bcast(plan() if world.rank == 0 else None, "the guard rows' ranges")
-    return RankUnits((), shares[world.rank])
+    old = recorded_units(manifest_ranks, guard, schema, fmt, frac, world)
+    return RankUnits((), tuple(split([r for u in old for r in u.held],
+                                     world.size)[world.rank]))
 
 
 def figures(scored: Scored) -> dict[str, Any]:

@@ -38,14 +38,23 @@ def continued_units(point: ResumePoint, data: DataInput, schema: ColumnSchema,
         raise RecsError(f"{point.path}: its job trained batches given directly (not read "
                         f"from files), whose rows cannot be dealt again: resume it on "
                         f"{len(others)} rank(s)")
-    old: list[RankUnits | None] = [None if rm.get("units") is None
-                                   else RankUnits.from_json(rm["units"]) for rm in others]
+    old = recorded_units(others, data, schema, fmt, frac, world)
+    consumed = [RowTally.restored(t).consumed for t in tallies]
+    return redistribute(old, consumed, world.size)[world.rank]
+
+
+def recorded_units(rank_meta: list[dict[str, Any]], data: DataInput, schema: ColumnSchema,
+                   fmt: str | None, frac: float, world: World) -> list[RankUnits]:
+    """What each rank of a checkpoint's job read of ``data``: its recorded ``units``, else
+    the default plan of that job's world size and ``frac`` (collective: rank 0 states
+    it for every rank)."""
+    old = [None if rm.get("units") is None else RankUnits.from_json(rm["units"])
+           for rm in rank_meta]
     if any(u is None for u in old):
-        plan = world.bcast(default_units(data, schema, fmt, len(others), frac)
+        plan = world.bcast(default_units(data, schema, fmt, len(rank_meta), frac)
                            if world.rank == 0 else None, "the old ranks' line ranges")
         old = [u if u is not None else p for u, p in zip(old, plan)]
-    consumed = [RowTally.restored(t).consumed for t in tallies]
-    return redistribute(old, consumed, world.size)[world.rank]  # type: ignore[arg-type]
+    return old  # type: ignore[return-value]
 
 
 def trained_checksum(window: Window, world: World) -> str | None:
