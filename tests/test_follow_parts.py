@@ -170,6 +170,15 @@ def test_the_gate_on_recorded_figures() -> None:
                               "0.44586 (last published) + 0.02")
     assert not gate({**GOOD, "eval_auc": 0.70}, Gate(auc_margin=0.01))[0]
     assert gate({"finite": True}, Gate())[0]  # the first window: nothing to compare with
+    # the trained model is judged on the rows the baseline scored (the first
+    # COMPARED_ROWS), not on all held-out rows
+    capped = {**GOOD, "baseline": {**GOOD["baseline"], "trained_logloss": 0.49,
+                                   "trained_auc": 0.74}}
+    ok, why = gate(capped, Gate())
+    assert not ok and why.startswith("held-out logloss 0.49000 > 0.47500")
+    assert not gate(capped, Gate(logloss_margin=0.02, auc_margin=0.005))[0]
+    assert gate({**capped, "eval_logloss": 0.49, "baseline": {
+        **capped["baseline"], "trained_logloss": 0.471, "trained_auc": 0.76}}, Gate())[0]
 
 
 def test_the_launcher_template() -> None:

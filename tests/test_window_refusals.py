@@ -103,13 +103,22 @@ def test_the_library_refuses_the_same_cases(two_windows: tuple[Path, Path],
     again.run([w1], retrain=True)
 
 
+@pytest.mark.parametrize("cap", [None, 100])
 @pytest.mark.parametrize("baseline", ["start", "other"])
 def test_compare_with_scores_held_out_and_guard_rows_with_another_model(
-        two_windows: tuple[Path, Path], cfg: Path, tmp_path: Path, capsys,
-        baseline: str) -> None:
+        two_windows: tuple[Path, Path], cfg: Path, tmp_path: Path, capsys, monkeypatch,
+        baseline: str, cap: int | None) -> None:
     """--compare-with: the held-out (and --compare-data guard) rows scored by the baseline
-    equal what that model alone gives them; the baseline is the checkpoint the window
-    started from (scored before the pass) or another one (loaded beside)."""
+    equal what that model alone gives them, and the trained model's figures on the same
+    rows what it alone gives them; the baseline is the checkpoint the window started from
+    (scored before the pass) or another one (loaded beside). With more held-out rows than
+    COMPARED_ROWS, both models are compared on the first ones (of both sets); the trained
+    model's eval figures still cover all held-out rows."""
+    from recs_core.metrics.auc import auc, logloss
+    from recs_core.train import comparison
+
+    if cap is not None:
+        monkeypatch.setattr(comparison, "COMPARED_ROWS", cap)
     w1, w2 = two_windows
     args = ["train", "--config", str(cfg), "--quiet"]
     assert main(args + ["--data", str(w1), "--save", str(tmp_path / "a"),
@@ -119,20 +128,30 @@ def test_compare_with_scores_held_out_and_guard_rows_with_another_model(
             tmp_path / "a" / "step-000000002")
     assert main(args + ["--data", str(w2), "--init-from", str(tmp_path / "a"),
                         "--eval-fraction", "0.2", "--compare-with", str(base),
-                        "--compare-data", str(w1)]) == 0
+                        "--compare-data", str(w1), "--save", str(tmp_path / "b")]) == 0
     got = last_json(capsys)
     assert got["finite"] is True
-    ref = Job.from_config(cfg)
-    ref.load(base, unfinished=True)
-    ey, ep, _ = ref._evaluate(ref.open_reader([w2], 0.2).held_out())
-    gy, gp, _ = ref._evaluate(ref.open_reader([w1], 0.2).held_out())
-    from recs_core.metrics.auc import auc, logloss
+
+    def scored(path: Path | str, data: Path, rows: int | None) -> tuple:
+        ref = Job.from_config(cfg)
+        ref.load(path, unfinished=True)
+        held = ref.open_reader([data], 0.2).held_out()
+        y, p, _, _ = ref._evaluate(held if rows is None else comparison.capped(held, rows))
+        return y, p
+
+    def figures(yp: tuple) -> tuple[float, float]:
+        return round(auc(*yp), 6), round(logloss(*yp), 6)
+
+    ey, gy = scored(base, w2, cap), scored(base, w1, cap)
     b = got["baseline"]
-    assert (b["eval_auc"], b["eval_logloss"]) == (round(auc(ey, ep), 6),
-                                                  round(logloss(ey, ep), 6))
-    assert b["guard"]["rows"] == len(gy) > 0
-    assert (b["guard"]["baseline_auc"], b["guard"]["baseline_logloss"]) == (
-        round(auc(gy, gp), 6), round(logloss(gy, gp), 6))
+    assert b["rows"] == len(ey[0]) == (cap or got["eval_rows"])
+    assert (b["eval_auc"], b["eval_logloss"]) == figures(ey)
+    trained = got["saved"]
+    assert (b["trained_auc"], b["trained_logloss"]) == figures(scored(trained, w2, cap))
+    assert (got["eval_auc"], got["eval_logloss"]) == figures(scored(trained, w2, None))
+    assert b["guard"]["rows"] == len(gy[0]) > 0
+    assert (b["guard"]["baseline_auc"], b["guard"]["baseline_logloss"]) == figures(gy)
+    assert (b["guard"]["auc"], b["guard"]["logloss"]) == figures(scored(trained, w1, cap))
     assert got["eval_logloss"] != b["eval_logloss"]
     assert b["guard"]["logloss"] != b["guard"]["baseline_logloss"]
 

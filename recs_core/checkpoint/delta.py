@@ -67,9 +67,34 @@ def export_delta(path: str | Path, table_deltas: Mapping[str, TableDelta],
     delta there (anything else at ``path`` is refused: see ``outdir.check_delta_target``);
     return the path. ``table_deltas`` maps a table name to (row ids, their new values).
     A failed write (e.g. a full disk: RecsError) removes its staging directory."""
+    staging = stage_delta(path)
+    try:
+        entries = write_delta_arrays(staging, table_deltas, dense)
+    except BaseException as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise RecsError(f"delta {path} not written: {e}") from e
+        raise
+    return finish_delta(staging, path, entries, meta)
+
+
+def stage_delta(path: str | Path) -> Path:
+    """Check that a delta may be written to ``path`` and make its staging directory (the
+    parts are written there by :func:`write_delta_arrays`, by one process or several)."""
     final = Path(path)
     check_delta_target(final, "delta")
-    meta = mf.to_jsonable(dict(meta), "delta meta")
+    staging = staging_path(final, secrets.token_hex(6))
+    try:
+        staging.mkdir()
+    except OSError as e:
+        raise RecsError(f"delta {final} not written: {e}") from None
+    return staging
+
+
+def write_delta_arrays(staging: Path, table_deltas: Mapping[str, TableDelta],
+                       dense: Mapping[str, np.ndarray]) -> list[mf.FileEntry]:
+    """Write these tables' rows (sorted by id) and dense parameters into ``staging``
+    (each file fsynced); return their manifest entries."""
     arrays: dict[str, np.ndarray] = {}
     for table, (ids, values) in table_deltas.items():
         mf.check_name(table, "delta table name")
@@ -78,15 +103,23 @@ def export_delta(path: str | Path, table_deltas: Mapping[str, TableDelta],
     for name, arr in dense.items():
         mf.check_name(name, "delta dense name")
         arrays[f"dense/{name}"] = np.asarray(arr)
-    staging = staging_path(final, secrets.token_hex(6))
+    entries = []
+    for name, arr in arrays.items():
+        (staging / name).parent.mkdir(parents=True, exist_ok=True)
+        entries.append(mf.write_array(staging, f"{name}.npy", name, 0, arr))
+    return entries
+
+
+def finish_delta(staging: Path, path: str | Path, entries: list[mf.FileEntry],
+                 meta: Mapping[str, Any]) -> str:
+    """Write the manifest of the parts written into ``staging`` (``entries``) and publish
+    it as ``path``; on failure the staging directory is removed. Returns the path."""
+    final = Path(path)
     try:
-        entries = []
-        for name, arr in arrays.items():
-            (staging / name).parent.mkdir(parents=True, exist_ok=True)
-            entries.append(mf.write_array(staging, f"{name}.npy", name, 0, arr))
+        meta = mf.to_jsonable(dict(meta), "delta meta")
         fsync_tree(staging)
         mf.write_manifest(staging, mf.Manifest(kind="delta", world_size=1, meta=meta,
-                                               files=entries))
+                                               files=sorted(entries, key=lambda e: e.name)))
         publish(staging, final)
     except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)

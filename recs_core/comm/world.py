@@ -59,13 +59,13 @@ class World:
 
         return allgather_objects(self.comm, value, what)
 
-    def gather(self, value: T, what: str = "gather") -> list[T] | None:
-        """Every rank's ``value``, in rank order, on rank 0; None on the others."""
+    def gather(self, value: T, what: str = "gather", root: int = 0) -> list[T] | None:
+        """Every rank's ``value``, in rank order, on ``root``; None on the others."""
         if self.size == 1:
             return [value]
         from recs_core.comm.objects import gather_objects
 
-        return gather_objects(self.comm, value, what)
+        return gather_objects(self.comm, value, what, root)
 
     def allreduce_sum(self, value: Any, what: str = "sum over the ranks") -> Any:
         parts = self.allgather(value, what)

@@ -64,8 +64,9 @@ class Gate:
     """When a trained window is withheld:
 
     * any parameter or the loss is not finite;
-    * on the window's held-out rows, its logloss is worse than the last published model's
-      by more than ``logloss_margin`` (its AUC lower by more than ``auc_margin``, when set);
+    * on the window's held-out rows (the first ``COMPARED_ROWS``, scored by both), its
+      logloss is worse than the last published model's by more than ``logloss_margin``
+      (its AUC lower by more than ``auc_margin``, when set);
     * on the *guard* rows (the last good window's held-out rows, whose labels a gate
       trusted), its logloss is worse than the last published model's by more than
       ``guard_margin`` plus what it gained on the window's held-out rows (the smaller of
@@ -98,14 +99,16 @@ def gate(out: dict[str, Any], rule: Gate) -> tuple[bool, str]:
     base = out.get("baseline")
     if not base:
         return True, "no published model to compare with: finite"
-    checks = [("held-out", out.get("eval_logloss"), base.get("eval_logloss"),
-               out.get("eval_auc"), base.get("eval_auc"), rule.logloss_margin, rule.auc_margin)]
+    # the trained model on the rows the baseline scored (older outputs: all held-out rows)
+    mine_ll, mine_auc = (base["trained_logloss"], base.get("trained_auc")) \
+        if "trained_logloss" in base else (out.get("eval_logloss"), out.get("eval_auc"))
+    checks = [("held-out", mine_ll, base.get("eval_logloss"), mine_auc, base.get("eval_auc"),
+               rule.logloss_margin, rule.auc_margin)]
     guard = base.get("guard")
     if guard:
         # what it learnt of the new rows: the smaller of its logloss and AUC gains there
         # (calibrating to shuffled labels gains logloss, never AUC)
-        pairs = ((base.get("eval_logloss"), out.get("eval_logloss")),
-                 (out.get("eval_auc"), base.get("eval_auc")))
+        pairs = ((base.get("eval_logloss"), mine_ll), (mine_auc, base.get("eval_auc")))
         gain = max(0.0, min((a - b for a, b in pairs if a is not None and b is not None),
                             default=0.0))
         checks.append(("guard (last good window's held-out)", guard.get("logloss"),
@@ -445,7 +448,7 @@ class Supervisor:
         parts = {"launch": round(max(0.0, result.seconds - out.get("command_seconds",
                                                                   result.seconds)), 3),
                  "load": ck.get("load_seconds"), "train": out.get("seconds"),
-                 "score": out.get("eval_seconds"),
+                 "score": out.get("eval_seconds"), "compare": out.get("compare_seconds"),
                  "save": ck.get("save_seconds"), "delta": out.get("delta_seconds"),
                  "publish": round(publish_s, 3)}
         self.ledger.append(

@@ -4,11 +4,13 @@ serving copies (format: ``recs_core.checkpoint.delta``, docs/CHECKPOINT_FORMAT.m
 from __future__ import annotations
 
 import os
+import shutil
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from recs_core.checkpoint import export_delta
+from recs_core.checkpoint.delta import finish_delta, stage_delta, write_delta_arrays
+from recs_core.checkpoint.manifest import FileEntry
 from recs_core.comm.world import World
 from recs_core.features.hashing import HASH_VERSION
 from recs_core.train.compat import TRAINER_FORMAT
@@ -22,34 +24,54 @@ def export_window_delta(model: Model, window: Window, world: World,
                         path: str | os.PathLike) -> str:
     """Write the rows the window updated (every embedding set and table: the rows whose
     touched bit is set, their current values) and every dense parameter as a delta
-    (format: ``recs_core.checkpoint.delta``); collective, rank 0 writes. Applied to the
+    (format: ``recs_core.checkpoint.delta``); collective. Each table's rows are gathered to
+    one rank, which writes its files (table i: rank i mod N; like a checkpoint, every rank
+    must see the directory), rank 0 the dense parameters and the manifest. Applied to the
     window's starting model it gives the current model bit for bit (a touched row whose
     update left it unchanged is listed too)."""
-    deltas: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    staging = world.bcast(world.everyone(lambda: stage_delta(path) if world.rank == 0
+                                         else None), "delta staging directory")
+    assert staging is not None
+    mine: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     fields: dict[str, str] = {}
     dynamic: list[str] = []  # the dynamic tables' entries (by key; apply_delta skips them)
-    rows = 0
-    for stem, t, c in model.changed_rows():
+    for i, (stem, t, c) in enumerate(model.changed_rows()):
         name = stem + c.suffix
-        parts = world.gather((c.ids, c.values), f"delta {name}: rows")
-        if parts is None:
-            continue
+        parts = world.gather((c.ids, c.values), f"delta {name}: rows", root=i % world.size)
         if c.by_key:
             dynamic.append(name)
-        ids = np.concatenate([p[0] for p in parts])
-        if len(ids):
-            deltas[name] = (ids, np.concatenate([p[1] for p in parts]))
-            fields[name] = model.spec.sparse_fields[t][0]
-            rows += len(ids)
+        fields[name] = model.spec.sparse_fields[t][0]
+        if parts is not None:
+            mine[name] = (np.concatenate([p[0] for p in parts]),
+                          np.concatenate([p[1] for p in parts]))
     dense = {str(i): p for i, p in enumerate(model.dense_parameters())}
-    meta = {"trainer": TRAINER_FORMAT, "hash": HASH_VERSION, "base_step": window.base_step,
-            "step": window.global_step, "tables": fields, "rows": rows}
-    if dynamic:
-        meta["dynamic_entries"] = dynamic
 
-    def write() -> str | None:
-        return export_delta(path, deltas, dense, meta) if world.rank == 0 else None
+    def write() -> list[FileEntry]:
+        return write_delta_arrays(staging, {k: v for k, v in mine.items() if len(v[0])},
+                                  dense if world.rank == 0 else {})
 
-    out = world.bcast(world.everyone(write), "delta outcome")
+    try:
+        every = world.gather(world.everyone(write), "delta entries")
+    except BaseException:
+        if world.rank == 0:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    rows = {k: len(v[0]) for k, v in mine.items()}
+    counts = world.gather(rows, "delta row counts")
+
+    def finish() -> str | None:
+        if every is None or counts is None:
+            return None
+        entries = [e for part in every for e in part]
+        written = {k: n for part in counts for k, n in part.items() if n}
+        meta = {"trainer": TRAINER_FORMAT, "hash": HASH_VERSION,
+                "base_step": window.base_step, "step": window.global_step,
+                "tables": {k: v for k, v in fields.items() if k in written},
+                "rows": sum(written.values())}
+        if dynamic:
+            meta["dynamic_entries"] = dynamic
+        return finish_delta(staging, path, entries, meta)
+
+    out = world.bcast(world.everyone(finish), "delta outcome")
     assert out is not None
     return out

@@ -53,9 +53,10 @@ from recs_core.sched.policy import Policy, policy
 from recs_core.sched.trace import Timeline, summarize, write_trace
 from recs_core.sched.training_pass import PassFigures, StepHook, TrainingPass
 from recs_core.train.comparison import (
-    GUARD_ROWS,
     Comparison,
+    Scored,
     capped,
+    compared_share,
     guard_units,
     same_checkpoint,
 )
@@ -275,32 +276,38 @@ class Job:
             self.checkpoint_figures["skip_seconds"] = round(time.perf_counter() - t_skip, 4)
         comp = self.comparison
         frac = float((data or {}).get("eval_fraction") or 0.0)
+        t_compare = time.perf_counter()
         if comp is not None and comp.baseline is None:  # the model the window began with
             comp.scores = self._compared(held_again or (lambda: ()), frac)
         t_start = time.perf_counter()
+        compare_seconds = t_start - t_compare
         figures, timeline = self._train(source, schedule, hook, quiet, timer)
         t_eval = time.perf_counter()
         if figures.preempted:  # the window goes on later: nothing of its end runs
             comp = self.comparison = None
             held = ()
         others = (comp.baseline,) if comp is not None and comp.baseline is not None else ()
-        eval_y, eval_p, base_p = self._evaluate(held, others)
-        if comp is not None:
-            if base_p:
-                comp.scores["held"] = (eval_y, base_p[0])
-            if comp.guard is not None:
-                y, p, b = self._evaluate(self._guard_rows(comp.guard, frac), others)
-                comp.trained_guard = (y, p)
-                if b:
-                    comp.scores["guard"] = (y, b[0])
+        share = compared_share(self.world.size) if comp is not None else None
+        eval_y, eval_p, base_p, first = self._evaluate(held, others, share)
         out = self._report(figures, timeline, timer, t_start, t_eval, jit_seconds, eval_y,
                            eval_p)
         out["finite"] = self.finite() and (out["train_rows"] == 0
                                            or out["train_logloss"] is not None)
         out["preempted"] = figures.preempted
-        if comp is not None:
+        if comp is not None:  # (after the pass's seconds: a gate's work, not training)
+            t_compare = time.perf_counter()
+            comp.trained_held = first
+            if base_p and first is not None:
+                comp.scores["held"] = (first[0], base_p[0])
+            if comp.guard is not None:
+                y, p, b, _ = self._evaluate(self._guard_rows(comp.guard, frac), others)
+                comp.trained_guard = (y, p)
+                if b:
+                    comp.scores["guard"] = (y, b[0])
             out["baseline"] = comp.report()
             self.comparison = None
+            out["compare_seconds"] = round(self.world.allreduce_max(
+                compare_seconds + time.perf_counter() - t_compare), 4)
         if trace:
             events = timeline.events()
             every = self.world.gather(events, "trace gather")
@@ -365,37 +372,49 @@ class Job:
             self._last_probs = (model or self.model).predict(fb)
             yield item, fb, self._last_probs
 
-    def _evaluate(self, held: Iterable[RawBatch], others: tuple[Model, ...] = ()
-                  ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        """Labels and scores of every rank's held-out rows, streamed batch by batch: by
-        this job's model, and by each of ``others`` (read once)."""
+    def _evaluate(self, held: Iterable[RawBatch], others: tuple[Model, ...] = (),
+                  first: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], Scored | None]:
+        """Labels and scores of every rank's held-out rows by this job's model, streamed
+        batch by batch (read once); with ``first``, also the labels and this model's
+        scores of each rank's first ``first`` rows, and each of ``others``' scores of
+        those rows (of all rows without ``first``). Every rank's rows, gathered."""
         ys, ps, os_ = [], [], [[] for _ in others]
+        seen = 0
         for _, fb, probs in self._predicted(held):
             ys.append(fb.labels)
             ps.append(probs)
-            for o, m in zip(os_, others):
-                o.append(m.predict(fb))
+            take = len(probs) if first is None else min(len(probs), max(0, first - seen))
+            seen += len(probs)
+            if take:
+                for o, m in zip(os_, others):
+                    o.append(m.predict(fb)[:take])
 
         def joined(parts: list[np.ndarray]) -> np.ndarray:
-            return self._gathered(np.concatenate(parts) if parts else np.zeros(0, np.float32))
+            return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
-        return joined(ys), joined(ps), [joined(o) for o in os_]
+        y, p = joined(ys), joined(ps)
+        sub = None if first is None else (self._gathered(y[:first]),
+                                          self._gathered(p[:first]))
+        return (self._gathered(y), self._gathered(p), [self._gathered(joined(o)) for o in os_],
+                sub)
 
     def _compared(self, held: Callable[[], Iterable[RawBatch]], frac: float) -> dict[
             str, tuple[np.ndarray, np.ndarray]]:
-        """The job's model's scores of the held-out (and the comparison's guard) rows."""
+        """The job's model's scores of the compared held-out rows (each rank's first
+        ``compared_share``) and of the comparison's guard rows."""
         comp = self.comparison
         assert comp is not None
-        y, p, _ = self._evaluate(held())
+        y, p, _, _ = self._evaluate(capped(held(), compared_share(self.world.size)))
         out = {"held": (y, p)}
         if comp.guard is not None:
-            gy, gp, _ = self._evaluate(self._guard_rows(comp.guard, frac))
+            gy, gp, _, _ = self._evaluate(self._guard_rows(comp.guard, frac))
             out["guard"] = (gy, gp)
         return out
 
     def _guard_rows(self, guard: DataInput, frac: float) -> Iterator[RawBatch]:
-        """This rank's share of the first GUARD_ROWS held-out rows of ``guard``."""
-        share = -(-GUARD_ROWS // self.world.size)
+        """This rank's share of the first COMPARED_ROWS held-out rows of ``guard``."""
+        share = compared_share(self.world.size)
         comp = self.comparison
         if comp is not None and comp.trained_by is not None and not comp.guard_planned:
             comp.guard_units = guard_units(comp.trained_by, guard, self.spec.schema,
