@@ -443,3 +443,21 @@ def test_lines_longer_than_the_default_chunk_at_boundaries(tmp_path: Path) -> No
     assert sum(want[0].values()) == 10000 and want[2] == 3
     for world in (1, 2, 3, 4):
         assert read_all_ranks(p, world, DEFAULT_CHUNK_BYTES) == want, world
+
+
+def test_a_reader_left_early_stops_its_thread_at_once(tmp_path: Path) -> None:
+    """A consumer that stops after one batch (the gate's first held-out rows, a preempted
+    pass) ends the reading thread at once: it waited for a free chunk slot, and saw the
+    stop only after its 0.5 s poll (0.4 s of every 25,000 compared rows)."""
+    import threading
+    import time
+
+    f = write_rows(tmp_path / "a.txt", range(20_000))
+    reader = ShardReader([str(f)], SCHEMA, batch_rows=16, chunk_bytes=256)
+    it = iter(reader)
+    next(it)
+    time.sleep(0.05)  # the thread fills the free slots, then waits for one
+    t0 = time.perf_counter()
+    it.close()
+    assert time.perf_counter() - t0 < 0.25
+    assert not any(t.name == "recs-reader" and t.is_alive() for t in threading.enumerate())

@@ -644,6 +644,7 @@ class ShardReader:
             self.counter.check(final=True)
         finally:
             producer.stop = True
+            free.close()  # a producer waiting for a free slot sees the stop now, not in 0.5 s
             producer.join(timeout=5)
             for z in producer.streams:
                 self.decompressed["bytes"] += z.produced
