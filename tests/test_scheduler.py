@@ -22,7 +22,7 @@ from recs_core.sched.trace import (
     _clip,
     _difference,
     _intersect,
-    _Spans,
+    _Measure,
     _union,
     summarize,
 )
@@ -472,16 +472,18 @@ def test_pending_keeps_buffers_alive_until_completion() -> None:
     assert gone() is None  # released once complete
 
 
-def test_spans_clipped_by_bisection_equal_the_scan() -> None:
+def test_spans_measured_at_once_equal_the_clipped_scan() -> None:
     rng = np.random.default_rng(5)
-    for _ in range(200):
-        raw = [(float(a), float(a + d)) for a, d in zip(rng.uniform(0, 100, 30),
-                                                        rng.uniform(0, 5, 30))]
+    for n in [0, 1, *[30] * 200]:
+        raw = [(float(a), float(a + d)) for a, d in zip(rng.uniform(0, 100, n),
+                                                        rng.uniform(0, 5, n))]
         spans = _union(raw)
-        at = _Spans(spans)
-        for a, b in [(float(x), float(x + w)) for x, w in zip(rng.uniform(-5, 105, 20),
-                                                             rng.uniform(0, 20, 20))]:
-            assert at.clip(a, b) == _clip(spans, a, b)
-        edge = spans[len(spans) // 2]
-        assert at.clip(*edge) == _clip(spans, *edge) == [edge]
-        assert at.clip(edge[1], edge[1] + 1e-9) == _clip(spans, edge[1], edge[1] + 1e-9)
+        at = _Measure(spans)
+        a = rng.uniform(-5, 105, 20)
+        b = a + rng.uniform(0, 20, 20)
+        if spans:  # a span's own ends, and an empty interval at its end
+            edge = spans[len(spans) // 2]
+            a = np.append(a, [edge[0], edge[1]])
+            b = np.append(b, [edge[1], edge[1]])
+        want = [sum(y - x for x, y in _clip(spans, lo, hi)) for lo, hi in zip(a, b)]
+        np.testing.assert_allclose(at.within(a, b), want, rtol=0, atol=1e-9)
