@@ -111,6 +111,10 @@ class Job:
         self._loaded: tuple[str, dict[str, Any]] | None = None
         self._last_save: Increment | None = None  # what a periodic increment applies to
         self.comparison: Comparison | None = None  # compare_with's, for the next pass
+        # the last pass's data arguments and its first compared held-out rows (labels,
+        # scores) by the model it left: the guard rows of the next window's comparison
+        # when that model is still the job's (a worker's next window)
+        self._held_first: tuple[dict[str, Any], Scored] | None = None
         self._stop = False  # request_stop: set by a signal handler, read at each admission
 
     def request_stop(self) -> None:
@@ -276,9 +280,10 @@ class Job:
             self.checkpoint_figures["skip_seconds"] = round(time.perf_counter() - t_skip, 4)
         comp = self.comparison
         frac = float((data or {}).get("eval_fraction") or 0.0)
+        last, self._held_first = self._held_first, None  # (the model changes now)
         t_compare = time.perf_counter()
         if comp is not None and comp.baseline is None:  # the model the window began with
-            comp.scores = self._compared(held_again or (lambda: ()), frac)
+            comp.scores = self._compared(held_again or (lambda: ()), frac, last)
         t_start = time.perf_counter()
         compare_seconds = t_start - t_compare
         figures, timeline = self._train(source, schedule, hook, quiet, timer)
@@ -287,8 +292,10 @@ class Job:
             comp = self.comparison = None
             held = ()
         others = (comp.baseline,) if comp is not None and comp.baseline is not None else ()
-        share = compared_share(self.world.size) if comp is not None else None
-        eval_y, eval_p, base_p, first = self._evaluate(held, others, share)
+        eval_y, eval_p, base_p, first = self._evaluate(held, others,
+                                                       compared_share(self.world.size))
+        if first is not None and len(first[0]) and data is not None:
+            self._held_first = (data, first)
         out = self._report(figures, timeline, timer, t_start, t_eval, jit_seconds, eval_y,
                            eval_p)
         out["finite"] = self.finite() and (out["train_rows"] == 0
@@ -300,7 +307,8 @@ class Job:
             if base_p and first is not None:
                 comp.scores["held"] = (first[0], base_p[0])
             if comp.guard is not None:
-                y, p, b, _ = self._evaluate(self._guard_rows(comp.guard, frac), others)
+                y, p, b, _ = self._evaluate(self._guard_rows(self._guard_reader(
+                    comp.guard, frac).held_out()), others)
                 comp.trained_guard = (y, p)
                 if b:
                     comp.scores["guard"] = (y, b[0])
@@ -399,29 +407,40 @@ class Job:
         return (self._gathered(y), self._gathered(p), [self._gathered(joined(o)) for o in os_],
                 sub)
 
-    def _compared(self, held: Callable[[], Iterable[RawBatch]], frac: float) -> dict[
-            str, tuple[np.ndarray, np.ndarray]]:
+    def _compared(self, held: Callable[[], Iterable[RawBatch]], frac: float,
+                  last: tuple[dict[str, Any], Scored] | None) -> dict[str, Scored]:
         """The job's model's scores of the compared held-out rows (each rank's first
-        ``compared_share``) and of the comparison's guard rows."""
+        ``compared_share``) and of the comparison's guard rows; ``last``: the previous
+        pass's data and first held-out rows' scores, by this model (the guard rows' scores
+        when the guard is that data, cut the same way)."""
         comp = self.comparison
         assert comp is not None
-        y, p, _, _ = self._evaluate(capped(held(), compared_share(self.world.size)))
+        y, p, _, _ = self._evaluate(self._guard_rows(held()))
         out = {"held": (y, p)}
         if comp.guard is not None:
-            gy, gp, _, _ = self._evaluate(self._guard_rows(comp.guard, frac))
-            out["guard"] = (gy, gp)
+            reader = self._guard_reader(comp.guard, frac)
+            same = last is not None and comp.guard_units is None and (
+                last[0] == data_arguments(reader.paths, frac))
+            if self.world.bcast(same, "guard rows scored already") and last is not None:
+                out["guard"] = last[1]
+            else:
+                gy, gp, _, _ = self._evaluate(self._guard_rows(reader.held_out()))
+                out["guard"] = (gy, gp)
         return out
 
-    def _guard_rows(self, guard: DataInput, frac: float) -> Iterator[RawBatch]:
-        """This rank's share of the first COMPARED_ROWS held-out rows of ``guard``."""
-        share = compared_share(self.world.size)
+    def _guard_reader(self, guard: DataInput, frac: float) -> Reader:
+        """A reader of ``guard`` whose held-out rows are those the compared checkpoint's
+        job set aside (``comparison.guard_units``)."""
         comp = self.comparison
         if comp is not None and comp.trained_by is not None and not comp.guard_planned:
             comp.guard_units = guard_units(comp.trained_by, guard, self.spec.schema,
                                            self.spec.format, frac, self.world)
             comp.guard_planned = True
-        units = comp.guard_units if comp is not None else None
-        return capped(self.open_reader(guard, frac, units).held_out(), share)
+        return self.open_reader(guard, frac, comp.guard_units if comp is not None else None)
+
+    def _guard_rows(self, held: Iterable[RawBatch]) -> Iterator[RawBatch]:
+        """This rank's share of the first COMPARED_ROWS of ``held``."""
+        return capped(held, compared_share(self.world.size))
 
     def open_reader(self, data: DataInput, holdout: float, units: RankUnits | None = None
                     ) -> Reader:
@@ -688,6 +707,7 @@ class Job:
         t0 = time.perf_counter()
         found, m, point = load_checkpoint(self.model, self.graph, self.world, path, resume,
                                           unfinished, flag)
+        self._held_first = None  # another model
         self.checkpoint_figures["loaded_from"] = found
         self.checkpoint_figures["load_seconds"] = round(time.perf_counter() - t0, 4)
         return found, m, point
@@ -728,6 +748,7 @@ class Job:
         for d in deltas:
             tables, dense, _ = self.world.everyone(lambda d=d: read_delta(d))
             self.world.everyone(lambda t=tables, de=dense: self.model.apply_delta(t, de))
+        self._held_first = None
         self.checkpoint_figures["loaded_from"] = os.fspath(path)
         return os.fspath(path)
 
