@@ -84,13 +84,14 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                    "no checkpoint in DIR yet the pass starts over (from --init-from when "
                    "given); a damaged newest checkpoint is refused")
     p.add_argument("--compare-with", metavar="MODEL",
-                   help="also score the held-out rows (--eval-fraction) with this model (a "
-                   "checkpoint or a published version PUBLISH/<n>): its eval_auc and "
-                   "eval_logloss under 'baseline' in the JSON (for a quality gate)")
+                   help="also score the first 50,000 held-out rows (--eval-fraction) with "
+                   "this model (a checkpoint or a published version PUBLISH/<n>): both "
+                   "models' AUC and logloss on them under 'baseline' in the JSON (for a "
+                   "quality gate)")
     p.add_argument("--compare-data", nargs="+", metavar="DATA",
-                   help="with --compare-with: also score the held-out rows of this data (the "
-                   "same --eval-fraction; e.g. the last good window, whose labels a gate "
-                   "trusted) with both models: 'baseline.guard' in the JSON")
+                   help="with --compare-with: also score the first 50,000 held-out rows of "
+                   "this data (the same --eval-fraction; e.g. the last good window, whose "
+                   "labels a gate trusted) with both models: 'baseline.guard' in the JSON")
     p.add_argument("--export-delta", metavar="DIR",
                    help="at the end, write the embedding rows this window changed and the "
                    "dense parameters to DIR (a delta for serving copies; format: "
