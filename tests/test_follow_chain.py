@@ -263,6 +263,40 @@ def test_the_gate_withholds_shuffled_labels_and_quarantines_bad_rows(made: dict,
     assert "withheld" in report.stdout and (tmp_path / "chain.png").stat().st_size > 10_000
 
 
+@pytest.mark.mpi
+def test_old_windows_lose_their_checkpoints_and_published_versions_still_serve(
+        made: dict, reference: dict, tmp_path: Path) -> None:
+    """--keep-versions 2 over the reference's 4 windows: windows 0 and 1 lose their
+    checkpoints and deltas in --state (2 keeps its, 3 is the next start and the last good
+    model); the final model is the uninterrupted chain's, and the newest version, deltas
+    down to window 0's full model (its files removed from --state), still serves it."""
+    state, pub = tmp_path / "state", tmp_path / "pub"
+    code, out, err = finished(follow(made, state, reference["landing"], "--once",
+                                     "--publish", str(pub), "--keep-versions", "2"))
+    assert code == 0, err
+    ids = list(out["windows"])
+    assert len(ids) == 4 and set(out["windows"].values()) == {"published"}, out
+    for i, wid in enumerate(ids):
+        base = state / "windows" / wid.replace("/", "__")
+        assert (base / "ckpt").exists() == (i >= 2), wid
+        assert (base / "delta").exists() == (i >= 2), wid
+    assert err.count("its checkpoint removed") == 2, err
+    final = final_checkpoint(state, ids[-1])
+    assert hashes(final) == hashes(reference["final"][ids[-1]])
+    assert json.loads((pub / "1" / "version.json").read_text())["kind"] == "full"
+    data = reference["landing"] / "dt=2026-12-07" / "hour=03" / "part-00000.txt"
+    outs = []
+    for model in (str(pub / "4"), final):
+        o = tmp_path / f"p{len(outs)}.csv"
+        r = subprocess.run([sys.executable, "-m", "recs_core", "predict", "--config",
+                            str(made["cfg"]), "--model", model, "--data", str(data),
+                            "--out", str(o)], capture_output=True, text=True, env=env(),
+                           timeout=300)
+        assert r.returncode == 0, r.stderr
+        outs.append(o.read_bytes())
+    assert outs[0] == outs[1]
+
+
 def run_follow(made: dict, state: Path, landing: Path, *extra: str,
                timeout: float = 300) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "recs_core", "follow", "--config", str(made["cfg"]),

@@ -58,7 +58,8 @@ def add_follow(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--full-every", type=int, default=6, metavar="K",
                    help="with --publish: a full model every K versions, deltas between (6)")
     p.add_argument("--keep-versions", type=int, default=10, metavar="N",
-                   help="with --publish: keep the newest N versions (and their bases) (10)")
+                   help="keep the newest N published versions (and their bases), and the "
+                   "checkpoints of the newest N trained windows in --state (10)")
     p.add_argument("--gate-logloss", type=float, default=0.01, metavar="MARGIN",
                    help="withhold a window whose held-out logloss exceeds the last published "
                    "model's on the same rows by more than MARGIN (default 0.01)")

@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import threading
 import time
@@ -466,6 +467,27 @@ class Supervisor:
         self.ledger.write_pointer()
         self.say(f"{w.id}: {status}" + (f" as version {version}" if version else "")
                  + f" ({why})")
+        self._prune()
+
+    def _prune(self) -> None:
+        """Remove the checkpoints and deltas of trained windows older than the newest
+        ``keep_versions`` (an hourly chain would add a model a window for ever), never
+        those of the model the next window starts from or of the last good one (published
+        versions hold their own links to their files)."""
+        needed = [Path(str(x)).resolve() for x in (
+            self._head(), (self.ledger.good() or {}).get("checkpoint")) if x]
+        trained = [wid for wid, st in self.ledger.windows().items()
+                   if st.status in (*GOOD, "withheld")]
+        for wid in trained[:-self.cfg.keep_versions]:
+            base = self.state / "windows" / _safe(wid)
+            ckpt = base / "ckpt"
+            if not (ckpt.exists() or (base / "delta").exists()) or any(
+                    n.is_relative_to(ckpt.resolve()) for n in needed):
+                continue
+            shutil.rmtree(ckpt, ignore_errors=True)
+            shutil.rmtree(base / "delta", ignore_errors=True)
+            self.say(f"{wid}: its checkpoint removed (older than the newest "
+                     f"{self.cfg.keep_versions} trained windows)")
 
     # ---- signals and output ---------------------------------------------------------------
 
