@@ -89,6 +89,17 @@ def wait_for(cond, timeout: float = 300, what: str = "") -> None:  # noqa: ANN00
         time.sleep(0.2)
 
 
+def predicted(made: dict, model: str | Path, data: Path, tmp: Path) -> bytes:
+    """What ``recs predict --model MODEL --data DATA`` writes."""
+    out = tmp / f"predicted-{len(list(tmp.glob('predicted-*')))}.csv"
+    r = subprocess.run([sys.executable, "-m", "recs_core", "predict", "--config",
+                        str(made["cfg"]), "--model", str(model), "--data", str(data),
+                        "--out", str(out)], capture_output=True, text=True, env=env(),
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    return out.read_bytes()
+
+
 def final_checkpoint(state: Path, window: str) -> str:
     return Ledger(state).windows()[window].fields["checkpoint"]
 
@@ -244,18 +255,10 @@ def test_the_gate_withholds_shuffled_labels_and_quarantines_bad_rows(made: dict,
     assert "too many bad lines" in states["dt=2026-12-07/hour=02"].fields["error"]
     # window 4 continued from the last good model, so its version is a delta over 1
     assert json.loads((pub / "2" / "version.json").read_text())["kind"] == "delta"
+    data = landing / "dt=2026-12-07" / "hour=03" / "part-00000.txt"
     for version, wid in ((1, "dt=2026-12-07/hour=00"), (2, "dt=2026-12-07/hour=03")):
-        data = landing / "dt=2026-12-07" / "hour=03" / "part-00000.txt"
-        outs = []
-        for model in (str(pub / str(version)), states[wid].fields["checkpoint"]):
-            o = tmp_path / f"p{version}-{len(outs)}.csv"
-            r = subprocess.run([sys.executable, "-m", "recs_core", "predict", "--config",
-                                str(made["cfg"]), "--model", model, "--data", str(data),
-                                "--out", str(o)], capture_output=True, text=True, env=env(),
-                               timeout=300)
-            assert r.returncode == 0, r.stderr
-            outs.append(o.read_bytes())
-        assert outs[0] == outs[1], version
+        assert predicted(made, pub / str(version), data, tmp_path) == predicted(
+            made, states[wid].fields["checkpoint"], data, tmp_path), version
     report = subprocess.run([sys.executable, "-m", "recs_core", "report", str(state), "--png",
                              str(tmp_path / "chain.png")], capture_output=True, text=True,
                             env=env(), timeout=120)
@@ -285,16 +288,7 @@ def test_old_windows_lose_their_checkpoints_and_published_versions_still_serve(
     assert hashes(final) == hashes(reference["final"][ids[-1]])
     assert json.loads((pub / "1" / "version.json").read_text())["kind"] == "full"
     data = reference["landing"] / "dt=2026-12-07" / "hour=03" / "part-00000.txt"
-    outs = []
-    for model in (str(pub / "4"), final):
-        o = tmp_path / f"p{len(outs)}.csv"
-        r = subprocess.run([sys.executable, "-m", "recs_core", "predict", "--config",
-                            str(made["cfg"]), "--model", model, "--data", str(data),
-                            "--out", str(o)], capture_output=True, text=True, env=env(),
-                           timeout=300)
-        assert r.returncode == 0, r.stderr
-        outs.append(o.read_bytes())
-    assert outs[0] == outs[1]
+    assert predicted(made, pub / "4", data, tmp_path) == predicted(made, final, data, tmp_path)
 
 
 def run_follow(made: dict, state: Path, landing: Path, *extra: str,
