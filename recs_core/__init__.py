@@ -16,6 +16,10 @@ Typical library use::
     job.save_step("models")                               # models/step-<N>, sharded
 """
 
+# isort: split
+import recs_core.threads  # noqa: F401  (first: thread counts set before NumPy loads)
+
+# isort: split
 from recs_core.data.bad_rows import BadRowPolicy
 from recs_core.data.reader import ShardReader
 from recs_core.data.sources import expand_sources, open_input
