@@ -202,3 +202,29 @@ def test_two_ranks_equal_one_and_reshard(windows, tmp_path: Path) -> None:
             for k in ("values", "freq", "last_seen", "acc"):
                 want = np.concatenate([p[k] for p in parts])[order]
                 assert a[k].tobytes() == want.tobytes(), (prefix, t, k)
+
+
+@pytest.mark.parametrize("dynamic", [None, DYN])
+def test_a_jobs_next_comparison_scores_the_guard_rows_as_a_fresh_load(
+        windows, tmp_path: Path, dynamic: dict | None) -> None:
+    """A job's next window compared with the model it holds (a worker's) takes the guard
+    rows' baseline scores from its last pass's held-out scoring; they equal a fresh job's
+    that loads the saved checkpoint, also with dynamic tables, whose window end evicts rows
+    after that scoring (here the second window's end: rows only the first one saw)."""
+    w1, w2 = windows
+    job = Job(spec(dynamic=dynamic))
+    job.run([str(w1)], eval_fraction=0.2)
+    second = job.run([str(w2)], eval_fraction=0.2)
+    if dynamic:
+        assert sum(f["evicted"] for f in second["dynamic_tables"].values()) > 0
+    saved = job.save_step(tmp_path / "a")
+    job.continue_from(saved)
+    job.compare_with(saved, [str(w2)])
+    out = job.run([str(w1)], eval_fraction=0.2)
+    fresh = Job(spec(dynamic=dynamic))
+    fresh.load(saved)
+    fresh.compare_with(saved, [str(w2)])
+    ref = fresh.run([str(w1)], eval_fraction=0.2)
+    assert out["baseline"]["guard"]["rows"] > 0
+    assert out["baseline"] == ref["baseline"]
+    assert (out["eval_auc"], out["eval_logloss"]) == (ref["eval_auc"], ref["eval_logloss"])

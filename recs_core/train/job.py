@@ -294,10 +294,11 @@ class Job:
         others = (comp.baseline,) if comp is not None and comp.baseline is not None else ()
         eval_y, eval_p, base_p, first = self._evaluate(held, others,
                                                        compared_share(self.world.size))
-        if first is not None and len(first[0]) and data is not None:
-            self._held_first = (data, first)
         out = self._report(figures, timeline, timer, t_start, t_eval, jit_seconds, eval_y,
                            eval_p)
+        if first is not None and len(first[0]) and data is not None and (
+                "dynamic_tables" not in out):  # (their window's end evicted rows since)
+            self._held_first = (data, first)
         out["finite"] = self.finite() and (out["train_rows"] == 0
                                            or out["train_logloss"] is not None)
         out["preempted"] = figures.preempted
@@ -307,7 +308,7 @@ class Job:
             if base_p and first is not None:
                 comp.scores["held"] = (first[0], base_p[0])
             if comp.guard is not None:
-                y, p, b, _ = self._evaluate(self._guard_rows(self._guard_reader(
+                y, p, b, _ = self._evaluate(self._compared_rows(self._guard_reader(
                     comp.guard, frac).held_out()), others)
                 comp.trained_guard = (y, p)
                 if b:
@@ -415,7 +416,7 @@ class Job:
         when the guard is that data, cut the same way)."""
         comp = self.comparison
         assert comp is not None
-        y, p, _, _ = self._evaluate(self._guard_rows(held()))
+        y, p, _, _ = self._evaluate(self._compared_rows(held()))
         out = {"held": (y, p)}
         if comp.guard is not None:
             reader = self._guard_reader(comp.guard, frac)
@@ -424,7 +425,7 @@ class Job:
             if self.world.bcast(same, "guard rows scored already") and last is not None:
                 out["guard"] = last[1]
             else:
-                gy, gp, _, _ = self._evaluate(self._guard_rows(reader.held_out()))
+                gy, gp, _, _ = self._evaluate(self._compared_rows(reader.held_out()))
                 out["guard"] = (gy, gp)
         return out
 
@@ -438,7 +439,7 @@ class Job:
             comp.guard_planned = True
         return self.open_reader(guard, frac, comp.guard_units if comp is not None else None)
 
-    def _guard_rows(self, held: Iterable[RawBatch]) -> Iterator[RawBatch]:
+    def _compared_rows(self, held: Iterable[RawBatch]) -> Iterator[RawBatch]:
         """This rank's share of the first COMPARED_ROWS of ``held``."""
         return capped(held, compared_share(self.world.size))
 
