@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import secrets
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +69,23 @@ def export_delta(path: str | Path, table_deltas: Mapping[str, TableDelta],
     return the path. ``table_deltas`` maps a table name to (row ids, their new values).
     A failed write (e.g. a full disk: RecsError) removes its staging directory."""
     staging = stage_delta(path)
-    try:
+    with writing(staging, path):
         entries = write_delta_arrays(staging, table_deltas, dense)
+    return finish_delta(staging, path, entries, meta)
+
+
+@contextmanager
+def writing(staging: Path, path: str | Path, remove: bool = True) -> Iterator[None]:
+    """Work on the staging directory of the delta ``path``: on an error it is removed
+    (``remove``), and an OSError (a full disk) becomes one line naming the delta."""
+    try:
+        yield
     except BaseException as e:
-        shutil.rmtree(staging, ignore_errors=True)
+        if remove:
+            shutil.rmtree(staging, ignore_errors=True)
         if isinstance(e, OSError):
             raise RecsError(f"delta {path} not written: {e}") from e
         raise
-    return finish_delta(staging, path, entries, meta)
 
 
 def stage_delta(path: str | Path) -> Path:
@@ -84,10 +94,8 @@ def stage_delta(path: str | Path) -> Path:
     final = Path(path)
     check_delta_target(final, "delta")
     staging = staging_path(final, secrets.token_hex(6))
-    try:
+    with writing(staging, final, remove=False):
         staging.mkdir()
-    except OSError as e:
-        raise RecsError(f"delta {final} not written: {e}") from None
     return staging
 
 
@@ -115,17 +123,12 @@ def finish_delta(staging: Path, path: str | Path, entries: list[mf.FileEntry],
     """Write the manifest of the parts written into ``staging`` (``entries``) and publish
     it as ``path``; on failure the staging directory is removed. Returns the path."""
     final = Path(path)
-    try:
+    with writing(staging, final):
         meta = mf.to_jsonable(dict(meta), "delta meta")
         fsync_tree(staging)
         mf.write_manifest(staging, mf.Manifest(kind="delta", world_size=1, meta=meta,
                                                files=sorted(entries, key=lambda e: e.name)))
         publish(staging, final)
-    except BaseException as e:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(e, OSError):
-            raise RecsError(f"delta {final} not written: {e}") from e
-        raise
     return str(final)
 
 

@@ -4,12 +4,11 @@ serving copies (format: ``recs_core.checkpoint.delta``, docs/CHECKPOINT_FORMAT.m
 from __future__ import annotations
 
 import os
-import shutil
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from recs_core.checkpoint.delta import finish_delta, stage_delta, write_delta_arrays
+from recs_core.checkpoint.delta import finish_delta, stage_delta, write_delta_arrays, writing
 from recs_core.checkpoint.manifest import FileEntry
 from recs_core.comm.world import World
 from recs_core.features.hashing import HASH_VERSION
@@ -46,24 +45,19 @@ def export_window_delta(model: Model, window: Window, world: World,
                           np.concatenate([p[1] for p in parts]))
     dense = {str(i): p for i, p in enumerate(model.dense_parameters())}
 
-    def write() -> list[FileEntry]:
-        return write_delta_arrays(staging, {k: v for k, v in mine.items() if len(v[0])},
-                                  dense if world.rank == 0 else {})
+    def write() -> tuple[list[FileEntry], dict[str, int]]:
+        rows = {k: v for k, v in mine.items() if len(v[0])}
+        return (write_delta_arrays(staging, rows, dense if world.rank == 0 else {}),
+                {k: len(v[0]) for k, v in rows.items()})
 
-    try:
+    with writing(staging, path, remove=world.rank == 0):  # (rank 0 owns the directory)
         every = world.gather(world.everyone(write), "delta entries")
-    except BaseException:
-        if world.rank == 0:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
-    rows = {k: len(v[0]) for k, v in mine.items()}
-    counts = world.gather(rows, "delta row counts")
 
     def finish() -> str | None:
-        if every is None or counts is None:
+        if every is None:
             return None
-        entries = [e for part in every for e in part]
-        written = {k: n for part in counts for k, n in part.items() if n}
+        entries = [e for part, _ in every for e in part]
+        written = {k: n for _, counts in every for k, n in counts.items()}
         meta = {"trainer": TRAINER_FORMAT, "hash": HASH_VERSION,
                 "base_step": window.base_step, "step": window.global_step,
                 "tables": {k: v for k, v in fields.items() if k in written},
