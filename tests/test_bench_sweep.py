@@ -84,7 +84,42 @@ def test_cell_against_the_better_baseline_and_the_bound() -> None:
     assert cell["guard"] == [{"choice": "blocking"}, {"choice": "overlap"}]
     row = bench_sweep.summary({"mpich": {"1": {"canonical": cell}}})[0]
     assert row["recs_vs_best"] == cell["paired"]["recs_vs_best"]["median"]
-    assert row["guard"] == {"choice": "overlap"} and row["samples_per_sec"]["recs"] == 1255
+    assert row["guard"] == {"choices": ["blocking", "overlap"]}
+    assert row["samples_per_sec"]["recs"] == 1255
+    assert row["cpu_busy_ms"] == {"sequential": 57.5, "prefetch": 60.0, "recs": 60.0}
+    # CPU per step within each repetition: 60/60, 60/55
+    assert row["cpu_vs_sequential"]["recs"] == round((1 + 60 / 55) / 2, 4)
+
+
+def test_cpu_and_idle_time_against_sequential_within_each_repetition() -> None:
+    def idle(j: dict, ms: float) -> dict:
+        j["step"]["idle_in_comm_ms"] = ms
+        return j
+
+    runs = {"sequential": [idle(job(1000, 100, 50, 50), 3.0), idle(job(900, 110, 55, 50), 2.0)],
+            "recs-guard-off": [idle(job(1000, 100, 51, 50), 4.0),
+                               idle(job(900, 110, 55, 50), 1.0)]}
+    got = bench_sweep.cell_of(runs, None)["cpu_vs_sequential"]["recs-guard-off"]
+    assert got["cpu_reps"] == [1.02, 1.0] and got["cpu"] == 1.01
+    assert got["idle_reps"] == [1.0, -1.0] and got["idle_minus_sequential_ms"] == 0.0
+
+
+def test_pooled_geometric_mean_and_its_interval() -> None:
+    # cell medians 1.0, 1.1, 0.9 (5 paired reps each): geometric mean (0.99)^(1/3)
+    cells = [[0.98, 1.0, 1.02, 0.99, 1.01], [1.1, 1.08, 1.12, 1.09, 1.11],
+             [0.9, 0.88, 0.92, 0.91, 0.89]]
+    p = bench_sweep.pooled(cells)
+    assert p["geomean"] == round(0.99 ** (1 / 3), 4) and p["cells"] == 3
+    assert p["lowest_cell"] == 0.9
+    lo, hi = p["ci95"]
+    assert lo < p["geomean"] < hi and hi - lo < 0.03  # the reps' spread, not more
+    wide = bench_sweep.pooled([[0.8, 1.0, 1.2, 0.9, 1.1]] * 3)
+    assert wide["ci95"][1] - wide["ci95"][0] > hi - lo  # noisier reps, wider interval
+    table = {"mpich": {r: {"canonical": {"paired": {"recs_vs_best": {"reps": c}}}}
+                       for r, c in zip(("shm", "4", "0.25"), cells)}}
+    by = bench_sweep.pooled_by_mpi(table)["mpich"]
+    assert by["fast"]["cells"] == 2 and by["slow"]["cells"] == 1 and by["all"]["cells"] == 3
+    assert by["fast"]["geomean"] == round((1.0 * 1.1) ** 0.5, 4)
 
 
 def test_chart_is_written(tmp_path: Path) -> None:

@@ -447,3 +447,27 @@ def test_damaged_checkpoints_are_refused_on_several_ranks(two_rank_run: dict,
     r = run_mpi(3, train_cmd(cfg, data, "--init-from", str(older)), timeout=120)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "malformed manifest: world_size 1000000000, but rank_meta for 2 rank(s)" in r.stderr
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_the_next_window_starts_with_the_schedule_guards_decision(
+        head: tuple[Path, Path], tmp_path: Path, n: int) -> None:
+    script = str(ROOT / "tests" / "mpi" / "guard_carry_check.py")
+    r = run_mpi(n, [script, str(head[0]), str(head[1]), str(tmp_path)], timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = [ln.split() for ln in r.stdout.splitlines() if ln.startswith("OK rank")]
+    assert sorted(ln[2] for ln in lines) == [str(i) for i in range(n)], r.stdout
+    assert len({ln[3] for ln in lines}) == 1, r.stdout  # one choice on every rank
+
+
+def test_a_checkpoint_with_a_broken_schedule_guard_state_is_refused_in_one_line(
+        head: tuple[Path, Path], tmp_path: Path) -> None:
+    job = Job(spec())
+    job.run([head[0]])
+    saved = job.save(tmp_path / "w1")
+    manifest = Path(saved) / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    doc["meta"]["schedule_guard"] = {"choice": "fastest", "probes": []}
+    manifest.write_text(json.dumps(doc))
+    with pytest.raises(RecsError, match=r"meta.schedule_guard: not a schedule guard state"):
+        Job(spec()).load(saved)

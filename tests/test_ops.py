@@ -9,6 +9,8 @@ strings, negative numbers, values on boundaries, NaN and +-inf, and on edge shap
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -183,6 +185,26 @@ def as_float(v) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 # Numeric operators
 # ---------------------------------------------------------------------------------------
+
+
+def test_a_copy_of_a_fitting_standardize_fits_alone() -> None:
+    # the reduction over the ranks holds their communicator (not copyable); the kernels'
+    # warm-up copies the spec before every pass, a worker's second window included
+    class Uncopyable:
+        def __deepcopy__(self, memo: dict) -> None:
+            raise ValueError("cannot serialize a communicator")
+
+    comm = Uncopyable()
+    v = FloatValues(np.arange(6, dtype=np.float64).reshape(3, 2))
+    op, _ = op_for({"op": "standardize", "fit": True}, vtype(v))
+    op.set_reduction(lambda a, c=comm: a + 1.0)  # another rank's sums: one row more
+    twin = copy.deepcopy(op)
+    twin.apply(v)
+    op.apply(v)
+    mean, std = ref_fit(v.values)
+    np.testing.assert_allclose(twin.mean, mean, rtol=1e-12)  # this rank's rows alone
+    np.testing.assert_allclose(twin.std, std, rtol=1e-12)
+    assert not np.allclose(op.mean, mean)  # the original still reduces
 
 
 @pytest.mark.parametrize("n,k", SHAPES)

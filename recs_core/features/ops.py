@@ -221,6 +221,11 @@ class Standardize(Operator):
     def set_reduction(self, reduce_sum: Callable[[np.ndarray], np.ndarray] | None) -> None:
         self._reduce_sum = reduce_sum
 
+    def __getstate__(self) -> dict[str, Any]:
+        # a copy (the kernels' warm-up before each pass) fits alone: the reduction belongs
+        # to the job's ranks and holds their communicator, which cannot be copied
+        return {**self.__dict__, "_reduce_sum": None}
+
     def fit_on(self, x: np.ndarray) -> None:
         """Fit mean and std per column on the present, finite values of ``x`` (with a
         reduction set, of every rank's first batch: the sums are summed over ranks)."""

@@ -93,13 +93,16 @@ class PassFigures:
     comm_waits: dict[str, float]  # seconds idle on each pipeline's exchanges, and "dense"
     scheduler: dict[str, object]  # the loop's, the plan's and the guard's, for the JSON
     preempted: bool = False  # the ranks stopped at a step boundary before the data's end
+    guard_state: dict[str, object] | None = None  # what the next pass's guard starts from
 
 
 class TrainingPass:
     """Runs a training pass through the task loop under a policy (module docstring)."""
 
     def __init__(self, model: StagedModel, graph: FeatureGraph, world: World, policy: Policy,
-                 timeline: Timeline) -> None:
+                 timeline: Timeline, guard_state: dict[str, object] | None = None) -> None:
+        """``guard_state``: the schedule guard's state an earlier pass left
+        (:meth:`ScheduleGuard.state`); this pass starts with its choice."""
         self.graph, self.world, self.policy, self.timeline = graph, world, policy, timeline
         multi = world.size > 1
         # a progress thread only with a spare core: with 1 core per rank under the emulated
@@ -122,6 +125,8 @@ class TrainingPass:
         self._schedules = {OVERLAP: policy.schedule(), BLOCKING: BLOCKING_SCHEDULE}
         self.guard = (ScheduleGuard(policy.guard) if policy.guard is not None
                       and policy.overlap else None)
+        if self.guard is not None and guard_state is not None:
+            self.guard.restore(guard_state)
         self.guard_steps = {OVERLAP: 0, BLOCKING: 0}  # steps each schedule ran
         self._use(OVERLAP)  # (the policy's own schedule, also for a blocking policy)
 
@@ -153,16 +158,17 @@ class TrainingPass:
     def _run(self, record: Record, hook: StepHook | None,
              clock: CheckpointClock | None) -> tuple[int, bool]:
         """The pass's steps; returns (steps trained, whether it stopped on a request)."""
-        t, last_start, hook_s, ahead = 0, None, 0.0, 0.0
+        t, last_start, hook_s, ahead, last_idle = 0, None, 0.0, 0.0, 0.0
         batches, loop, steps = self.batches, self.loop, self.steps
         while True:
             batches.current = t
             start = time.perf_counter()
             if self.guard is not None:
                 if last_start is not None:
-                    self.guard.record(t - 1, start - last_start - hook_s, ahead)
+                    self.guard.record(t - 1, start - last_start - hook_s,
+                                      loop.idle_seconds - last_idle, ahead)
                 self._guarded(t)
-            last_start, hook_s = start, 0.0
+            last_start, hook_s, last_idle = start, 0.0, loop.idle_seconds
             admitted = batches.admitted > t
             b = batches.get(t)
             # its reading and operators run before its step (by overlapped steps)
@@ -209,8 +215,10 @@ class TrainingPass:
             agreed = post_allreduce(self._plan_comm, guard.local_medians(),
                                     "guard agreement").wait() / self.world.size
             choice = guard.decide(t, agreed)
-            self.timeline.add(f"guard: {choice} (step ms overlap {agreed[0] * 1e3:.1f}, "
-                              f"blocking {agreed[1] * 1e3:.1f})", CPU, t0, time.perf_counter())
+            p = guard.probes[-1]
+            self.timeline.add(f"guard: {choice} (hides {p.hidden_ms} ms idle, adds "
+                              f"{p.extra_cpu_ms} ms CPU a step, {p.pooled} probes)", CPU, t0,
+                              time.perf_counter())
         wanted = guard.schedule(t)
         if wanted == self._active:
             return
@@ -270,4 +278,5 @@ class TrainingPass:
             feature_seconds=self.batches.feature_seconds + self.features.feature_seconds,
             thread_feature_seconds=thread_feature_seconds, traffic=dict(self.steps.traffic),
             comm_waits={g: lp.waits.get(g, 0.0) for g in [*self.plan.pipelines, "dense"]},
-            scheduler=scheduler, preempted=preempted)
+            scheduler=scheduler, preempted=preempted,
+            guard_state=self.guard.state() if self.guard is not None else None)

@@ -49,6 +49,7 @@ from recs_core.features.graph import FeatureBatch, FeatureGraph
 from recs_core.features.spec import Spec, load_spec
 from recs_core.metrics.auc import auc, logloss
 from recs_core.progress_bar import ProgressBar
+from recs_core.sched.guard import ScheduleGuard
 from recs_core.sched.policy import Policy, policy
 from recs_core.sched.trace import Timeline, summarize, write_trace
 from recs_core.sched.training_pass import PassFigures, StepHook, TrainingPass
@@ -116,6 +117,9 @@ class Job:
         # when that model is still the job's (a worker's next window)
         self._held_first: tuple[dict[str, Any], Scored] | None = None
         self._stop = False  # request_stop: set by a signal handler, read at each admission
+        # the schedule guard's choice and pooled probes (ScheduleGuard.state): the next
+        # pass starts from them; saved with the checkpoint, so the next window does too
+        self.guard_state: dict[str, Any] | None = None
 
     def request_stop(self) -> None:
         """Ask the pass to stop at the next step boundary (safe from a signal handler: it
@@ -347,10 +351,12 @@ class Job:
             rows = window.progressive.rows * world.size
             progress.update(rows, f"logloss {window.progressive.running_logloss:.4f}")
 
-        sched = TrainingPass(self.model, self.graph, world, schedule, timeline)
+        sched = TrainingPass(self.model, self.graph, world, schedule, timeline, self.guard_state)
         try:
             t0 = time.perf_counter()
             figures = sched.run(source, self._empty(), record, hook, lambda: self._stop)
+            if figures.guard_state is not None:
+                self.guard_state = figures.guard_state
             timer["input"] += figures.feature_seconds + figures.thread_feature_seconds
             timer["train"] += time.perf_counter() - t0 - figures.feature_seconds
         finally:
@@ -679,7 +685,8 @@ class Job:
         # a job whose lease was taken over stops before it writes
         self.world.everyone(lambda: lock.check() if lock is not None else None)
         out = save_checkpoint(self.model, self.graph, self.window, self.world, path, root=root,
-                              keep=keep, done=done, config_text=self.config_text, base=base)
+                              keep=keep, done=done, config_text=self.config_text, base=base,
+                              guard_state=self.guard_state)
         self._last_save = Increment(out, 0 if base is None else base.increments + 1)
         figures = self.checkpoint_figures
         took = time.perf_counter() - t0
@@ -709,6 +716,12 @@ class Job:
         found, m, point = load_checkpoint(self.model, self.graph, self.world, path, resume,
                                           unfinished, flag)
         self._held_first = None  # another model
+        self.guard_state = m.meta.get("schedule_guard")
+        if self.guard_state is not None:
+            try:
+                ScheduleGuard().restore(self.guard_state)
+            except ValueError as e:
+                raise RecsError(f"{found}: meta.schedule_guard: {e}") from None
         self.checkpoint_figures["loaded_from"] = found
         self.checkpoint_figures["load_seconds"] = round(time.perf_counter() - t0, 4)
         return found, m, point

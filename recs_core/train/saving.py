@@ -28,7 +28,8 @@ file, when known), ``model`` (architecture and optimizer names; checked on every
 ``train_config`` and ``batch_size`` (checked on resume), ``placement``, ``step`` (global
 steps since the first window), ``window`` (``data``: the files and their sizes,
 ``eval_fraction``, ``steps``: global steps of this window done = the input position,
-``base_step``, ``done``). ``rank_meta``: per rank ``steps`` and ``train_rows`` (this
+``base_step``, ``done``), ``schedule_guard`` (the schedule guard's choice and pooled
+probes, for the next window). ``rank_meta``: per rank ``steps`` and ``train_rows`` (this
 rank's rows trained in the window).
 
 Loading (``--init-from``) takes any world size: with the writer's world size and
@@ -126,13 +127,14 @@ def resolve(path: str | os.PathLike, world: World, flag: str = "--init-from") ->
 # ---- saving ----------------------------------------------------------------------------
 
 def checkpoint_meta(model: Model, window: Window, config_text: str | None,
-                    done: bool) -> dict[str, Any]:
+                    done: bool, guard_state: dict[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint's meta (rank 0's; see the module docstring)."""
     return {"trainer": TRAINER_FORMAT, "hash": HASH_VERSION,
             "feature_spec": spec_description(model.spec), "config_text": config_text,
             "model": model_description(model), "train_config": train_description(model.cfg),
             "batch_size": model.spec.batch_size, "placement": model.cfg.placement,
-            "step": window.global_step, "window": window.meta(done)}
+            "step": window.global_step, "window": window.meta(done),
+            "schedule_guard": guard_state}
 
 
 def shard_arrays(model: Model, graph: FeatureGraph, window: Window,
@@ -156,12 +158,14 @@ def save_checkpoint(model: Model, graph: FeatureGraph, window: Window, world: Wo
                     path: str | os.PathLike | None = None, *,
                     root: str | os.PathLike | None = None, keep: int | None = None,
                     done: bool = False, config_text: str | None = None,
-                    base: Increment | None = None) -> str:
+                    base: Increment | None = None,
+                    guard_state: dict[str, Any] | None = None) -> str:
     """Write the checkpoint (collective) to ``path``, or to ``root/step-<step>`` (pruning
     ``root`` to ``keep`` checkpoints and their chains); ``base``: an increment over that
-    checkpoint of ``root`` (the last this model saved). Returns where it went."""
+    checkpoint of ``root`` (the last this model saved); ``guard_state``: the schedule
+    guard's, for the next window. Returns where it went."""
     arrays = shard_arrays(model, graph, window, world.rank, increment=base is not None)
-    meta = checkpoint_meta(model, window, config_text, done)
+    meta = checkpoint_meta(model, window, config_text, done, guard_state)
     meta["increments"] = 0 if base is None else base.increments + 1
     comm = world.comm if world.size > 1 else None
     rank_meta = window.rank_meta()
