@@ -122,6 +122,41 @@ class Flight(Pending):
     settled = test  # the loop's check after its one Testsome over every exchange
 
 
+@pytest.mark.parametrize("clocked", [False, True])
+def test_the_loop_tells_the_cpu_of_its_waits_from_the_cpu_of_its_tasks(clocked: bool) -> None:
+    # a task burns ~30 ms of CPU, then waits 60 ms on an exchange that the filler's
+    # busy-wait (as MPI spins) keeps the CPU busy for: with a clock, the wait's CPU is idle
+    # CPU and the thread's CPU less it is the task's; without one nothing is counted
+    flight = Flight()
+    t0 = time.perf_counter()
+
+    def spin_filler(window: float | None) -> bool:
+        if time.perf_counter() - t0 > 0.09:
+            flight.ready = True
+        return False
+
+    burnt: list[float] = []
+
+    def task():
+        end = time.thread_time() + 0.03
+        while time.thread_time() < end:
+            pass
+        burnt.append(time.perf_counter())
+        yield flight
+
+    loop = Loop(Timeline(), spin_filler, spin_s=1.0)  # never pauses: the wait spins
+    loop.cpu_clock = time.thread_time if clocked else None
+    c0 = time.thread_time()
+    done = loop.spawn(task(), "work")
+    loop.run_until(done)
+    used, waited = time.thread_time() - c0, time.perf_counter() - burnt[0]
+    if not clocked:
+        assert loop.idle_cpu_seconds == 0.0
+        return
+    assert 0.0 < loop.idle_cpu_seconds <= waited  # it spun (unless descheduled)
+    assert used - loop.idle_cpu_seconds == pytest.approx(0.03, abs=0.01)
+
+
 def test_ready_tasks_run_by_priority_then_arrival() -> None:
     tl = Timeline()
     loop = Loop(tl)

@@ -5,8 +5,10 @@ Overlap pays where a blocking step idles while its exchanges are in flight, and 
 of its own (more task segments, polls, the filler's bookkeeping). So the pass measures
 those two causes: after a warm-up it runs probe blocks of the blocking schedule and of
 the overlapping one (every policy computes the same model, so switching at a step
-boundary is exact), and splits each measured step into *busy* time (tasks, the filler,
-the loop's own work) and *idle* time (nothing to run while exchanges are in flight). The
+boundary is exact), and splits each measured step into *busy* time (the CPU time of
+tasks, the filler and the loop's own work: CPU time, not wall time, since on a shared
+machine a thread's wall time swings with what else runs) and *idle* time (nothing to run
+while exchanges are in flight). The
 ranks agree on the medians. Overlap runs while the idle time it hides (blocking's idle
 minus its own) exceeds the CPU it adds (its busy time minus blocking's) by a margin,
 pooled over the last few probes -- of this pass and, through the checkpoint
@@ -110,14 +112,19 @@ class ScheduleGuard:
         first_blocking = (k // 2) % 2 == 0  # pairs: (blocking, overlap), (overlap, blocking)
         return BLOCKING if (k % 2 == 0) == first_blocking else OVERLAP
 
-    def record(self, step: int, seconds: float, idle: float = 0.0, ahead: float = 0.0) -> None:
-        """``step`` took ``seconds``, ``idle`` of them with nothing to run while exchanges
-        were in flight (counted if it is a measured step of a probe); ``ahead``: seconds of
-        its batch's work done before it began. A blocking step is charged with them as
-        busy time: after overlapped steps it finds its batch read and partly processed by
-        their filler, work a blocking pass does in the step (the probe would credit
-        blocking with overlap's prefetch). An overlapped step prepares later batches in
-        turn, so it is measured as it ran."""
+    def measures(self, step: int) -> bool:
+        """Whether ``step`` is a measured step of a probe (the caller times its CPU)."""
+        start = self._probe_start(step)
+        return start is not None and (step - start) % self.settings.block != 0
+
+    def record(self, step: int, busy: float, idle: float = 0.0, ahead: float = 0.0) -> None:
+        """``step`` spent ``busy`` seconds of CPU (not counting its waits) and ``idle``
+        seconds with nothing to run while exchanges were in flight (counted if it is a
+        measured step of a probe); ``ahead``: seconds of its batch's work done before it
+        began. A blocking step is charged with them as busy time: after overlapped steps
+        it finds its batch read and partly processed by their filler, work a blocking pass
+        does in the step (the probe would credit blocking with overlap's prefetch). An
+        overlapped step prepares later batches in turn, so it is measured as it ran."""
         start = self._probe_start(step)
         if start is None or (step - start) % self.settings.block == 0:
             return
@@ -125,8 +132,7 @@ class ScheduleGuard:
             self._start = start
             self._times = {OVERLAP: [], BLOCKING: []}
         schedule = self.schedule(step)
-        busy = seconds - idle + (ahead if schedule == BLOCKING else 0.0)
-        self._times[schedule].append((busy, idle))
+        self._times[schedule].append((busy + (ahead if schedule == BLOCKING else 0.0), idle))
 
     def decision_due(self, step: int) -> bool:
         """Whether the ranks agree before ``step`` (a probe has just ended)."""

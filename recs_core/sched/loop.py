@@ -69,6 +69,10 @@ class Loop:
         self.overhead_mpi_seconds = 0.0  # the part of it inside MPI (moving the exchanges)
         # idle seconds by the group of the first task waiting on an exchange meanwhile
         self.waits: dict[str, float] = {}
+        # with a clock set (thread CPU time), the CPU seconds spent while idle (spinning
+        # on MPI), so that a caller can tell the CPU its work took from the CPU its waits took
+        self.cpu_clock: Callable[[], float] | None = None
+        self.idle_cpu_seconds = 0.0
         self._wait_group: str | None = None  # of the first task still waiting, at the last poll
 
     def configure(self, filler: Callable[[float | None], bool] | None, overlap: bool,
@@ -192,8 +196,15 @@ class Loop:
             return target.done if isinstance(target, Task) else target.test()
 
         idle_since = time.perf_counter()
+        clock = self.cpu_clock
+        c_idle = None  # the CPU clock at the start of the last turn, if it idled
         while not finished():
             t_iter = time.perf_counter()
+            if clock is not None:  # (one read a turn: the turns' CPU adds up without gaps)
+                c_iter = clock()
+                if c_idle is not None:
+                    self.idle_cpu_seconds += c_iter - c_idle
+                c_idle = None
             if self.background is not None:
                 self.background()
             inside_mpi = self._poll()
@@ -218,6 +229,10 @@ class Loop:
                 time.sleep(POLL_SLEEP_S)
             idle = time.perf_counter() - t_iter
             self.idle_seconds += idle
+            if clock is not None:
+                c_idle = c_iter
+        if c_idle is not None:
+            self.idle_cpu_seconds += clock() - c_idle  # type: ignore[misc]
             if self._wait_group is not None:
                 self.waits[self._wait_group] = self.waits.get(self._wait_group, 0.0) + idle
 

@@ -158,17 +158,22 @@ class TrainingPass:
     def _run(self, record: Record, hook: StepHook | None,
              clock: CheckpointClock | None) -> tuple[int, bool]:
         """The pass's steps; returns (steps trained, whether it stopped on a request)."""
-        t, last_start, hook_s, ahead, last_idle = 0, None, 0.0, 0.0, 0.0
-        batches, loop, steps = self.batches, self.loop, self.steps
+        t, hook_s, ahead = 0, 0.0, 0.0
+        last: tuple[float, float, float] | None = None  # CPU, idle, idle CPU at the last start
+        batches, loop, steps, guard = self.batches, self.loop, self.steps, self.guard
         while True:
             batches.current = t
             start = time.perf_counter()
-            if self.guard is not None:
-                if last_start is not None:
-                    self.guard.record(t - 1, start - last_start - hook_s,
-                                      loop.idle_seconds - last_idle, ahead)
+            if guard is not None:
+                if last is not None and not hook_s:  # (a step with a hook is not measured)
+                    guard.record(t - 1, time.thread_time() - last[0]
+                                 - (loop.idle_cpu_seconds - last[2]),
+                                 loop.idle_seconds - last[1], ahead)
                 self._guarded(t)
-            last_start, hook_s, last_idle = start, 0.0, loop.idle_seconds
+                # the CPU of a probe's measured step is the thread's, less its waits'
+                loop.cpu_clock = time.thread_time if guard.measures(t) else None
+                last = (time.thread_time(), loop.idle_seconds, loop.idle_cpu_seconds)
+            hook_s = 0.0
             admitted = batches.admitted > t
             b = batches.get(t)
             # its reading and operators run before its step (by overlapped steps)

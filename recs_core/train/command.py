@@ -122,8 +122,10 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                    "long tasks; auto: when messages cross a network (several nodes, or MPI "
                    "forced over TCP) and the rank has a spare core (--threads >= 2)")
     p.add_argument("--guard", choices=("on", "off"), default="on",
-                   help="in modes recs*, measure the schedule against the blocking one now "
-                   "and then (a few steps of each) and run the faster (default: on)")
+                   help="in modes recs*, now and then run a few steps of each of the "
+                   "schedule and the blocking one, and overlap only while the idle time it "
+                   "hides exceeds the CPU it adds (the choice carries over to the next "
+                   "window through the checkpoint; default: on)")
     add_comm_timeout(p)
     add_policy_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
