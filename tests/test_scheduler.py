@@ -157,6 +157,24 @@ def test_the_loop_tells_the_cpu_of_its_waits_from_the_cpu_of_its_tasks(clocked: 
     assert used - loop.idle_cpu_seconds == pytest.approx(0.03, abs=0.01)
 
 
+def test_idle_time_is_counted_under_the_group_of_the_exchange_waited_on() -> None:
+    flight = Flight()
+    t0 = time.perf_counter()
+
+    def filler(window: float | None) -> bool:
+        flight.ready = time.perf_counter() - t0 > 0.03
+        return False
+
+    def task():
+        yield flight
+
+    loop = Loop(Timeline(), filler)
+    loop.run_until(loop.spawn(task(), "lookup", group="crosses"))
+    assert set(loop.waits) == {"crosses"}
+    assert loop.waits["crosses"] == pytest.approx(loop.idle_seconds, rel=1e-9)
+    assert loop.idle_seconds > 0.02
+
+
 def test_ready_tasks_run_by_priority_then_arrival() -> None:
     tl = Timeline()
     loop = Loop(tl)

@@ -229,12 +229,12 @@ class Loop:
                 time.sleep(POLL_SLEEP_S)
             idle = time.perf_counter() - t_iter
             self.idle_seconds += idle
+            if self._wait_group is not None:
+                self.waits[self._wait_group] = self.waits.get(self._wait_group, 0.0) + idle
             if clock is not None:
                 c_idle = c_iter
         if c_idle is not None:
             self.idle_cpu_seconds += clock() - c_idle  # type: ignore[misc]
-            if self._wait_group is not None:
-                self.waits[self._wait_group] = self.waits.get(self._wait_group, 0.0) + idle
 
     def _wait_some(self) -> None:
         """Wait until an exchange in flight completes, as a blocking wait does (a turn of
