@@ -72,18 +72,22 @@ class Probe:
     choice: str
 
     @property
+    def causes(self) -> list[float | None]:
+        return [getattr(self, k) for k in _CAUSES]
+
+    @property
     def measured(self) -> bool:
-        return all(getattr(self, k) is not None for k in _CAUSES)
+        return None not in self.causes
 
 
 @dataclass
 class ScheduleGuard:
     """Which schedule each step runs, from the causes measured (module docstring).
 
-    The caller asks :meth:`schedule` before each step, reports each step's wall time, its
-    idle time and its batch's work done ahead with :meth:`record`, and at the steps where
-    :meth:`decision_due` is true agrees on :meth:`local_medians` over the ranks (their
-    mean) and passes it to :meth:`decide`. Every rank sees the same steps and the same
+    The caller asks :meth:`schedule` before each step, reports each measured step's CPU
+    time, its idle time and its batch's work done ahead with :meth:`record`, and at the
+    steps where :meth:`decision_due` is true agrees on :meth:`local_medians` over the
+    ranks (their mean) and passes it to :meth:`decide`. Every rank sees the same steps and the same
     agreed figures, so every rank switches at the same step."""
 
     settings: GuardSettings = field(default_factory=GuardSettings)
@@ -125,9 +129,9 @@ class ScheduleGuard:
         it finds its batch read and partly processed by their filler, work a blocking pass
         does in the step (the probe would credit blocking with overlap's prefetch). An
         overlapped step prepares later batches in turn, so it is measured as it ran."""
-        start = self._probe_start(step)
-        if start is None or (step - start) % self.settings.block == 0:
+        if not self.measures(step):
             return
+        start = self._probe_start(step)
         if start != self._start:
             self._start = start
             self._times = {OVERLAP: [], BLOCKING: []}
@@ -156,8 +160,9 @@ class ScheduleGuard:
         adds by the margin, else blocking; with nothing measured the choice stands."""
         causes = [_ms(float(x)) for x in agreed]
         measured = None not in causes
-        keep = self.settings.memory - measured  # the remembered probes pooled with it
-        pooled = [*(self.remembered[-keep:] if keep else []), *([causes] if measured else [])]
+        keep = self.settings.memory - 1 if measured else self.settings.memory
+        pooled = ([p.causes for p in self.remembered[-keep:]] if keep else []) + (
+            [causes] if measured else [])
         hidden, extra, step_ms = _pooled(pooled)
         if hidden is not None:
             self.choice = (OVERLAP if hidden - extra > self.settings.margin * step_ms
@@ -193,14 +198,12 @@ class ScheduleGuard:
         self.remembered = probes[-self.settings.memory:]
 
 
-def _pooled(probes: list[Probe | list[float | None]]
-            ) -> tuple[float | None, float | None, float]:
-    """Mean idle ms hidden, CPU ms added and blocking step ms over measured ``probes``
-    (each a probe or its four causes)."""
-    if not probes:
+def _pooled(causes: list[list[float | None]]) -> tuple[float | None, float | None, float]:
+    """Mean idle ms hidden, CPU ms added and blocking step ms over measured probes'
+    ``causes`` (:attr:`Probe.causes`)."""
+    if not causes:
         return None, None, 0.0
-    a = np.array([[getattr(p, k) for k in _CAUSES] if isinstance(p, Probe) else p
-                  for p in probes], dtype=float)
+    a = np.array(causes, dtype=float)
     o_busy, o_idle, b_busy, b_idle = a.mean(axis=0)
     return float(b_idle - o_idle), float(o_busy - b_busy), float(b_busy + b_idle)
 

@@ -159,7 +159,8 @@ class TrainingPass:
              clock: CheckpointClock | None) -> tuple[int, bool]:
         """The pass's steps; returns (steps trained, whether it stopped on a request)."""
         t, hook_s, ahead = 0, 0.0, 0.0
-        last: tuple[float, float, float] | None = None  # CPU, idle, idle CPU at the last start
+        # at the start of a probe's measured step: CPU, idle and idle CPU so far
+        last: tuple[float, float, float] | None = None
         batches, loop, steps, guard = self.batches, self.loop, self.steps, self.guard
         while True:
             batches.current = t
@@ -171,8 +172,10 @@ class TrainingPass:
                                  loop.idle_seconds - last[1], ahead)
                 self._guarded(t)
                 # the CPU of a probe's measured step is the thread's, less its waits'
-                loop.cpu_clock = time.thread_time if guard.measures(t) else None
-                last = (time.thread_time(), loop.idle_seconds, loop.idle_cpu_seconds)
+                measured = guard.measures(t)
+                loop.cpu_clock = time.thread_time if measured else None
+                last = ((time.thread_time(), loop.idle_seconds, loop.idle_cpu_seconds)
+                        if measured else None)
             hook_s = 0.0
             admitted = batches.admitted > t
             b = batches.get(t)
